@@ -1,0 +1,125 @@
+"""The one interface every training backend offers, shaped like Mistral's fine-tuning API.
+
+Stages talk to this interface only, so they never know whether a model is trained on
+this machine or by Mistral's Classifier Factory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobStatus(StrEnum):
+    """Fine-tuning job statuses, as the Mistral API names them."""
+
+    QUEUED = "QUEUED"
+    STARTED = "STARTED"
+    VALIDATING = "VALIDATING"
+    VALIDATED = "VALIDATED"
+    RUNNING = "RUNNING"
+    FAILED_VALIDATION = "FAILED_VALIDATION"
+    FAILED = "FAILED"
+    SUCCESS = "SUCCESS"
+    CANCELLED = "CANCELLED"
+    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.FAILED_VALIDATION, JobStatus.CANCELLED}
+
+
+class Checkpoint(BaseModel):
+    """Training metrics at one step."""
+
+    step: int
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    created_at: datetime | None = None
+
+
+class ClassifierTarget(BaseModel):
+    name: str
+    labels: list[str]
+
+
+class TrainingJob(BaseModel):
+    """A backend's view of one fine-tuning job."""
+
+    id: str
+    status: JobStatus
+    model: str
+    fine_tuned_model: str | None = None
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+    classifier_targets: list[ClassifierTarget] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class UploadedFile(BaseModel):
+    id: str
+    filename: str
+    bytes: int
+
+
+class JobRequest(BaseModel):
+    """What the train stage asks for; ``suffix`` carries the run id to find the job again."""
+
+    model: str
+    training_file_id: str
+    validation_file_ids: list[str]
+    hyperparameters: dict[str, float | int]
+    suffix: str
+
+
+Scores = dict[str, dict[str, dict[str, float]]]
+"""One classify result: ``{target: {"scores": {label: probability}}}``."""
+
+
+class BackendError(Exception):
+    """A backend refused or failed; the message says what to fix and is safe to store."""
+
+
+class Backend(ABC):
+    """Upload files, run a classifier fine-tuning job, classify with the result."""
+
+    name: str
+    base_model: str
+
+    @abstractmethod
+    def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
+        """The full hyperparameters for a run; raises BackendError naming an unknown one."""
+
+    @abstractmethod
+    async def upload_file(self, path: Path, tag: str) -> UploadedFile:
+        """Give a JSONL file to the backend (idempotent for the same ``tag`` and content)."""
+
+    @abstractmethod
+    async def create_job(self, request: JobRequest) -> TrainingJob:
+        """Create a job that waits to be started (``auto_start=False``)."""
+
+    @abstractmethod
+    async def get_job(self, job_id: str) -> TrainingJob: ...
+
+    @abstractmethod
+    async def start_job(self, job_id: str) -> TrainingJob:
+        """Start a VALIDATED job; starting a running or finished job changes nothing."""
+
+    @abstractmethod
+    async def cancel_job(self, job_id: str) -> TrainingJob: ...
+
+    @abstractmethod
+    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+        """One result per input, in input order."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,297 @@
+"""The embedded backend: trains a real classifier on this machine, no key, no network.
+
+Files and jobs live under ``DATA_DIR/local``. Training runs in its own process
+(``local_trainer``), which holds the job's lock while alive: ``get_job`` sees a dead
+trainer at once and starts it again, and a job whose model is saved is never retrained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from modfactory.backends.base import (
+    Backend,
+    BackendError,
+    Checkpoint,
+    ClassifierTarget,
+    JobRequest,
+    JobStatus,
+    Scores,
+    TrainingJob,
+    UploadedFile,
+)
+from modfactory.backends.local_trainer import (
+    JOB_FILE,
+    MODEL_FILE,
+    PROGRESS_FILE,
+    read_json,
+    write_json,
+)
+from modfactory.recipe import TARGET, RecipeError, read_jsonl
+
+MODEL_PREFIX = "ft:classifier:local:"
+MAX_TRAINER_STARTS = 3
+
+
+class LocalBackend(Backend):
+    """TF-IDF + per-label logistic regression, trained in a child process."""
+
+    name = "local"
+    base_model = "tfidf-logreg"
+
+    def __init__(self, data_dir: Path, epochs: int = 8, alpha: float = 2e-5) -> None:
+        self.root = data_dir / "local"
+        self.defaults: dict[str, float | int] = {"epochs": epochs, "alpha": alpha, "seed": 42}
+        self._models: dict[str, Any] = {}
+        self._trainers: list[subprocess.Popen[bytes]] = []
+
+    def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
+        unknown = sorted(set(overrides) - set(self.defaults))
+        if unknown:
+            raise BackendError(
+                f"the local backend has no hyperparameter {unknown[0]!r}; "
+                f"it takes {', '.join(sorted(self.defaults))}"
+            )
+        return {**self.defaults, **overrides}
+
+    # --- files -------------------------------------------------------------------------
+    async def upload_file(self, path: Path, tag: str) -> UploadedFile:
+        return await asyncio.to_thread(self._store_file, path)
+
+    def _store_file(self, path: Path) -> UploadedFile:
+        """Content-addressed, so uploading the same file twice stores it once."""
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+        stored = self.root / "files" / f"file-{digest}.jsonl"
+        if not stored.exists():
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stored.with_name(f".{stored.name}.tmp")
+            shutil.copyfile(path, tmp)
+            tmp.replace(stored)
+        return UploadedFile(id=stored.stem, filename=path.name, bytes=stored.stat().st_size)
+
+    def _file_path(self, file_id: str) -> Path:
+        path = self.root / "files" / f"{file_id}.jsonl"
+        if not path.exists():
+            raise BackendError(f"local backend: no uploaded file {file_id!r}")
+        return path
+
+    # --- jobs --------------------------------------------------------------------------
+    def _job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    async def create_job(self, request: JobRequest) -> TrainingJob:
+        """Idempotent: the job id comes from the suffix (the run id)."""
+        job_id = f"ftjob-{request.suffix}"
+        job_dir = self._job_dir(job_id)
+        if not (job_dir / JOB_FILE).exists():
+            job_dir.mkdir(parents=True, exist_ok=True)
+            write_json(
+                job_dir / JOB_FILE,
+                {
+                    "id": job_id,
+                    "status": JobStatus.QUEUED,
+                    "model": self.base_model,
+                    "target": TARGET,
+                    "training_file": str(self._file_path(request.training_file_id)),
+                    "validation_file": str(self._file_path(request.validation_file_ids[0]))
+                    if request.validation_file_ids
+                    else None,
+                    "hyperparameters": self.hyperparameters(request.hyperparameters),
+                    "trainer_starts": 0,
+                },
+            )
+        return await self.get_job(job_id)
+
+    async def get_job(self, job_id: str) -> TrainingJob:
+        return await asyncio.to_thread(self._refresh, job_id)
+
+    async def start_job(self, job_id: str) -> TrainingJob:
+        return await asyncio.to_thread(self._start, job_id)
+
+    async def cancel_job(self, job_id: str) -> TrainingJob:
+        job_dir = self._job_dir(job_id)
+        job = self._read_job(job_id)
+        if not JobStatus(job["status"]).terminal and not (job_dir / MODEL_FILE).exists():
+            job["status"] = JobStatus.CANCELLED
+            write_json(job_dir / JOB_FILE, job)
+        return await self.get_job(job_id)
+
+    def _read_job(self, job_id: str) -> dict[str, Any]:
+        path = self._job_dir(job_id) / JOB_FILE
+        if not path.exists():
+            raise BackendError(f"local backend: no job {job_id!r}")
+        return read_json(path)
+
+    def _refresh(self, job_id: str) -> TrainingJob:
+        """Advance the job as far as the files on disk allow, then describe it."""
+        self._reap()
+        job_dir = self._job_dir(job_id)
+        job = self._read_job(job_id)
+        status = JobStatus(job["status"])
+        if status == JobStatus.QUEUED:
+            job.update(self._validate(job))
+            write_json(job_dir / JOB_FILE, job)
+            status = JobStatus(job["status"])
+        progress = read_json(job_dir / PROGRESS_FILE) if (job_dir / PROGRESS_FILE).exists() else {}
+        error = job.get("error")
+        fine_tuned = None
+        if status == JobStatus.RUNNING:
+            if (job_dir / MODEL_FILE).exists():
+                status, fine_tuned = JobStatus.SUCCESS, MODEL_PREFIX + job_id
+            elif progress.get("state") == "failed":
+                status, error = JobStatus.FAILED, progress.get("error")
+            elif job["trainer_starts"] >= MAX_TRAINER_STARTS and self._trainer_gone(job_dir):
+                status = JobStatus.FAILED
+                error = (
+                    f"the trainer stopped {MAX_TRAINER_STARTS} times; see {job_dir / 'trainer.log'}"
+                )
+            else:
+                self._ensure_trainer(job_id)
+        return TrainingJob(
+            id=job_id,
+            status=status,
+            model=job["model"],
+            fine_tuned_model=fine_tuned,
+            checkpoints=[Checkpoint(**c) for c in progress.get("checkpoints", [])],
+            classifier_targets=[ClassifierTarget(name=job["target"], labels=job.get("labels", []))],
+            metadata=job.get("metadata", {}),
+            error=error,
+        )
+
+    def _validate(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Check both files the way the API would; list the labels seen."""
+        try:
+            train = read_jsonl(Path(job["training_file"]))
+            valid = read_jsonl(Path(job["validation_file"])) if job["validation_file"] else []
+            labels: set[str] = set()
+            for record in train:
+                if job["target"] not in record["labels"]:
+                    raise RecipeError(
+                        f"{job['training_file']}: a row has no {job['target']!r} labels"
+                    )
+                labels.update(record["labels"][job["target"]])
+        except (RecipeError, OSError) as exc:
+            return {"status": JobStatus.FAILED_VALIDATION, "error": str(exc)}
+        if not train:
+            return {
+                "status": JobStatus.FAILED_VALIDATION,
+                "error": f"{job['training_file']} is empty",
+            }
+        words = sum(len(r["text"].split()) for r in train + valid)
+        return {
+            "status": JobStatus.VALIDATED,
+            "labels": sorted(labels),
+            "metadata": {
+                "train_rows": len(train),
+                "validation_rows": len(valid),
+                "data_tokens": words,
+                "epochs": job["hyperparameters"]["epochs"],
+                "expected_duration_seconds": max(
+                    1, round(len(train) * job["hyperparameters"]["epochs"] / 20_000)
+                ),
+                "cost": 0.0,
+                "cost_currency": "EUR",
+            },
+        }
+
+    def _start(self, job_id: str) -> TrainingJob:
+        job = self._read_job(job_id)
+        if job["status"] == JobStatus.QUEUED:
+            self._refresh(job_id)
+            job = self._read_job(job_id)
+        if job["status"] == JobStatus.VALIDATED:
+            job["status"] = JobStatus.RUNNING
+            write_json(self._job_dir(job_id) / JOB_FILE, job)
+        elif job["status"] != JobStatus.RUNNING:
+            raise BackendError(f"local backend: job {job_id} is {job['status']}, it cannot start")
+        return self._refresh(job_id)
+
+    # --- the trainer process -------------------------------------------------------------
+    def _trainer_gone(self, job_dir: Path) -> bool:
+        fd = self._try_lock(job_dir)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    @staticmethod
+    def _try_lock(job_dir: Path) -> int | None:
+        fd = os.open(job_dir / "trainer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _ensure_trainer(self, job_id: str) -> None:
+        """Start the trainer unless one holds the lock; the lock passes to the child."""
+        job_dir = self._job_dir(job_id)
+        fd = self._try_lock(job_dir)
+        if fd is None:
+            return  # a trainer is alive
+        try:
+            if (job_dir / MODEL_FILE).exists():
+                return
+            job = self._read_job(job_id)
+            job["trainer_starts"] += 1
+            write_json(job_dir / JOB_FILE, job)
+            with (job_dir / "trainer.log").open("ab") as log:
+                self._trainers.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "modfactory.backends.local_trainer",
+                            str(job_dir),
+                            "--lock-fd",
+                            str(fd),
+                        ],
+                        pass_fds=(fd,),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        finally:
+            os.close(fd)
+
+    def _reap(self) -> None:
+        self._trainers = [p for p in self._trainers if p.poll() is None]
+
+    # --- inference -----------------------------------------------------------------------
+    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+        return await asyncio.to_thread(self._classify, model, inputs)
+
+    def _classify(self, model: str, inputs: list[str]) -> list[Scores]:
+        if model not in self._models:
+            if not model.startswith(MODEL_PREFIX):
+                raise BackendError(f"local backend: {model!r} is not a local model id")
+            path = self._job_dir(model.removeprefix(MODEL_PREFIX)) / MODEL_FILE
+            if not path.exists():
+                raise BackendError(f"local backend: model {model!r} not found at {path}")
+            import joblib
+
+            self._models[model] = joblib.load(path)
+        bundle = self._models[model]
+        x = bundle["features"].transform(inputs)
+        columns = [m.predict_proba(x)[:, 1] for m in bundle["models"]]
+        return [
+            {
+                bundle["target"]: {
+                    "scores": {
+                        label: float(col[i])
+                        for label, col in zip(bundle["labels"], columns, strict=True)
+                    }
+                }
+            }
+            for i in range(len(inputs))
+        ]

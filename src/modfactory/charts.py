@@ -1,0 +1,89 @@
+"""PNG charts people would rather look at than read (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+class _SplitCounts(Protocol):
+    rows: int
+    safe: int
+    labels: dict[str, int]
+
+
+def distribution_chart(
+    splits: Mapping[str, _SplitCounts], labels: Sequence[str], path: Path, synthetic: bool
+) -> Path:
+    """The cookbook's 3 x 3 figure: category pie, flagged-vs-safe pie, stacked bars per split."""
+    fig, axes = plt.subplots(len(splits), 3, figsize=(24, 6 * len(splits)), squeeze=False)
+    for row, (split, counts) in enumerate(splits.items()):
+        name = split.capitalize()
+        categories = sorted(
+            [("No Flags", counts.safe), *((label, counts.labels[label]) for label in labels)],
+            key=lambda item: item[1],
+            reverse=True,
+        )
+        shown = [(label, count) for label, count in categories if count > 0]
+        axes[row, 0].pie(
+            [c for _, c in shown],
+            labels=[lbl for lbl, _ in shown],
+            autopct="%1.1f%%",
+            startangle=140,
+        )
+        axes[row, 0].set_title(f"{name} Samples (Category Distribution)")
+        flagged = counts.rows - counts.safe
+        axes[row, 1].pie(
+            [counts.safe, flagged],
+            labels=["None-Flagged", "Flagged"],
+            autopct="%1.1f%%",
+            startangle=140,
+            colors=["tab:blue", "tab:red"],
+        )
+        axes[row, 1].set_title(f"{name} Samples (Flagged vs None-Flagged)")
+        by_flagged = sorted(labels, key=lambda label: counts.labels[label], reverse=True)
+        flagged_counts = [counts.labels[label] for label in by_flagged]
+        safe_counts = [counts.rows - c for c in flagged_counts]
+        ax = axes[row, 2]
+        ax.bar(by_flagged, safe_counts, label="None-Flagged", color="tab:blue")
+        ax.bar(by_flagged, flagged_counts, bottom=safe_counts, label="Flagged", color="tab:red")
+        ax.set_ylabel("Count")
+        ax.set_title(f"{name} Samples (Stacked Bar)")
+        ax.legend()
+        ax.tick_params(axis="x", rotation=45)
+    if synthetic:
+        fig.suptitle("SYNTHETIC DATA (generated, not civil_comments)", color="tab:red", fontsize=18)
+    fig.tight_layout(rect=(0, 0, 1, 0.96 if synthetic else 1))
+    return _save(fig, path)
+
+
+def loss_chart(checkpoints: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
+    """Train and valid loss over steps, from the training job's checkpoints."""
+    points = sorted(checkpoints, key=lambda c: c["step"])
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for key, label in (("train_loss", "train loss"), ("valid_loss", "valid loss")):
+        series = [(c["step"], c[key]) for c in points if c.get(key) is not None]
+        if series:
+            ax.plot(*zip(*series, strict=True), marker="o", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

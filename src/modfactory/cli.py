@@ -1,0 +1,550 @@
+"""``modfactory``: build, train and evaluate a moderation classifier from the command line.
+
+Entry point only: parse, call the producer / worker / dataset builder, print. Progress goes
+to stderr; ``--json`` prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from arq.connections import ArqRedis, create_pool
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from modfactory import jobs
+from modfactory.backends import BackendError
+from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from modfactory.recipe import RecipeError
+from modfactory.runs import STAGES, Run, RunNotFound, RunStore
+from modfactory.settings import Settings
+
+app = typer.Typer(
+    help="Train and keep fresh your own content-moderation classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+dataset_app = typer.Typer(
+    help="Build the training set on its own (no Redis needed).", no_args_is_help=True
+)
+enqueue_app = typer.Typer(
+    help="Queue a new run, or one stage of an existing run.", no_args_is_help=True
+)
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(enqueue_app, name="enqueue")
+
+out = Console()
+err = Console(stderr=True)
+
+SourceOpt = Annotated[
+    str | None, typer.Option("--source", help="hf:<dataset>, a directory, or synthetic[:N].")
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend", help="local or mistral (default: mistral if MISTRAL_API_KEY is set)."
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where datasets, models and metrics go.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+HyperOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--hyperparameter", "-H", help="KEY=VALUE, repeatable (local: epochs, alpha, seed)."
+    ),
+]
+
+
+class CliError(Exception):
+    """An error worth one line to the user, and exit code 2."""
+
+
+def _settings(data_dir: Path | None = None) -> Settings:
+    try:
+        return Settings(**({"data_dir": data_dir} if data_dir else {}))
+    except ValidationError as exc:
+        raise CliError(
+            f"invalid setting: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
+        ) from None
+
+
+def _hyperparameters(values: list[str] | None) -> dict[str, float | int]:
+    parsed: dict[str, float | int] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--hyperparameter {item!r}: expected KEY=VALUE")
+        try:
+            parsed[key] = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+        except ValueError:
+            raise CliError(f"--hyperparameter {key}: {raw!r} is not a number") from None
+    return parsed
+
+
+def _main(coro: Any) -> Any:
+    """Run a command's coroutine, turning known errors into one line and exit code 2."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return asyncio.run(coro)
+    except (
+        CliError,
+        RecipeError,
+        BackendError,
+        EmbeddedRedisError,
+        RunNotFound,
+        ValidationError,
+    ) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@asynccontextmanager
+async def _redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
+    """A pool on MODFACTORY_REDIS_URL, or on an embedded server (then ``embedded`` is True)."""
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        url = await asyncio.to_thread(embedded.start)
+    try:
+        pool = await create_pool(
+            jobs.redis_settings(url),
+            job_serializer=jobs.serialize,
+            job_deserializer=jobs.deserialize,
+            default_queue_name=settings.queue_name,
+        )
+    except Exception as exc:
+        if embedded:
+            embedded.stop()
+        raise CliError(f"cannot reach Redis at {url} (MODFACTORY_REDIS_URL): {exc}") from None
+    try:
+        yield pool, embedded is not None
+    finally:
+        await pool.aclose()
+        if embedded:
+            embedded.stop()
+
+
+# --- run ------------------------------------------------------------------------------
+@app.command()
+def run(
+    source: SourceOpt = None,
+    backend: BackendOpt = None,
+    data_dir: DataDirOpt = None,
+    hyperparameter: HyperOpt = None,
+    as_json: JsonOpt = False,
+    worker: Annotated[
+        bool | None,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run a worker in this process (default: only with the embedded Redis).",
+        ),
+    ] = None,
+) -> None:
+    """Create a run and follow it to the end: build → upload → train → evaluate."""
+    final = _main(
+        _run(
+            _settings(data_dir), source, backend, _hyperparameters(hyperparameter), as_json, worker
+        )
+    )
+    raise typer.Exit(0 if final.state == "succeeded" else 1)
+
+
+async def _run(
+    settings: Settings,
+    source: str | None,
+    backend: str | None,
+    hyperparameters: dict[str, float | int],
+    as_json: bool,
+    with_worker: bool | None,
+) -> Run:
+    from modfactory.producer import Producer
+    from modfactory.worker import build_worker
+
+    async with _redis(settings) as (pool, embedded):
+        producer = Producer(pool, settings)
+        spec = producer.spec(source=source, backend=backend, hyperparameters=hyperparameters)
+        run = await producer.submit(spec)
+        if not as_json:
+            err.print(f"run [bold]{run.id}[/bold]: {spec.source} on the {spec.backend} backend")
+        worker_task = None
+        in_process = embedded if with_worker is None else with_worker
+        if in_process:
+            worker = build_worker(settings, redis=pool, handle_signals=False)
+            worker_task = asyncio.create_task(worker.async_run())
+        elif not as_json:
+            err.print("waiting for a worker (`modfactory worker`) to pick the run up…")
+        try:
+            final = await _follow(producer.store, run.id, quiet=as_json)
+        finally:
+            if worker_task is not None:
+                await worker.close()
+                worker_task.cancel()
+        _print_run(final, as_json)
+        return final
+
+
+async def _follow(store: RunStore, run_id: str, quiet: bool) -> Run:
+    """Poll the run store and redraw the progress until the run ends."""
+    with Live(console=err, refresh_per_second=4, transient=False, auto_refresh=False) as live:
+        while True:
+            run = await store.get(run_id)
+            if not quiet:
+                live.update(_progress_table(run), refresh=True)
+            if run.state.terminal:
+                return run
+            await asyncio.sleep(0.25)
+
+
+def _progress_table(run: Run) -> Table:
+    table = Table(title=f"{run.id} — {run.state}", title_justify="left", expand=False)
+    for column in ("stage", "state", "time", "detail"):
+        table.add_column(column)
+    for name in STAGES:
+        stage = run.stages[name]
+        took = ""
+        if stage.started_at:
+            end = stage.finished_at or run.updated_at
+            took = f"{(end - stage.started_at).total_seconds():.1f} s"
+        detail = stage.error or ""
+        if name == "train" and run.training.status and not stage.error:
+            last = run.training.checkpoints[-1] if run.training.checkpoints else None
+            detail = run.training.status
+            if last and last.train_loss is not None:
+                detail += f" · step {last.step} train loss {last.train_loss:.4f}"
+            if last and last.valid_loss is not None:
+                detail += f" valid loss {last.valid_loss:.4f}"
+        if name == "build" and run.dataset:
+            detail = ", ".join(f"{s} {v.rows:,}" for s, v in run.dataset.splits.items())
+            detail += " (synthetic)" if run.dataset.synthetic else ""
+        colour = {"succeeded": "green", "failed": "red", "running": "yellow"}.get(
+            stage.state, "dim"
+        )
+        table.add_row(name, f"[{colour}]{stage.state}[/{colour}]", took, detail)
+    return table
+
+
+def _metrics_table(metrics: dict[str, Any], synthetic: bool) -> Table:
+    title = f"test metrics at threshold {metrics['threshold']} ({metrics['rows']:,} rows)"
+    table = Table(title=title + (" — SYNTHETIC DATA" if synthetic else ""), title_justify="left")
+    for column in ("label", "precision", "recall", "F1", "ROC-AUC", "support", "prevalence"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+
+    def fmt(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    for label, m in metrics["labels"].items():
+        table.add_row(
+            label,
+            fmt(m["precision"]),
+            fmt(m["recall"]),
+            fmt(m["f1"]),
+            fmt(m["roc_auc"]),
+            f"{m['support']:,}",
+            f"{m['prevalence']:.1%}",
+        )
+    for average in ("micro", "macro"):
+        m = metrics[average]
+        table.add_row(
+            f"[bold]{average}[/bold]",
+            fmt(m["precision"]),
+            fmt(m["recall"]),
+            fmt(m["f1"]),
+            fmt(m.get("roc_auc")),
+            "",
+            "",
+        )
+    return table
+
+
+def _print_run(run: Run, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(run.to_json_dict()))
+        return
+    if run.metrics:
+        out.print(_metrics_table(run.metrics, bool(run.dataset and run.dataset.synthetic)))
+    for label, path in (
+        ("distribution chart", run.artifacts.distribution_chart),
+        ("loss curve", run.artifacts.loss_chart),
+        ("metrics", run.artifacts.metrics_file),
+    ):
+        if path:
+            out.print(f"{label}: {path}", highlight=False)
+    if run.artifacts.model_id:
+        out.print(f"model: {run.artifacts.model_id}", highlight=False)
+    colour = "green" if run.state == "succeeded" else "red"
+    out.print(
+        f"run {run.id}: [{colour}]{run.state}[/{colour}]"
+        + (f" — {run.error}" if run.error else ""),
+        highlight=False,
+    )
+
+
+# --- dataset build ----------------------------------------------------------------------
+@dataset_app.command("build")
+def dataset_build(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for train/validation/test.jsonl.")
+    ],
+    source: SourceOpt = None,
+    data_dir: DataDirOpt = None,
+    n_train: Annotated[
+        int | None, typer.Option(help="Rows taken from train (default 1,000,000).")
+    ] = None,
+    n_validation: Annotated[
+        int | None, typer.Option(help="Rows taken from validation (default 50,000).")
+    ] = None,
+    n_test: Annotated[
+        int | None, typer.Option(help="Rows taken from test (default 50,000).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Shuffle seed (default 42).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="A label is set when score > threshold (0.5).")
+    ] = None,
+    zero_flags_fraction: Annotated[
+        float | None, typer.Option(help="Share of unflagged rows kept (0.1).")
+    ] = None,
+    max_label_fraction: Annotated[
+        float | None, typer.Option(help="Cap on a label's share of flagged rows (0.2).")
+    ] = None,
+    min_label_fraction: Annotated[
+        float | None, typer.Option(help="Drop labels rarer than this (0.01).")
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column (text).")] = None,
+    label_columns: Annotated[
+        str | None, typer.Option(help="Comma-separated score columns.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The cookbook's dataset recipe → train.jsonl, validation.jsonl, test.jsonl and a chart."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from modfactory.dataset import build_dataset
+    from modfactory.recipe import RecipeParams
+    from modfactory.sources import parse_source
+
+    settings = _settings(data_dir)
+    overrides = {
+        "n_train": n_train,
+        "n_validation": n_validation,
+        "n_test": n_test,
+        "seed": seed,
+        "threshold": threshold,
+        "zero_flags_fraction": zero_flags_fraction,
+        "max_label_fraction": max_label_fraction,
+        "min_label_fraction": min_label_fraction,
+        "text_column": text_column,
+        "label_columns": tuple(c.strip() for c in label_columns.split(","))
+        if label_columns
+        else None,
+    }
+
+    async def build() -> Any:
+        params = RecipeParams.from_settings(settings, **overrides)
+        parsed = parse_source(source or settings.source)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(split: str, done: int, wanted: int) -> None:
+                if split not in tasks:
+                    tasks[split] = bar.add_task(f"streaming {split}", total=wanted)
+                bar.update(
+                    tasks[split],
+                    completed=done,
+                    total=max(done, wanted) if done == wanted else wanted,
+                )
+
+            return await asyncio.to_thread(
+                build_dataset, parsed, params, out_dir, settings.data_dir, progress
+            )
+
+    summary = _main(build())
+    if as_json:
+        out.print_json(summary.model_dump_json())
+        return
+    table = Table(
+        title=f"{summary.source}" + (" — SYNTHETIC DATA" if summary.synthetic else ""),
+        title_justify="left",
+    )
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    table.add_column("safe", justify="right")
+    for label in summary.labels:
+        table.add_column(label, justify="right")
+    for split, s in summary.splits.items():
+        table.add_row(
+            split,
+            f"{s.rows:,}",
+            f"{s.safe:,}",
+            *(f"{s.labels[label]:,}" for label in summary.labels),
+        )
+    out.print(table)
+    if summary.dropped_labels:
+        out.print(
+            f"dropped (under {settings.min_label_fraction:.0%}): "
+            + ", ".join(summary.dropped_labels)
+        )
+    out.print(f"files in {out_dir}; chart: {summary.chart}", highlight=False)
+
+
+# --- worker, enqueue, status, runs ---------------------------------------------------------
+@app.command("worker")
+def worker_command(data_dir: DataDirOpt = None) -> None:
+    """Run a worker until interrupted (embedded Redis when MODFACTORY_REDIS_URL is unset)."""
+    from modfactory.worker import build_worker
+
+    settings = _settings(data_dir)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.redis_url:
+        build_worker(settings).run()
+        return
+    try:
+        with EmbeddedRedis(settings.data_dir / "redis") as url:
+            err.print(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
+            build_worker(settings.model_copy(update={"redis_url": url})).run()
+    except EmbeddedRedisError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@enqueue_app.command("pipeline")
+def enqueue_pipeline(
+    source: SourceOpt = None,
+    backend: BackendOpt = None,
+    data_dir: DataDirOpt = None,
+    hyperparameter: HyperOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a run and queue it for the workers; prints its id."""
+    from modfactory.producer import Producer
+
+    settings = _settings(data_dir)
+
+    async def submit() -> Run:
+        async with _redis(settings) as (pool, _):
+            producer = Producer(pool, settings)
+            return await producer.submit(
+                producer.spec(
+                    source=source, backend=backend, hyperparameters=_hyperparameters(hyperparameter)
+                )
+            )
+
+    run_ = _main(submit())
+    if as_json:
+        out.print_json(json.dumps(run_.to_json_dict()))
+    else:
+        out.print(run_.id)
+
+
+def _enqueue_stage_command(stage: str) -> None:
+    def command(
+        run_id: Annotated[str, typer.Argument(help="The run id.")],
+        data_dir: DataDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        from modfactory.producer import Producer
+
+        settings = _settings(data_dir)
+
+        async def enqueue() -> Run:
+            async with _redis(settings) as (pool, _):
+                return await Producer(pool, settings).enqueue(stage, run_id)
+
+        run_ = _main(enqueue())
+        if as_json:
+            out.print_json(json.dumps(run_.to_json_dict()))
+        else:
+            out.print(f"queued {stage} for {run_.id}")
+
+    command.__doc__ = f"Queue the {stage} stage of RUN_ID again (a failed stage is reset)."
+    enqueue_app.command(stage)(command)
+
+
+for _stage in STAGES:
+    _enqueue_stage_command(_stage)
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one run: stages, training progress, metrics."""
+    settings = _settings(data_dir)
+
+    async def get() -> Run:
+        async with _redis(settings) as (pool, _):
+            return await RunStore(pool, settings.queue_name).get(run_id)
+
+    run_ = _main(get())
+    if as_json:
+        out.print_json(json.dumps(run_.to_json_dict()))
+        return
+    out.print(_progress_table(run_))
+    _print_run(run_, as_json=False)
+
+
+@app.command()
+def runs(
+    data_dir: DataDirOpt = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """List runs, newest first."""
+    settings = _settings(data_dir)
+
+    async def get() -> list[Run]:
+        async with _redis(settings) as (pool, _):
+            return await RunStore(pool, settings.queue_name).list(limit)
+
+    found = _main(get())
+    if as_json:
+        out.print_json(json.dumps([r.to_json_dict() for r in found]))
+        return
+    table = Table(title_justify="left")
+    for column in ("run", "state", "stage", "source", "backend", "macro F1", "created"):
+        table.add_column(column)
+    for r in found:
+        f1 = f"{r.metrics['macro']['f1']:.3f}" if r.metrics else ""
+        table.add_row(
+            r.id,
+            str(r.state),
+            r.current_stage or "",
+            r.spec.source,
+            r.spec.backend,
+            f1,
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+        )
+    out.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

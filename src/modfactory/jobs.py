@@ -1,0 +1,56 @@
+"""arq plumbing shared by the producer and the stages: names, ids, serializer, enqueue.
+
+Job ids are deterministic (``<run>:<stage>``, ``<run>:poll:<n>``), so enqueuing the same
+step twice (a retried stage, a restarting worker) queues it once. Results are not kept
+(``keep_result=0``), which frees an id for reuse as soon as its job ends. Jobs are JSON,
+never pickle: whoever can write to Redis must not be able to run code on the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings
+
+POLL_JOB = "poll_training"
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+def deserialize(data: bytes) -> dict[str, Any]:
+    return json.loads(data)
+
+
+def redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = 5
+    return settings
+
+
+def stage_job_id(run_id: str, stage: str) -> str:
+    return f"{run_id}:{stage}"
+
+
+async def enqueue_stage(redis: ArqRedis, queue: str, stage: str, run_id: str) -> bool:
+    """Queue ``stage`` for ``run_id``; False when it is queued or running already."""
+    job = await redis.enqueue_job(
+        stage, run_id, _job_id=stage_job_id(run_id, stage), _queue_name=queue
+    )
+    return job is not None
+
+
+async def enqueue_poll(redis: ArqRedis, queue: str, run_id: str, seq: int, delay: float) -> bool:
+    """Queue look number ``seq`` at a training job, ``delay`` seconds (±10 %) from now."""
+    job = await redis.enqueue_job(
+        POLL_JOB,
+        run_id,
+        seq,
+        _job_id=f"{run_id}:poll:{seq}",
+        _queue_name=queue,
+        _defer_by=delay * random.uniform(0.9, 1.1) if delay else None,
+    )
+    return job is not None

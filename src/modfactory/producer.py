@@ -1,0 +1,57 @@
+"""The one way a run is created and its stages enqueued (CLI today; webhook and cron later)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from modfactory import jobs
+from modfactory.backends import get_backend
+from modfactory.recipe import RecipeParams
+from modfactory.runs import STAGES, Run, RunSpec, RunStore
+from modfactory.settings import Settings
+from modfactory.sources import parse_source
+
+
+class Producer:
+    """Creates runs in the run store and puts their jobs on the arq queue."""
+
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.store = RunStore(redis, settings.queue_name)
+
+    def spec(
+        self,
+        *,
+        source: str | None = None,
+        backend: str | None = None,
+        hyperparameters: dict[str, float | int] | None = None,
+        model_name: str = "moderation",
+        **recipe: Any,
+    ) -> RunSpec:
+        """A validated run spec: settings, then these overrides. Fails before anything is queued."""
+        name = backend or self.settings.default_backend
+        parsed = parse_source(source or self.settings.source)
+        return RunSpec(
+            source=str(parsed) if parsed.kind != "dir" else parsed.location,
+            backend=name,
+            recipe=RecipeParams.from_settings(self.settings, **recipe),
+            hyperparameters=get_backend(name, self.settings).hyperparameters(hyperparameters or {}),
+            model_name=model_name,
+        )
+
+    async def submit(self, spec: RunSpec) -> Run:
+        """Create the run and queue its first stage."""
+        run = await self.store.create(spec)
+        await jobs.enqueue_stage(self.redis, self.settings.queue_name, "build", run.id)
+        return run
+
+    async def enqueue(self, stage: str, run_id: str) -> Run:
+        """Queue one stage of an existing run again (a failed stage is reset to pending)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        run = await self.store.reopen_stage(run_id, stage)
+        await jobs.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
+        return run

@@ -1,0 +1,207 @@
+"""The cookbook's dataset recipe, row for row, without pandas.
+
+Binarize each score at ``score > threshold``; per split, keep the first
+``int(total * zero_flags_fraction)`` unflagged rows and the first flagged rows under a
+per-label cap; drop labels rarer than ``min_label_fraction`` over all splits; write the
+Classifier Factory JSONL format. The arithmetic mirrors the cookbook's expressions so the
+same rows come out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from modfactory.settings import CIVIL_COMMENTS_LABELS, Settings
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SAFE_LABEL = "safe"
+TARGET = "moderation"
+
+
+class RecipeError(ValueError):
+    """The source data cannot be turned into a training set; the message says why."""
+
+
+class RecipeParams(BaseModel):
+    """Every number of the cookbook's recipe (defaults: the cookbook's)."""
+
+    text_column: str = "text"
+    label_columns: tuple[str, ...] = CIVIL_COMMENTS_LABELS
+    n_train: int = Field(1_000_000, ge=1)
+    n_validation: int = Field(50_000, ge=1)
+    n_test: int = Field(50_000, ge=1)
+    seed: int = 42
+    threshold: float = Field(0.5, ge=0, le=1)
+    zero_flags_fraction: float = Field(0.1, ge=0, lt=1)
+    max_label_fraction: float = Field(0.2, gt=0, le=1)
+    min_label_fraction: float = Field(0.01, ge=0, le=1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RecipeParams:
+        values = {name: getattr(settings, name) for name in cls.model_fields}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def take(self, split: str) -> int:
+        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One binarized example: its text and one flag per configured label."""
+
+    text: str
+    flags: tuple[bool, ...]
+
+    @property
+    def flagged(self) -> bool:
+        return any(self.flags)
+
+
+@dataclass
+class SplitCounts:
+    """How many rows a split holds, how many are unflagged, and each label's count."""
+
+    rows: int = 0
+    safe: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def binarize(example: Mapping[str, Any], params: RecipeParams, where: str = "the source") -> Row:
+    """``score > threshold`` for every label column, as the cookbook's converter does."""
+    text = example.get(params.text_column)
+    if text is None:
+        raise RecipeError(f"{where}: text column {params.text_column!r} is empty")
+    flags = []
+    for column in params.label_columns:
+        score = example.get(column)
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            raise RecipeError(f"{where}: label column {column!r} has no score for {text[:60]!r}")
+        flags.append(score > params.threshold)
+    return Row(str(text), tuple(flags))
+
+
+def check_columns(columns: Sequence[str] | None, params: RecipeParams, where: str) -> None:
+    """Fail early, naming the missing column and the columns that exist."""
+    if columns is None:
+        return
+    wanted = [params.text_column, *params.label_columns]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise RecipeError(
+            f"{where}: column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)} not found; columns found: "
+            f"{', '.join(columns)}. Set MODFACTORY_TEXT_COLUMN / MODFACTORY_LABEL_COLUMNS "
+            f"(or --text-column / --label-columns) to match your data."
+        )
+
+
+def filter_split(rows: Iterable[Row], params: RecipeParams, n_labels: int) -> list[Row]:
+    """The cookbook's ``filter_dataset``: cap unflagged rows and each label's share.
+
+    The final shuffle is seeded (the cookbook's is not), so builds are reproducible.
+    """
+    zero: list[Row] = []
+    non_zero: list[Row] = []
+    for row in rows:
+        (non_zero if row.flagged else zero).append(row)
+
+    total_samples = len(non_zero) / (1 - params.zero_flags_fraction)
+    desired_zero = int(total_samples * params.zero_flags_fraction)
+    desired_non_zero = int(total_samples * (1 - params.zero_flags_fraction))
+
+    counts = [0] * n_labels
+    kept: list[Row] = []
+    for row in non_zero[:desired_non_zero]:
+        if any(
+            flag and (counts[i] + 1) / desired_non_zero > params.max_label_fraction
+            for i, flag in enumerate(row.flags)
+        ):
+            continue
+        kept.append(row)
+        for i, flag in enumerate(row.flags):
+            counts[i] += flag
+    kept += zero[:desired_zero]
+    random.Random(params.seed).shuffle(kept)
+    return kept
+
+
+def labels_to_drop(splits: Mapping[str, list[Row]], params: RecipeParams) -> list[str]:
+    """Labels whose share over all filtered splits is under ``min_label_fraction``."""
+    total = sum(len(rows) for rows in splits.values())
+    if total == 0:
+        return []
+    dropped = []
+    for i, label in enumerate(params.label_columns):
+        count = sum(row.flags[i] for rows in splits.values() for row in rows)
+        if count / total < params.min_label_fraction:
+            dropped.append(label)
+    return dropped
+
+
+def row_labels(row: Row, params: RecipeParams, kept: Sequence[str]) -> list[str]:
+    """The row's labels among ``kept`` in column order, or ``["safe"]``."""
+    labels = [
+        label
+        for label, flag in zip(params.label_columns, row.flags, strict=True)
+        if flag and label in kept
+    ]
+    return labels or [SAFE_LABEL]
+
+
+def jsonl_lines(rows: Iterable[Row], params: RecipeParams, kept: Sequence[str]) -> Iterator[str]:
+    """Classifier Factory lines: ``{"text": ..., "labels": {"moderation": [...]}}``."""
+    for row in rows:
+        yield json.dumps({"text": row.text, "labels": {TARGET: row_labels(row, params, kept)}})
+
+
+def count_split(rows: Sequence[Row], params: RecipeParams, kept: Sequence[str]) -> SplitCounts:
+    """Row, unflagged and per-label counts over the kept labels (the cookbook's charts)."""
+    index = {label: params.label_columns.index(label) for label in kept}
+    counts = SplitCounts(rows=len(rows), labels={label: 0 for label in kept})
+    for row in rows:
+        flagged = False
+        for label, i in index.items():
+            if row.flags[i]:
+                counts.labels[label] += 1
+                flagged = True
+        counts.safe += not flagged
+    return counts
+
+
+def write_jsonl(path: Path, lines: Iterable[str]) -> None:
+    """Write atomically: a crash never leaves a half-written split behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a Classifier Factory file, naming the line at fault when one is malformed."""
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record.get("text"), str) or not isinstance(
+                    record.get("labels"), dict
+                ):
+                    raise ValueError("needs a 'text' string and a 'labels' object")
+            except (ValueError, AttributeError) as exc:
+                raise RecipeError(
+                    f"{path}:{number}: not a Classifier Factory row ({exc})"
+                ) from None
+            records.append(record)
+    return records

@@ -1,0 +1,353 @@
+"""Runs and the run store: every change of a run's state happens here, atomically.
+
+A run is one JSON document in Redis (``<prefix>:run:<id>``), listed newest first in a
+sorted set (``<prefix>:runs``). Each change reads, edits and writes the document inside a
+WATCH/MULTI transaction, retried on conflict, so concurrent workers never lose an update.
+The store knows nothing of arq or of the backends' clients.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from modfactory.backends.base import Checkpoint, TrainingJob
+from modfactory.dataset import DatasetSummary
+from modfactory.recipe import RecipeParams
+
+STAGES: tuple[str, ...] = ("build", "upload", "train", "evaluate")
+StageName = Literal["build", "upload", "train", "evaluate"]
+MAX_EVENTS = 500
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+
+
+class StageStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class StageState(BaseModel):
+    state: StageStatus = StageStatus.PENDING
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+class Event(BaseModel):
+    at: datetime
+    stage: str | None = None
+    message: str
+
+
+class RunSpec(BaseModel):
+    """What to build and train; fixed when the run is created."""
+
+    source: str
+    backend: Literal["local", "mistral"]
+    recipe: RecipeParams
+    hyperparameters: dict[str, float | int] = Field(default_factory=dict)
+    model_name: str = "moderation"
+
+
+class Artifacts(BaseModel):
+    """Where a run's outputs are: files on disk and ids at the backend."""
+
+    dataset_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    distribution_chart: str | None = None
+    train_file_id: str | None = None
+    validation_file_id: str | None = None
+    training_job_id: str | None = None
+    model_id: str | None = None
+    loss_chart: str | None = None
+    metrics_file: str | None = None
+
+
+class StatusChange(BaseModel):
+    status: str
+    at: datetime
+
+
+class Training(BaseModel):
+    """What the train stage has seen of the backend's job."""
+
+    status: str | None = None
+    history: list[StatusChange] = Field(default_factory=list)
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    poll_seq: int = 0
+    generation: int = 0  # bumped when a failed training is tried again with a new job
+
+    def job_suffix(self, run_id: str) -> str:
+        """Tags the backend job with the run, so it can be found again after a crash."""
+        return run_id if self.generation == 0 else f"{run_id}-{self.generation}"
+
+
+class Run(BaseModel):
+    id: str
+    state: RunState = RunState.QUEUED
+    spec: RunSpec
+    stages: dict[str, StageState] = Field(default_factory=lambda: {s: StageState() for s in STAGES})
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    dataset: DatasetSummary | None = None
+    training: Training = Field(default_factory=Training)
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None
+    events: list[Event] = Field(default_factory=list)
+
+    @property
+    def current_stage(self) -> str | None:
+        """The first stage not yet succeeded (None once all have)."""
+        return next((s for s in STAGES if self.stages[s].state != StageStatus.SUCCEEDED), None)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The document ``status --json`` and ``run --json`` print."""
+        return self.model_dump(mode="json")
+
+    def _event(self, message: str, stage: str | None = None) -> None:
+        self.events.append(Event(at=now(), stage=stage, message=message))
+        del self.events[:-MAX_EVENTS]
+
+
+class RunNotFound(LookupError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r}")
+
+
+def new_run_id() -> str:
+    """Sortable by creation time, unique, safe in file names and arq job ids."""
+    return f"run-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class RunStore:
+    """All reads and atomic writes of runs."""
+
+    def __init__(self, redis: Redis, prefix: str = "modfactory") -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def _key(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}:runs"
+
+    # --- reads -----------------------------------------------------------------------
+    async def get(self, run_id: str) -> Run:
+        raw = await self.redis.get(self._key(run_id))
+        if raw is None:
+            raise RunNotFound(run_id)
+        return Run.model_validate_json(raw)
+
+    async def list(self, limit: int = 50) -> list[Run]:
+        ids = await self.redis.zrevrange(self._index, 0, limit - 1)
+        raws = (
+            await self.redis.mget(
+                [self._key(i.decode() if isinstance(i, bytes) else i) for i in ids]
+            )
+            if ids
+            else []
+        )
+        return [Run.model_validate_json(raw) for raw in raws if raw is not None]
+
+    async def active(self) -> list[Run]:
+        """Runs not yet finished (a starting worker resumes them)."""
+        ids = await self.redis.zrange(self._index, 0, -1)
+        runs = []
+        for raw_id in ids:
+            run_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            try:
+                run = await self.get(run_id)
+            except RunNotFound:
+                continue
+            if not run.state.terminal:
+                runs.append(run)
+        return runs
+
+    # --- writes ----------------------------------------------------------------------
+    async def create(self, spec: RunSpec) -> Run:
+        run = Run(id=new_run_id(), spec=spec)
+        run._event(f"created: source {spec.source}, backend {spec.backend}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(run.id), run.model_dump_json())
+            pipe.zadd(self._index, {run.id: run.created_at.timestamp()})
+            await pipe.execute()
+        return run
+
+    async def _update(self, run_id: str, change: Callable[[Run], bool]) -> tuple[Run, bool]:
+        """Apply ``change`` atomically; it returns False to leave the run untouched."""
+        key = self._key(run_id)
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise RunNotFound(run_id)
+                    run = Run.model_validate_json(raw)
+                    if not change(run):
+                        await pipe.unwatch()
+                        return run, False
+                    run.updated_at = now()
+                    pipe.multi()
+                    pipe.set(key, run.model_dump_json())
+                    await pipe.execute()
+                    return run, True
+                except WatchError:
+                    continue
+
+    async def start_stage(self, run_id: str, stage: StageName) -> Run | None:
+        """Mark ``stage`` running; None when it must not run (done already, or run over)."""
+
+        def change(run: Run) -> bool:
+            state = run.stages[stage]
+            if run.state.terminal or state.state in (StageStatus.SUCCEEDED, StageStatus.FAILED):
+                return False
+            state.state = StageStatus.RUNNING
+            state.started_at = state.started_at or now()
+            state.attempts += 1
+            run.state = RunState.RUNNING
+            run._event(
+                "started" if state.attempts == 1 else f"resumed (attempt {state.attempts})", stage
+            )
+            return True
+
+        run, changed = await self._update(run_id, change)
+        return run if changed else None
+
+    async def finish_stage(
+        self,
+        run_id: str,
+        stage: StageName,
+        *,
+        artifacts: dict[str, Any] | None = None,
+        dataset: DatasetSummary | None = None,
+        metrics: dict[str, Any] | None = None,
+        message: str = "succeeded",
+    ) -> Run:
+        """Mark ``stage`` succeeded with what it produced; the last stage ends the run."""
+
+        def change(run: Run) -> bool:
+            state = run.stages[stage]
+            if state.state == StageStatus.SUCCEEDED:
+                return False
+            state.state, state.finished_at, state.error = StageStatus.SUCCEEDED, now(), None
+            run.artifacts = run.artifacts.model_copy(update=artifacts or {})
+            run.dataset = dataset or run.dataset
+            run.metrics = metrics or run.metrics
+            run._event(message, stage)
+            if run.current_stage is None:
+                run.state, run.finished_at = RunState.SUCCEEDED, now()
+                run._event("run succeeded")
+            return True
+
+        return (await self._update(run_id, change))[0]
+
+    async def reopen_stage(self, run_id: str, stage: StageName) -> Run:
+        """Let ``stage`` run again after a failure; a finished run is reopened for it."""
+
+        def change(run: Run) -> bool:
+            state = run.stages[stage]
+            if state.state != StageStatus.FAILED:
+                return False
+            run.stages[stage] = StageState(attempts=state.attempts)
+            run.state, run.error, run.finished_at = RunState.QUEUED, None, None
+            if stage == "train":
+                run.artifacts.training_job_id = None
+                run.training = Training(generation=run.training.generation + 1)
+            run._event("queued again", stage)
+            return True
+
+        return (await self._update(run_id, change))[0]
+
+    async def fail_stage(self, run_id: str, stage: StageName, error: str) -> Run:
+        """Mark ``stage`` and the run failed, keeping the reason."""
+
+        def change(run: Run) -> bool:
+            if run.state.terminal:
+                return False
+            state = run.stages[stage]
+            state.state, state.finished_at, state.error = StageStatus.FAILED, now(), error
+            run.state, run.finished_at, run.error = RunState.FAILED, now(), f"{stage}: {error}"
+            run._event(f"failed: {error}", stage)
+            return True
+
+        return (await self._update(run_id, change))[0]
+
+    async def record_artifacts(
+        self, run_id: str, message: str | None = None, **artifacts: Any
+    ) -> Run:
+        """Record outputs as soon as they exist (an uploaded file id, a job id)."""
+
+        def change(run: Run) -> bool:
+            run.artifacts = run.artifacts.model_copy(update=artifacts)
+            if message:
+                run._event(message, run.current_stage)
+            return True
+
+        return (await self._update(run_id, change))[0]
+
+    async def record_training(self, run_id: str, job: TrainingJob) -> Run:
+        """Record a look at the training job: status changes and new checkpoints, once each."""
+
+        def change(run: Run) -> bool:
+            training, changed = run.training, False
+            if job.status != training.status:
+                training.status = job.status
+                training.history.append(StatusChange(status=job.status, at=now()))
+                run._event(f"job {job.id} is {job.status}", "train")
+                changed = True
+            seen = {c.step for c in training.checkpoints}
+            fresh = sorted((c for c in job.checkpoints if c.step not in seen), key=lambda c: c.step)
+            if fresh:
+                training.checkpoints.extend(fresh)
+                training.checkpoints.sort(key=lambda c: c.step)
+                changed = True
+            if job.metadata and job.metadata != training.metadata:
+                training.metadata = job.metadata
+                changed = True
+            return changed
+
+        return (await self._update(run_id, change))[0]
+
+    async def advance_poll(self, run_id: str, seq: int) -> bool:
+        """Move the poll sequence from ``seq`` to ``seq + 1``; False if already moved."""
+
+        def change(run: Run) -> bool:
+            if run.training.poll_seq != seq:
+                return False
+            run.training.poll_seq = seq + 1
+            return True
+
+        return (await self._update(run_id, change))[1]

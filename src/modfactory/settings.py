@@ -1,0 +1,116 @@
+"""Every knob of modfactory, in one place.
+
+Values come from the environment (prefix ``MODFACTORY_``) or a ``.env`` file in the
+working directory; the Mistral key is read under its usual name ``MISTRAL_API_KEY``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CIVIL_COMMENTS_LABELS: tuple[str, ...] = (
+    "toxicity",
+    "severe_toxicity",
+    "obscene",
+    "threat",
+    "insult",
+    "identity_attack",
+    "sexual_explicit",
+)
+
+BackendChoice = Literal["auto", "local", "mistral"]
+
+
+class Settings(BaseSettings):
+    """modfactory configuration (environment, ``.env``, or keyword arguments in code)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODFACTORY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- where things live -------------------------------------------------------
+    data_dir: Path = Field(
+        Path("modfactory-data"),
+        description="Datasets, charts, local models, metrics and the embedded Redis's files.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis to use, e.g. redis://localhost:6379/0. Unset: the CLI starts an "
+        "embedded redis-server with its data under DATA_DIR/redis.",
+    )
+    queue_name: str = Field("modfactory", description="arq queue name (and Redis key prefix).")
+
+    # --- the dataset recipe (the cookbook's numbers) -------------------------------
+    source: str = Field(
+        "hf:google/civil_comments",
+        description="hf:<dataset>, a local directory of split files, or synthetic[:N].",
+    )
+    text_column: str = Field("text", description="Column holding the text.")
+    label_columns: tuple[str, ...] = Field(
+        CIVIL_COMMENTS_LABELS, description="Score columns in [0, 1]; JSON list in the environment."
+    )
+    n_train: int = Field(1_000_000, ge=1, description="Rows taken from the shuffled train split.")
+    n_validation: int = Field(50_000, ge=1, description="Rows taken from the validation split.")
+    n_test: int = Field(50_000, ge=1, description="Rows taken from the test split.")
+    seed: int = Field(42, description="Shuffle seed (datasets' IterableDataset.shuffle).")
+    threshold: float = Field(0.5, ge=0, le=1, description="A label is set when score > this.")
+    zero_flags_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of unflagged ('safe') rows kept in each split."
+    )
+    max_label_fraction: float = Field(
+        0.2, gt=0, le=1, description="Cap on each label's share of the flagged rows."
+    )
+    min_label_fraction: float = Field(
+        0.01, ge=0, le=1, description="Labels rarer than this over all splits are dropped."
+    )
+
+    # --- training -------------------------------------------------------------------
+    backend: BackendChoice = Field(
+        "auto", description="auto: mistral when MISTRAL_API_KEY is set, else local."
+    )
+    mistral_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("MISTRAL_API_KEY", "MODFACTORY_MISTRAL_API_KEY"),
+        description="Mistral API key (never logged, never stored in Redis).",
+    )
+    local_epochs: int = Field(8, ge=1, le=1000, description="Local backend: training epochs.")
+    local_alpha: float = Field(
+        2e-5, gt=0, description="Local backend: L2 regularisation of the logistic model."
+    )
+    poll_interval: float = Field(
+        5.0, gt=0, description="Seconds between two looks at a training job."
+    )
+    classify_batch_size: int = Field(64, ge=1, le=1024, description="Texts per classify call.")
+
+    # --- worker ----------------------------------------------------------------------
+    max_jobs: int = Field(10, ge=1, description="Concurrent arq jobs per worker.")
+    job_timeout: int = Field(
+        600,
+        ge=10,
+        description="Longest a single stage job may run (s). A killed worker's job is "
+        "re-run after this + 10 s, so keep it short.",
+    )
+    health_check_interval: int = Field(30, ge=1, description="Worker heartbeat period (s).")
+
+    @field_validator("label_columns", mode="before")
+    @classmethod
+    def _split_labels(cls, value: object) -> object:
+        """Accept a comma-separated list as well as JSON."""
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def default_backend(self) -> Literal["local", "mistral"]:
+        """The backend a run gets when it does not name one."""
+        if self.backend != "auto":
+            return self.backend
+        return "mistral" if self.mistral_api_key else "local"

@@ -1,0 +1,110 @@
+"""Where a dataset comes from: ``hf:<name>``, a local directory of split files, or synthetic.
+
+Every source is opened as a streamed ``datasets.IterableDataset`` per split, exactly as the
+cookbook opens ``google/civil_comments``, so ``shuffle(seed, buffer_size).take(n)``
+selects the very same rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modfactory import synthetic
+from modfactory.recipe import SPLITS, RecipeError
+
+if TYPE_CHECKING:
+    from datasets import IterableDataset
+
+_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+_SYNTHETIC = re.compile(r"^synthetic(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed ``--source`` value."""
+
+    kind: str  # "hf" | "dir" | "synthetic"
+    location: str
+    rows: int = 0
+
+    @property
+    def synthetic(self) -> bool:
+        return self.kind == "synthetic"
+
+    def __str__(self) -> str:
+        if self.kind == "hf":
+            return f"hf:{self.location}"
+        if self.kind == "synthetic":
+            return f"synthetic:{self.rows}"
+        return self.location
+
+
+def parse_source(value: str) -> Source:
+    """Parse ``hf:NAME``, ``synthetic[:N]`` or a directory path; fail on anything else."""
+    value = value.strip()
+    if value.startswith("hf:"):
+        name = value[3:]
+        if not name:
+            raise RecipeError("source 'hf:' needs a dataset name, e.g. hf:google/civil_comments")
+        return Source("hf", name)
+    match = _SYNTHETIC.match(value)
+    if match:
+        rows = int(match.group(1) or synthetic.DEFAULT_ROWS)
+        if rows < 10:
+            raise RecipeError(f"source {value!r}: synthetic needs at least 10 rows")
+        return Source("synthetic", "synthetic", rows)
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise RecipeError(
+            f"source {value!r} is neither hf:<dataset>, synthetic[:N] nor an existing directory"
+        )
+    return Source("dir", str(path.resolve()))
+
+
+def split_files(directory: Path) -> dict[str, list[str]]:
+    """Files named after their split (``train*``, ``validation*``, ``test*``), sorted."""
+    files: dict[str, list[str]] = {}
+    for split in SPLITS:
+        found = sorted(
+            p
+            for p in directory.iterdir()
+            if p.is_file() and p.name.startswith(split) and p.suffix in _BUILDERS
+        )
+        if not found:
+            raise RecipeError(
+                f"source {directory}: no {split}* file (.parquet, .csv or .jsonl) found; "
+                f"files there: {', '.join(sorted(p.name for p in directory.iterdir())) or 'none'}"
+            )
+        kinds = {_BUILDERS[p.suffix] for p in found}
+        if len(kinds) > 1:
+            raise RecipeError(f"source {directory}: {split} files mix formats ({sorted(kinds)})")
+        files[split] = [str(p) for p in found]
+    return files
+
+
+def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
+    """The three splits as streamed datasets (synthetic data is written once, then streamed)."""
+    from datasets import load_dataset
+
+    if source.kind == "hf":
+        streams = load_dataset(source.location, streaming=True)
+        missing = [s for s in SPLITS if s not in streams]
+        if missing:
+            raise RecipeError(f"source hf:{source.location} has no split {missing[0]!r}")
+        return {split: streams[split] for split in SPLITS}
+    if source.kind == "synthetic":
+        directory = synthetic.write_source(
+            data_dir / "sources" / f"synthetic-{source.rows}", source.rows
+        )
+    else:
+        directory = Path(source.location)
+    files = split_files(directory)
+    return {
+        split: load_dataset(
+            _BUILDERS[Path(paths[0]).suffix], data_files={split: paths}, streaming=True
+        )[split]
+        for split, paths in files.items()
+    }

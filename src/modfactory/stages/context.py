@@ -1,0 +1,86 @@
+"""What every stage job needs, built once per worker, and the guard around each step."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from modfactory import jobs
+from modfactory.backends import Backend, BackendError, get_backend
+from modfactory.recipe import RecipeError
+from modfactory.runs import Run, RunStore, StageName
+from modfactory.settings import Settings
+
+log = logging.getLogger("modfactory.stages")
+
+
+@dataclass
+class StageContext:
+    settings: Settings
+    store: RunStore
+    redis: ArqRedis
+    _backends: dict[str, Backend] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ctx: dict[str, Any]) -> StageContext:
+        """The StageContext the worker put in arq's ``ctx``."""
+        return ctx["modfactory"]
+
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = get_backend(name, self.settings)
+        return self._backends[name]
+
+    def run_dir(self, run_id: str) -> Path:
+        return (self.settings.data_dir / "runs" / run_id).resolve()
+
+    async def enqueue(self, stage: StageName, run_id: str) -> None:
+        await jobs.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
+
+    async def enqueue_poll(self, run_id: str, seq: int, delay: float | None = None) -> None:
+        interval = self.settings.poll_interval if delay is None else delay
+        await jobs.enqueue_poll(self.redis, self.settings.queue_name, run_id, seq, interval)
+
+    async def close(self) -> None:
+        for backend in self._backends.values():
+            await backend.close()
+
+
+async def guarded(
+    sc: StageContext, stage: StageName, run_id: str, step: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``step``; any failure fails the stage (and the run) with a reason worth reading.
+
+    The step gets ``job_timeout - 5`` seconds, so a stuck step is recorded as failed before
+    arq gives up on the job.
+    """
+    try:
+        async with asyncio.timeout(max(1, sc.settings.job_timeout - 5)):
+            await step()
+    except (RecipeError, BackendError) as exc:
+        log.warning("run %s: %s failed: %s", run_id, stage, exc)
+        await sc.store.fail_stage(run_id, stage, str(exc))
+    except TimeoutError:
+        log.warning("run %s: %s timed out", run_id, stage)
+        await sc.store.fail_stage(
+            run_id,
+            stage,
+            f"timed out after {sc.settings.job_timeout - 5} s (MODFACTORY_JOB_TIMEOUT)",
+        )
+    except Exception as exc:
+        log.exception("run %s: %s failed unexpectedly", run_id, stage)
+        await sc.store.fail_stage(run_id, stage, f"{type(exc).__name__}: {exc}")
+
+
+async def start(sc: StageContext, stage: StageName, run_id: str) -> Run | None:
+    """Mark the stage running, or None (and a log line) when there is nothing to do."""
+    run = await sc.store.start_stage(run_id, stage)
+    if run is None:
+        log.info("run %s: %s has nothing to do", run_id, stage)
+    return run

@@ -1,0 +1,88 @@
+"""The worker: every job the daemon runs, and how arq is configured to run them.
+
+Jobs: ``build``, ``upload``, ``train``, ``poll_training`` (one look at a training job,
+re-scheduled until it ends) and ``evaluate``. On start-up the worker queues the current
+step of every unfinished run again; deterministic job ids make that a no-op for runs
+whose step is already queued, and it revives runs whose queue a Redis restart lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq import func
+from arq.connections import ArqRedis
+from arq.worker import Worker
+
+from modfactory import jobs
+from modfactory.runs import RunStore
+from modfactory.settings import Settings
+from modfactory.stages.build import build
+from modfactory.stages.context import StageContext
+from modfactory.stages.evaluate import evaluate
+from modfactory.stages.train import poll_training, train
+from modfactory.stages.upload import upload
+
+log = logging.getLogger("modfactory.worker")
+
+STAGE_FUNCTIONS = (build, upload, train, poll_training, evaluate)
+
+
+async def resume_unfinished_runs(sc: StageContext) -> int:
+    """Queue the current stage of every unfinished run; returns how many were looked at."""
+    runs = await sc.store.active()
+    for run in runs:
+        stage = run.current_stage
+        if stage is not None:
+            await sc.enqueue(stage, run.id)  # type: ignore[arg-type]
+    if runs:
+        log.info("resumed %d unfinished run(s)", len(runs))
+    return len(runs)
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """arq Worker keyword arguments: the jobs, JSON serialization, timeouts, heartbeat."""
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        sc = StageContext(settings, RunStore(ctx["redis"], settings.queue_name), ctx["redis"])
+        ctx["modfactory"] = sc
+        await resume_unfinished_runs(sc)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if "modfactory" in ctx:
+            await ctx["modfactory"].close()
+
+    return {
+        "functions": [
+            func(f, name=f.__name__, keep_result=0, timeout=settings.job_timeout)
+            for f in STAGE_FUNCTIONS
+        ],
+        "queue_name": settings.queue_name,
+        "redis_settings": jobs.redis_settings(settings.redis_url or "redis://localhost:6379"),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": settings.job_timeout,
+        "keep_result": 0,
+        "health_check_interval": settings.health_check_interval,
+        "job_serializer": jobs.serialize,
+        "job_deserializer": jobs.deserialize,
+        "poll_delay": 0.2,
+    }
+
+
+def build_worker(settings: Settings, redis: ArqRedis | None = None, **overrides: Any) -> Worker:
+    """An arq Worker for ``settings`` (``redis``: share an existing pool, as the CLI does)."""
+    options = worker_options(settings)
+    if redis is not None:
+        del options["redis_settings"]
+        options["redis_pool"] = redis
+    return Worker(**{**options, **overrides})
+
+
+def __getattr__(name: str) -> Any:
+    """``WorkerSettings`` for arq's own CLI (``arq modfactory.worker.WorkerSettings``)."""
+    if name == "WorkerSettings":
+        return type("WorkerSettings", (), worker_options(Settings()))
+    raise AttributeError(name)

@@ -1,0 +1,128 @@
+"""The local backend: a real classifier, trained in its own process, never retrained."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from modfactory.backends.base import BackendError, JobRequest, JobStatus, TrainingJob
+from modfactory.backends.local import LocalBackend
+from modfactory.dataset import build_dataset
+from modfactory.recipe import RecipeParams
+from modfactory.sources import parse_source
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dataset")
+    build_dataset(parse_source("synthetic:30000"), RecipeParams(), root / "out", root / "data")
+    return root / "out"
+
+
+async def wait_for(backend: LocalBackend, job_id: str, done, timeout: float = 120) -> TrainingJob:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        job = await backend.get_job(job_id)
+        if done(job):
+            return job
+        assert asyncio.get_running_loop().time() < deadline, f"job stuck at {job.status}"
+        await asyncio.sleep(0.2)
+
+
+async def submit(backend: LocalBackend, dataset: Path, suffix: str, **hyper) -> TrainingJob:
+    train = await backend.upload_file(dataset / "train.jsonl", tag="t")
+    valid = await backend.upload_file(dataset / "validation.jsonl", tag="v")
+    request = JobRequest(model=backend.base_model, training_file_id=train.id,
+                         validation_file_ids=[valid.id], hyperparameters=hyper, suffix=suffix)
+    return await backend.create_job(request)
+
+
+async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
+    backend = LocalBackend(tmp_path, epochs=3)
+    first = await backend.upload_file(dataset / "train.jsonl", tag="a")
+    again = await backend.upload_file(dataset / "train.jsonl", tag="b")
+    assert first.id == again.id and len(list((tmp_path / "local" / "files").iterdir())) == 1
+
+    job = await submit(backend, dataset, "run-1")
+    assert (await submit(backend, dataset, "run-1")).id == job.id  # create is idempotent
+    assert job.status == JobStatus.VALIDATED
+    assert set(job.classifier_targets[0].labels) >= {"safe", "toxicity", "insult"}
+    assert job.metadata["train_rows"] > 5000 and job.metadata["cost"] == 0
+
+    await backend.start_job(job.id)
+    done = await wait_for(backend, job.id, lambda j: j.status.terminal)
+    assert done.status == JobStatus.SUCCESS, done.error
+    assert [c.step for c in done.checkpoints] == [1, 2, 3]
+    assert all(c.train_loss > 0 and c.valid_loss > 0 for c in done.checkpoints)
+    assert done.checkpoints[-1].train_loss < done.checkpoints[0].train_loss
+
+    texts = ["you stupid idiot moron", "the council meeting about the budget", ""]
+    results = await backend.classify(done.fine_tuned_model, texts)
+    assert len(results) == 3
+    scores = [r["moderation"]["scores"] for r in results]
+    assert scores[0]["insult"] > 0.5 > scores[1]["insult"]
+    assert all(0 <= p <= 1 for s in scores for p in s.values())
+
+    # A saved model is never retrained: more looks and starts leave it as it is.
+    model = tmp_path / "local" / "jobs" / job.id / "model.joblib"
+    mtime = model.stat().st_mtime_ns
+    await backend.start_job(job.id)
+    await backend.get_job(job.id)
+    await asyncio.sleep(0.5)
+    assert model.stat().st_mtime_ns == mtime
+    assert json.loads((model.parent / "job.json").read_text())["trainer_starts"] == 1
+
+
+async def test_a_killed_trainer_is_started_again(tmp_path: Path, dataset: Path) -> None:
+    backend = LocalBackend(tmp_path, epochs=40)
+    job = await submit(backend, dataset, "run-2")
+    await backend.start_job(job.id)
+    await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
+    progress = json.loads((tmp_path / "local" / "jobs" / job.id / "progress.json").read_text())
+    os.kill(progress["pid"], signal.SIGKILL)
+    await asyncio.sleep(0.3)
+
+    restarted = await wait_for(backend, job.id, lambda j: j.status.terminal, timeout=180)
+    assert restarted.status == JobStatus.SUCCESS
+    job_file = json.loads((tmp_path / "local" / "jobs" / job.id / "job.json").read_text())
+    assert job_file["trainer_starts"] == 2
+    assert len(restarted.checkpoints) == 40
+
+
+async def test_a_malformed_file_fails_validation_naming_the_line(tmp_path: Path, dataset: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "labels": {"moderation": ["safe"]}}\n{"text": 3}\n')
+    backend = LocalBackend(tmp_path)
+    uploaded = await backend.upload_file(bad, tag="bad")
+    job = await backend.create_job(JobRequest(model="m", training_file_id=uploaded.id,
+                                              validation_file_ids=[], hyperparameters={}, suffix="x"))
+    assert job.status == JobStatus.FAILED_VALIDATION
+    assert ".jsonl:2: not a Classifier Factory row" in job.error
+    with pytest.raises(BackendError, match="cannot start"):
+        await backend.start_job(job.id)
+
+
+def test_unknown_hyperparameter_is_named(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="no hyperparameter 'training_steps'.*alpha, epochs, seed"):
+        LocalBackend(tmp_path).hyperparameters({"training_steps": 200})
+
+
+async def test_cancel_stops_the_trainer(tmp_path: Path, dataset: Path) -> None:
+    backend = LocalBackend(tmp_path, epochs=200)
+    job = await submit(backend, dataset, "run-3")
+    await backend.start_job(job.id)
+    await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
+    cancelled = await backend.cancel_job(job.id)
+    assert cancelled.status == JobStatus.CANCELLED
+    progress_file = tmp_path / "local" / "jobs" / job.id / "progress.json"
+    for _ in range(300):
+        progress = json.loads(progress_file.read_text())
+        if progress["state"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert progress["state"] == "cancelled" and len(progress["checkpoints"]) < 200

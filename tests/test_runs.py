@@ -1,0 +1,86 @@
+"""The run store: transitions, idempotence and atomicity."""
+
+from __future__ import annotations
+
+import asyncio
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from modfactory.backends.base import Checkpoint, JobStatus, TrainingJob
+from modfactory.recipe import RecipeParams
+from modfactory.runs import STAGES, RunNotFound, RunSpec, RunState, RunStore, StageStatus
+
+
+def spec() -> RunSpec:
+    return RunSpec(source="synthetic:100", backend="local", recipe=RecipeParams())
+
+
+@pytest.fixture
+def store() -> RunStore:
+    return RunStore(fakeredis.FakeAsyncRedis(), "test")
+
+
+async def test_a_run_goes_through_its_stages_and_succeeds(store: RunStore) -> None:
+    run = await store.create(spec())
+    assert run.state == RunState.QUEUED and run.current_stage == "build"
+    for stage in STAGES:
+        started = await store.start_stage(run.id, stage)
+        assert started is not None and started.stages[stage].state == StageStatus.RUNNING
+        await store.finish_stage(run.id, stage, artifacts={"model_id": "m"} if stage == "train" else None)
+    final = await store.get(run.id)
+    assert final.state == RunState.SUCCEEDED and final.finished_at is not None
+    assert final.artifacts.model_id == "m"
+    assert all(final.stages[s].finished_at >= final.stages[s].started_at for s in STAGES)
+    assert [e.message for e in final.events][-1] == "run succeeded"
+    # Re-running a finished stage changes nothing.
+    assert await store.start_stage(run.id, "build") is None
+    assert (await store.finish_stage(run.id, "evaluate")).updated_at == final.updated_at
+
+
+async def test_a_failure_ends_the_run_and_stops_later_stages(store: RunStore) -> None:
+    run = await store.create(spec())
+    await store.start_stage(run.id, "build")
+    failed = await store.fail_stage(run.id, "build", "split 'train' is empty")
+    assert failed.state == RunState.FAILED
+    assert failed.error == "build: split 'train' is empty"
+    assert failed.stages["build"].error == "split 'train' is empty"
+    assert await store.start_stage(run.id, "upload") is None
+    reopened = await store.reopen_stage(run.id, "build")
+    assert reopened.state == RunState.QUEUED and reopened.stages["build"].state == StageStatus.PENDING
+    assert (await store.start_stage(run.id, "build")).stages["build"].attempts == 2
+
+
+async def test_training_looks_are_recorded_once_each(store: RunStore) -> None:
+    run = await store.create(spec())
+    job = TrainingJob(id="j", status=JobStatus.RUNNING, model="m", checkpoints=[Checkpoint(step=2, train_loss=0.5), Checkpoint(step=1, train_loss=0.9)])
+    await store.record_training(run.id, job)
+    await store.record_training(run.id, job)
+    job.checkpoints.insert(0, Checkpoint(step=3, train_loss=0.3))
+    recorded = await store.record_training(run.id, job)
+    assert [c.step for c in recorded.training.checkpoints] == [1, 2, 3]
+    assert [h.status for h in recorded.training.history] == ["RUNNING"]
+
+
+async def test_unknown_run_is_named(store: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="run-nope"):
+        await store.get("run-nope")
+
+
+async def test_concurrent_writers_lose_nothing_and_a_poll_advances_once(redis_db: str) -> None:
+    """Real Redis, many connections: WATCH/MULTI keeps every update and one winner."""
+    clients = [Redis.from_url(redis_db) for _ in range(8)]
+    stores = [RunStore(c, "test") for c in clients]
+    run = await stores[0].create(spec())
+    fields = ["train_file", "validation_file", "test_file", "dataset_dir", "train_file_id",
+              "validation_file_id", "training_job_id", "model_id"]
+    await asyncio.gather(*(s.record_artifacts(run.id, **{f: f"v-{f}"}) for s, f in zip(stores, fields)))
+    artifacts = (await stores[0].get(run.id)).artifacts
+    assert all(getattr(artifacts, f) == f"v-{f}" for f in fields)
+
+    wins = await asyncio.gather(*(stores[i % 8].advance_poll(run.id, 0) for i in range(40)))
+    assert sum(wins) == 1
+    assert (await stores[0].get(run.id)).training.poll_seq == 1
+    for c in clients:
+        await c.aclose()
