@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from cookbook import cookbook_build
 
+from cookbook import cookbook_build
 from modfactory.dataset import build_dataset
 from modfactory.recipe import RecipeParams
 from modfactory.settings import CIVIL_COMMENTS_LABELS
@@ -42,9 +42,7 @@ def test_build_matches_the_cookbook_on_100k_rows_per_split(tmp_path: Path) -> No
 
     for split in ("train", "validation", "test"):
         lines = (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()
-        got = Counter(
-            (r["text"], tuple(r["labels"]["moderation"])) for r in map(json.loads, lines)
-        )
+        got = Counter((r["text"], tuple(r["labels"]["moderation"])) for r in map(json.loads, lines))
         assert got == Counter(expected[split]), split
         assert summary.splits[split].rows == len(expected[split]) > 1_000
     assert "severe_toxicity" in summary.dropped_labels

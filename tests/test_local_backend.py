@@ -37,8 +37,13 @@ async def wait_for(backend: LocalBackend, job_id: str, done, timeout: float = 12
 async def submit(backend: LocalBackend, dataset: Path, suffix: str, **hyper) -> TrainingJob:
     train = await backend.upload_file(dataset / "train.jsonl", tag="t")
     valid = await backend.upload_file(dataset / "validation.jsonl", tag="v")
-    request = JobRequest(model=backend.base_model, training_file_id=train.id,
-                         validation_file_ids=[valid.id], hyperparameters=hyper, suffix=suffix)
+    request = JobRequest(
+        model=backend.base_model,
+        training_file_id=train.id,
+        validation_file_ids=[valid.id],
+        hyperparameters=hyper,
+        suffix=suffix,
+    )
     return await backend.create_job(request)
 
 
@@ -94,13 +99,22 @@ async def test_a_killed_trainer_is_started_again(tmp_path: Path, dataset: Path) 
     assert len(restarted.checkpoints) == 40
 
 
-async def test_a_malformed_file_fails_validation_naming_the_line(tmp_path: Path, dataset: Path) -> None:
+async def test_a_malformed_file_fails_validation_naming_the_line(
+    tmp_path: Path, dataset: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "labels": {"moderation": ["safe"]}}\n{"text": 3}\n')
     backend = LocalBackend(tmp_path)
     uploaded = await backend.upload_file(bad, tag="bad")
-    job = await backend.create_job(JobRequest(model="m", training_file_id=uploaded.id,
-                                              validation_file_ids=[], hyperparameters={}, suffix="x"))
+    job = await backend.create_job(
+        JobRequest(
+            model="m",
+            training_file_id=uploaded.id,
+            validation_file_ids=[],
+            hyperparameters={},
+            suffix="x",
+        )
+    )
     assert job.status == JobStatus.FAILED_VALIDATION
     assert ".jsonl:2: not a Classifier Factory row" in job.error
     with pytest.raises(BackendError, match="cannot start"):
@@ -108,7 +122,9 @@ async def test_a_malformed_file_fails_validation_naming_the_line(tmp_path: Path,
 
 
 def test_unknown_hyperparameter_is_named(tmp_path: Path) -> None:
-    with pytest.raises(BackendError, match="no hyperparameter 'training_steps'.*alpha, epochs, seed"):
+    with pytest.raises(
+        BackendError, match=r"no hyperparameter 'training_steps'.*alpha, epochs, seed"
+    ):
         LocalBackend(tmp_path).hyperparameters({"training_steps": 200})
 
 

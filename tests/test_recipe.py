@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from conftest import write_split_files
 from cookbook import cookbook_build
-
 from modfactory.dataset import build_dataset
 from modfactory.recipe import RecipeError, RecipeParams
 from modfactory.settings import CIVIL_COMMENTS_LABELS
@@ -83,7 +83,9 @@ def test_empty_and_very_long_texts_pass_through(tmp_path: Path) -> None:
 
 
 def test_no_flagged_rows_is_a_clear_error(tmp_path: Path) -> None:
-    source = write_split_files(tmp_path / "src", splits_of([comment(f"fine {i}") for i in range(50)]))
+    source = write_split_files(
+        tmp_path / "src", splits_of([comment(f"fine {i}") for i in range(50)])
+    )
     with pytest.raises(RecipeError, match=r"split 'train' has no row left.*no row flagged"):
         build_dataset(parse_source(str(source)), RecipeParams(), tmp_path / "out", tmp_path / "d")
     assert not (tmp_path / "out" / "train.jsonl").exists()
@@ -105,7 +107,9 @@ def test_custom_text_and_label_columns(tmp_path: Path) -> None:
     rows += [{"body": f"ham {i}", "spam": 0.0, "abuse": 0.7} for i in range(40)]
     rows += [{"body": f"ok {i}", "spam": 0.0, "abuse": 0.0} for i in range(40)]
     source = write_split_files(tmp_path / "src", splits_of(rows))
-    params = RecipeParams(text_column="body", label_columns=("spam", "abuse"), max_label_fraction=0.6)
+    params = RecipeParams(
+        text_column="body", label_columns=("spam", "abuse"), max_label_fraction=0.6
+    )
     summary = build_dataset(parse_source(str(source)), params, tmp_path / "out", tmp_path / "d")
     assert summary.labels == ["spam", "abuse"]
     assert summary.splits["train"].labels["spam"] > 0
@@ -132,4 +136,6 @@ def test_unknown_source_is_a_clear_error(tmp_path: Path) -> None:
         parse_source(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(RecipeError, match=r"no train\* file"):
-        build_dataset(parse_source(str(tmp_path / "empty")), RecipeParams(), tmp_path / "o", tmp_path)
+        build_dataset(
+            parse_source(str(tmp_path / "empty")), RecipeParams(), tmp_path / "o", tmp_path
+        )

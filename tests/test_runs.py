@@ -28,7 +28,9 @@ async def test_a_run_goes_through_its_stages_and_succeeds(store: RunStore) -> No
     for stage in STAGES:
         started = await store.start_stage(run.id, stage)
         assert started is not None and started.stages[stage].state == StageStatus.RUNNING
-        await store.finish_stage(run.id, stage, artifacts={"model_id": "m"} if stage == "train" else None)
+        await store.finish_stage(
+            run.id, stage, artifacts={"model_id": "m"} if stage == "train" else None
+        )
     final = await store.get(run.id)
     assert final.state == RunState.SUCCEEDED and final.finished_at is not None
     assert final.artifacts.model_id == "m"
@@ -48,13 +50,20 @@ async def test_a_failure_ends_the_run_and_stops_later_stages(store: RunStore) ->
     assert failed.stages["build"].error == "split 'train' is empty"
     assert await store.start_stage(run.id, "upload") is None
     reopened = await store.reopen_stage(run.id, "build")
-    assert reopened.state == RunState.QUEUED and reopened.stages["build"].state == StageStatus.PENDING
+    assert (
+        reopened.state == RunState.QUEUED and reopened.stages["build"].state == StageStatus.PENDING
+    )
     assert (await store.start_stage(run.id, "build")).stages["build"].attempts == 2
 
 
 async def test_training_looks_are_recorded_once_each(store: RunStore) -> None:
     run = await store.create(spec())
-    job = TrainingJob(id="j", status=JobStatus.RUNNING, model="m", checkpoints=[Checkpoint(step=2, train_loss=0.5), Checkpoint(step=1, train_loss=0.9)])
+    job = TrainingJob(
+        id="j",
+        status=JobStatus.RUNNING,
+        model="m",
+        checkpoints=[Checkpoint(step=2, train_loss=0.5), Checkpoint(step=1, train_loss=0.9)],
+    )
     await store.record_training(run.id, job)
     await store.record_training(run.id, job)
     job.checkpoints.insert(0, Checkpoint(step=3, train_loss=0.3))
@@ -73,9 +82,19 @@ async def test_concurrent_writers_lose_nothing_and_a_poll_advances_once(redis_db
     clients = [Redis.from_url(redis_db) for _ in range(8)]
     stores = [RunStore(c, "test") for c in clients]
     run = await stores[0].create(spec())
-    fields = ["train_file", "validation_file", "test_file", "dataset_dir", "train_file_id",
-              "validation_file_id", "training_job_id", "model_id"]
-    await asyncio.gather(*(s.record_artifacts(run.id, **{f: f"v-{f}"}) for s, f in zip(stores, fields)))
+    fields = [
+        "train_file",
+        "validation_file",
+        "test_file",
+        "dataset_dir",
+        "train_file_id",
+        "validation_file_id",
+        "training_job_id",
+        "model_id",
+    ]
+    await asyncio.gather(
+        *(s.record_artifacts(run.id, **{f: f"v-{f}"}) for s, f in zip(stores, fields, strict=True))
+    )
     artifacts = (await stores[0].get(run.id)).artifacts
     assert all(getattr(artifacts, f) == f"v-{f}" for f in fields)
 

@@ -43,8 +43,8 @@ enqueue_app = typer.Typer(
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(enqueue_app, name="enqueue")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 SourceOpt = Annotated[
     str | None, typer.Option("--source", help="hf:<dataset>, a directory, or synthetic[:N].")
@@ -72,12 +72,15 @@ class CliError(Exception):
 
 
 def _settings(data_dir: Path | None = None) -> Settings:
+    """Settings from the environment and .env; a bad value is named by its variable."""
     try:
         return Settings(**({"data_dir": data_dir} if data_dir else {}))
     except ValidationError as exc:
-        raise CliError(
-            f"invalid setting: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
-        ) from None
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        variable = name if name.isupper() else f"MODFACTORY_{name.upper()}"
+        err.print(f"[red]error:[/red] setting {variable}: {first['msg']}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _hyperparameters(values: list[str] | None) -> dict[str, float | int]:

@@ -6,11 +6,12 @@ working directory; the Mistral key is read under its usual name ``MISTRAL_API_KE
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CIVIL_COMMENTS_LABELS: tuple[str, ...] = (
     "toxicity",
@@ -54,8 +55,9 @@ class Settings(BaseSettings):
         description="hf:<dataset>, a local directory of split files, or synthetic[:N].",
     )
     text_column: str = Field("text", description="Column holding the text.")
-    label_columns: tuple[str, ...] = Field(
-        CIVIL_COMMENTS_LABELS, description="Score columns in [0, 1]; JSON list in the environment."
+    label_columns: Annotated[tuple[str, ...], NoDecode] = Field(
+        CIVIL_COMMENTS_LABELS,
+        description="Score columns in [0, 1]: comma-separated, or a JSON list.",
     )
     n_train: int = Field(1_000_000, ge=1, description="Rows taken from the shuffled train split.")
     n_validation: int = Field(50_000, ge=1, description="Rows taken from the validation split.")
@@ -104,7 +106,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_labels(cls, value: object) -> object:
         """Accept a comma-separated list as well as JSON."""
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return tuple(json.loads(value))
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 

@@ -1,0 +1,5 @@
+"""``python -m modfactory`` is the ``modfactory`` command."""
+
+from modfactory.cli import app
+
+app()

@@ -1,0 +1,144 @@
+"""The ``modfactory`` command as a user runs it: embedded Redis, no key, no network."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+
+def modfactory(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODFACTORY_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "modfactory", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        cwd=data_dir.parent,
+    )
+
+
+@pytest.mark.slow
+def test_run_json_status_and_runs_agree_across_an_embedded_redis_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    done = modfactory("run", "--source", "synthetic:3000", "--json", data_dir=data)
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert {"id", "state", "spec", "stages", "artifacts", "metrics"} <= set(run)
+    assert run["state"] == "succeeded" and run["spec"]["backend"] == "local"
+    for stage in ("build", "upload", "train", "evaluate"):
+        entry = run["stages"][stage]
+        assert entry["state"] == "succeeded" and entry["error"] is None
+        assert datetime.fromisoformat(entry["started_at"]) <= datetime.fromisoformat(
+            entry["finished_at"]
+        )
+    assert run["dataset"]["synthetic"] is True
+    assert set(run["metrics"]["labels"]) == set(run["dataset"]["labels"])
+
+    # The embedded Redis was stopped with the command; its append-only file kept the run.
+    status = modfactory("status", run["id"], "--json", data_dir=data)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == run
+    listed = modfactory("runs", "--json", data_dir=data)
+    assert [r["id"] for r in json.loads(listed.stdout)] == [run["id"]]
+
+    table = modfactory("status", run["id"], data_dir=data)
+    assert "macro" in table.stdout and "toxicity" in table.stdout and "SYNTHETIC" in table.stdout
+
+
+def test_run_human_output_prints_the_metrics_table(tmp_path: Path) -> None:
+    done = modfactory("run", "--source", "synthetic:2000", data_dir=tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    for word in ("precision", "recall", "ROC-AUC", "insult", "micro", "macro", "succeeded"):
+        assert word in done.stdout
+
+
+def test_dataset_build_needs_no_redis_and_prints_json(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = modfactory(
+        "dataset",
+        "build",
+        "--source",
+        "synthetic:2000",
+        "--out",
+        str(out),
+        "--n-train",
+        "1500",
+        "--json",
+        data_dir=tmp_path / "data",
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["synthetic"] and summary["splits"]["train"]["rows"] > 100
+    assert {p.name for p in out.iterdir()} >= {
+        "train.jsonl",
+        "validation.jsonl",
+        "test.jsonl",
+        "distribution.png",
+        "dataset.json",
+    }
+    assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    source = tmp_path / "mine"
+    source.mkdir()
+    for split in ("train", "validation", "test"):
+        (source / f"{split}.csv").write_text("comment,toxicity\nhello,0.9\n")
+    done = modfactory(
+        "dataset",
+        "build",
+        "--source",
+        str(source),
+        "--out",
+        str(tmp_path / "o"),
+        data_dir=tmp_path / "data",
+    )
+    assert done.returncode == 2
+    assert "'text'" in done.stderr and "columns found: comment, toxicity" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    unknown = modfactory("run", "--source", "nowhere", data_dir=tmp_path / "data")
+    assert unknown.returncode == 2 and "neither hf:<dataset>, synthetic" in unknown.stderr
+    hyper = modfactory(
+        "run", "--source", "synthetic", "-H", "training_steps=200", data_dir=tmp_path / "data"
+    )
+    assert hyper.returncode == 2 and "no hyperparameter 'training_steps'" in hyper.stderr
+    missing = modfactory("status", "run-nope", data_dir=tmp_path / "data")
+    assert missing.returncode == 2 and "no run 'run-nope'" in missing.stderr
+
+
+def test_a_failed_run_exits_1_with_the_reason(tmp_path: Path) -> None:
+    source = tmp_path / "quiet"
+    source.mkdir()
+    for split in ("train", "validation", "test"):
+        rows = [
+            {
+                "text": f"fine {i}",
+                **dict.fromkeys(
+                    (
+                        "toxicity",
+                        "severe_toxicity",
+                        "obscene",
+                        "threat",
+                        "insult",
+                        "identity_attack",
+                        "sexual_explicit",
+                    ),
+                    0.0,
+                ),
+            }
+            for i in range(20)
+        ]
+        (source / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = modfactory("run", "--source", str(source), "--json", data_dir=tmp_path / "data")
+    assert done.returncode == 1
+    run = json.loads(done.stdout)
+    assert run["state"] == "failed" and run["stages"]["build"]["state"] == "failed"
+    assert "no row flagged" in run["stages"]["build"]["error"]

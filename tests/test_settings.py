@@ -1,0 +1,57 @@
+"""Configuration: environment, .env, the key's usual name, and secrets kept secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modfactory.backends import BackendError, get_backend
+from modfactory.settings import Settings
+
+
+def test_environment_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "MODFACTORY_N_TRAIN=1234\nMODFACTORY_LABEL_COLUMNS=spam, abuse\n"
+    )
+    monkeypatch.setenv("MODFACTORY_SEED", "7")
+    settings = Settings()
+    assert settings.n_train == 1234 and settings.seed == 7
+    assert settings.label_columns == ("spam", "abuse")
+    monkeypatch.setenv("MODFACTORY_LABEL_COLUMNS", '["x", "y"]')
+    assert Settings().label_columns == ("x", "y")
+    assert settings.default_backend == "local"
+
+
+def test_the_key_is_read_under_its_usual_name_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-very-secret")
+    settings = Settings()
+    assert settings.mistral_api_key.get_secret_value() == "sk-very-secret"
+    assert settings.default_backend == "mistral"
+    assert (
+        "sk-very-secret" not in repr(settings)
+        and "sk-very-secret" not in settings.model_dump_json()
+    )
+    with pytest.raises(BackendError, match="--backend local") as raised:
+        get_backend("mistral", settings)
+    assert "sk-very-secret" not in str(raised.value)
+
+
+def test_an_invalid_setting_is_named_by_the_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "MODFACTORY_N_TRAIN": "0", "MODFACTORY_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "modfactory", "runs"],
+        env=env,
+        text=True,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "MODFACTORY_N_TRAIN" in done.stderr and "Traceback" not in done.stderr
