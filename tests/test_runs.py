@@ -103,3 +103,19 @@ async def test_concurrent_writers_lose_nothing_and_a_poll_advances_once(redis_db
     assert (await stores[0].get(run.id)).training.poll_seq == 1
     for c in clients:
         await c.aclose()
+
+
+async def test_progress_is_kept_only_while_the_stage_runs(store: RunStore) -> None:
+    run = await store.create(spec())
+    await store.record_progress(run.id, "build", "train rows", 5, 10)
+    assert (await store.get(run.id)).progress is None  # build is not running yet
+    await store.start_stage(run.id, "build")
+    await store.record_progress(run.id, "build", "train rows", 5, 10)
+    progress = (await store.get(run.id)).progress
+    assert (progress.stage, progress.what, progress.done, progress.total) == (
+        "build",
+        "train rows",
+        5,
+        10,
+    )
+    assert (await store.finish_stage(run.id, "build")).progress is None

@@ -234,6 +234,9 @@ def _progress_table(run: Run) -> Table:
         if name == "build" and run.dataset:
             detail = ", ".join(f"{s} {v.rows:,}" for s, v in run.dataset.splits.items())
             detail += " (synthetic)" if run.dataset.synthetic else ""
+        if run.progress and run.progress.stage == name and stage.state == "running":
+            p = run.progress
+            detail = f"{p.what}: {p.done:,} of {p.total:,}"
         colour = {"succeeded": "green", "failed": "red", "running": "yellow"}.get(
             stage.state, "dim"
         )

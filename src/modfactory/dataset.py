@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from modfactory import charts, recipe
+from modfactory import recipe
 from modfactory.recipe import SPLITS, RecipeError, RecipeParams, Row
 from modfactory.sources import Source, open_splits
 
@@ -79,6 +79,8 @@ def build_dataset(
         dropped_labels=dropped,
         splits=splits,
     )
+    from modfactory import charts  # matplotlib: only when a chart is drawn
+
     summary.chart = str(
         charts.distribution_chart(
             summary.splits, kept, out_dir / "distribution.png", summary.synthetic

@@ -110,6 +110,16 @@ class Training(BaseModel):
         return run_id if self.generation == 0 else f"{run_id}-{self.generation}"
 
 
+class Progress(BaseModel):
+    """How far the running stage is through its long work (rows streamed, texts classified)."""
+
+    stage: str
+    what: str
+    done: int
+    total: int
+    at: datetime
+
+
 class Run(BaseModel):
     id: str
     state: RunState = RunState.QUEUED
@@ -119,6 +129,7 @@ class Run(BaseModel):
     dataset: DatasetSummary | None = None
     training: Training = Field(default_factory=Training)
     metrics: dict[str, Any] | None = None
+    progress: Progress | None = None
     error: str | None = None
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
@@ -263,6 +274,7 @@ class RunStore:
             if state.state == StageStatus.SUCCEEDED:
                 return False
             state.state, state.finished_at, state.error = StageStatus.SUCCEEDED, now(), None
+            run.progress = None
             run.artifacts = run.artifacts.model_copy(update=artifacts or {})
             run.dataset = dataset or run.dataset
             run.metrics = metrics or run.metrics
@@ -299,6 +311,7 @@ class RunStore:
                 return False
             state = run.stages[stage]
             state.state, state.finished_at, state.error = StageStatus.FAILED, now(), error
+            run.progress = None
             run.state, run.finished_at, run.error = RunState.FAILED, now(), f"{stage}: {error}"
             run._event(f"failed: {error}", stage)
             return True
@@ -340,6 +353,19 @@ class RunStore:
             return changed
 
         return (await self._update(run_id, change))[0]
+
+    async def record_progress(
+        self, run_id: str, stage: StageName, what: str, done: int, total: int
+    ) -> None:
+        """Note how far a running stage is (no event: progress is not history)."""
+
+        def change(run: Run) -> bool:
+            if run.stages[stage].state != StageStatus.RUNNING:
+                return False
+            run.progress = Progress(stage=stage, what=what, done=done, total=total, at=now())
+            return True
+
+        await self._update(run_id, change)
 
     async def advance_poll(self, run_id: str, seq: int) -> bool:
         """Move the poll sequence from ``seq`` to ``seq + 1``; False if already moved."""

@@ -19,8 +19,14 @@ async def build(ctx: dict[str, Any], run_id: str) -> None:
 
     async def step() -> None:
         out = sc.run_dir(run_id) / "dataset"
+        report = sc.progress_reporter(run_id, "build")
         summary = await asyncio.to_thread(
-            build_dataset, parse_source(run.spec.source), run.spec.recipe, out, sc.settings.data_dir
+            build_dataset,
+            parse_source(run.spec.source),
+            run.spec.recipe,
+            out,
+            sc.settings.data_dir,
+            lambda split, done, total: report(f"{split} rows", done, total),
         )
         rows = ", ".join(f"{split} {s.rows:,}" for split, s in summary.splits.items())
         await sc.store.finish_stage(

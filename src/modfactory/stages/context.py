@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,21 @@ class StageContext:
     async def enqueue_poll(self, run_id: str, seq: int, delay: float | None = None) -> None:
         interval = self.settings.poll_interval if delay is None else delay
         await jobs.enqueue_poll(self.redis, self.settings.queue_name, run_id, seq, interval)
+
+    def progress_reporter(self, run_id: str, stage: StageName) -> Callable[[str, int, int], None]:
+        """A thread-safe ``report(what, done, total)`` recording at most one update a second."""
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def report(what: str, done: int, total: int) -> None:
+            if time.monotonic() - last[0] < 1 and done < total:
+                return
+            last[0] = time.monotonic()
+            asyncio.run_coroutine_threadsafe(
+                self.store.record_progress(run_id, stage, what, done, total), loop
+            )
+
+        return report
 
     async def close(self) -> None:
         for backend in self._backends.values():

@@ -24,9 +24,11 @@ async def evaluate(ctx: dict[str, Any], run_id: str) -> None:
         records = await asyncio.to_thread(read_jsonl, Path(run.artifacts.test_file))
         texts = [r["text"] for r in records]
         size = sc.settings.classify_batch_size
+        report = sc.progress_reporter(run_id, "evaluate")
         results = []
         for i in range(0, len(texts), size):
             results.extend(await backend.classify(run.artifacts.model_id, texts[i : i + size]))
+            report("texts classified", len(results), len(texts))
         labels = run.dataset.labels if run.dataset else []
         truth = [r["labels"][TARGET] for r in records]
         scores = [result[TARGET]["scores"] for result in results]
