@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from modfactory.settings import CIVIL_COMMENTS_LABELS
+
 
 def modfactory(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "MODFACTORY_DATA_DIR": str(data_dir), "COLUMNS": "200"}
@@ -119,22 +121,7 @@ def test_a_failed_run_exits_1_with_the_reason(tmp_path: Path) -> None:
     source.mkdir()
     for split in ("train", "validation", "test"):
         rows = [
-            {
-                "text": f"fine {i}",
-                **dict.fromkeys(
-                    (
-                        "toxicity",
-                        "severe_toxicity",
-                        "obscene",
-                        "threat",
-                        "insult",
-                        "identity_attack",
-                        "sexual_explicit",
-                    ),
-                    0.0,
-                ),
-            }
-            for i in range(20)
+            {"text": f"fine {i}", **dict.fromkeys(CIVIL_COMMENTS_LABELS, 0.0)} for i in range(20)
         ]
         (source / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = modfactory("run", "--source", str(source), "--json", data_dir=tmp_path / "data")

@@ -3,43 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from modfactory.dataset import build_dataset
+from modfactory.runs import Run
 from modfactory.sources import parse_source
-from modfactory.stages.context import StageContext, guarded, start
+from modfactory.stages.context import StageContext, stage
 
 
-async def build(ctx: dict[str, Any], run_id: str) -> None:
+@stage("build")
+async def build(sc: StageContext, run: Run) -> None:
     """Waits for nothing; records the split files, label counts and distribution chart."""
-    sc = StageContext.of(ctx)
-    run = await start(sc, "build", run_id)
-    if run is None:
-        return
-
-    async def step() -> None:
-        out = sc.run_dir(run_id) / "dataset"
-        report = sc.progress_reporter(run_id, "build")
-        summary = await asyncio.to_thread(
-            build_dataset,
-            parse_source(run.spec.source),
-            run.spec.recipe,
-            out,
-            sc.settings.data_dir,
-            lambda split, done, total: report(f"{split} rows", done, total),
-        )
-        rows = ", ".join(f"{split} {s.rows:,}" for split, s in summary.splits.items())
-        await sc.store.finish_stage(
-            run_id,
-            "build",
-            dataset=summary,
-            artifacts={
-                "dataset_dir": str(out),
-                **{f"{split}_file": s.file for split, s in summary.splits.items()},
-                "distribution_chart": summary.chart,
-            },
-            message=f"built {rows} rows" + (" (synthetic data)" if summary.synthetic else ""),
-        )
-        await sc.enqueue("upload", run_id)
-
-    await guarded(sc, "build", run_id, step)
+    out = sc.run_dir(run.id) / "dataset"
+    report = sc.progress_reporter(run.id, "build")
+    summary = await asyncio.to_thread(
+        build_dataset,
+        parse_source(run.spec.source),
+        run.spec.recipe,
+        out,
+        sc.settings.data_dir,
+        lambda split, done, total: report(f"{split} rows", done, total),
+    )
+    rows = ", ".join(f"{split} {s.rows:,}" for split, s in summary.splits.items())
+    await sc.store.finish_stage(
+        run.id,
+        "build",
+        dataset=summary,
+        artifacts={
+            "dataset_dir": str(out),
+            **{f"{split}_file": s.file for split, s in summary.splits.items()},
+            "distribution_chart": summary.chart,
+        },
+        message=f"built {rows} rows" + (" (synthetic data)" if summary.synthetic else ""),
+    )
+    await sc.enqueue("upload", run.id)

@@ -26,7 +26,7 @@ class StageContext:
     settings: Settings
     store: RunStore
     redis: ArqRedis
-    _backends: dict[str, Backend] = field(default_factory=dict)
+    backends: dict[str, Backend] = field(default_factory=dict)  # by name, made on first use
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> StageContext:
@@ -34,9 +34,9 @@ class StageContext:
         return ctx["modfactory"]
 
     def backend(self, name: str) -> Backend:
-        if name not in self._backends:
-            self._backends[name] = get_backend(name, self.settings)
-        return self._backends[name]
+        if name not in self.backends:
+            self.backends[name] = get_backend(name, self.settings)
+        return self.backends[name]
 
     def run_dir(self, run_id: str) -> Path:
         return (self.settings.data_dir / "runs" / run_id).resolve()
@@ -64,7 +64,7 @@ class StageContext:
         return report
 
     async def close(self) -> None:
-        for backend in self._backends.values():
+        for backend in self.backends.values():
             await backend.close()
 
 
@@ -94,9 +94,29 @@ async def guarded(
         await sc.store.fail_stage(run_id, stage, f"{type(exc).__name__}: {exc}")
 
 
-async def start(sc: StageContext, stage: StageName, run_id: str) -> Run | None:
-    """Mark the stage running, or None (and a log line) when there is nothing to do."""
-    run = await sc.store.start_stage(run_id, stage)
-    if run is None:
-        log.info("run %s: %s has nothing to do", run_id, stage)
-    return run
+StageStep = Callable[[StageContext, Run], Awaitable[None]]
+StageJob = Callable[[dict[str, Any], str], Awaitable[None]]
+
+
+def stage(name: StageName) -> Callable[[StageStep], StageJob]:
+    """Make ``step(sc, run)`` the arq job ``name(ctx, run_id)``.
+
+    The job marks the stage running (or returns at once when it already succeeded or the
+    run is over) and runs the step under ``guarded``; the step records its results and
+    enqueues the next stage.
+    """
+
+    def wrap(step: StageStep) -> StageJob:
+        async def job(ctx: dict[str, Any], run_id: str) -> None:
+            sc = StageContext.of(ctx)
+            run = await sc.store.start_stage(run_id, name)
+            if run is None:
+                log.info("run %s: %s has nothing to do", run_id, name)
+                return
+            await guarded(sc, name, run_id, lambda: step(sc, run))
+
+        job.__name__ = job.__qualname__ = name
+        job.__doc__ = step.__doc__
+        return job
+
+    return wrap

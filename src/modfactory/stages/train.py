@@ -13,41 +13,34 @@ from typing import Any
 from modfactory import charts
 from modfactory.backends.base import JobRequest, JobStatus, TrainingJob
 from modfactory.runs import Run
-from modfactory.stages.context import StageContext, guarded, start
+from modfactory.stages.context import StageContext, guarded, stage
 
 
-async def train(ctx: dict[str, Any], run_id: str) -> None:
-    """Create the job (once) and start following it."""
-    sc = StageContext.of(ctx)
-    run = await start(sc, "train", run_id)
-    if run is None:
-        return
-
-    async def step() -> None:
-        if run.artifacts.training_job_id is None:
-            backend = sc.backend(run.spec.backend)
-            job = await backend.create_job(
-                JobRequest(
-                    model=backend.base_model,
-                    training_file_id=run.artifacts.train_file_id,
-                    validation_file_ids=[run.artifacts.validation_file_id],
-                    hyperparameters=run.spec.hyperparameters,
-                    suffix=run.training.job_suffix(run_id),
-                )
+@stage("train")
+async def train(sc: StageContext, run: Run) -> None:
+    """Create the job unless the run has one, then schedule the first look at it."""
+    if run.artifacts.training_job_id is None:
+        backend = sc.backend(run.spec.backend)
+        job = await backend.create_job(
+            JobRequest(
+                model=backend.base_model,
+                training_file_id=run.artifacts.train_file_id,
+                validation_file_ids=[run.artifacts.validation_file_id],
+                hyperparameters=run.spec.hyperparameters,
+                suffix=run.training.job_suffix(run.id),
             )
-            await sc.store.record_artifacts(
-                run_id, f"created training job {job.id}", training_job_id=job.id
-            )
-        await sc.enqueue_poll(run_id, run.training.poll_seq, delay=0)
-
-    await guarded(sc, "train", run_id, step)
+        )
+        await sc.store.record_artifacts(
+            run.id, f"created training job {job.id}", training_job_id=job.id
+        )
+    await sc.enqueue_poll(run.id, run.training.poll_seq, delay=0)
 
 
 async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
     """Look at the job once: record it, start it when validated, finish on a final status."""
     sc = StageContext.of(ctx)
     run = await sc.store.get(run_id)
-    if run.state.terminal or run.artifacts.training_job_id is None:
+    if run.stages["train"].state != "running" or run.artifacts.training_job_id is None:
         return
     if run.training.poll_seq == seq + 1:  # this look ran, its successor may not be queued
         await sc.enqueue_poll(run_id, seq + 1)

@@ -1,0 +1,146 @@
+"""Stage jobs called directly against real Redis, with a scripted backend behind the interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from arq.connections import create_pool
+
+from modfactory import jobs
+from modfactory.backends.base import (
+    Backend,
+    Checkpoint,
+    JobRequest,
+    JobStatus,
+    Scores,
+    TrainingJob,
+    UploadedFile,
+)
+from modfactory.recipe import RecipeParams
+from modfactory.runs import RunSpec, RunState, RunStore
+from modfactory.settings import Settings
+from modfactory.stages.context import StageContext
+from modfactory.stages.train import poll_training, train
+
+
+class ScriptedBackend(Backend):
+    """Answers ``get_job`` from a script of statuses; counts every call that costs money."""
+
+    name = "local"
+    base_model = "scripted"
+
+    def __init__(self, script: list[TrainingJob]) -> None:
+        self.script = script
+        self.calls: dict[str, int] = {"create": 0, "get": 0, "start": 0}
+
+    def hyperparameters(self, overrides):
+        return overrides
+
+    async def upload_file(self, path: Path, tag: str) -> UploadedFile:
+        raise AssertionError("not used")
+
+    async def create_job(self, request: JobRequest) -> TrainingJob:
+        self.calls["create"] += 1
+        return TrainingJob(id=f"job-{request.suffix}", status=JobStatus.QUEUED, model="m")
+
+    async def get_job(self, job_id: str) -> TrainingJob:
+        self.calls["get"] += 1
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+    async def start_job(self, job_id: str) -> TrainingJob:
+        self.calls["start"] += 1
+        return TrainingJob(id=job_id, status=JobStatus.RUNNING, model="m")
+
+    async def cancel_job(self, job_id: str) -> TrainingJob:
+        raise AssertionError("not used")
+
+    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+        raise AssertionError("not used")
+
+
+async def setup(redis_db: str, tmp_path: Path, script: list[TrainingJob]):
+    settings = Settings(redis_url=redis_db, data_dir=tmp_path, poll_interval=60)
+    pool = await create_pool(
+        jobs.redis_settings(redis_db),
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+        default_queue_name=settings.queue_name,
+    )
+    store = RunStore(pool, settings.queue_name)
+    backend = ScriptedBackend(script)
+    ctx = {"modfactory": StageContext(settings, store, pool, backends={"local": backend})}
+    run = await store.create(RunSpec(source="synthetic", backend="local", recipe=RecipeParams()))
+    for stage in ("build", "upload"):
+        await store.start_stage(run.id, stage)
+        await store.finish_stage(
+            run.id, stage, artifacts={"train_file_id": "f1", "validation_file_id": "f2"}
+        )
+    return ctx, store, backend, pool, run.id
+
+
+def job(status: JobStatus, steps: int = 0, **extra) -> TrainingJob:
+    checkpoints = [
+        Checkpoint(step=s, train_loss=1 / s, valid_loss=1.1 / s) for s in range(1, steps + 1)
+    ]
+    return TrainingJob(id="job", status=status, model="m", checkpoints=checkpoints, **extra)
+
+
+async def test_looks_start_once_never_fork_and_chain_evaluation(
+    redis_db: str, tmp_path: Path
+) -> None:
+    script = [job(JobStatus.VALIDATED), job(JobStatus.SUCCESS, 3, fine_tuned_model="ft:model")]
+    ctx, store, backend, pool, run_id = await setup(redis_db, tmp_path, script)
+
+    await train(ctx, run_id)
+    await train(ctx, run_id)  # a retried train stage creates no second job
+    assert backend.calls["create"] == 1
+    assert await pool.exists(f"arq:job:{run_id}:poll:0")
+
+    await poll_training(ctx, run_id, 0)  # VALIDATED: started, next look scheduled
+    assert backend.calls == {"create": 1, "get": 1, "start": 1}
+    assert await pool.exists(f"arq:job:{run_id}:poll:1")
+    await poll_training(ctx, run_id, 0)  # the same look re-run after a crash: nothing new
+    assert backend.calls == {"create": 1, "get": 1, "start": 1}
+    assert (await store.get(run_id)).training.poll_seq == 1
+
+    await poll_training(ctx, run_id, 1)  # SUCCESS
+    run = await store.get(run_id)
+    assert run.stages["train"].state == "succeeded" and run.artifacts.model_id == "ft:model"
+    assert [h.status for h in run.training.history] == [
+        "QUEUED",
+        "VALIDATED",
+        "RUNNING",
+        "SUCCESS",
+    ][1:]
+    assert [c.step for c in run.training.checkpoints] == [1, 2, 3]
+    assert Path(run.artifacts.loss_chart).stat().st_size > 0
+    assert await pool.exists(f"arq:job:{run_id}:evaluate")
+    assert not await pool.exists(f"arq:job:{run_id}:poll:2")
+    await poll_training(ctx, run_id, 1)  # a late duplicate look changes nothing
+    assert backend.calls["get"] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (JobStatus.FAILED, "loss diverged at step 120", "train: FAILED: loss diverged at step 120"),
+        (
+            JobStatus.FAILED_VALIDATION,
+            "train.jsonl:3: bad label",
+            "train: FAILED_VALIDATION: train.jsonl:3",
+        ),
+        (JobStatus.CANCELLED, None, "train: CANCELLED: the training job ended CANCELLED"),
+    ],
+)
+async def test_a_failed_job_fails_the_run_with_the_backends_reason(
+    redis_db: str, tmp_path: Path, status: JobStatus, error: str | None, expected: str
+) -> None:
+    ctx, store, backend, pool, run_id = await setup(redis_db, tmp_path, [job(status, error=error)])
+    await train(ctx, run_id)
+    await poll_training(ctx, run_id, 0)
+    run = await store.get(run_id)
+    assert run.state == RunState.FAILED and run.error.startswith(expected)
+    assert backend.calls["start"] == 0
+    assert not await pool.exists(f"arq:job:{run_id}:poll:1")
+    assert not await pool.exists(f"arq:job:{run_id}:evaluate")
