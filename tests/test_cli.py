@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -129,3 +131,54 @@ def test_a_failed_run_exits_1_with_the_reason(tmp_path: Path) -> None:
     run = json.loads(done.stdout)
     assert run["state"] == "failed" and run["stages"]["build"]["state"] == "failed"
     assert "no row flagged" in run["stages"]["build"]["error"]
+
+
+def _wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_stops_cleanly_and_the_next_worker_finishes_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {**os.environ, "MODFACTORY_DATA_DIR": str(data)}
+    command = [sys.executable, "-m", "modfactory"]
+    run = subprocess.Popen(
+        [*command, "run", "--source", "synthetic:30000", "-H", "epochs=60"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    jobs = data / "local" / "jobs"
+    _wait_for(
+        lambda: (
+            jobs.exists()
+            and any(
+                json.loads(p.read_text()).get("checkpoints") for p in jobs.glob("*/progress.json")
+            )
+        )
+    )
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=30)
+    assert run.returncode == 130 and "interrupted" in stderr.decode()
+    assert not (data / "redis" / "redis-server.pid").exists()  # the embedded Redis stopped
+    run_id = next((data / "runs").iterdir()).name
+
+    worker = subprocess.Popen(
+        [*command, "worker"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: (data / "runs" / run_id / "metrics.json").exists(), timeout=180)
+        time.sleep(1)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    status = modfactory("status", run_id, "--json", data_dir=data)
+    assert json.loads(status.stdout)["state"] == "succeeded", status.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -97,12 +98,22 @@ def _hyperparameters(values: list[str] | None) -> dict[str, float | int]:
 
 
 def _main(coro: Any) -> Any:
-    """Run a command's coroutine, turning known errors into one line and exit code 2."""
+    """Run a command's coroutine, turning known errors into one line and exit code 2.
+
+    Ctrl-C and SIGTERM cancel it cleanly (the in-process worker and the embedded Redis are
+    stopped); unfinished runs are resumed by the next worker.
+    """
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+    async def cancellable() -> Any:
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coro
+
     try:
-        return asyncio.run(coro)
+        return asyncio.run(cancellable())
     except (
         CliError,
         RecipeError,
@@ -113,6 +124,9 @@ def _main(coro: Any) -> Any:
     ) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        err.print("interrupted — unfinished runs resume when a worker starts (`modfactory worker`)")
+        raise typer.Exit(130) from None
 
 
 @asynccontextmanager

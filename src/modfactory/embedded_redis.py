@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -63,6 +64,7 @@ class EmbeddedRedis:
                 f"another modfactory process is using the embedded Redis in {self.directory}; "
                 "wait for it, or run a shared Redis and set MODFACTORY_REDIS_URL"
             ) from None
+        self._stop_orphan()
         port = free_port()
         self.process = subprocess.Popen(
             [
@@ -87,7 +89,9 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C stops the owner first; the owner stops Redis
         )
+        self._pidfile.write_text(str(self.process.pid))
         self.url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -109,6 +113,24 @@ class EmbeddedRedis:
         self.stop()
         raise EmbeddedRedisError("redis-server did not answer within 15 s")
 
+    @property
+    def _pidfile(self) -> Path:
+        return self.directory / "redis-server.pid"
+
+    def _stop_orphan(self) -> None:
+        """Stop a server left running by an owner that was killed (it holds our files)."""
+        try:
+            pid = int(self._pidfile.read_text())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"redis-server" not in f.read():
+                    return
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()  # SIGTERM: redis flushes its append-only file, then exits
@@ -117,6 +139,7 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            self._pidfile.unlink(missing_ok=True)
         self.process = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
