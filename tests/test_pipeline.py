@@ -4,75 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from arq.connections import create_pool
 from redis.asyncio import Redis
 
-from modfactory import jobs
-from modfactory.producer import Producer
-from modfactory.runs import STAGES, Run, RunState, RunStore
-from modfactory.settings import Settings
+from helpers import producer_for, settings_for, wait_until, worker_process
+from modfactory.runs import STAGES, RunState
 
 pytestmark = pytest.mark.slow
-
-
-def settings_for(redis_url: str, data_dir: Path) -> Settings:
-    return Settings(redis_url=redis_url, data_dir=data_dir, poll_interval=0.3, job_timeout=15)
-
-
-@contextmanager
-def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen]:
-    env = {
-        **os.environ,
-        "MODFACTORY_REDIS_URL": settings.redis_url,
-        "MODFACTORY_DATA_DIR": str(settings.data_dir),
-        "MODFACTORY_POLL_INTERVAL": str(settings.poll_interval),
-        "MODFACTORY_JOB_TIMEOUT": str(settings.job_timeout),
-    }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modfactory", "worker"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(20)
-
-
-async def wait_until(store: RunStore, run_id: str, condition, timeout: float = 180) -> Run:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        run = await store.get(run_id)
-        if condition(run):
-            return run
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(
-                f"run {run_id} stuck: {run.state} at {run.current_stage}: {run.events[-3:]}"
-            )
-        await asyncio.sleep(0.2)
-
-
-async def producer_for(settings: Settings) -> Producer:
-    pool = await create_pool(
-        jobs.redis_settings(settings.redis_url),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
-        default_queue_name=settings.queue_name,
-    )
-    return Producer(pool, settings)
 
 
 async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path) -> None:

@@ -38,9 +38,16 @@ def test_the_key_is_read_under_its_usual_name_and_never_shown(
         "sk-very-secret" not in repr(settings)
         and "sk-very-secret" not in settings.model_dump_json()
     )
-    with pytest.raises(BackendError, match="--backend local") as raised:
-        get_backend("mistral", settings)
+    backend = get_backend("mistral", settings)
+    assert "sk-very-secret" not in repr(vars(backend))
+    with pytest.raises(BackendError, match=r"learning_rate=2 is out of range") as raised:
+        backend.hyperparameters({"learning_rate": 2})
     assert "sk-very-secret" not in str(raised.value)
+
+
+def test_the_mistral_backend_without_a_key_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackendError, match="needs MISTRAL_API_KEY"):
+        get_backend("mistral", Settings())
 
 
 def test_an_invalid_setting_is_named_by_the_cli(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from modfactory import jobs
 from modfactory.backends import BackendError
 from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from modfactory.recipe import RecipeError
-from modfactory.runs import STAGES, Run, RunNotFound, RunStore
+from modfactory.runs import STAGES, Run, RunNotFound, RunState, RunStateError, RunStore
 from modfactory.settings import Settings
 
 app = typer.Typer(
@@ -120,6 +120,7 @@ def _main(coro: Any) -> Any:
         BackendError,
         EmbeddedRedisError,
         RunNotFound,
+        RunStateError,
         ValidationError,
     ) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -178,7 +179,12 @@ def run(
             _settings(data_dir), source, backend, _hyperparameters(hyperparameter), as_json, worker
         )
     )
-    raise typer.Exit(0 if final.state == "succeeded" else 1)
+    raise typer.Exit(_exit_code(final))
+
+
+def _exit_code(run: Run) -> int:
+    """0 succeeded, 3 awaiting approval, 1 anything else."""
+    return {RunState.SUCCEEDED: 0, RunState.AWAITING_APPROVAL: 3}.get(run.state, 1)
 
 
 async def _run(
@@ -216,13 +222,13 @@ async def _run(
 
 
 async def _follow(store: RunStore, run_id: str, quiet: bool) -> Run:
-    """Poll the run store and redraw the progress until the run ends."""
+    """Poll the run store and redraw the progress until the run ends or awaits approval."""
     with Live(console=err, refresh_per_second=4, transient=False, auto_refresh=False) as live:
         while True:
             run = await store.get(run_id)
             if not quiet:
                 live.update(_progress_table(run), refresh=True)
-            if run.state.terminal:
+            if run.state.terminal or run.state == RunState.AWAITING_APPROVAL:
                 return run
             await asyncio.sleep(0.25)
 
@@ -306,6 +312,16 @@ def _print_run(run: Run, as_json: bool) -> None:
             out.print(f"{label}: {path}", highlight=False)
     if run.artifacts.model_id:
         out.print(f"model: {run.artifacts.model_id}", highlight=False)
+    if run.state == RunState.AWAITING_APPROVAL:
+        meta = run.training.metadata
+        out.print(
+            f"run {run.id} awaits approval: job {run.artifacts.training_job_id} is quoted "
+            f"{meta.get('cost')} {meta.get('cost_currency', '')} for "
+            f"{meta.get('expected_duration_seconds', '?')} s of training. "
+            f"`modfactory approve {run.id}` starts it; `modfactory cancel {run.id}` cancels it.",
+            highlight=False,
+        )
+        return
     colour = "green" if run.state == "succeeded" else "red"
     out.print(
         f"run {run.id}: [{colour}]{run.state}[/{colour}]"
@@ -505,6 +521,46 @@ def _enqueue_stage_command(stage: str) -> None:
 
 for _stage in STAGES:
     _enqueue_stage_command(_stage)
+
+
+def _run_command(action: str, run_id: str, data_dir: Path | None, as_json: bool) -> Run:
+    """``approve`` / ``cancel``: one producer call on an existing run."""
+    from modfactory.producer import Producer
+
+    settings = _settings(data_dir)
+
+    async def act() -> Run:
+        async with _redis(settings) as (pool, _):
+            return await getattr(Producer(pool, settings), action)(run_id)
+
+    run_ = _main(act())
+    if as_json:
+        out.print_json(json.dumps(run_.to_json_dict()))
+    return run_
+
+
+@app.command()
+def approve(
+    run_id: Annotated[str, typer.Argument(help="A run awaiting approval.")],
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve the quoted cost of a run's training job; the job starts."""
+    run_ = _run_command("approve", run_id, data_dir, as_json)
+    if not as_json:
+        out.print(f"approved {run_.id}: its training job starts with the next worker look")
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="An unfinished run.")],
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a run, and its remote training job if one is under way."""
+    run_ = _run_command("cancel", run_id, data_dir, as_json)
+    if not as_json:
+        out.print(f"cancelled {run_.id}")
 
 
 @app.command()

@@ -8,8 +8,9 @@ from arq.connections import ArqRedis
 
 from modfactory import jobs
 from modfactory.backends import get_backend
+from modfactory.backends.base import JobStatus
 from modfactory.recipe import RecipeParams
-from modfactory.runs import STAGES, Run, RunSpec, RunStore
+from modfactory.runs import STAGES, Run, RunSpec, RunStateError, RunStore
 from modfactory.settings import Settings
 from modfactory.sources import parse_source
 
@@ -40,6 +41,7 @@ class Producer:
             recipe=RecipeParams.from_settings(self.settings, **recipe),
             hyperparameters=get_backend(name, self.settings).hyperparameters(hyperparameters or {}),
             model_name=model_name,
+            max_cost=self.settings.max_cost,
         )
 
     async def submit(self, spec: RunSpec) -> Run:
@@ -55,3 +57,25 @@ class Producer:
         run = await self.store.reopen_stage(run_id, stage)
         await jobs.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
         return run
+
+    async def approve(self, run_id: str) -> Run:
+        """Approve the quoted cost of a run awaiting approval; its training job starts."""
+        run = await self.store.approve(run_id)
+        await jobs.enqueue_poll(
+            self.redis, self.settings.queue_name, run_id, run.training.poll_seq, 0
+        )
+        return run
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run, and its training job at the backend first if one is under way."""
+        run = await self.store.get(run_id)
+        if run.state.terminal:
+            raise RunStateError(f"run {run_id} is {run.state} already")
+        job_id = run.artifacts.training_job_id
+        if job_id and not (run.training.status and JobStatus(run.training.status).terminal):
+            backend = get_backend(run.spec.backend, self.settings)
+            try:
+                await backend.cancel_job(job_id)
+            finally:
+                await backend.close()
+        return await self.store.cancel(run_id, "cancelled by the user")

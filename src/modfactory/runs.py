@@ -8,6 +8,7 @@ The store knows nothing of arq or of the backends' clients.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ def now() -> datetime:
 class RunState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -48,6 +50,7 @@ class StageStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class StageState(BaseModel):
@@ -72,6 +75,7 @@ class RunSpec(BaseModel):
     recipe: RecipeParams
     hyperparameters: dict[str, float | int] = Field(default_factory=dict)
     model_name: str = "moderation"
+    max_cost: float | None = None  # a quote above it waits for approval
 
 
 class Artifacts(BaseModel):
@@ -104,10 +108,14 @@ class Training(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     poll_seq: int = 0
     generation: int = 0  # bumped when a failed training is tried again with a new job
+    quiet_looks: int = 0  # looks in a row that saw nothing new (the poll interval backs off)
+    approved: bool = False  # the quoted cost was approved by `modfactory approve`
+    events: list[dict[str, Any]] = Field(default_factory=list)  # the backend job's own events
 
-    def job_suffix(self, run_id: str) -> str:
-        """Tags the backend job with the run, so it can be found again after a crash."""
-        return run_id if self.generation == 0 else f"{run_id}-{self.generation}"
+    def job_suffix(self, run_id: str, prefix: str) -> str:
+        """Tags the backend job with the run (18 characters at most, the API's limit)."""
+        digest = hashlib.sha256(f"{run_id}/{self.generation}".encode()).hexdigest()
+        return f"{prefix}{digest[: 18 - len(prefix)]}"
 
 
 class Progress(BaseModel):
@@ -148,6 +156,10 @@ class Run(BaseModel):
     def _event(self, message: str, stage: str | None = None) -> None:
         self.events.append(Event(at=now(), stage=stage, message=message))
         del self.events[:-MAX_EVENTS]
+
+
+class RunStateError(ValueError):
+    """The run is not in a state where that can be done; the message says which it is in."""
 
 
 class RunNotFound(LookupError):
@@ -332,7 +344,10 @@ class RunStore:
         return (await self._update(run_id, change))[0]
 
     async def record_training(self, run_id: str, job: TrainingJob) -> Run:
-        """Record a look at the training job: status changes and new checkpoints, once each."""
+        """Record a look at the training job: status changes and new checkpoints, once each.
+
+        Counts the looks in a row that saw nothing new, for the poll interval's backoff.
+        """
 
         def change(run: Run) -> bool:
             training, changed = run.training, False
@@ -350,7 +365,56 @@ class RunStore:
             if job.metadata and job.metadata != training.metadata:
                 training.metadata = job.metadata
                 changed = True
-            return changed
+            if job.events and job.events != training.events:
+                training.events = job.events
+            training.quiet_looks = 0 if changed else training.quiet_looks + 1
+            return True
+
+        return (await self._update(run_id, change))[0]
+
+    async def await_approval(self, run_id: str, reason: str) -> Run:
+        """Park the run until ``approve`` (or ``cancel``): nothing is started meanwhile."""
+
+        def change(run: Run) -> bool:
+            if run.state.terminal or run.training.approved:
+                return False
+            run.state = RunState.AWAITING_APPROVAL
+            run._event(f"awaiting approval: {reason}", "train")
+            return True
+
+        return (await self._update(run_id, change))[0]
+
+    async def approve(self, run_id: str) -> Run:
+        """Approve the quoted cost of a run awaiting approval."""
+
+        def change(run: Run) -> bool:
+            if run.state != RunState.AWAITING_APPROVAL:
+                raise RunStateError(f"run {run_id} is {run.state}, not awaiting approval")
+            run.training.approved = True
+            run.state = RunState.RUNNING
+            run._event("cost approved", "train")
+            return True
+
+        return (await self._update(run_id, change))[0]
+
+    async def cancel(self, run_id: str, reason: str) -> Run:
+        """End an unfinished run as cancelled; its current stage is marked cancelled."""
+
+        def change(run: Run) -> bool:
+            if run.state.terminal:
+                raise RunStateError(f"run {run_id} is {run.state} already")
+            stage = run.current_stage
+            if stage is not None:
+                state = run.stages[stage]
+                state.state, state.finished_at, state.error = StageStatus.CANCELLED, now(), reason
+            run.state, run.finished_at, run.error, run.progress = (
+                RunState.CANCELLED,
+                now(),
+                reason,
+                None,
+            )
+            run._event(f"cancelled: {reason}", stage)
+            return True
 
         return (await self._update(run_id, change))[0]
 

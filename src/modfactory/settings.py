@@ -83,12 +83,47 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MISTRAL_API_KEY", "MODFACTORY_MISTRAL_API_KEY"),
         description="Mistral API key (never logged, never stored in Redis).",
     )
+    mistral_server_url: str | None = Field(
+        None, description="Mistral API base URL (a proxy or an emulator); unset: the SDK's default."
+    )
+    mistral_model: str = Field("ministral-3b-latest", description="Base model to fine-tune.")
+    mistral_training_steps: int = Field(200, ge=1, description="Classifier Factory training steps.")
+    mistral_learning_rate: float = Field(5e-5, ge=1e-8, le=1, description="Learning rate.")
+    mistral_weight_decay: float | None = Field(
+        None, ge=0, le=1, description="Weight decay (unset: the API's default, 0.1)."
+    )
+    mistral_warmup_fraction: float | None = Field(
+        None, ge=0, le=1, description="Warm-up fraction (unset: the API's default, 0.05)."
+    )
+    mistral_epochs: float | None = Field(
+        None, gt=0, description="Epochs (unset: computed by the API from the steps)."
+    )
+    mistral_seq_len: int | None = Field(None, ge=100, description="Sequence length (unset: API's).")
+    mistral_job_suffix: str = Field(
+        "mf",
+        pattern=r"^[a-z0-9]{0,6}$",
+        description="Start of each job's suffix (the rest identifies the run): up to 6 of a-z 0-9.",
+    )
+    wandb_project: str | None = Field(None, description="Weights & Biases project for the job.")
+    wandb_api_key: SecretStr | None = Field(None, description="Weights & Biases key (secret).")
+    mistral_timeout: float = Field(60.0, gt=0, description="Timeout of one API request (s).")
+    mistral_max_retries: int = Field(
+        6, ge=0, le=20, description="Retries of a request on 429, 5xx, timeouts, lost connections."
+    )
+    max_cost: float | None = Field(
+        None,
+        ge=0,
+        description="Cost cap: a job quoted above it waits for `modfactory approve RUN`.",
+    )
     local_epochs: int = Field(8, ge=1, le=1000, description="Local backend: training epochs.")
     local_alpha: float = Field(
         2e-5, gt=0, description="Local backend: L2 regularisation of the logistic model."
     )
     poll_interval: float = Field(
-        5.0, gt=0, description="Seconds between two looks at a training job."
+        5.0, gt=0, description="Seconds between two looks at a training job (±10 % jitter)."
+    )
+    poll_max_interval: float = Field(
+        120.0, gt=0, description="Longest wait between looks while nothing changes (backoff)."
     )
     classify_batch_size: int = Field(64, ge=1, le=1024, description="Texts per classify call.")
 

@@ -16,7 +16,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from modfactory import jobs
-from modfactory.runs import RunStore
+from modfactory.runs import RunState, RunStore
 from modfactory.settings import Settings
 from modfactory.stages.build import build
 from modfactory.stages.context import StageContext
@@ -34,7 +34,7 @@ async def resume_unfinished_runs(sc: StageContext) -> int:
     runs = await sc.store.active()
     for run in runs:
         stage = run.current_stage
-        if stage is not None:
+        if stage is not None and run.state != RunState.AWAITING_APPROVAL:
             await sc.enqueue(stage, run.id)  # type: ignore[arg-type]
     if runs:
         log.info("resumed %d unfinished run(s)", len(runs))

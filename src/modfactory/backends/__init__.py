@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from modfactory.backends.base import Backend, BackendError
+from modfactory.backends.base import Backend, BackendError, BackendUnavailable
 from modfactory.settings import Settings
 
 BACKENDS = ("local", "mistral")
+__all__ = ["BACKENDS", "Backend", "BackendError", "BackendUnavailable", "get_backend"]
 
 
 def get_backend(name: str, settings: Settings) -> Backend:
@@ -17,8 +18,7 @@ def get_backend(name: str, settings: Settings) -> Backend:
             settings.data_dir, epochs=settings.local_epochs, alpha=settings.local_alpha
         )
     if name == "mistral":
-        raise BackendError(
-            "the mistral backend is not available in this release yet; use --backend local "
-            "(or unset MISTRAL_API_KEY to make local the default)"
-        )
+        from modfactory.backends.mistral import MistralBackend
+
+        return MistralBackend(settings)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

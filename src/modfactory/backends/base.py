@@ -63,6 +63,7 @@ class TrainingJob(BaseModel):
     classifier_targets: list[ClassifierTarget] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    events: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class UploadedFile(BaseModel):
@@ -87,6 +88,10 @@ Scores = dict[str, dict[str, dict[str, float]]]
 
 class BackendError(Exception):
     """A backend refused or failed; the message says what to fix and is safe to store."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached after retries; trying again later may work."""
 
 
 class Backend(ABC):

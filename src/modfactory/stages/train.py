@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from modfactory import charts
-from modfactory.backends.base import JobRequest, JobStatus, TrainingJob
-from modfactory.runs import Run
+from modfactory.backends.base import BackendUnavailable, JobRequest, JobStatus, TrainingJob
+from modfactory.runs import Run, RunState, StageStatus
 from modfactory.stages.context import StageContext, guarded, stage
 
 
@@ -27,7 +27,7 @@ async def train(sc: StageContext, run: Run) -> None:
                 training_file_id=run.artifacts.train_file_id,
                 validation_file_ids=[run.artifacts.validation_file_id],
                 hyperparameters=run.spec.hyperparameters,
-                suffix=run.training.job_suffix(run.id),
+                suffix=run.training.job_suffix(run.id, sc.settings.mistral_job_suffix),
             )
         )
         await sc.store.record_artifacts(
@@ -37,10 +37,13 @@ async def train(sc: StageContext, run: Run) -> None:
 
 
 async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
-    """Look at the job once: record it, start it when validated, finish on a final status."""
+    """Look at the job once: record it, start it when validated (within the cost cap),
+    finish on a final status, else schedule the next look."""
     sc = StageContext.of(ctx)
     run = await sc.store.get(run_id)
-    if run.stages["train"].state != "running" or run.artifacts.training_job_id is None:
+    if run.state != RunState.RUNNING or run.stages["train"].state != StageStatus.RUNNING:
+        return  # finished, cancelled, or parked awaiting approval
+    if run.artifacts.training_job_id is None:
         return
     if run.training.poll_seq == seq + 1:  # this look ran, its successor may not be queued
         await sc.enqueue_poll(run_id, seq + 1)
@@ -50,9 +53,19 @@ async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
 
     async def step() -> None:
         backend = sc.backend(run.spec.backend)
-        job = await backend.get_job(run.artifacts.training_job_id)
+        try:
+            job = await backend.get_job(run.artifacts.training_job_id)
+        except BackendUnavailable as exc:  # the job goes on; look again later
+            await sc.store.record_artifacts(run_id, f"{exc}; looking again later")
+            if await sc.store.advance_poll(run_id, seq):
+                await sc.enqueue_poll(run_id, seq + 1, delay=sc.settings.poll_max_interval)
+            return
         if job.status == JobStatus.VALIDATED:
-            await sc.store.record_training(run_id, job)
+            updated = await sc.store.record_training(run_id, job)
+            over = _over_the_cap(updated, job)
+            if over:
+                await sc.store.await_approval(run_id, over)
+                return
             job = await backend.start_job(job.id)
         updated = await sc.store.record_training(run_id, job)
         if job.status == JobStatus.SUCCESS:
@@ -61,9 +74,24 @@ async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
             reason = job.error or f"the training job ended {job.status}"
             await sc.store.fail_stage(run_id, "train", f"{job.status}: {reason}")
         elif await sc.store.advance_poll(run_id, seq):
-            await sc.enqueue_poll(run_id, seq + 1)
+            quiet = updated.training.quiet_looks
+            delay = min(sc.settings.poll_max_interval, sc.settings.poll_interval * 1.5**quiet)
+            await sc.enqueue_poll(run_id, seq + 1, delay=delay)
 
     await guarded(sc, "train", run_id, step)
+
+
+def _over_the_cap(run: Run, job: TrainingJob) -> str | None:
+    """Why the quote needs approval before the job may start (None: start it)."""
+    cap = run.spec.max_cost
+    if cap is None or run.training.approved:
+        return None
+    cost, currency = job.metadata.get("cost"), job.metadata.get("cost_currency", "")
+    if cost is None:
+        return f"no cost was quoted and MODFACTORY_MAX_COST is {cap}"
+    if cost > cap:
+        return f"quoted {cost} {currency} is above MODFACTORY_MAX_COST {cap}"
+    return None
 
 
 async def _succeeded(sc: StageContext, run: Run, job: TrainingJob) -> None:

@@ -1,0 +1,303 @@
+"""Mistral's Classifier Factory through the official SDK (``mistralai==2.5.1``), async only.
+
+Every call that creates something looks first for what an earlier, interrupted attempt may
+have created: files by their name (which carries the run id), jobs by their suffix. So a
+worker killed between sending a request and recording its answer never makes the next
+attempt upload, create or start twice. Transient failures (429 with Retry-After, 5xx,
+timeouts, lost connections) are retried with bounded exponential backoff and jitter;
+401 / 403 / 422 fail at once with a message naming what to fix. The API key never leaves
+the SDK's Authorization header: no message, log line or record built here contains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from modfactory.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Checkpoint,
+    ClassifierTarget,
+    JobRequest,
+    JobStatus,
+    Scores,
+    TrainingJob,
+    UploadedFile,
+)
+from modfactory.settings import Settings
+
+log = logging.getLogger("modfactory.mistral")
+T = TypeVar("T")
+
+_RANGES: dict[str, tuple[type, float, float]] = {
+    "training_steps": (int, 1, 1_000_000),
+    "learning_rate": (float, 1e-8, 1),
+    "weight_decay": (float, 0, 1),
+    "warmup_fraction": (float, 0, 1),
+    "epochs": (float, 1e-9, 1_000),
+    "seq_len": (int, 100, 1_000_000),
+}
+_KEY_ADVICE = "check MISTRAL_API_KEY (a valid key of a workspace with fine-tuning enabled)"
+
+
+class MistralBackend(Backend):
+    """The ``mistral`` backend."""
+
+    name = "mistral"
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.mistral_api_key is None:
+            raise BackendError("the mistral backend needs MISTRAL_API_KEY")
+        self.settings = settings
+        self.base_model = settings.mistral_model
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The SDK client, made on first use (validating hyperparameters needs none)."""
+        if self._client is None:
+            from mistralai.client import Mistral
+
+            key = self.settings.mistral_api_key
+            self._client = Mistral(
+                api_key=lambda: key.get_secret_value(),
+                server_url=self.settings.mistral_server_url,
+                timeout_ms=int(self.settings.mistral_timeout * 1000),
+            )
+        return self._client
+
+    def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
+        s = self.settings
+        values: dict[str, float | int | None] = {
+            "training_steps": s.mistral_training_steps,
+            "learning_rate": s.mistral_learning_rate,
+            "weight_decay": s.mistral_weight_decay,
+            "warmup_fraction": s.mistral_warmup_fraction,
+            "epochs": s.mistral_epochs,
+            "seq_len": s.mistral_seq_len,
+        }
+        for name, value in overrides.items():
+            if name not in _RANGES:
+                raise BackendError(
+                    f"the mistral backend has no hyperparameter {name!r}; "
+                    f"it takes {', '.join(_RANGES)}"
+                )
+            kind, low, high = _RANGES[name]
+            if not low <= value <= high or (kind is int and value != int(value)):
+                raise BackendError(
+                    f"hyperparameter {name}={value} is out of range: "
+                    f"{'an integer' if kind is int else 'a number'} in [{low:g}, {high:g}]"
+                )
+            values[name] = kind(value)
+        return {k: v for k, v in values.items() if v is not None}
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    # --- calls with retries ---------------------------------------------------------------
+    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        """``request()`` with retries on transient failures; clear errors on the others."""
+        from mistralai.client.errors import MistralError
+
+        attempts = self.settings.mistral_max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await request()
+            except MistralError as exc:
+                status = exc.status_code
+                if status in (401, 403):
+                    raise BackendError(
+                        f"Mistral refused to {what} (HTTP {status}): {_KEY_ADVICE}"
+                    ) from None
+                if status == 422 or (400 <= status < 500 and status not in (408, 409, 429)):
+                    detail = _detail(exc.body)
+                    raise BackendError(
+                        f"Mistral rejected the request to {what} (HTTP {status}): {detail}"
+                    ) from None
+                reason, retry_after = f"HTTP {status}", _retry_after(exc.headers)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                reason, retry_after = f"{type(exc).__name__}", None
+            if attempt == attempts:
+                raise BackendUnavailable(
+                    f"Mistral did not answer the request to {what} after {attempts} attempts "
+                    f"({reason})"
+                )
+            delay = retry_after if retry_after is not None else _backoff(attempt)
+            log.info("%s: %s, retry %d/%d in %.1f s", what, reason, attempt, attempts - 1, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # --- files -----------------------------------------------------------------------------
+    async def upload_file(self, path: Path, tag: str) -> UploadedFile:
+        """Upload as ``<tag>.jsonl``, unless a file of that name and size is there already."""
+        name, size = f"{tag}.jsonl", path.stat().st_size
+        found = await self._call(
+            f"list files named {name}",
+            lambda: self.client.files.list_async(search=name, purpose="fine-tune", page_size=100),
+        )
+        for existing in found.data:
+            if existing.filename == name and existing.size_bytes == size:
+                log.info("file %s is already uploaded as %s", name, existing.id)
+                return UploadedFile(id=existing.id, filename=name, bytes=existing.size_bytes)
+
+        async def upload() -> Any:
+            with path.open("rb") as content:
+                return await self.client.files.upload_async(
+                    file={"file_name": name, "content": content}, purpose="fine-tune"
+                )
+
+        uploaded = await self._call(f"upload {path.name}", upload)
+        return UploadedFile(id=uploaded.id, filename=name, bytes=uploaded.size_bytes)
+
+    # --- jobs ------------------------------------------------------------------------------
+    async def create_job(self, request: JobRequest) -> TrainingJob:
+        """Create the classifier job, unless one with this suffix exists already."""
+        existing = await self._call(
+            f"list jobs with suffix {request.suffix}",
+            lambda: self.client.fine_tuning.jobs.list_async(suffix=request.suffix, page_size=100),
+        )
+        for job in existing.data:
+            if job.suffix == request.suffix:
+                log.info("job %s with suffix %s exists already", job.id, request.suffix)
+                return await self.get_job(job.id)
+        integrations = None
+        if self.settings.wandb_project and self.settings.wandb_api_key:
+            integrations = [
+                {
+                    "project": self.settings.wandb_project,
+                    "api_key": self.settings.wandb_api_key.get_secret_value(),
+                }
+            ]
+        created = await self._call(
+            "create the fine-tuning job",
+            lambda: self.client.fine_tuning.jobs.create_async(
+                model=request.model,
+                job_type="classifier",
+                training_files=[{"file_id": request.training_file_id, "weight": 1}],
+                validation_files=request.validation_file_ids,
+                hyperparameters=request.hyperparameters,
+                suffix=request.suffix,
+                auto_start=False,
+                integrations=integrations,
+            ),
+        )
+        return _job(created)
+
+    async def get_job(self, job_id: str) -> TrainingJob:
+        return _job(
+            await self._call(
+                f"get job {job_id}", lambda: self.client.fine_tuning.jobs.get_async(job_id=job_id)
+            )
+        )
+
+    async def start_job(self, job_id: str) -> TrainingJob:
+        return _job(
+            await self._call(
+                f"start job {job_id}",
+                lambda: self.client.fine_tuning.jobs.start_async(job_id=job_id),
+            )
+        )
+
+    async def cancel_job(self, job_id: str) -> TrainingJob:
+        return _job(
+            await self._call(
+                f"cancel job {job_id}",
+                lambda: self.client.fine_tuning.jobs.cancel_async(job_id=job_id),
+            )
+        )
+
+    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+        response = await self._call(
+            f"classify {len(inputs)} texts with {model}",
+            lambda: self.client.classifiers.classify_async(model=model, inputs=inputs),
+        )
+        return [
+            {target: {"scores": dict(result.scores)} for target, result in row.items()}
+            for row in response.results
+        ]
+
+
+def _job(out: Any) -> TrainingJob:
+    """The SDK's job object, as the backend interface describes jobs."""
+    events = [
+        {"name": e.name, "data": e.data, "created_at": e.created_at}
+        for e in (getattr(out, "events", None) or [])
+    ]
+    error = None
+    if out.status in ("FAILED", "FAILED_VALIDATION", "CANCELLED"):
+        error = next(
+            (
+                str(e["data"].get("error") or e["data"].get("message"))
+                for e in reversed(events)
+                if isinstance(e["data"], dict)
+                and (e["data"].get("error") or e["data"].get("message"))
+            ),
+            None,
+        )
+    metadata = out.metadata.model_dump() if getattr(out, "metadata", None) else {}
+    hyper = out.hyperparameters.model_dump() if getattr(out, "hyperparameters", None) else {}
+    if hyper.get("epochs") is not None:
+        metadata["epochs"] = hyper["epochs"]
+    return TrainingJob(
+        id=out.id,
+        status=JobStatus(out.status),
+        model=out.model,
+        fine_tuned_model=out.fine_tuned_model,
+        checkpoints=[
+            Checkpoint(
+                step=c.step_number,
+                train_loss=c.metrics.train_loss,
+                valid_loss=c.metrics.valid_loss,
+                valid_mean_token_accuracy=c.metrics.valid_mean_token_accuracy,
+                created_at=datetime.fromtimestamp(c.created_at, UTC),
+            )
+            for c in (getattr(out, "checkpoints", None) or [])
+        ],
+        classifier_targets=[
+            ClassifierTarget(name=t.name, labels=list(t.labels))
+            for t in (getattr(out, "classifier_targets", None) or [])
+        ],
+        metadata={k: v for k, v in metadata.items() if v is not None},
+        error=error,
+        events=events,
+    )
+
+
+def _detail(body: str) -> str:
+    """The API's validation message, e.g. ``hyperparameters.learning_rate: ...``."""
+    try:
+        detail = json.loads(body).get("detail", body)
+    except (ValueError, AttributeError):
+        return body[:500]
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []) if p != 'body')}: {d.get('msg')}"
+            for d in detail
+            if isinstance(d, dict)
+        )
+    return str(detail)[:500]
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return min(max(float(value), 0.0), 60.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter on 0.5 s · 2^attempt, capped at 30 s."""
+    return random.uniform(0, min(30.0, 0.5 * 2**attempt))

@@ -1,0 +1,609 @@
+"""A Mistral API emulator on loopback, following ``mistral-openapi.yaml`` (Mistral's spec).
+
+Serves what modfactory uses: files (upload, list, get), fine-tuning jobs (list, create,
+get, start, cancel) with a time-driven status progression and checkpoints, and
+classifications. Every request is validated against the spec's request schema (bodies,
+query parameters, multipart fields); an invalid one is answered 422 *and* recorded in
+``invalid_requests``, which tests assert stays empty. Faults can be injected: a share of
+requests answered 429 (with Retry-After) or 503, slow responses, FAILED_VALIDATION,
+FAILED, a rejected key, and hooks that run just before a response is sent (to kill a
+worker between a request and its answer). ``counts`` tallies what cost money.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import math
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+SPEC_PATH = Path(__file__).with_name("mistral-openapi.yaml")
+_LOCK = threading.Lock()
+_SPEC_CACHE: dict[str, Any] = {}
+
+
+def load_spec() -> dict[str, Any]:
+    """The spec, with the few numeric bounds it writes as strings turned into numbers."""
+    if "spec" not in _SPEC_CACHE:
+        spec = yaml.safe_load(SPEC_PATH.read_text())
+
+        def fix(node: Any) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key in (
+                        "minimum",
+                        "maximum",
+                        "exclusiveMinimum",
+                        "exclusiveMaximum",
+                    ) and isinstance(value, str):
+                        node[key] = float(value)
+                    else:
+                        fix(value)
+            elif isinstance(node, list):
+                for item in node:
+                    fix(item)
+
+        fix(spec)
+        _SPEC_CACHE["spec"] = spec
+    return _SPEC_CACHE["spec"]
+
+
+@dataclass
+class Faults:
+    """What goes wrong, and how often."""
+
+    rate: float = 0.0  # share of requests answered 429 or 503 instead
+    retry_after: float = 0.05  # seconds, sent with each 429
+    latency: float = 0.0  # seconds added to every response
+    fail_validation: str | None = None  # jobs end FAILED_VALIDATION with this message
+    fail_training: str | None = None  # jobs end FAILED with this message
+    seed: int = 1
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+
+@dataclass
+class Timing:
+    """Seconds each phase of a job lasts."""
+
+    validating: float = 0.3
+    queued: float = 0.2
+    step: float = 0.15  # between two checkpoints
+    checkpoints: int = 4
+    steps_per_checkpoint: int = 50
+
+
+class _Job:
+    def __init__(self, body: dict[str, Any], labels: list[str], rows: int) -> None:
+        self.id = str(uuid.uuid4())
+        self.body = body
+        self.labels = labels
+        self.rows = rows
+        self.created = time.time()
+        self.started: float | None = None
+        self.cancelled: float | None = None
+
+
+class MistralEmulator:
+    """``with MistralEmulator() as emulator:`` serves on ``emulator.url``."""
+
+    def __init__(self, api_key: str = "test-key", quote: float = 6.56) -> None:
+        self.api_key = api_key
+        self.quote = quote
+        self.faults = Faults()
+        self.timing = Timing()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, _Job] = {}
+        self.counts: Counter[str] = Counter()
+        self.invalid_requests: list[str] = []
+        self.hooks: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self.request_times: list[float] = []
+        spec = load_spec()
+        self._spec = spec
+        self._registry = Registry().with_resource("spec", Resource(spec, DRAFT202012))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> MistralEmulator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # --- validation against the spec ------------------------------------------------------
+    def check_body(self, schema_name: str, body: Any) -> list[str]:
+        validator = jsonschema.Draft202012Validator(
+            {"$ref": f"spec#/components/schemas/{schema_name}"},
+            registry=self._registry,
+            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+        )
+        return [
+            f"{'.'.join(map(str, e.absolute_path)) or 'body'}: {e.message}"
+            for e in validator.iter_errors(body)
+        ]
+
+    def check_query(self, path: str, method: str, query: dict[str, list[str]]) -> list[str]:
+        operation = self._spec["paths"][path][method]
+        declared = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "query"}
+        errors = []
+        for name, values in query.items():
+            if name not in declared:
+                errors.append(f"query: unknown parameter {name!r}")
+                continue
+            schema = declared[name].get("schema", {})
+            for value in values:
+                if not _query_value_fits(value, schema):
+                    errors.append(f"query: {name}={value!r} does not fit {schema}")
+        return errors
+
+    # --- state -------------------------------------------------------------------------------
+    def job_json(self, job: _Job, detailed: bool = True) -> dict[str, Any]:
+        now = time.time()
+        t, faults = self.timing, self.faults
+        events = [
+            {"name": "status-updated", "data": {"status": "QUEUED"}, "created_at": int(job.created)}
+        ]
+        checkpoints: list[dict[str, Any]] = []
+        validated_at = job.created + t.validating
+        status, fine_tuned = "QUEUED", None
+        if now >= job.created + t.validating / 2:
+            status = "VALIDATING"
+        if now >= validated_at:
+            if faults.fail_validation:
+                status = "FAILED_VALIDATION"
+                events.append(
+                    {
+                        "name": "status-updated",
+                        "data": {"status": status, "error": faults.fail_validation},
+                        "created_at": int(validated_at),
+                    }
+                )
+            else:
+                status = "VALIDATED"
+                events.append(
+                    {
+                        "name": "status-updated",
+                        "data": {"status": status},
+                        "created_at": int(validated_at),
+                    }
+                )
+        if job.started is not None:
+            status = "QUEUED"
+            running_at = job.started + t.queued
+            if now >= running_at:
+                status = "RUNNING"
+                done = min(t.checkpoints, int((now - running_at) / t.step))
+                for k in range(1, done + 1):
+                    loss = 0.7 * math.exp(-0.4 * k) + 0.05
+                    checkpoints.insert(
+                        0,
+                        {
+                            "metrics": {
+                                "train_loss": loss,
+                                "valid_loss": loss * 1.1,
+                                "valid_mean_token_accuracy": 1 - loss / 2,
+                            },
+                            "step_number": k * t.steps_per_checkpoint,
+                            "created_at": int(running_at + k * t.step),
+                        },
+                    )
+                if now >= running_at + (t.checkpoints + 1) * t.step:
+                    if faults.fail_training:
+                        status = "FAILED"
+                        events.append(
+                            {
+                                "name": "status-updated",
+                                "data": {"status": status, "error": faults.fail_training},
+                                "created_at": int(now),
+                            }
+                        )
+                    else:
+                        status = "SUCCESS"
+                        suffix = job.body.get("suffix") or "x"
+                        fine_tuned = f"ft:classifier:{job.body['model']}:{job.id[:8]}:{suffix}"
+        if job.cancelled is not None:
+            status = "CANCELLED"
+            fine_tuned = None
+            events.append(
+                {
+                    "name": "status-updated",
+                    "data": {"status": status},
+                    "created_at": int(job.cancelled),
+                }
+            )
+        hyper = dict(job.body["hyperparameters"])
+        hyper.setdefault("weight_decay", 0.1)
+        hyper.setdefault("warmup_fraction", 0.05)
+        hyper.setdefault(
+            "epochs", round(hyper.get("training_steps", 100) * 16 / max(job.rows, 1), 4)
+        )
+        out: dict[str, Any] = {
+            "id": job.id,
+            "auto_start": job.body.get("auto_start", True),
+            "model": job.body["model"],
+            "status": status,
+            "created_at": int(job.created),
+            "modified_at": int(now),
+            "training_files": [f["file_id"] for f in job.body.get("training_files", [])],
+            "validation_files": job.body.get("validation_files") or [],
+            "object": "job",
+            "fine_tuned_model": fine_tuned,
+            "suffix": job.body.get("suffix"),
+            "integrations": [
+                {"type": "wandb", "project": i["project"]}
+                for i in job.body.get("integrations") or []
+            ]
+            or None,
+            "trained_tokens": None,
+            "metadata": {
+                "expected_duration_seconds": 3400,
+                "cost": self.quote,
+                "cost_currency": "EUR",
+                "train_tokens_per_step": 131072,
+                "train_tokens": 131072 * hyper.get("training_steps", 100),
+                "data_tokens": 40 * job.rows,
+                "estimated_start_time": None,
+            }
+            if status not in ("QUEUED", "VALIDATING", "FAILED_VALIDATION")
+            else None,
+            "job_type": "classifier",
+            "hyperparameters": hyper,
+            "classifier_targets": [
+                {
+                    "name": "moderation",
+                    "labels": job.labels,
+                    "weight": 1.0,
+                    "loss_function": "multi_class",
+                }
+            ],
+        }
+        if detailed:
+            out["events"] = events
+            out["checkpoints"] = checkpoints
+        return out
+
+    def classify(self, model: str, texts: list[str]) -> list[dict[str, Any]] | None:
+        """Naive Bayes over the job's training file: a real, if small, classifier."""
+        job = next(
+            (j for j in self.jobs.values() if self.job_json(j, False)["fine_tuned_model"] == model),
+            None,
+        )
+        if job is None:
+            return None
+        nb = self.files[job.body["training_files"][0]["file_id"]].setdefault(
+            "nb", _naive_bayes(self.files[job.body["training_files"][0]["file_id"]]["content"])
+        )
+        return [{"moderation": {"scores": nb(text)}} for text in texts]
+
+
+def _query_value_fits(value: str, schema: dict[str, Any]) -> bool:
+    options = schema.get("anyOf", [schema])
+    for option in options:
+        kind = option.get("type")
+        if kind == "integer" and re.fullmatch(r"-?\d+", value):
+            return True
+        if kind == "boolean" and value in ("true", "false"):
+            return True
+        if kind == "string":
+            return "enum" not in option or value in option["enum"]
+        if kind == "array" or "$ref" in option or kind is None:
+            return True
+    return False
+
+
+def _naive_bayes(content: bytes) -> Callable[[str], dict[str, float]]:
+    rows = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+    labels = sorted({label for r in rows for label in r["labels"]["moderation"]})
+    word_counts: dict[str, Counter[str]] = defaultdict(Counter)
+    docs: Counter[str] = Counter()
+    vocabulary: set[str] = set()
+    for r in rows:
+        words = set(r["text"].lower().split())
+        vocabulary |= words
+        for label in r["labels"]["moderation"]:
+            docs[label] += 1
+            word_counts[label].update(words)
+
+    def score(text: str) -> dict[str, float]:
+        words = set(text.lower().split()) & vocabulary
+        out = {}
+        for label in labels:
+            pos, neg = docs[label], len(rows) - docs[label]
+            logit = math.log((pos + 1) / (neg + 1))
+            for w in words:
+                in_pos = word_counts[label][w]
+                in_neg = sum(word_counts[o][w] for o in labels if o != label)
+                logit += math.log((in_pos + 1) / (pos + 2)) - math.log((in_neg + 1) / (neg + 2))
+            out[label] = 1 / (1 + math.exp(-max(-30, min(30, logit))))
+        return out
+
+    return score
+
+
+def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _invalid(self, errors: list[str]) -> None:
+            emulator.invalid_requests.append(f"{self.command} {self.path}: {errors}")
+            self._send(
+                422,
+                {
+                    "object": "error",
+                    "detail": [{"loc": ["body"], "msg": e, "type": "value_error"} for e in errors],
+                },
+            )
+
+        def do_GET(self) -> None:
+            self._route("get")
+
+        def do_POST(self) -> None:
+            self._route("post")
+
+        def _route(self, method: str) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            url = urlparse(self.path)
+            query = parse_qs(url.query)
+            with _LOCK:
+                emulator.counts["requests"] += 1
+                emulator.request_times.append(time.monotonic())
+            if emulator.faults.latency:
+                time.sleep(emulator.faults.latency)
+            if self.headers.get("authorization") != f"Bearer {emulator.api_key}":
+                emulator.counts["unauthorized"] += 1
+                return self._send(401, {"message": "Unauthorized", "request_id": uuid.uuid4().hex})
+            with _LOCK:
+                roll = emulator.faults.rng.random()
+            if roll < emulator.faults.rate:
+                emulator.counts["faults"] += 1
+                if roll < emulator.faults.rate / 2:
+                    return self._send(
+                        429,
+                        {"message": "Requests rate limit exceeded"},
+                        {"retry-after": str(emulator.faults.retry_after)},
+                    )
+                return self._send(503, {"message": "Service unavailable"})
+            routes = [
+                ("post", r"/v1/files", "/v1/files", self._upload),
+                ("get", r"/v1/files", "/v1/files", self._list_files),
+                ("get", r"/v1/files/(?P<id>[^/]+)", "/v1/files/{file_id}", self._get_file),
+                ("get", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", self._list_jobs),
+                ("post", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", self._create_job),
+                (
+                    "get",
+                    r"/v1/fine_tuning/jobs/(?P<id>[^/]+)",
+                    "/v1/fine_tuning/jobs/{job_id}",
+                    self._get_job,
+                ),
+                (
+                    "post",
+                    r"/v1/fine_tuning/jobs/(?P<id>[^/]+)/start",
+                    "/v1/fine_tuning/jobs/{job_id}/start",
+                    self._start_job,
+                ),
+                (
+                    "post",
+                    r"/v1/fine_tuning/jobs/(?P<id>[^/]+)/cancel",
+                    "/v1/fine_tuning/jobs/{job_id}/cancel",
+                    self._cancel_job,
+                ),
+                ("post", r"/v1/classifications", "/v1/classifications", self._classify),
+            ]
+            for verb, pattern, spec_path, action in routes:
+                match = re.fullmatch(pattern, url.path)
+                if verb == method and match:
+                    errors = emulator.check_query(spec_path, method, query)
+                    if errors:
+                        return self._invalid(errors)
+                    return action(raw, query, **match.groupdict())
+            self._send(404, {"message": f"no route {method.upper()} {url.path}"})
+
+        def _json_body(self, raw: bytes, schema: str) -> Any:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                self._invalid(["body is not JSON"])
+                return None
+            errors = emulator.check_body(schema, body)
+            if errors:
+                self._invalid(errors)
+                return None
+            return body
+
+        def _hook(self, name: str, payload: dict[str, Any]) -> None:
+            hook = emulator.hooks.get(name)
+            if hook:
+                hook(payload)
+
+        # --- files ---
+        def _upload(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            content_type = self.headers.get("content-type", "")
+            if not content_type.startswith("multipart/form-data"):
+                return self._invalid([f"content-type {content_type!r} is not multipart/form-data"])
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                f"content-type: {content_type}\r\n\r\n".encode() + raw
+            )
+            fields, file_part = {}, None
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                if name == "file":
+                    file_part = part
+                else:
+                    fields[name] = (
+                        part.get_content().strip()
+                        if isinstance(part.get_content(), str)
+                        else part.get_content().decode()
+                    )
+            errors = [] if file_part is not None else ["file: required"]
+            schema = emulator._spec["paths"]["/v1/files"]["post"]["requestBody"]["content"][
+                "multipart/form-data"
+            ]["schema"]
+            unknown = set(fields) - set(schema["properties"])
+            errors += [f"{name}: unknown field" for name in unknown]
+            if "purpose" in fields:
+                errors += emulator.check_body("FilePurpose", fields["purpose"])
+            if errors:
+                return self._invalid(errors)
+            content = file_part.get_payload(decode=True)
+            file_id = str(uuid.uuid4())
+            record = {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(content),
+                "created_at": int(time.time()),
+                "filename": file_part.get_filename(),
+                "purpose": fields.get("purpose", "fine-tune"),
+                "sample_type": "instruct",
+                "num_lines": content.count(b"\n"),
+                "mimetype": "application/jsonl",
+                "source": "upload",
+                "signature": None,
+            }
+            with _LOCK:
+                emulator.files[file_id] = {**record, "content": content}
+                emulator.counts["uploads"] += 1
+                emulator.counts[f"upload:{record['filename']}"] += 1
+            self._hook("upload", record)
+            self._send(200, record)
+
+        def _list_files(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            search = query.get("search", [""])[0]
+            purpose = query.get("purpose", [None])[0]
+            data = [
+                {k: v for k, v in f.items() if k not in ("content", "nb")}
+                for f in emulator.files.values()
+                if search in f["filename"] and (purpose is None or f["purpose"] == purpose)
+            ]
+            self._send(200, {"data": data, "object": "list", "total": len(data)})
+
+        def _get_file(self, raw: bytes, query: dict[str, list[str]], id: str) -> None:
+            f = emulator.files.get(id)
+            if f is None:
+                return self._send(404, {"message": f"file {id} not found"})
+            self._send(
+                200, {k: v for k, v in f.items() if k not in ("content", "nb")} | {"deleted": False}
+            )
+
+        # --- jobs ---
+        def _list_jobs(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            suffix = query.get("suffix", [None])[0]
+            data = [
+                emulator.job_json(j, detailed=False)
+                for j in emulator.jobs.values()
+                if suffix is None or j.body.get("suffix") == suffix
+            ]
+            self._send(200, {"data": data, "object": "list", "total": len(data)})
+
+        def _create_job(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            body = self._json_body(raw, "JobIn")
+            if body is None:
+                return
+            missing = [
+                f["file_id"]
+                for f in body.get("training_files", [])
+                if f["file_id"] not in emulator.files
+            ]
+            missing += [f for f in body.get("validation_files") or [] if f not in emulator.files]
+            if missing:
+                return self._send(404, {"message": f"file {missing[0]} not found"})
+            content = emulator.files[body["training_files"][0]["file_id"]]["content"]
+            rows = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+            labels = sorted({label for r in rows for label in r["labels"]["moderation"]})
+            job = _Job(body, labels, len(rows))
+            with _LOCK:
+                emulator.jobs[job.id] = job
+                emulator.counts["jobs_created"] += 1
+            self._hook("create_job", {"id": job.id})
+            self._send(200, emulator.job_json(job, detailed=False))
+
+        def _job_or_404(self, id: str) -> _Job | None:
+            job = emulator.jobs.get(id)
+            if job is None:
+                self._send(404, {"message": f"job {id} not found"})
+            return job
+
+        def _get_job(self, raw: bytes, query: dict[str, list[str]], id: str) -> None:
+            job = self._job_or_404(id)
+            if job is not None:
+                out = emulator.job_json(job)
+                self._hook("get_job", out)
+                self._send(200, out)
+
+        def _start_job(self, raw: bytes, query: dict[str, list[str]], id: str) -> None:
+            job = self._job_or_404(id)
+            if job is None:
+                return
+            with _LOCK:
+                status = emulator.job_json(job, False)["status"]
+                if status != "VALIDATED":
+                    return self._send(409, {"message": f"job {id} is {status}, not VALIDATED"})
+                job.started = time.time()
+                emulator.counts["starts"] += 1
+            self._hook("start_job", {"id": id})
+            self._send(200, emulator.job_json(job))
+
+        def _cancel_job(self, raw: bytes, query: dict[str, list[str]], id: str) -> None:
+            job = self._job_or_404(id)
+            if job is None:
+                return
+            with _LOCK:
+                if job.cancelled is None and emulator.job_json(job, False)["status"] not in (
+                    "SUCCESS",
+                    "FAILED",
+                    "FAILED_VALIDATION",
+                ):
+                    job.cancelled = time.time()
+                    emulator.counts["cancels"] += 1
+            self._send(200, emulator.job_json(job))
+
+        def _classify(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            body = self._json_body(raw, "ClassificationRequest")
+            if body is None:
+                return
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            results = emulator.classify(body["model"], texts)
+            if results is None:
+                return self._send(404, {"message": f"model {body['model']} not found"})
+            with _LOCK:
+                emulator.counts["classify_requests"] += 1
+                emulator.counts["classified_texts"] += len(texts)
+            self._send(200, {"id": uuid.uuid4().hex, "model": body["model"], "results": results})
+
+    return Handler

@@ -1,0 +1,203 @@
+"""The mistral backend through the real SDK, over HTTP, against the spec-following emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import producer_for, settings_env, settings_for, wait_until, worker_process
+from mistral_emulator import MistralEmulator
+from modfactory.runs import RunState
+
+pytestmark = pytest.mark.slow
+KEY = "sk-emulated-0123456789abcdef"
+
+
+@pytest.fixture
+def emulator() -> Iterator[MistralEmulator]:
+    with MistralEmulator(api_key=KEY) as emulator:
+        yield emulator
+    assert emulator.invalid_requests == [], "requests that do not follow the spec"
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 240):
+    return subprocess.run(
+        [sys.executable, "-m", "modfactory", *args],
+        env={**os.environ, "COLUMNS": "200", **env},
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def mistral_env(emulator: MistralEmulator, data: Path, **more: str) -> dict[str, str]:
+    return {
+        "MISTRAL_API_KEY": KEY,
+        "MODFACTORY_MISTRAL_SERVER_URL": emulator.url,
+        "MODFACTORY_DATA_DIR": str(data),
+        "MODFACTORY_POLL_INTERVAL": "0.2",
+        "MODFACTORY_POLL_MAX_INTERVAL": "1",
+        **more,
+    }
+
+
+def test_run_end_to_end_and_the_key_is_never_written(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    env = mistral_env(emulator, tmp_path / "data", MODFACTORY_CLASSIFY_BATCH_SIZE="50")
+    done = cli(
+        "run", "--backend", "mistral", "--source", "synthetic:3000", "--json", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["state"] == "succeeded" and run["spec"]["backend"] == "mistral"
+    assert run["artifacts"]["model_id"].startswith("ft:classifier:ministral-3b-latest:")
+    assert run["training"]["metadata"]["cost"] == 6.56
+    assert [c["step"] for c in run["training"]["checkpoints"]] == [50, 100, 150, 200]
+    assert [h["status"] for h in run["training"]["history"]][-1] == "SUCCESS"
+    assert Path(run["artifacts"]["loss_chart"]).stat().st_size > 0
+    assert run["metrics"]["macro"]["roc_auc"] > 0.6
+    test_rows = run["dataset"]["splits"]["test"]["rows"]
+    assert emulator.counts["classified_texts"] == test_rows
+    assert emulator.counts["classify_requests"] == -(-test_rows // 50)
+    assert (
+        emulator.counts["uploads"],
+        emulator.counts["jobs_created"],
+        emulator.counts["starts"],
+    ) == (1 + 1, 1, 1)
+
+    # The key is nowhere: not in the output, the logs, the run files, nor Redis's own file.
+    written = done.stdout + done.stderr
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file() and path.suffix not in (".png", ".joblib"):
+            written += path.read_bytes().decode(errors="replace")
+    assert KEY not in written
+
+
+async def test_chaos_two_killed_workers_one_job_one_start_one_upload_each(
+    emulator: MistralEmulator, redis_db: str, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        redis_db, tmp_path / "data", mistral_api_key=KEY, mistral_server_url=emulator.url
+    )
+    current: dict[str, subprocess.Popen] = {}
+    killed: list[str] = []
+
+    def kill(moment: str):
+        def hook(payload: dict) -> None:
+            if moment not in killed and (moment != "polling" or payload["status"] == "RUNNING"):
+                killed.append(moment)
+                current["worker"].send_signal(signal.SIGKILL)
+                current["worker"].wait(10)
+
+        return hook
+
+    emulator.hooks["create_job"] = kill("created")  # after the job exists, before the answer
+    emulator.hooks["get_job"] = kill("polling")
+    emulator.timing.checkpoints = 8  # RUNNING long enough to be seen
+
+    producer = await producer_for(settings)
+    run = await producer.submit(producer.spec(source="synthetic:3000", backend="mistral"))
+    for _ in range(3):  # the first two workers are killed, the third finishes
+        with worker_process(settings, tmp_path / "worker.log") as worker:
+            current["worker"] = worker
+            deadline = time.monotonic() + 120
+            while worker.poll() is None and time.monotonic() < deadline:
+                if (await producer.store.get(run.id)).state.terminal:
+                    break
+                await asyncio.sleep(0.2)
+        if (await producer.store.get(run.id)).state.terminal:
+            break
+    final = await producer.store.get(run.id)
+    assert final.state == RunState.SUCCEEDED, (final.error, killed)
+    assert killed == ["created", "polling"]
+    assert emulator.counts["jobs_created"] == 1
+    assert emulator.counts["starts"] == 1
+    assert emulator.counts[f"upload:{run.id}-train.jsonl"] == 1
+    assert emulator.counts[f"upload:{run.id}-validation.jsonl"] == 1
+    assert final.stages["train"].attempts >= 2
+
+
+def test_transient_faults_are_retried_until_the_run_succeeds(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    emulator.faults.rate = 0.3
+    env = mistral_env(emulator, tmp_path / "data")
+    done = cli(
+        "run", "--backend", "mistral", "--source", "synthetic:2000", "--json", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "succeeded"
+    assert emulator.counts["faults"] >= 5
+    assert (emulator.counts["jobs_created"], emulator.counts["starts"]) == (1, 1)
+
+
+def test_a_rejected_key_fails_fast_naming_the_setting(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    env = mistral_env(emulator, tmp_path / "data", MISTRAL_API_KEY="sk-wrong-key-000")
+    start = time.monotonic()
+    done = cli(
+        "run", "--backend", "mistral", "--source", "synthetic:2000", "--json", env=env, cwd=tmp_path
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1
+    run = json.loads(done.stdout)
+    assert run["state"] == "failed" and run["stages"]["upload"]["state"] == "failed"
+    assert "MISTRAL_API_KEY" in run["error"] and "HTTP 401" in run["error"]
+    assert "sk-wrong-key-000" not in done.stdout + done.stderr
+    assert emulator.counts["unauthorized"] == 1  # no retry storm
+    assert elapsed < 30
+
+
+async def test_cost_guard_waits_for_approval_and_cancel_cancels_remotely(
+    emulator: MistralEmulator, redis_db: str, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        redis_db,
+        tmp_path / "data",
+        mistral_api_key=KEY,
+        mistral_server_url=emulator.url,
+        max_cost=5.0,
+    )
+    env = {**settings_env(settings), "MODFACTORY_MAX_COST": "5"}
+
+    producer = await producer_for(settings)
+    approved = await producer.submit(producer.spec(source="synthetic:2000", backend="mistral"))
+    cancelled = await producer.submit(producer.spec(source="synthetic:2000", backend="mistral"))
+    with worker_process(settings, tmp_path / "worker.log"):
+        for run in (approved, cancelled):
+            parked = await wait_until(
+                producer.store, run.id, lambda r: r.state == RunState.AWAITING_APPROVAL
+            )
+            assert "above MODFACTORY_MAX_COST 5.0" in parked.events[-1].message
+        await asyncio.sleep(1.5)  # nothing moves while parked
+        assert emulator.counts["starts"] == 0
+        remote = {j.id: emulator.job_json(j)["status"] for j in emulator.jobs.values()}
+        assert sorted(remote.values()) == ["VALIDATED", "VALIDATED"]
+
+        shown = cli("status", approved.id, env=env, cwd=tmp_path)
+        assert "awaits approval" in shown.stdout and "6.56 EUR" in shown.stdout
+        ok = cli("approve", approved.id, env=env, cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+        final = await wait_until(producer.store, approved.id, lambda r: r.state.terminal)
+        assert final.state == RunState.SUCCEEDED and emulator.counts["starts"] == 1
+
+        gone = cli("cancel", cancelled.id, "--json", env=env, cwd=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert json.loads(gone.stdout)["state"] == "cancelled"
+        job_id = json.loads(gone.stdout)["artifacts"]["training_job_id"]
+        assert emulator.job_json(emulator.jobs[job_id])["status"] == "CANCELLED"
+        assert emulator.counts["starts"] == 1
+        again = cli("approve", cancelled.id, env=env, cwd=tmp_path)
+        assert again.returncode == 2 and "is cancelled, not awaiting approval" in again.stderr
