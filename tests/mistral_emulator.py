@@ -346,6 +346,7 @@ def _naive_bayes(content: bytes) -> Callable[[str], dict[str, float]]:
 def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go in two writes
 
         def log_message(self, *args: Any) -> None:  # quiet
             pass
@@ -607,3 +608,25 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             self._send(200, {"id": uuid.uuid4().hex, "model": body["model"], "results": results})
 
     return Handler
+
+
+def main() -> None:
+    """``python tests/mistral_emulator.py --key K``: serve until killed; prints the URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--key", default="test-key")
+    parser.add_argument("--quote", type=float, default=6.56)
+    parser.add_argument("--validating", type=float, default=Timing.validating)
+    parser.add_argument("--queued", type=float, default=Timing.queued)
+    parser.add_argument("--step", type=float, default=Timing.step)
+    args = parser.parse_args()
+    emulator = MistralEmulator(api_key=args.key, quote=args.quote)
+    emulator.timing = Timing(validating=args.validating, queued=args.queued, step=args.step)
+    with emulator:
+        print(emulator.url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -196,7 +196,7 @@ async def _run(
     with_worker: bool | None,
 ) -> Run:
     from modfactory.producer import Producer
-    from modfactory.worker import build_worker
+    from modfactory.worker import build_worker, stop_worker
 
     async with _redis(settings) as (pool, embedded):
         producer = Producer(pool, settings)
@@ -215,7 +215,7 @@ async def _run(
             final = await _follow(producer.store, run.id, quiet=as_json)
         finally:
             if worker_task is not None:
-                await worker.close()
+                await stop_worker(worker)
                 worker_task.cancel()
         _print_run(final, as_json)
         return final

@@ -343,10 +343,14 @@ class RunStore:
 
         return (await self._update(run_id, change))[0]
 
-    async def record_training(self, run_id: str, job: TrainingJob) -> Run:
+    async def record_training(
+        self, run_id: str, job: TrainingJob, advance_poll_from: int | None = None
+    ) -> Run:
         """Record a look at the training job: status changes and new checkpoints, once each.
 
-        Counts the looks in a row that saw nothing new, for the poll interval's backoff.
+        Counts the looks in a row that saw nothing new, for the poll interval's backoff,
+        and, with ``advance_poll_from=n``, moves the poll sequence from n to n + 1 in the
+        same transaction (see ``advance_poll``).
         """
 
         def change(run: Run) -> bool:
@@ -368,6 +372,8 @@ class RunStore:
             if job.events and job.events != training.events:
                 training.events = job.events
             training.quiet_looks = 0 if changed else training.quiet_looks + 1
+            if advance_poll_from is not None and training.poll_seq == advance_poll_from:
+                training.poll_seq += 1
             return True
 
         return (await self._update(run_id, change))[0]

@@ -8,7 +8,9 @@ whose step is already queued, and it revives runs whose queue a Redis restart lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from typing import Any
 
 from arq import func
@@ -79,6 +81,16 @@ def build_worker(settings: Settings, redis: ArqRedis | None = None, **overrides:
         del options["redis_settings"]
         options["redis_pool"] = redis
     return Worker(**{**options, **overrides})
+
+
+async def stop_worker(worker: Worker) -> None:
+    """Stop an in-process worker (``handle_signals=False``): its running jobs are cancelled
+    and re-queued by arq, then it closes; unlike ``Worker.close`` alone, this does not raise
+    the cancelled jobs' CancelledError into the caller."""
+    worker.handle_sig(signal.SIGUSR1)
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
 
 
 def __getattr__(name: str) -> Any:

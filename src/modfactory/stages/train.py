@@ -67,13 +67,15 @@ async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
                 await sc.store.await_approval(run_id, over)
                 return
             job = await backend.start_job(job.id)
-        updated = await sc.store.record_training(run_id, job)
+        updated = await sc.store.record_training(
+            run_id, job, advance_poll_from=None if job.status.terminal else seq
+        )
         if job.status == JobStatus.SUCCESS:
             await _succeeded(sc, updated, job)
         elif job.status.terminal:
             reason = job.error or f"the training job ended {job.status}"
             await sc.store.fail_stage(run_id, "train", f"{job.status}: {reason}")
-        elif await sc.store.advance_poll(run_id, seq):
+        elif updated.training.poll_seq == seq + 1:
             quiet = updated.training.quiet_looks
             delay = min(sc.settings.poll_max_interval, sc.settings.poll_interval * 1.5**quiet)
             await sc.enqueue_poll(run_id, seq + 1, delay=delay)
