@@ -70,6 +70,7 @@ class Faults:
     """What goes wrong, and how often."""
 
     rate: float = 0.0  # share of requests answered 429 or 503 instead
+    next_statuses: list[int] = field(default_factory=list)  # answers for the next requests
     retry_after: float = 0.05  # seconds, sent with each 429
     latency: float = 0.0  # seconds added to every response
     fail_validation: str | None = None  # jobs end FAILED_VALIDATION with this message
@@ -120,7 +121,7 @@ class MistralEmulator:
         spec = load_spec()
         self._spec = spec
         self._registry = Registry().with_resource("spec", Resource(spec, DRAFT202012))
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -135,15 +136,18 @@ class MistralEmulator:
 
     # --- validation against the spec ------------------------------------------------------
     def check_body(self, schema_name: str, body: Any) -> list[str]:
+        """``path: message`` for each way ``body`` breaks the schema (the deepest cause)."""
         validator = jsonschema.Draft202012Validator(
             {"$ref": f"spec#/components/schemas/{schema_name}"},
             registry=self._registry,
             format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
         )
-        return [
-            f"{'.'.join(map(str, e.absolute_path)) or 'body'}: {e.message}"
-            for e in validator.iter_errors(body)
-        ]
+        errors = []
+        for error in validator.iter_errors(body):
+            if error.context:
+                error = jsonschema.exceptions.best_match(error.context)
+            errors.append(f"{'.'.join(map(str, error.absolute_path)) or 'body'}: {error.message}")
+        return errors
 
     def check_query(self, path: str, method: str, query: dict[str, list[str]]) -> list[str]:
         operation = self._spec["paths"][path][method]
@@ -299,6 +303,17 @@ class MistralEmulator:
         return [{"moderation": {"scores": nb(text)}} for text in texts]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (a timeout under test) is not an emulator error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 def _query_value_fits(value: str, schema: dict[str, Any]) -> bool:
     options = schema.get("anyOf", [schema])
     for option in options:
@@ -363,13 +378,13 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
 
         def _invalid(self, errors: list[str]) -> None:
             emulator.invalid_requests.append(f"{self.command} {self.path}: {errors}")
-            self._send(
-                422,
-                {
-                    "object": "error",
-                    "detail": [{"loc": ["body"], "msg": e, "type": "value_error"} for e in errors],
-                },
-            )
+            detail = []
+            for error in errors:
+                where, _, message = error.partition(": ")
+                detail.append(
+                    {"loc": ["body", *where.split(".")], "msg": message, "type": "value_error"}
+                )
+            self._send(422, {"object": "error", "detail": detail})
 
         def do_GET(self) -> None:
             self._route("get")
@@ -392,6 +407,13 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
                 return self._send(401, {"message": "Unauthorized", "request_id": uuid.uuid4().hex})
             with _LOCK:
                 roll = emulator.faults.rng.random()
+                forced = (
+                    emulator.faults.next_statuses.pop(0) if emulator.faults.next_statuses else None
+                )
+            if forced is not None:
+                emulator.counts["faults"] += 1
+                headers = {"retry-after": str(emulator.faults.retry_after)} if forced == 429 else {}
+                return self._send(forced, {"message": f"injected {forced}"}, headers)
             if roll < emulator.faults.rate:
                 emulator.counts["faults"] += 1
                 if roll < emulator.faults.rate / 2:

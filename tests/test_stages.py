@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from arq.connections import create_pool
 from modfactory import jobs
 from modfactory.backends.base import (
     Backend,
+    BackendUnavailable,
     Checkpoint,
     JobRequest,
     JobStatus,
@@ -144,3 +146,22 @@ async def test_a_failed_job_fails_the_run_with_the_backends_reason(
     assert backend.calls["start"] == 0
     assert not await pool.exists(f"arq:job:{run_id}:poll:1")
     assert not await pool.exists(f"arq:job:{run_id}:evaluate")
+
+
+async def test_an_unreachable_backend_delays_the_next_look_without_failing(
+    redis_db: str, tmp_path: Path
+) -> None:
+    ctx, store, backend, pool, run_id = await setup(redis_db, tmp_path, [job(JobStatus.RUNNING)])
+
+    async def unreachable(job_id: str) -> TrainingJob:
+        raise BackendUnavailable("Mistral did not answer the request to get job j after 7 attempts")
+
+    backend.get_job = unreachable
+    await train(ctx, run_id)
+    await poll_training(ctx, run_id, 0)
+    run = await store.get(run_id)
+    assert run.state == RunState.RUNNING and run.stages["train"].state == "running"
+    assert "looking again later" in run.events[-1].message
+    assert run.training.poll_seq == 1 and await pool.exists(f"arq:job:{run_id}:poll:1")
+    score = await pool.zscore("modfactory", f"{run_id}:poll:1")
+    assert score / 1000 - time.time() > 60  # after poll_max_interval (120 s ± 10 %), not at once

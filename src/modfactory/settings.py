@@ -147,6 +147,14 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("wandb_api_key")
+    @classmethod
+    def _wandb_key_length(cls, value: SecretStr | None) -> SecretStr | None:
+        """The API takes 40-character W&B keys; say so before a job is created."""
+        if value is not None and len(value.get_secret_value()) != 40:
+            raise ValueError("a Weights & Biases API key has 40 characters")
+        return value
+
     @property
     def default_backend(self) -> Literal["local", "mistral"]:
         """The backend a run gets when it does not name one."""

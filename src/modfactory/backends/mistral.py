@@ -282,11 +282,12 @@ def _detail(body: str) -> str:
     except (ValueError, AttributeError):
         return body[:500]
     if isinstance(detail, list):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in d.get('loc', []) if p != 'body')}: {d.get('msg')}"
-            for d in detail
-            if isinstance(d, dict)
-        )
+        parts = []
+        for d in detail:
+            if isinstance(d, dict):
+                where = ".".join(str(p) for p in d.get("loc", []) if p != "body")
+                parts.append(f"{where}: {d.get('msg')}" if where else str(d.get("msg")))
+        return "; ".join(parts)
     return str(detail)[:500]
 
 
