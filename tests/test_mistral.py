@@ -201,3 +201,27 @@ async def test_cost_guard_waits_for_approval_and_cancel_cancels_remotely(
         assert emulator.counts["starts"] == 1
         again = cli("approve", cancelled.id, env=env, cwd=tmp_path)
         assert again.returncode == 2 and "is cancelled, not awaiting approval" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("fault", "message", "status"),
+    [
+        ("fail_validation", "train.jsonl line 12: unknown label 'spam'", "FAILED_VALIDATION"),
+        ("fail_training", "training diverged at step 150", "FAILED"),
+    ],
+)
+def test_a_job_mistral_fails_ends_the_run_with_the_apis_reason(
+    emulator: MistralEmulator, tmp_path: Path, fault: str, message: str, status: str
+) -> None:
+    setattr(emulator.faults, fault, message)
+    env = mistral_env(emulator, tmp_path / "data")
+    done = cli(
+        "run", "--backend", "mistral", "--source", "synthetic:2000", "--json", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 1
+    run = json.loads(done.stdout)
+    assert run["state"] == "failed" and run["stages"]["train"]["state"] == "failed"
+    assert run["error"] == f"train: {status}: {message}"
+    assert run["training"]["events"][-1]["data"] == {"status": status, "error": message}
+    assert run["stages"]["evaluate"]["state"] == "pending"
+    assert emulator.counts["starts"] == (0 if status == "FAILED_VALIDATION" else 1)

@@ -124,25 +124,36 @@ async def test_looks_start_once_never_fork_and_chain_evaluation(
 
 
 @pytest.mark.parametrize(
-    ("status", "error", "expected"),
+    ("status", "error", "state", "expected"),
     [
-        (JobStatus.FAILED, "loss diverged at step 120", "train: FAILED: loss diverged at step 120"),
+        (JobStatus.FAILED, "loss diverged", RunState.FAILED, "train: FAILED: loss diverged"),
         (
             JobStatus.FAILED_VALIDATION,
             "train.jsonl:3: bad label",
-            "train: FAILED_VALIDATION: train.jsonl:3",
+            RunState.FAILED,
+            "train: FAILED_VALIDATION: train.jsonl:3: bad label",
         ),
-        (JobStatus.CANCELLED, None, "train: CANCELLED: the training job ended CANCELLED"),
+        (
+            JobStatus.CANCELLED,
+            "cancelled in the console",
+            RunState.CANCELLED,
+            "the training job was cancelled at the backend: cancelled in the console",
+        ),
     ],
 )
-async def test_a_failed_job_fails_the_run_with_the_backends_reason(
-    redis_db: str, tmp_path: Path, status: JobStatus, error: str | None, expected: str
+async def test_a_job_that_ends_badly_ends_the_run_with_the_backends_reason(
+    redis_db: str,
+    tmp_path: Path,
+    status: JobStatus,
+    error: str,
+    state: RunState,
+    expected: str,
 ) -> None:
     ctx, store, backend, pool, run_id = await setup(redis_db, tmp_path, [job(status, error=error)])
     await train(ctx, run_id)
     await poll_training(ctx, run_id, 0)
     run = await store.get(run_id)
-    assert run.state == RunState.FAILED and run.error.startswith(expected)
+    assert run.state == state and run.error == expected
     assert backend.calls["start"] == 0
     assert not await pool.exists(f"arq:job:{run_id}:poll:1")
     assert not await pool.exists(f"arq:job:{run_id}:evaluate")

@@ -106,6 +106,7 @@ class Training(BaseModel):
     history: list[StatusChange] = Field(default_factory=list)
     checkpoints: list[Checkpoint] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    classifier_targets: list[dict[str, Any]] = Field(default_factory=list)
     poll_seq: int = 0
     generation: int = 0  # bumped when a failed training is tried again with a new job
     quiet_looks: int = 0  # looks in a row that saw nothing new (the poll interval backs off)
@@ -330,6 +331,15 @@ class RunStore:
 
         return (await self._update(run_id, change))[0]
 
+    async def note(self, run_id: str, stage: StageName, message: str) -> None:
+        """Add an event: what is about to be done (an intent), or why nothing was."""
+
+        def change(run: Run) -> bool:
+            run._event(message, stage)
+            return True
+
+        await self._update(run_id, change)
+
     async def record_artifacts(
         self, run_id: str, message: str | None = None, **artifacts: Any
     ) -> Run:
@@ -369,6 +379,9 @@ class RunStore:
             if job.metadata and job.metadata != training.metadata:
                 training.metadata = job.metadata
                 changed = True
+            targets = [t.model_dump() for t in job.classifier_targets]
+            if targets and targets != training.classifier_targets:
+                training.classifier_targets = targets
             if job.events and job.events != training.events:
                 training.events = job.events
             training.quiet_looks = 0 if changed else training.quiet_looks + 1

@@ -21,13 +21,15 @@ async def train(sc: StageContext, run: Run) -> None:
     """Create the job unless the run has one, then schedule the first look at it."""
     if run.artifacts.training_job_id is None:
         backend = sc.backend(run.spec.backend)
+        suffix = run.training.job_suffix(run.id, sc.settings.mistral_job_suffix)
+        await sc.store.note(run.id, "train", f"creating the training job (suffix {suffix})")
         job = await backend.create_job(
             JobRequest(
                 model=backend.base_model,
                 training_file_id=run.artifacts.train_file_id,
                 validation_file_ids=[run.artifacts.validation_file_id],
                 hyperparameters=run.spec.hyperparameters,
-                suffix=run.training.job_suffix(run.id, sc.settings.mistral_job_suffix),
+                suffix=suffix,
             )
         )
         await sc.store.record_artifacts(
@@ -56,7 +58,7 @@ async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
         try:
             job = await backend.get_job(run.artifacts.training_job_id)
         except BackendUnavailable as exc:  # the job goes on; look again later
-            await sc.store.record_artifacts(run_id, f"{exc}; looking again later")
+            await sc.store.note(run_id, "train", f"{exc}; looking again later")
             if await sc.store.advance_poll(run_id, seq):
                 await sc.enqueue_poll(run_id, seq + 1, delay=sc.settings.poll_max_interval)
             return
@@ -66,12 +68,17 @@ async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
             if over:
                 await sc.store.await_approval(run_id, over)
                 return
+            await sc.store.note(run_id, "train", f"starting job {job.id}")
             job = await backend.start_job(job.id)
         updated = await sc.store.record_training(
             run_id, job, advance_poll_from=None if job.status.terminal else seq
         )
         if job.status == JobStatus.SUCCESS:
             await _succeeded(sc, updated, job)
+        elif job.status == JobStatus.CANCELLED:
+            await sc.store.cancel(
+                run_id, f"the training job was cancelled at the backend: {job.error or job.id}"
+            )
         elif job.status.terminal:
             reason = job.error or f"the training job ended {job.status}"
             await sc.store.fail_stage(run_id, "train", f"{job.status}: {reason}")

@@ -17,6 +17,9 @@ async def upload(sc: StageContext, run: Run) -> None:
         recorded = getattr(run.artifacts, f"{split}_file_id")
         if recorded is None:
             path = Path(getattr(run.artifacts, f"{split}_file"))
+            await sc.store.note(
+                run.id, "upload", f"uploading {path.name} as {run.id}-{split}.jsonl"
+            )
             uploaded = await backend.upload_file(path, tag=f"{run.id}-{split}")
             await sc.store.record_artifacts(
                 run.id,
