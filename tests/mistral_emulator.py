@@ -167,38 +167,32 @@ class MistralEmulator:
     def job_json(self, job: _Job, detailed: bool = True) -> dict[str, Any]:
         now = time.time()
         t, faults = self.timing, self.faults
-        events = [
-            {"name": "status-updated", "data": {"status": "QUEUED"}, "created_at": int(job.created)}
-        ]
+        if job.cancelled is not None:
+            now = min(now, job.cancelled)  # a cancelled job goes no further
+        events: list[dict[str, Any]] = []
         checkpoints: list[dict[str, Any]] = []
-        validated_at = job.created + t.validating
         status, fine_tuned = "QUEUED", None
+
+        def becomes(new: str, at: float, error: str | None = None) -> str:
+            """A status change, with its event (as the API lists them)."""
+            data = {"status": new, **({"error": error} if error else {})}
+            events.append({"name": "status-updated", "data": data, "created_at": int(at)})
+            return new
+
+        status = becomes("QUEUED", job.created)
         if now >= job.created + t.validating / 2:
-            status = "VALIDATING"
+            status = becomes("VALIDATING", job.created + t.validating / 2)
+        validated_at = job.created + t.validating
         if now >= validated_at:
             if faults.fail_validation:
-                status = "FAILED_VALIDATION"
-                events.append(
-                    {
-                        "name": "status-updated",
-                        "data": {"status": status, "error": faults.fail_validation},
-                        "created_at": int(validated_at),
-                    }
-                )
+                status = becomes("FAILED_VALIDATION", validated_at, faults.fail_validation)
             else:
-                status = "VALIDATED"
-                events.append(
-                    {
-                        "name": "status-updated",
-                        "data": {"status": status},
-                        "created_at": int(validated_at),
-                    }
-                )
+                status = becomes("VALIDATED", validated_at)
         if job.started is not None:
-            status = "QUEUED"
+            status = becomes("QUEUED", job.started)
             running_at = job.started + t.queued
             if now >= running_at:
-                status = "RUNNING"
+                status = becomes("RUNNING", running_at)
                 done = min(t.checkpoints, int((now - running_at) / t.step))
                 for k in range(1, done + 1):
                     loss = 0.7 * math.exp(-0.4 * k) + 0.05
@@ -214,30 +208,16 @@ class MistralEmulator:
                             "created_at": int(running_at + k * t.step),
                         },
                     )
-                if now >= running_at + (t.checkpoints + 1) * t.step:
-                    if faults.fail_training:
-                        status = "FAILED"
-                        events.append(
-                            {
-                                "name": "status-updated",
-                                "data": {"status": status, "error": faults.fail_training},
-                                "created_at": int(now),
-                            }
-                        )
-                    else:
-                        status = "SUCCESS"
-                        suffix = job.body.get("suffix") or "x"
-                        fine_tuned = f"ft:classifier:{job.body['model']}:{job.id[:8]}:{suffix}"
+                ended_at = running_at + (t.checkpoints + 1) * t.step
+                if now >= ended_at and faults.fail_training:
+                    status = becomes("FAILED", ended_at, faults.fail_training)
+                elif now >= ended_at:
+                    status = becomes("SUCCESS", ended_at)
+                    suffix = job.body.get("suffix") or "x"
+                    fine_tuned = f"ft:classifier:{job.body['model']}:{job.id[:8]}:{suffix}"
         if job.cancelled is not None:
-            status = "CANCELLED"
+            status = becomes("CANCELLED", job.cancelled)
             fine_tuned = None
-            events.append(
-                {
-                    "name": "status-updated",
-                    "data": {"status": status},
-                    "created_at": int(job.cancelled),
-                }
-            )
         hyper = dict(job.body["hyperparameters"])
         hyper.setdefault("weight_decay", 0.1)
         hyper.setdefault("warmup_fraction", 0.05)

@@ -11,6 +11,7 @@ import pytest
 from conftest import write_split_files
 from cookbook import cookbook_build
 from modfactory.dataset import build_dataset
+from modfactory.fileio import atomic_output
 from modfactory.recipe import RecipeError, RecipeParams
 from modfactory.settings import CIVIL_COMMENTS_LABELS
 from modfactory.sources import parse_source
@@ -139,3 +140,35 @@ def test_unknown_source_is_a_clear_error(tmp_path: Path) -> None:
         build_dataset(
             parse_source(str(tmp_path / "empty")), RecipeParams(), tmp_path / "o", tmp_path
         )
+
+
+def test_two_builds_of_one_synthetic_source_at_once(tmp_path: Path) -> None:
+    """Runs may generate the same synthetic source together; every one must succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(name: str) -> dict[str, int]:
+        summary = build_dataset(
+            parse_source("synthetic:3000"), RecipeParams(), tmp_path / name, tmp_path / "d"
+        )
+        return {split: s.rows for split, s in summary.splits.items()}
+
+    with ThreadPoolExecutor(4) as pool:
+        rows = list(pool.map(build, "abcd"))
+    assert rows[0] == rows[1] == rows[2] == rows[3]
+    assert not list((tmp_path / "d" / "sources" / "synthetic-3000").glob(".*"))
+
+
+def test_interleaved_atomic_writers_both_land_and_a_failed_one_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "train.jsonl"
+    with atomic_output(target) as first, atomic_output(target) as second:
+        assert first != second
+        first.write_text("first")
+        second.write_text("second")
+    assert target.read_text() == "first"  # the outer block finished last
+    with pytest.raises(RuntimeError), atomic_output(target) as broken:
+        broken.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]

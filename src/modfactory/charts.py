@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from modfactory.fileio import atomic_output
+
 
 class _SplitCounts(Protocol):
     rows: int
@@ -82,8 +84,7 @@ def loss_chart(checkpoints: Sequence[Mapping[str, Any]], path: Path, title: str)
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

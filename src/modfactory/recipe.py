@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from modfactory.fileio import atomic_output
 from modfactory.settings import CIVIL_COMMENTS_LABELS, Settings
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -179,11 +180,9 @@ def count_split(rows: Sequence[Row], params: RecipeParams, kept: Sequence[str]) 
 
 def write_jsonl(path: Path, lines: Iterable[str]) -> None:
     """Write atomically: a crash never leaves a half-written split behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for line in lines:
             f.write(line + "\n")
-    tmp.replace(path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

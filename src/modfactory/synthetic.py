@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from modfactory.fileio import atomic_output
 from modfactory.settings import CIVIL_COMMENTS_LABELS
 
 DEFAULT_ROWS = 30_000
@@ -106,12 +107,11 @@ def write_source(
         if path.exists():
             continue
         table = generate_split(rows, seed * 1000 + offset)
-        tmp = directory / f".{split}.{fmt}.tmp"
-        if fmt == "parquet":
-            pq.write_table(table, tmp)
-        else:
-            with tmp.open("w", encoding="utf-8") as f:
-                for record in table.to_pylist():
-                    f.write(json.dumps(record) + "\n")
-        tmp.replace(path)
+        with atomic_output(path) as tmp:  # two builds may write the same source at once
+            if fmt == "parquet":
+                pq.write_table(table, tmp)
+            else:
+                with tmp.open("w", encoding="utf-8") as f:
+                    for record in table.to_pylist():
+                        f.write(json.dumps(record) + "\n")
     return directory

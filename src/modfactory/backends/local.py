@@ -35,6 +35,7 @@ from modfactory.backends.local_trainer import (
     read_json,
     write_json,
 )
+from modfactory.fileio import atomic_output
 from modfactory.recipe import TARGET, RecipeError, read_jsonl
 
 MODEL_PREFIX = "ft:classifier:local:"
@@ -72,9 +73,8 @@ class LocalBackend(Backend):
         stored = self.root / "files" / f"file-{digest}.jsonl"
         if not stored.exists():
             stored.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stored.with_name(f".{stored.name}.tmp")
-            shutil.copyfile(path, tmp)
-            tmp.replace(stored)
+            with atomic_output(stored) as tmp:  # two uploads of one file may race
+                shutil.copyfile(path, tmp)
         return UploadedFile(id=stored.stem, filename=path.name, bytes=stored.stat().st_size)
 
     def _file_path(self, file_id: str) -> Path:

@@ -18,15 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modfactory.fileio import atomic_output
+
 MODEL_FILE = "model.joblib"
 PROGRESS_FILE = "progress.json"
 JOB_FILE = "job.json"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -123,9 +124,9 @@ def train(job_dir: Path) -> None:
         )
         write_json(job_dir / PROGRESS_FILE, progress)
 
-    tmp = job_dir / f".{MODEL_FILE}.tmp"
-    joblib.dump({"target": target, "labels": labels, "features": features, "models": models}, tmp)
-    tmp.replace(job_dir / MODEL_FILE)
+    with atomic_output(job_dir / MODEL_FILE) as tmp:
+        bundle = {"target": target, "labels": labels, "features": features, "models": models}
+        joblib.dump(bundle, tmp)
     progress.update(state="succeeded", finished_at=datetime.now(UTC).isoformat())
     write_json(job_dir / PROGRESS_FILE, progress)
 
