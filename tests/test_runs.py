@@ -10,7 +10,15 @@ from redis.asyncio import Redis
 
 from modfactory.backends.base import Checkpoint, JobStatus, TrainingJob
 from modfactory.recipe import RecipeParams
-from modfactory.runs import STAGES, RunNotFound, RunSpec, RunState, RunStore, StageStatus
+from modfactory.runs import (
+    STAGES,
+    RunNotFound,
+    RunSpec,
+    RunState,
+    RunStateError,
+    RunStore,
+    StageStatus,
+)
 
 
 def spec() -> RunSpec:
@@ -119,3 +127,14 @@ async def test_progress_is_kept_only_while_the_stage_runs(store: RunStore) -> No
         10,
     )
     assert (await store.finish_stage(run.id, "build")).progress is None
+
+
+async def test_a_cancelled_run_stays_cancelled_when_its_running_stage_ends(store: RunStore) -> None:
+    run = await store.create(spec())
+    await store.start_stage(run.id, "build")
+    cancelled = await store.cancel(run.id, "cancelled by the user")
+    assert cancelled.stages["build"].state == StageStatus.CANCELLED
+    after = await store.finish_stage(run.id, "build", artifacts={"dataset_dir": "/x"})
+    assert after.state == RunState.CANCELLED and after.stages["build"].state == "cancelled"
+    with pytest.raises(RunStateError, match="is cancelled already"):
+        await store.cancel(run.id, "again")

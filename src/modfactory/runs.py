@@ -284,8 +284,8 @@ class RunStore:
 
         def change(run: Run) -> bool:
             state = run.stages[stage]
-            if state.state == StageStatus.SUCCEEDED:
-                return False
+            if state.state == StageStatus.SUCCEEDED or run.state.terminal:
+                return False  # done already, or the run was cancelled meanwhile
             state.state, state.finished_at, state.error = StageStatus.SUCCEEDED, now(), None
             run.progress = None
             run.artifacts = run.artifacts.model_copy(update=artifacts or {})
