@@ -71,6 +71,8 @@ class Faults:
 
     rate: float = 0.0  # share of requests answered 429 or 503 instead
     next_statuses: list[int] = field(default_factory=list)  # answers for the next requests
+    rate_limit: float | None = None  # requests per second over any 1 s window; above: 429
+    fail_classify_after: int | None = None  # classify answers 400 after this many successes
     retry_after: float = 0.05  # seconds, sent with each 429
     latency: float = 0.0  # seconds added to every response
     fail_validation: str | None = None  # jobs end FAILED_VALIDATION with this message
@@ -118,6 +120,7 @@ class MistralEmulator:
         self.invalid_requests: list[str] = []
         self.hooks: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.request_times: list[float] = []
+        self.classified_batches: Counter[tuple[str, ...]] = Counter()
         spec = load_spec()
         self._spec = spec
         self._registry = Registry().with_resource("spec", Resource(spec, DRAFT202012))
@@ -133,6 +136,16 @@ class MistralEmulator:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def peak_rate(self) -> int:
+        """The most requests that arrived within any one second."""
+        times = sorted(self.request_times)
+        peak, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= 1.0:
+                start += 1
+            peak = max(peak, end - start + 1)
+        return peak
 
     # --- validation against the spec ------------------------------------------------------
     def check_body(self, schema_name: str, body: Any) -> list[str]:
@@ -379,7 +392,19 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             query = parse_qs(url.query)
             with _LOCK:
                 emulator.counts["requests"] += 1
-                emulator.request_times.append(time.monotonic())
+                arrived = time.monotonic()
+                emulator.request_times.append(arrived)
+                limit = emulator.faults.rate_limit
+                over = (
+                    limit is not None
+                    and sum(
+                        1 for t in emulator.request_times[-int(limit) - 2 :] if arrived - t < 1.0
+                    )
+                    > limit
+                )
+            if over:
+                emulator.counts["rate_limited"] += 1
+                return self._send(429, {"message": "rate limit"}, {"retry-after": "1"})
             if emulator.faults.latency:
                 time.sleep(emulator.faults.latency)
             if self.headers.get("authorization") != f"Bearer {emulator.api_key}":
@@ -601,12 +626,16 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             if body is None:
                 return
             texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            after = emulator.faults.fail_classify_after
+            if after is not None and emulator.counts["classify_requests"] >= after:
+                return self._send(400, {"message": "injected classify failure"})
             results = emulator.classify(body["model"], texts)
             if results is None:
                 return self._send(404, {"message": f"model {body['model']} not found"})
             with _LOCK:
                 emulator.counts["classify_requests"] += 1
                 emulator.counts["classified_texts"] += len(texts)
+                emulator.classified_batches[tuple(texts)] += 1
             self._send(200, {"id": uuid.uuid4().hex, "model": body["model"], "results": results})
 
     return Handler

@@ -67,9 +67,10 @@ def test_run_end_to_end_and_the_key_is_never_written(
     assert [h["status"] for h in run["training"]["history"]][-1] == "SUCCESS"
     assert Path(run["artifacts"]["loss_chart"]).stat().st_size > 0
     assert run["metrics"]["macro"]["roc_auc"] > 0.6
-    test_rows = run["dataset"]["splits"]["test"]["rows"]
-    assert emulator.counts["classified_texts"] == test_rows
-    assert emulator.counts["classify_requests"] == -(-test_rows // 50)
+    rows = [run["dataset"]["splits"][split]["rows"] for split in ("validation", "test")]
+    assert emulator.counts["classified_texts"] == sum(rows)  # each text once
+    assert emulator.counts["classify_requests"] == sum(-(-n // 50) for n in rows)
+    assert run["metrics"]["thresholds_from"] == "validation"
     assert (
         emulator.counts["uploads"],
         emulator.counts["jobs_created"],

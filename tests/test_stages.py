@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,10 +20,13 @@ from modfactory.backends.base import (
     TrainingJob,
     UploadedFile,
 )
+from modfactory.dataset import DatasetSummary
+from modfactory.metrics import tune_thresholds
 from modfactory.recipe import RecipeParams
 from modfactory.runs import RunSpec, RunState, RunStore
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
+from modfactory.stages.evaluate import evaluate
 from modfactory.stages.train import poll_training, train
 
 
@@ -176,3 +180,53 @@ async def test_an_unreachable_backend_delays_the_next_look_without_failing(
     assert run.training.poll_seq == 1 and await pool.exists(f"arq:job:{run_id}:poll:1")
     score = await pool.zscore("modfactory", f"{run_id}:poll:1")
     assert score / 1000 - time.time() > 60  # after poll_max_interval (120 s ± 10 %), not at once
+
+
+async def test_thresholds_come_from_validation_never_from_test(
+    redis_db: str, tmp_path: Path
+) -> None:
+    """Validation says 0.3 is the best insult threshold; test alone would say 0.7."""
+    ctx, store, backend, _pool, run_id = await setup(redis_db, tmp_path, [job(JobStatus.RUNNING)])
+    rows = {
+        "validation": [("v-pos", ["insult"], 0.3)] * 10 + [("v-neg", ["safe"], 0.1)] * 30,
+        "test": [("t-pos", ["insult"], 0.7)] * 10 + [("t-neg", ["safe"], 0.4)] * 30,
+    }
+    files = {}
+    for split, records in rows.items():
+        files[f"{split}_file"] = str(tmp_path / f"{split}.jsonl")
+        Path(files[f"{split}_file"]).write_text(
+            "".join(
+                json.dumps({"text": f"{t} {i}", "labels": {"moderation": lbl}}) + "\n"
+                for i, (t, lbl, _) in enumerate(records)
+            )
+        )
+    score_of = {t: s for records in rows.values() for t, _, s in records}
+
+    async def classify(model: str, inputs: list[str]) -> list:
+        return [{"moderation": {"scores": {"insult": score_of[t.split()[0]]}}} for t in inputs]
+
+    backend.classify = classify
+    await store.start_stage(run_id, "train")
+    await store.finish_stage(
+        run_id,
+        "train",
+        artifacts={**files, "model_id": "ft:m"},
+        dataset=DatasetSummary(
+            source="x", synthetic=True, labels=["insult"], dropped_labels=[], splits={}
+        ),
+    )
+    await evaluate(ctx, run_id)
+    run = await store.get(run_id)
+    assert run.state == RunState.SUCCEEDED, run.error
+    insult = run.metrics["labels"]["insult"]
+    assert run.metrics["thresholds_from"] == "validation"
+    assert insult["tuned_threshold"] == 0.3
+    test_truth = [lbl for _, lbl, _ in rows["test"]]
+    test_scores = [{"insult": s} for _, _, s in rows["test"]]
+    assert (
+        tune_thresholds(test_truth, test_scores, ["insult"])["insult"] == 0.7
+    )  # what test would pick
+    assert (
+        insult["tuned_recall"] == 1.0 and insult["tuned_precision"] == 0.25
+    )  # 0.3 flags all of test
+    assert insult["f1"] == 1.0  # at 0.5, test is separated perfectly

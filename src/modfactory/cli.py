@@ -265,35 +265,54 @@ def _progress_table(run: Run) -> Table:
 
 
 def _metrics_table(metrics: dict[str, Any], synthetic: bool) -> Table:
-    title = f"test metrics at threshold {metrics['threshold']} ({metrics['rows']:,} rows)"
+    """Per label: prevalence, F1 at 0.5, then precision / recall / F1 at the threshold tuned
+    on validation, and the AUCs with their bootstrap 95 % intervals."""
+    title = f"test metrics ({metrics['rows']:,} rows); thresholds tuned on validation"
     table = Table(title=title + (" — SYNTHETIC DATA" if synthetic else ""), title_justify="left")
-    for column in ("label", "precision", "recall", "F1", "ROC-AUC", "support", "prevalence"):
+    columns = (
+        "label",
+        "prevalence",
+        "F1 @0.5",
+        "threshold",
+        "precision",
+        "recall",
+        "F1",
+        "ROC-AUC (95% CI)",
+        "PR-AUC (95% CI)",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "label" else "right")
 
     def fmt(value: float | None) -> str:
         return "—" if value is None else f"{value:.3f}"
 
-    for label, m in metrics["labels"].items():
+    def auc(m: dict[str, Any], key: str) -> str:
+        ci = m.get(f"{key}_ci")
+        return fmt(m.get(key)) + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    rows = [
+        (label, m, f"{m['prevalence']:.1%}", fmt(m.get("tuned_threshold")))
+        for label, m in metrics["labels"].items()
+    ]
+    rows += [(f"[bold]{avg}[/bold]", metrics[avg], "", "") for avg in ("micro", "macro")]
+    flagged = metrics["flagged"]
+    rows.append(("[bold]flagged vs safe[/bold]", flagged, f"{flagged['prevalence']:.1%}", ""))
+    for name, m, prevalence, threshold in rows:
         table.add_row(
-            label,
-            fmt(m["precision"]),
-            fmt(m["recall"]),
+            name,
+            prevalence,
             fmt(m["f1"]),
-            fmt(m["roc_auc"]),
-            f"{m['support']:,}",
-            f"{m['prevalence']:.1%}",
+            threshold,
+            fmt(m.get("tuned_precision")),
+            fmt(m.get("tuned_recall")),
+            fmt(m.get("tuned_f1")),
+            auc(m, "roc_auc"),
+            auc(m, "pr_auc"),
         )
-    for average in ("micro", "macro"):
-        m = metrics[average]
-        table.add_row(
-            f"[bold]{average}[/bold]",
-            fmt(m["precision"]),
-            fmt(m["recall"]),
-            fmt(m["f1"]),
-            fmt(m.get("roc_auc")),
-            "",
-            "",
-        )
+    table.caption = (
+        f"subset accuracy {metrics['subset_accuracy']:.3f} at 0.5, "
+        f"{metrics.get('tuned_subset_accuracy', float('nan')):.3f} at the tuned thresholds"
+    )
     return table
 
 

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         120.0, gt=0, description="Longest wait between looks while nothing changes (backoff)."
     )
     classify_batch_size: int = Field(64, ge=1, le=1024, description="Texts per classify call.")
+    classify_concurrency: int = Field(
+        4, ge=1, le=64, description="Classify calls in flight at once during evaluate."
+    )
+    classify_rps: float | None = Field(
+        5.0, gt=0, description="Most classify calls started per second (unset: no limit)."
+    )
 
     # --- worker ----------------------------------------------------------------------
     max_jobs: int = Field(10, ge=1, description="Concurrent arq jobs per worker.")

@@ -99,6 +99,7 @@ class Backend(ABC):
 
     name: str
     base_model: str
+    rate_limited: bool = True  # MODFACTORY_CLASSIFY_RPS applies (not to the local backend)
 
     @abstractmethod
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:

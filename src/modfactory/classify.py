@@ -1,0 +1,77 @@
+"""Classify many texts with a trained model: batched, concurrent, rate-limited, resumable.
+
+Each finished batch is written to a checkpoint file before the next is counted, so a
+stage restarted after a crash or a failure sends only the batches that never came back
+(paying for each text once). Checkpoints belong to one plan — model, batch size and the
+exact texts — and are discarded when the plan changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from modfactory.backends.base import Backend, BackendError, Scores
+from modfactory.fileio import atomic_output
+from modfactory.ratelimit import RateLimiter
+
+
+async def classify_texts(
+    backend: Backend,
+    model: str,
+    texts: list[str],
+    checkpoints: Path,
+    *,
+    batch_size: int,
+    concurrency: int,
+    rps: float | None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Scores]:
+    """One result per text, in order; batches already in ``checkpoints`` are not sent."""
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    plan = {"model": model, "batch_size": batch_size, "texts": len(texts), "sha256": digest}
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    plan_file = checkpoints / "plan.json"
+    if not plan_file.exists() or json.loads(plan_file.read_text()) != plan:
+        for stale in checkpoints.glob("batch-*.json"):
+            stale.unlink()
+        plan_file.write_text(json.dumps(plan))
+
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    results: list[list[Scores] | None] = [None] * len(batches)
+    for i in range(len(batches)):
+        saved = checkpoints / f"batch-{i:06d}.json"
+        if saved.exists():
+            results[i] = json.loads(saved.read_text())
+    done = [sum(len(b) for b, r in zip(batches, results, strict=True) if r is not None)]
+    if progress:
+        progress("texts classified", done[0], len(texts))
+
+    limiter, slots = RateLimiter(rps), asyncio.Semaphore(concurrency)
+
+    async def send(i: int) -> None:
+        async with slots:
+            await limiter.wait()
+            scores = await backend.classify(model, batches[i])
+        if len(scores) != len(batches[i]):
+            raise BackendError(
+                f"{model} answered {len(scores)} results for {len(batches[i])} texts"
+            )
+        with atomic_output(checkpoints / f"batch-{i:06d}.json") as tmp:
+            tmp.write_text(json.dumps(scores))
+        results[i] = scores
+        done[0] += len(batches[i])
+        if progress:
+            progress("texts classified", done[0], len(texts))
+
+    try:
+        async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
+            for i, result in enumerate(results):
+                if result is None:
+                    group.create_task(send(i))
+    except ExceptionGroup as failed:  # report the first cause, as a plain exception
+        raise failed.exceptions[0] from None
+    return [scores for batch in results for scores in batch or []]

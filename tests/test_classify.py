@@ -1,0 +1,100 @@
+"""Evaluation's classification: batched, concurrent, under the rate limit, resumable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mistral_emulator import MistralEmulator
+from modfactory.backends.base import BackendError, JobRequest
+from modfactory.backends.mistral import MistralBackend
+from modfactory.classify import classify_texts
+from modfactory.settings import Settings
+
+KEY = "sk-classify-test"
+TEXTS = [
+    f"comment {i} {'you stupid idiot' if i % 3 == 0 else 'the council met'}" for i in range(300)
+]
+
+
+@pytest.fixture
+def emulator() -> Iterator[MistralEmulator]:
+    with MistralEmulator(api_key=KEY) as emulator:
+        yield emulator
+    assert emulator.invalid_requests == []
+
+
+async def trained_model(emulator: MistralEmulator, tmp_path: Path) -> tuple[MistralBackend, str]:
+    backend = MistralBackend(Settings(mistral_api_key=KEY, mistral_server_url=emulator.url))
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        '{"text": "you stupid idiot", "labels": {"moderation": ["insult"]}}\n'
+        '{"text": "the council met", "labels": {"moderation": ["safe"]}}\n'
+    )
+    file_id = (await backend.upload_file(data, tag="run-c-train")).id
+    job = await backend.create_job(
+        JobRequest(
+            model="ministral-3b-latest",
+            training_file_id=file_id,
+            validation_file_ids=[],
+            hyperparameters={"training_steps": 10},
+            suffix="mfc",
+        )
+    )
+    while job.status != "VALIDATED":
+        await asyncio.sleep(0.05)
+        job = await backend.get_job(job.id)
+    await backend.start_job(job.id)
+    while job.status != "SUCCESS":
+        await asyncio.sleep(0.1)
+        job = await backend.get_job(job.id)
+    return backend, job.fine_tuned_model
+
+
+async def test_a_restarted_classification_resends_no_finished_batch(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    backend, model = await trained_model(emulator, tmp_path)
+    checkpoints = tmp_path / "evaluate"
+    options = {"batch_size": 20, "concurrency": 3, "rps": None}
+    emulator.faults.fail_classify_after = 5
+    with pytest.raises(BackendError, match="HTTP 400"):
+        await classify_texts(backend, model, TEXTS, checkpoints, **options)
+    finished = len(list(checkpoints.glob("batch-*.json")))
+    assert finished == 5 and emulator.counts["classify_requests"] == 5
+
+    emulator.faults.fail_classify_after = None
+    seen: list[tuple[int, int]] = []
+    results = await classify_texts(
+        backend, model, TEXTS, checkpoints, **options, progress=lambda _, d, t: seen.append((d, t))
+    )
+    assert emulator.counts["classify_requests"] == 15  # 5 before the failure, 10 after
+    assert set(emulator.classified_batches.values()) == {1}  # no batch paid for twice
+    assert seen[0] == (100, 300) and seen[-1] == (300, 300)
+    assert len(results) == 300
+    direct = await backend.classify(model, [TEXTS[0], TEXTS[1]])
+    assert results[:2] == direct  # in input order
+
+    # A different plan (another batch size) does not reuse the checkpoints.
+    await classify_texts(backend, model, TEXTS, checkpoints, batch_size=30, concurrency=3, rps=None)
+    assert emulator.counts["classify_requests"] == 15 + 1 + 10
+    await backend.close()
+
+
+async def test_the_client_never_exceeds_the_rate_limit(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    backend, model = await trained_model(emulator, tmp_path)
+    emulator.faults.rate_limit = 5
+    emulator.faults.latency = 0.4
+    emulator.request_times.clear()
+    results = await classify_texts(
+        backend, model, TEXTS[:240], tmp_path / "evaluate", batch_size=16, concurrency=8, rps=5
+    )
+    assert len(results) == 240
+    assert emulator.counts["rate_limited"] == 0
+    assert emulator.peak_rate() <= 5
+    await backend.close()

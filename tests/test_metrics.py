@@ -1,0 +1,65 @@
+"""The metrics: each number is what it says, with its interval and its prevalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from modfactory.metrics import evaluate_scores, tune_thresholds
+
+LABELS = ["toxicity", "insult", "threat"]
+
+
+def data(n: int = 400, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    truth, scores = [], []
+    for _ in range(n):
+        row = [
+            label
+            for label, rate in zip(LABELS, (0.3, 0.2, 0.0), strict=True)
+            if rng.random() < rate
+        ]
+        truth.append(row or ["safe"])
+        scores.append(
+            {
+                label: float(np.clip((label in row) * 0.4 + rng.random() * 0.6, 0, 1))
+                for label in LABELS
+            }
+        )
+    return truth, scores
+
+
+def test_numbers_match_their_definitions() -> None:
+    truth, scores = data()
+    thresholds = tune_thresholds(*data(seed=2), LABELS)
+    report = evaluate_scores(truth, scores, LABELS, thresholds)
+    y = np.array([[label in row for label in LABELS] for row in truth], dtype=int)
+    s = np.array([[row[label] for label in LABELS] for row in scores])
+    tox = report["labels"]["toxicity"]
+    assert tox["prevalence"] == pytest.approx(y[:, 0].mean()) and tox["support"] == y[:, 0].sum()
+    assert tox["f1"] == pytest.approx(f1_score(y[:, 0], s[:, 0] > 0.5))
+    assert tox["tuned_f1"] == pytest.approx(f1_score(y[:, 0], s[:, 0] >= thresholds["toxicity"]))
+    assert tox["roc_auc"] == pytest.approx(roc_auc_score(y[:, 0], s[:, 0]))
+    assert tox["pr_auc"] == pytest.approx(average_precision_score(y[:, 0], s[:, 0]))
+    for key in ("roc_auc", "pr_auc"):
+        low, high = tox[f"{key}_ci"]
+        assert low < tox[key] < high and high - low < 0.3
+    assert report["labels"]["threat"]["roc_auc"] is None  # no positive: undefined, not 0.5
+    assert report["macro"]["roc_auc"] == pytest.approx(
+        np.mean([tox["roc_auc"], report["labels"]["insult"]["roc_auc"]])
+    )
+    assert report["subset_accuracy"] == pytest.approx(((s > 0.5) == y).all(axis=1).mean())
+    flagged = report["flagged"]
+    assert flagged["prevalence"] == pytest.approx(y.any(axis=1).mean())
+    assert flagged["f1"] == pytest.approx(f1_score(y.any(axis=1), (s > 0.5).any(axis=1)))
+
+
+def test_tuned_thresholds_maximise_f1_on_the_rows_they_are_tuned_on() -> None:
+    truth, scores = data(seed=3)
+    thresholds = tune_thresholds(truth, scores, LABELS)
+    y = np.array([["insult" in row] for row in truth], dtype=int)[:, 0]
+    s = np.array([row["insult"] for row in scores])
+    best = f1_score(y, s >= thresholds["insult"])
+    assert all(best >= f1_score(y, s >= t) - 1e-12 for t in np.linspace(0.01, 0.99, 99))
+    assert thresholds["threat"] == 0.5  # no positives to tune on
