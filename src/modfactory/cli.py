@@ -27,6 +27,7 @@ from modfactory import jobs
 from modfactory.backends import BackendError
 from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from modfactory.recipe import RecipeError
+from modfactory.registry import ModelRecord, ModelRegistry, RegistryError
 from modfactory.runs import STAGES, Run, RunNotFound, RunState, RunStateError, RunStore
 from modfactory.settings import Settings
 
@@ -121,6 +122,7 @@ def _main(coro: Any) -> Any:
         EmbeddedRedisError,
         RunNotFound,
         RunStateError,
+        RegistryError,
         ValidationError,
     ) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -316,12 +318,29 @@ def _metrics_table(metrics: dict[str, Any], synthetic: bool) -> Table:
     return table
 
 
+def _print_comparison(metrics: dict[str, Any]) -> None:
+    """The baselines and the champion/challenger verdict, one line each."""
+    promotion = metrics.get("promotion")
+    if not promotion:
+        return
+    metric = promotion["metric"]
+    for name, values in metrics.get("baselines", {}).items():
+        value = values.get(metric)
+        shown = "—" if value is None else f"{value:.3f}"
+        out.print(f"{name} baseline {metric}: {shown}", highlight=False)
+    verdict = "[green]promoted[/green]" if promotion["promoted"] else "kept as a candidate"
+    out.print(
+        f"model {promotion['model_name']}: {verdict} — {promotion['reason']}", highlight=False
+    )
+
+
 def _print_run(run: Run, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(run.to_json_dict()))
         return
     if run.metrics:
         out.print(_metrics_table(run.metrics, bool(run.dataset and run.dataset.synthetic)))
+        _print_comparison(run.metrics)
     for label, path in (
         ("distribution chart", run.artifacts.distribution_chart),
         ("loss curve", run.artifacts.loss_chart),
@@ -580,6 +599,88 @@ def cancel(
     run_ = _run_command("cancel", run_id, data_dir, as_json)
     if not as_json:
         out.print(f"cancelled {run_.id}")
+
+
+@app.command()
+def models(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Model names with their champion, earlier champions and candidates."""
+    settings = _settings(data_dir)
+
+    async def get() -> list[ModelRecord]:
+        async with _redis(settings) as (pool, _):
+            registry = ModelRegistry(pool, settings.queue_name)
+            return [await registry.get(name) for name in await registry.names()]
+
+    records = _main(get())
+    if as_json:
+        out.print_json(json.dumps([r.model_dump(mode="json") for r in records]))
+        return
+    for record in records:
+        _print_model(record)
+    if not records:
+        out.print("no model yet: a run that succeeds becomes the first champion")
+
+
+def _print_model(record: ModelRecord) -> None:
+    table = Table(title=f"model {record.name}", title_justify="left")
+    for column in ("role", "run", "model", "why"):
+        table.add_column(column)
+    if record.champion:
+        c = record.champion
+        table.add_row("[green]champion[/green]", c.run_id, c.model_id, c.reason)
+    for earlier in reversed(record.history):
+        table.add_row("earlier", earlier.run_id, earlier.model_id, earlier.reason)
+    for run_id, reason in record.candidates.items():
+        table.add_row("candidate", run_id, "", reason)
+    out.print(table)
+
+
+@app.command()
+def promote(
+    run_id: Annotated[str, typer.Argument(help="A succeeded run.")],
+    force: Annotated[
+        bool, typer.Option(help="Promote even if it did not beat the champion.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make RUN's model the champion of its model name."""
+    from modfactory.producer import Producer
+
+    settings = _settings(data_dir)
+
+    async def act() -> ModelRecord:
+        async with _redis(settings) as (pool, _):
+            return await Producer(pool, settings).promote(run_id, force)
+
+    _show_model(_main(act()), as_json)
+
+
+@app.command()
+def rollback(
+    model: Annotated[
+        str | None, typer.Option(help="Model name (default MODFACTORY_MODEL_NAME).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the previous champion; the current one becomes a candidate."""
+    from modfactory.producer import Producer
+
+    settings = _settings(data_dir)
+
+    async def act() -> ModelRecord:
+        async with _redis(settings) as (pool, _):
+            return await Producer(pool, settings).rollback(model)
+
+    _show_model(_main(act()), as_json)
+
+
+def _show_model(record: ModelRecord, as_json: bool) -> None:
+    if as_json:
+        out.print_json(record.model_dump_json())
+    else:
+        _print_model(record)
 
 
 @app.command()

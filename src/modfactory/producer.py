@@ -10,7 +10,8 @@ from modfactory import jobs
 from modfactory.backends import get_backend
 from modfactory.backends.base import JobStatus
 from modfactory.recipe import RecipeParams
-from modfactory.runs import STAGES, Run, RunSpec, RunStateError, RunStore
+from modfactory.registry import ModelRecord, ModelRegistry
+from modfactory.runs import STAGES, Run, RunSpec, RunState, RunStateError, RunStore
 from modfactory.settings import Settings
 from modfactory.sources import parse_source
 
@@ -22,6 +23,7 @@ class Producer:
         self.redis = redis
         self.settings = settings
         self.store = RunStore(redis, settings.queue_name)
+        self.registry = ModelRegistry(redis, settings.queue_name)
 
     def spec(
         self,
@@ -29,7 +31,7 @@ class Producer:
         source: str | None = None,
         backend: str | None = None,
         hyperparameters: dict[str, float | int] | None = None,
-        model_name: str = "moderation",
+        model_name: str | None = None,
         **recipe: Any,
     ) -> RunSpec:
         """A validated run spec: settings, then these overrides. Fails before anything is queued."""
@@ -40,7 +42,7 @@ class Producer:
             backend=name,
             recipe=RecipeParams.from_settings(self.settings, **recipe),
             hyperparameters=get_backend(name, self.settings).hyperparameters(hyperparameters or {}),
-            model_name=model_name,
+            model_name=model_name or self.settings.model_name,
             max_cost=self.settings.max_cost,
         )
 
@@ -79,3 +81,24 @@ class Producer:
             finally:
                 await backend.close()
         return await self.store.cancel(run_id, "cancelled by the user")
+
+    async def promote(self, run_id: str, force: bool = False) -> ModelRecord:
+        """Make a finished run's model the champion: if it beat the champion it was
+        measured against (or there was none), or with ``force``."""
+        run = await self.store.get(run_id)
+        if run.state != RunState.SUCCEEDED or not run.artifacts.model_id:
+            raise RunStateError(f"run {run_id} is {run.state}; only a succeeded run has a model")
+        decision = (run.metrics or {}).get("promotion", {})
+        if not force and not decision.get("promoted"):
+            why = decision.get("reason", "not compared")
+            raise RunStateError(
+                f"run {run_id} did not beat the champion ({why}); use --force to promote it anyway"
+            )
+        reason = "promoted by hand" + (" (forced)" if force else "")
+        return await self.registry.promote(
+            run.spec.model_name, run_id, run.artifacts.model_id, reason
+        )
+
+    async def rollback(self, model_name: str | None = None) -> ModelRecord:
+        """Restore the previous champion of ``model_name`` (default: MODFACTORY_MODEL_NAME)."""
+        return await self.registry.rollback(model_name or self.settings.model_name)

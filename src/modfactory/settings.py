@@ -133,6 +133,17 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Most classify calls started per second (unset: no limit)."
     )
 
+    # --- champion / challenger -------------------------------------------------------
+    model_name: str = Field(
+        "moderation", pattern=r"^[\w.-]+$", description="Registry name the runs compete under."
+    )
+    promotion_metric: Literal[
+        "macro_pr_auc", "macro_roc_auc", "macro_f1", "macro_tuned_f1", "micro_f1"
+    ] = Field("macro_pr_auc", description="Test metric a challenger must beat the champion on.")
+    promotion_margin: float = Field(
+        0.0, ge=0, description="By how much it must beat the champion to be promoted."
+    )
+
     # --- worker ----------------------------------------------------------------------
     max_jobs: int = Field(10, ge=1, description="Concurrent arq jobs per worker.")
     job_timeout: int = Field(

@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+from modfactory.backends.base import Backend
 from modfactory.classify import classify_texts
 from modfactory.metrics import evaluate_scores, tune_thresholds
+from modfactory.promotion import decide, metric_value, random_baseline, summary
 from modfactory.recipe import TARGET, read_jsonl
+from modfactory.registry import ModelRegistry
 from modfactory.runs import Run
 from modfactory.stages.context import StageContext, stage
 
@@ -17,28 +21,24 @@ from modfactory.stages.context import StageContext, stage
 @stage("evaluate")
 async def evaluate(sc: StageContext, run: Run) -> None:
     """Classify validation and test; tune each label's threshold on validation only; record
-    test metrics at 0.5 and at the tuned thresholds."""
-    settings, backend = sc.settings, sc.backend(run.spec.backend)
+    test metrics at 0.5 and at the tuned thresholds, beside a random baseline and the
+    champion measured on the same test file; promote the model if it beats the champion."""
+    backend = sc.backend(run.spec.backend)
     labels = run.dataset.labels if run.dataset else []
-    report = sc.progress_reporter(run.id, "evaluate")
     splits = {}
     for split in ("validation", "test"):
         records = await asyncio.to_thread(read_jsonl, Path(getattr(run.artifacts, f"{split}_file")))
-        results = await classify_texts(
-            backend,
-            run.artifacts.model_id,
-            [r["text"] for r in records],
-            sc.run_dir(run.id) / "evaluate" / split,
-            batch_size=settings.classify_batch_size,
-            concurrency=settings.classify_concurrency,
-            rps=settings.classify_rps if backend.rate_limited else None,
-            progress=lambda what, done, total, split=split: report(f"{split} {what}", done, total),
-        )
-        truth = [r["labels"][TARGET] for r in records]
-        splits[split] = (truth, [result[TARGET]["scores"] for result in results])
+        texts = [r["text"] for r in records]
+        scores = await _classify(sc, run, backend, run.artifacts.model_id, texts, split)
+        splits[split] = (texts, [r["labels"][TARGET] for r in records], scores)
 
-    thresholds = await asyncio.to_thread(tune_thresholds, *splits["validation"], labels)
-    metrics = await asyncio.to_thread(evaluate_scores, *splits["test"], labels, thresholds)
+    _, val_truth, val_scores = splits["validation"]
+    test_texts, truth, test_scores = splits["test"]
+    thresholds = await asyncio.to_thread(tune_thresholds, val_truth, val_scores, labels)
+    metrics = await asyncio.to_thread(evaluate_scores, truth, test_scores, labels, thresholds)
+    metrics["baselines"] = {"random": await asyncio.to_thread(random_baseline, truth, labels)}
+    metrics["promotion"] = await _promote(sc, run, backend, metrics, test_texts, truth, labels)
+
     path = sc.run_dir(run.id) / "metrics.json"
     path.write_text(json.dumps(metrics, indent=2))
     await sc.store.finish_stage(
@@ -48,5 +48,74 @@ async def evaluate(sc: StageContext, run: Run) -> None:
         artifacts={"metrics_file": str(path)},
         message=f"macro F1 {metrics['macro']['f1']:.3f} at 0.5, "
         f"{metrics['macro']['tuned_f1']:.3f} at thresholds tuned on validation "
-        f"({metrics['rows']:,} test rows)",
+        f"({metrics['rows']:,} test rows); "
+        + ("promoted" if metrics["promotion"]["promoted"] else "kept as a candidate")
+        + f": {metrics['promotion']['reason']}",
     )
+
+
+async def _classify(
+    sc: StageContext, run: Run, backend: Backend, model: str, texts: list[str], name: str
+) -> list[dict[str, float]]:
+    settings = sc.settings
+    report = sc.progress_reporter(run.id, "evaluate")
+    results = await classify_texts(
+        backend,
+        model,
+        texts,
+        sc.run_dir(run.id) / "evaluate" / name,
+        batch_size=settings.classify_batch_size,
+        concurrency=settings.classify_concurrency,
+        rps=settings.classify_rps if backend.rate_limited else None,
+        progress=lambda what, done, total: report(f"{name} {what}", done, total),
+    )
+    return [result[TARGET]["scores"] for result in results]
+
+
+async def _promote(
+    sc: StageContext,
+    run: Run,
+    backend: Backend,
+    metrics: dict[str, Any],
+    texts: list[str],
+    truth: list[list[str]],
+    labels: list[str],
+) -> dict[str, Any]:
+    """Measure the champion on this test file, decide, and record the decision."""
+    settings = sc.settings
+    registry = ModelRegistry(sc.redis, settings.queue_name)
+    name = run.spec.model_name
+    record = await registry.get(name)
+    champion = record.champion
+    decision: dict[str, Any] = {
+        "model_name": name,
+        "metric": settings.promotion_metric,
+        "margin": settings.promotion_margin,
+        "challenger": metric_value(metrics, settings.promotion_metric),
+        "champion_run": champion.run_id if champion else None,
+    }
+    if champion and champion.run_id == run.id:  # decided before a crash
+        return {**decision, "promoted": True, "reason": "already the champion"}
+    champion_metrics = None
+    if champion:
+        champion_run = await sc.store.get(champion.run_id)
+        if champion_run.spec.backend != run.spec.backend:
+            reason = (
+                f"the champion {champion.run_id} runs on the {champion_run.spec.backend} backend"
+            )
+            await registry.keep_as_candidate(name, run.id, reason)
+            return {**decision, "promoted": False, "reason": reason}
+        scores = await _classify(sc, run, backend, champion.model_id, texts, "champion")
+        champion_metrics = await asyncio.to_thread(evaluate_scores, truth, scores, labels)
+        metrics["baselines"]["champion"] = {"run_id": champion.run_id, **summary(champion_metrics)}
+    promoted, reason = decide(
+        metrics, champion_metrics, settings.promotion_metric, settings.promotion_margin
+    )
+    if promoted:
+        await registry.promote(name, run.id, run.artifacts.model_id, reason)
+    else:
+        await registry.keep_as_candidate(name, run.id, reason)
+    champion_value = (
+        metric_value(champion_metrics, settings.promotion_metric) if champion_metrics else None
+    )
+    return {**decision, "champion": champion_value, "promoted": promoted, "reason": reason}

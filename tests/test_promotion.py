@@ -1,0 +1,125 @@
+"""Champion / challenger: measured on the same test file, promoted only when better."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from arq.connections import create_pool
+
+from modfactory import jobs
+from modfactory.backends.base import Backend
+from modfactory.dataset import DatasetSummary
+from modfactory.producer import Producer
+from modfactory.recipe import RecipeParams
+from modfactory.registry import RegistryError
+from modfactory.runs import RunSpec, RunStateError
+from modfactory.settings import Settings
+from modfactory.stages.context import StageContext
+from modfactory.stages.evaluate import evaluate
+
+QUALITY = {"ft:a": 0.3, "ft:worse": 0.05, "ft:better": 0.8}
+
+
+class ModelsOfKnownQuality(Backend):
+    """Classifies with a score that is ``quality * truth + (1 - quality) * noise``."""
+
+    name = "local"
+    base_model = "known"
+    rate_limited = False
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def hyperparameters(self, overrides):
+        return overrides
+
+    async def classify(self, model: str, inputs: list[str]) -> list:
+        self.calls[model] = self.calls.get(model, 0) + len(inputs)
+        out = []
+        for text in inputs:
+            noise = random.Random(f"{model}/{text}").random()
+            truth = 1.0 if text.startswith("pos") else 0.0
+            score = QUALITY[model] * truth + (1 - QUALITY[model]) * noise
+            out.append({"moderation": {"scores": {"insult": score}}})
+        return out
+
+    upload_file = create_job = get_job = start_job = cancel_job = None  # not used here
+
+
+async def finished_training(producer: Producer, tmp_path: Path, model_id: str) -> str:
+    """A run whose build, upload and train are done, with its own test file."""
+    store = producer.store
+    run = await store.create(RunSpec(source="synthetic", backend="local", recipe=RecipeParams()))
+    files = {}
+    for split in ("validation", "test"):
+        path = tmp_path / f"{run.id}-{split}.jsonl"
+        rows = [("pos", "insult")] * 40 + [("neg", "safe")] * 160
+        path.write_text(
+            "".join(
+                json.dumps({"text": f"{t} {split} {i}", "labels": {"moderation": [lbl]}}) + "\n"
+                for i, (t, lbl) in enumerate(rows)
+            )
+        )
+        files[f"{split}_file"] = str(path)
+    summary = DatasetSummary(
+        source="x", synthetic=True, labels=["insult"], dropped_labels=[], splits={}
+    )
+    for stage in ("build", "upload", "train"):
+        await store.start_stage(run.id, stage)
+        await store.finish_stage(
+            run.id, stage, artifacts={**files, "model_id": model_id}, dataset=summary
+        )
+    return run.id
+
+
+async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollback_restores(
+    redis_db: str, tmp_path: Path
+) -> None:
+    settings = Settings(redis_url=redis_db, data_dir=tmp_path)
+    pool = await create_pool(
+        jobs.redis_settings(redis_db),
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+    )
+    producer = Producer(pool, settings)
+    backend = ModelsOfKnownQuality()
+    ctx = {"modfactory": StageContext(settings, producer.store, pool, backends={"local": backend})}
+
+    first = await finished_training(producer, tmp_path, "ft:a")
+    await evaluate(ctx, first)
+    assert (await producer.registry.get("moderation")).champion.run_id == first
+
+    worse = await finished_training(producer, tmp_path, "ft:worse")
+    await evaluate(ctx, worse)
+    decision = (await producer.store.get(worse)).metrics["promotion"]
+    assert decision["promoted"] is False and decision["champion_run"] == first
+    assert decision["challenger"] < decision["champion"]
+    assert backend.calls["ft:a"] == 400 + 200  # its own run, then worse's test file
+    record = await producer.registry.get("moderation")
+    assert record.champion.run_id == first and worse in record.candidates
+
+    better = await finished_training(producer, tmp_path, "ft:better")
+    await evaluate(ctx, better)
+    metrics = (await producer.store.get(better)).metrics
+    assert metrics["promotion"]["promoted"] is True
+    assert metrics["baselines"]["champion"]["run_id"] == first
+    assert (
+        metrics["baselines"]["random"]["macro_pr_auc"]
+        < metrics["baselines"]["champion"]["macro_pr_auc"]
+    )
+    record = await producer.registry.get("moderation")
+    assert record.champion.run_id == better and [p.run_id for p in record.history] == [first]
+
+    restored = await producer.rollback()
+    assert restored.champion.run_id == first and restored.candidates[better] == "rolled back"
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        await producer.rollback()
+
+    with pytest.raises(RunStateError, match=r"did not beat the champion.*--force"):
+        await producer.promote(worse)
+    forced = await producer.promote(worse, force=True)
+    assert forced.champion.run_id == worse and forced.champion.reason == "promoted by hand (forced)"
+    await pool.aclose()
