@@ -388,6 +388,9 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
         def _route(self, method: str) -> None:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if len(raw) < length:  # the client gave up mid-request (a cancelled call)
+                self.close_connection = True
+                return
             url = urlparse(self.path)
             query = parse_qs(url.query)
             with _LOCK:

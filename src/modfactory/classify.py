@@ -1,8 +1,9 @@
 """Classify many texts with a trained model: batched, concurrent, rate-limited, resumable.
 
-Each finished batch is written to a checkpoint file before the next is counted, so a
-stage restarted after a crash or a failure sends only the batches that never came back
-(paying for each text once). Checkpoints belong to one plan — model, batch size and the
+Each answered batch is written to a checkpoint file at once, so a stage restarted after a
+crash or a failure sends only the batches that never came back (paying for each text
+once). When a batch fails, no new batch starts, but those in flight are let finish and
+are checkpointed before the failure is raised. Checkpoints belong to one plan — model, batch size and the
 exact texts — and are discarded when the plan changes.
 """
 
@@ -51,15 +52,23 @@ async def classify_texts(
         progress("texts classified", done[0], len(texts))
 
     limiter, slots = RateLimiter(rps), asyncio.Semaphore(concurrency)
+    failures: list[Exception] = []
 
     async def send(i: int) -> None:
         async with slots:
+            if failures:  # after a failure, start nothing new; let answered batches land
+                return
             await limiter.wait()
-            scores = await backend.classify(model, batches[i])
+            try:
+                scores = await backend.classify(model, batches[i])
+            except Exception as exc:
+                failures.append(exc)
+                return
         if len(scores) != len(batches[i]):
-            raise BackendError(
-                f"{model} answered {len(scores)} results for {len(batches[i])} texts"
+            failures.append(
+                BackendError(f"{model} answered {len(scores)} results for {len(batches[i])} texts")
             )
+            return
         with atomic_output(checkpoints / f"batch-{i:06d}.json") as tmp:
             tmp.write_text(json.dumps(scores))
         results[i] = scores
@@ -67,11 +76,7 @@ async def classify_texts(
         if progress:
             progress("texts classified", done[0], len(texts))
 
-    try:
-        async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
-            for i, result in enumerate(results):
-                if result is None:
-                    group.create_task(send(i))
-    except ExceptionGroup as failed:  # report the first cause, as a plain exception
-        raise failed.exceptions[0] from None
+    await asyncio.gather(*(send(i) for i, result in enumerate(results) if result is None))
+    if failures:
+        raise failures[0]
     return [scores for batch in results for scores in batch or []]
