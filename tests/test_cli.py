@@ -52,6 +52,17 @@ def test_run_json_status_and_runs_agree_across_an_embedded_redis_restart(tmp_pat
     listed = modfactory("runs", "--json", data_dir=data)
     assert [r["id"] for r in json.loads(listed.stdout)] == [run["id"]]
 
+    # The report: JSON for scripts, one self-contained HTML page for people.
+    shown = modfactory("report", run["id"], "--json", data_dir=data)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report == json.loads(Path(run["artifacts"]["report_json"]).read_text())
+    assert report["metrics"]["thresholds_from"] == "validation" and report["synthetic"] is True
+    page = Path(run["artifacts"]["report_html"]).read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # distribution, loss, precision-recall
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert all(label in page for label in run["dataset"]["labels"]) and "SYNTHETIC" in page
+
     table = modfactory("status", run["id"], data_dir=data)
     assert "macro" in table.stdout and "toxicity" in table.stdout and "SYNTHETIC" in table.stdout
 

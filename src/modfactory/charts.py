@@ -82,6 +82,35 @@ def loss_chart(checkpoints: Sequence[Mapping[str, Any]], path: Path, title: str)
     return _save(fig, path)
 
 
+def pr_curves(
+    truth: Sequence[Sequence[str]],
+    scores: Sequence[Mapping[str, float]],
+    labels: Sequence[str],
+    thresholds: Mapping[str, float],
+    path: Path,
+) -> Path:
+    """Precision-recall curve per label on test, with each tuned threshold marked."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for label in labels:
+        y = [label in row for row in truth]
+        if not any(y):
+            continue
+        s = [row.get(label, 0.0) for row in scores]
+        precision, recall, cuts = precision_recall_curve(y, s)
+        (line,) = ax.plot(recall, precision, label=label)
+        at = min(range(len(cuts)), key=lambda i: abs(cuts[i] - thresholds.get(label, 0.5)))
+        ax.plot(recall[at], precision[at], "o", color=line.get_color())
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision-recall on test (dots: thresholds tuned on validation)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:

@@ -3,8 +3,8 @@
 Each answered batch is written to a checkpoint file at once, so a stage restarted after a
 crash or a failure sends only the batches that never came back (paying for each text
 once). When a batch fails, no new batch starts, but those in flight are let finish and
-are checkpointed before the failure is raised. Checkpoints belong to one plan — model, batch size and the
-exact texts — and are discarded when the plan changes.
+are checkpointed before the failure is raised. Checkpoints belong to one plan — model,
+batch size and the exact texts — and are discarded when the plan changes.
 """
 
 from __future__ import annotations

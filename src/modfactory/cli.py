@@ -345,6 +345,7 @@ def _print_run(run: Run, as_json: bool) -> None:
         ("distribution chart", run.artifacts.distribution_chart),
         ("loss curve", run.artifacts.loss_chart),
         ("metrics", run.artifacts.metrics_file),
+        ("report", run.artifacts.report_html),
     ):
         if path:
             out.print(f"{label}: {path}", highlight=False)
@@ -681,6 +682,34 @@ def _show_model(record: ModelRecord, as_json: bool) -> None:
         out.print_json(record.model_dump_json())
     else:
         _print_model(record)
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    open_: Annotated[bool, typer.Option("--open", help="Open report.html in a browser.")] = False,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write (again) and show RUN's report.json and self-contained report.html."""
+    from modfactory.report import report_data, write_report
+
+    settings = _settings(data_dir)
+
+    async def get() -> Run:
+        async with _redis(settings) as (pool, _):
+            return await RunStore(pool, settings.queue_name).get(run_id)
+
+    run_ = _main(get())
+    json_path, html_path = write_report(run_, (settings.data_dir / "runs" / run_.id).resolve())
+    if as_json:
+        out.print_json(json.dumps(report_data(run_)))
+    else:
+        out.print(f"report: {html_path}\ndata:   {json_path}", highlight=False)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(html_path.as_uri())
 
 
 @app.command()

@@ -78,6 +78,13 @@ def evaluate_scores(
         if tuned is not None:
             entry["tuned_threshold"] = float(cuts[j])
             entry.update(_prefixed("tuned_", _prf(y[:, j], tuned[:, j], "binary")))
+        decided = (tuned if tuned is not None else plain)[:, j]
+        entry["confusion"] = {
+            "tp": int(((decided == 1) & (y[:, j] == 1)).sum()),
+            "fp": int(((decided == 1) & (y[:, j] == 0)).sum()),
+            "fn": int(((decided == 0) & (y[:, j] == 1)).sum()),
+            "tn": int(((decided == 0) & (y[:, j] == 0)).sum()),
+        }
         per_label[label] = entry
 
     report: dict[str, Any] = {

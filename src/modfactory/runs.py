@@ -92,6 +92,9 @@ class Artifacts(BaseModel):
     model_id: str | None = None
     loss_chart: str | None = None
     metrics_file: str | None = None
+    pr_chart: str | None = None
+    report_html: str | None = None
+    report_json: str | None = None
 
 
 class StatusChange(BaseModel):

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modfactory import charts
 from modfactory.backends.base import Backend
 from modfactory.classify import classify_texts
 from modfactory.metrics import evaluate_scores, tune_thresholds
 from modfactory.promotion import decide, metric_value, random_baseline, summary
 from modfactory.recipe import TARGET, read_jsonl
 from modfactory.registry import ModelRegistry
+from modfactory.report import write_report
 from modfactory.runs import Run
 from modfactory.stages.context import StageContext, stage
 
@@ -39,19 +41,28 @@ async def evaluate(sc: StageContext, run: Run) -> None:
     metrics["baselines"] = {"random": await asyncio.to_thread(random_baseline, truth, labels)}
     metrics["promotion"] = await _promote(sc, run, backend, metrics, test_texts, truth, labels)
 
-    path = sc.run_dir(run.id) / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2))
-    await sc.store.finish_stage(
+    out = sc.run_dir(run.id)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    pr_chart = await asyncio.to_thread(
+        charts.pr_curves, truth, test_scores, labels, thresholds, out / "precision_recall.png"
+    )
+    finished = await sc.store.finish_stage(
         run.id,
         "evaluate",
         metrics=metrics,
-        artifacts={"metrics_file": str(path)},
+        artifacts={
+            "metrics_file": str(out / "metrics.json"),
+            "pr_chart": str(pr_chart),
+            "report_json": str(out / "report.json"),
+            "report_html": str(out / "report.html"),
+        },
         message=f"macro F1 {metrics['macro']['f1']:.3f} at 0.5, "
         f"{metrics['macro']['tuned_f1']:.3f} at thresholds tuned on validation "
         f"({metrics['rows']:,} test rows); "
         + ("promoted" if metrics["promotion"]["promoted"] else "kept as a candidate")
         + f": {metrics['promotion']['reason']}",
     )
+    await asyncio.to_thread(write_report, finished, out)
 
 
 async def _classify(
