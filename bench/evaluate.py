@@ -86,7 +86,7 @@ async def bench(texts_wanted: int) -> None:
         print("evaluate stage's way…", flush=True)
         start = time.perf_counter()
         results = await classify_texts(
-            backend,
+            backend.classify,
             model,
             texts,
             Path(tmp) / "checkpoints",

@@ -456,6 +456,7 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
                     self._cancel_job,
                 ),
                 ("post", r"/v1/classifications", "/v1/classifications", self._classify),
+                ("post", r"/v1/moderations", "/v1/moderations", self._moderate),
             ]
             for verb, pattern, spec_path, action in routes:
                 match = re.fullmatch(pattern, url.path)
@@ -641,7 +642,38 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
                 emulator.classified_batches[tuple(texts)] += 1
             self._send(200, {"id": uuid.uuid4().hex, "model": body["model"], "results": results})
 
+        def _moderate(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            body = self._json_body(raw, "ClassificationRequest")
+            if body is None:
+                return
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            results = []
+            for text in texts:
+                words = set(text.lower().split())
+                scores = {
+                    category: 0.9 if words & cues else 0.02
+                    for category, cues in MODERATION_CUES.items()
+                }
+                categories = {category: score > 0.5 for category, score in scores.items()}
+                results.append({"categories": categories, "category_scores": scores})
+            with _LOCK:
+                emulator.counts["moderation_requests"] += 1
+            self._send(200, {"id": uuid.uuid4().hex, "model": body["model"], "results": results})
+
     return Handler
+
+
+MODERATION_CUES = {  # the moderation endpoint's categories, and words that trip them
+    "sexual": {"nude", "sexy", "naked", "erotic", "lewd"},
+    "hate_and_discrimination": {"foreigners", "immigrants", "heathens", "invaders"},
+    "violence_and_threats": {"hurt", "destroy", "punish", "attack", "smash"},
+    "dangerous_and_criminal_content": set(),
+    "selfharm": set(),
+    "health": set(),
+    "financial": set(),
+    "law": set(),
+    "pii": set(),
+}
 
 
 def main() -> None:

@@ -62,14 +62,19 @@ async def test_a_restarted_classification_resends_no_finished_batch(
     options = {"batch_size": 20, "concurrency": 3, "rps": None}
     emulator.faults.fail_classify_after = 5
     with pytest.raises(BackendError, match="HTTP 400"):
-        await classify_texts(backend, model, TEXTS, checkpoints, **options)
+        await classify_texts(backend.classify, model, TEXTS, checkpoints, **options)
     finished = len(list(checkpoints.glob("batch-*.json")))
     assert finished == 5 and emulator.counts["classify_requests"] == 5
 
     emulator.faults.fail_classify_after = None
     seen: list[tuple[int, int]] = []
     results = await classify_texts(
-        backend, model, TEXTS, checkpoints, **options, progress=lambda _, d, t: seen.append((d, t))
+        backend.classify,
+        model,
+        TEXTS,
+        checkpoints,
+        **options,
+        progress=lambda _, d, t: seen.append((d, t)),
     )
     assert emulator.counts["classify_requests"] == 15  # 5 before the failure, 10 after
     assert set(emulator.classified_batches.values()) == {1}  # no batch paid for twice
@@ -79,7 +84,9 @@ async def test_a_restarted_classification_resends_no_finished_batch(
     assert results[:2] == direct  # in input order
 
     # A different plan (another batch size) does not reuse the checkpoints.
-    await classify_texts(backend, model, TEXTS, checkpoints, batch_size=30, concurrency=3, rps=None)
+    await classify_texts(
+        backend.classify, model, TEXTS, checkpoints, batch_size=30, concurrency=3, rps=None
+    )
     assert emulator.counts["classify_requests"] == 15 + 1 + 10
     await backend.close()
 
@@ -92,7 +99,13 @@ async def test_the_client_never_exceeds_the_rate_limit(
     emulator.faults.latency = 0.4
     emulator.request_times.clear()
     results = await classify_texts(
-        backend, model, TEXTS[:240], tmp_path / "evaluate", batch_size=16, concurrency=8, rps=5
+        backend.classify,
+        model,
+        TEXTS[:240],
+        tmp_path / "evaluate",
+        batch_size=16,
+        concurrency=8,
+        rps=5,
     )
     assert len(results) == 240
     assert emulator.counts["rate_limited"] == 0

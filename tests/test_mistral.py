@@ -71,6 +71,10 @@ def test_run_end_to_end_and_the_key_is_never_written(
     assert emulator.counts["classified_texts"] == sum(rows)  # each text once
     assert emulator.counts["classify_requests"] == sum(-(-n // 50) for n in rows)
     assert run["metrics"]["thresholds_from"] == "validation"
+    moderation = run["metrics"]["baselines"]["mistral_moderation"]  # a key is set: compared
+    assert moderation["labels"] == ["identity_attack", "sexual_explicit", "threat"]
+    assert moderation["macro_roc_auc"] > 0.6
+    assert emulator.counts["moderation_requests"] == -(-rows[1] // 50)
     assert (
         emulator.counts["uploads"],
         emulator.counts["jobs_created"],

@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from modfactory.backends.base import Backend, BackendError, Scores
+from modfactory.backends.base import BackendError
 from modfactory.fileio import atomic_output
 from modfactory.ratelimit import RateLimiter
 
 
 async def classify_texts(
-    backend: Backend,
+    classify: Callable[[str, list[str]], Awaitable[list[Any]]],
     model: str,
     texts: list[str],
     checkpoints: Path,
@@ -30,8 +31,9 @@ async def classify_texts(
     concurrency: int,
     rps: float | None,
     progress: Callable[[str, int, int], None] | None = None,
-) -> list[Scores]:
-    """One result per text, in order; batches already in ``checkpoints`` are not sent."""
+) -> list[Any]:
+    """``classify(model, batch)`` over all texts (e.g. a backend's ``classify`` or
+    ``moderate``): one result per text, in order; checkpointed batches are not sent."""
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     plan = {"model": model, "batch_size": batch_size, "texts": len(texts), "sha256": digest}
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,7 @@ async def classify_texts(
         plan_file.write_text(json.dumps(plan))
 
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-    results: list[list[Scores] | None] = [None] * len(batches)
+    results: list[list[Any] | None] = [None] * len(batches)
     for i in range(len(batches)):
         saved = checkpoints / f"batch-{i:06d}.json"
         if saved.exists():
@@ -60,7 +62,7 @@ async def classify_texts(
                 return
             await limiter.wait()
             try:
-                scores = await backend.classify(model, batches[i])
+                scores = await classify(model, batches[i])
             except Exception as exc:
                 failures.append(exc)
                 return

@@ -14,6 +14,13 @@ import numpy as np
 
 from modfactory.metrics import Truth, evaluate_scores
 
+MODERATION_MODEL = "mistral-moderation-latest"
+MODERATION_CATEGORIES = {  # Mistral's moderation categories -> civil_comments labels
+    "sexual": "sexual_explicit",
+    "hate_and_discrimination": "identity_attack",
+    "violence_and_threats": "threat",
+}
+
 METRICS = {
     "macro_pr_auc": ("macro", "pr_auc"),
     "macro_roc_auc": ("macro", "roc_auc"),

@@ -127,5 +127,9 @@ class Backend(ABC):
     async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
         """One result per input, in input order."""
 
+    async def moderate(self, model: str, inputs: list[str]) -> list[dict[str, float]]:
+        """Scores of a general-purpose moderation model, by its own categories."""
+        raise BackendError(f"the {self.name} backend has no moderation endpoint")
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -228,6 +228,13 @@ class MistralBackend(Backend):
             for row in response.results
         ]
 
+    async def moderate(self, model: str, inputs: list[str]) -> list[dict[str, float]]:
+        response = await self._call(
+            f"moderate {len(inputs)} texts with {model}",
+            lambda: self.client.classifiers.moderate_async(model=model, inputs=inputs),
+        )
+        return [dict(result.category_scores or {}) for result in response.results]
+
 
 def _job(out: Any) -> TrainingJob:
     """The SDK's job object, as the backend interface describes jobs."""

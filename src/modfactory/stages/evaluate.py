@@ -12,7 +12,14 @@ from modfactory import charts
 from modfactory.backends.base import Backend
 from modfactory.classify import classify_texts
 from modfactory.metrics import evaluate_scores, tune_thresholds
-from modfactory.promotion import decide, metric_value, random_baseline, summary
+from modfactory.promotion import (
+    MODERATION_CATEGORIES,
+    MODERATION_MODEL,
+    decide,
+    metric_value,
+    random_baseline,
+    summary,
+)
 from modfactory.recipe import TARGET, read_jsonl
 from modfactory.registry import ModelRegistry
 from modfactory.report import write_report
@@ -39,6 +46,10 @@ async def evaluate(sc: StageContext, run: Run) -> None:
     thresholds = await asyncio.to_thread(tune_thresholds, val_truth, val_scores, labels)
     metrics = await asyncio.to_thread(evaluate_scores, truth, test_scores, labels, thresholds)
     metrics["baselines"] = {"random": await asyncio.to_thread(random_baseline, truth, labels)}
+    if sc.settings.mistral_api_key:
+        moderation = await _moderation_baseline(sc, run, test_texts, truth, labels)
+        if moderation:
+            metrics["baselines"]["mistral_moderation"] = moderation
     metrics["promotion"] = await _promote(sc, run, backend, metrics, test_texts, truth, labels)
 
     out = sc.run_dir(run.id)
@@ -71,7 +82,7 @@ async def _classify(
     settings = sc.settings
     report = sc.progress_reporter(run.id, "evaluate")
     results = await classify_texts(
-        backend,
+        backend.classify,
         model,
         texts,
         sc.run_dir(run.id) / "evaluate" / name,
@@ -81,6 +92,31 @@ async def _classify(
         progress=lambda what, done, total: report(f"{name} {what}", done, total),
     )
     return [result[TARGET]["scores"] for result in results]
+
+
+async def _moderation_baseline(
+    sc: StageContext, run: Run, texts: list[str], truth: list[list[str]], labels: list[str]
+) -> dict[str, Any] | None:
+    """Mistral's moderation endpoint on the same test file, its categories mapped onto ours
+    where they correspond (the other labels are left out of its numbers)."""
+    mapped = {theirs: ours for theirs, ours in MODERATION_CATEGORIES.items() if ours in labels}
+    if not mapped:
+        return None
+    backend = sc.backend("mistral")
+    settings = sc.settings
+    results = await classify_texts(
+        backend.moderate,
+        MODERATION_MODEL,
+        texts,
+        sc.run_dir(run.id) / "evaluate" / "mistral_moderation",
+        batch_size=settings.classify_batch_size,
+        concurrency=settings.classify_concurrency,
+        rps=settings.classify_rps,
+    )
+    scores = [{mapped[k]: v for k, v in row.items() if k in mapped} for row in results]
+    ours = sorted(set(mapped.values()))
+    report = await asyncio.to_thread(evaluate_scores, truth, scores, ours)
+    return {"labels": ours, **summary(report)}
 
 
 async def _promote(
