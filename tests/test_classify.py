@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from arq.connections import create_pool
 
 from mistral_emulator import MistralEmulator
+from modfactory import jobs
 from modfactory.backends.base import BackendError, JobRequest
 from modfactory.backends.mistral import MistralBackend
 from modfactory.classify import classify_texts
+from modfactory.dataset import DatasetSummary
+from modfactory.producer import Producer
+from modfactory.recipe import RecipeParams
+from modfactory.runs import RunSpec
 from modfactory.settings import Settings
+from modfactory.stages.context import StageContext
+from modfactory.stages.evaluate import evaluate
 
 KEY = "sk-classify-test"
 TEXTS = [
@@ -111,3 +120,70 @@ async def test_the_client_never_exceeds_the_rate_limit(
     assert emulator.counts["rate_limited"] == 0
     assert emulator.peak_rate() <= 5
     await backend.close()
+
+
+async def test_restarting_the_evaluate_stage_resends_no_finished_batch(
+    emulator: MistralEmulator, redis_db: str, tmp_path: Path
+) -> None:
+    """The stage itself: it fails mid-way, is queued again, and pays only for what is left."""
+    backend, model = await trained_model(emulator, tmp_path)
+    settings = Settings(
+        redis_url=redis_db,
+        data_dir=tmp_path,
+        mistral_api_key=KEY,
+        mistral_server_url=emulator.url,
+        classify_batch_size=25,
+        classify_concurrency=2,
+        classify_rps=None,
+    )
+    pool = await create_pool(
+        jobs.redis_settings(redis_db),
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+    )
+    producer = Producer(pool, settings)
+    ctx = {
+        "modfactory": StageContext(settings, producer.store, pool, backends={"mistral": backend})
+    }
+    run = await producer.store.create(
+        RunSpec(source="synthetic", backend="mistral", recipe=RecipeParams())
+    )
+    files = {}
+    for split in ("validation", "test"):
+        path = tmp_path / f"{split}.jsonl"
+        path.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "text": f"{split} {t}",
+                        "labels": {"moderation": ["insult" if "idiot" in t else "safe"]},
+                    }
+                )
+                + "\n"
+                for t in TEXTS[:150]
+            )
+        )
+        files[f"{split}_file"] = str(path)
+    summary = DatasetSummary(
+        source="x", synthetic=True, labels=["insult"], dropped_labels=[], splits={}
+    )
+    for stage in ("build", "upload", "train"):
+        await producer.store.start_stage(run.id, stage)
+        await producer.store.finish_stage(
+            run.id, stage, artifacts={**files, "model_id": model}, dataset=summary
+        )
+
+    emulator.faults.fail_classify_after = 8  # validation's 6 batches, then 2 of test's 6
+    await evaluate(ctx, run.id)
+    failed = await producer.store.get(run.id)
+    assert failed.state == "failed" and "HTTP 400" in failed.error
+
+    emulator.faults.fail_classify_after = None
+    await producer.enqueue("evaluate", run.id)  # what `modfactory enqueue evaluate RUN` does
+    await evaluate(ctx, run.id)
+    done = await producer.store.get(run.id)
+    assert done.state == "succeeded", done.error
+    assert emulator.counts["classify_requests"] == 6 + 6  # each batch of both splits, once
+    assert set(emulator.classified_batches.values()) == {1}
+    await backend.close()
+    await pool.aclose()
