@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from mistral_emulator import MistralEmulator  # noqa: E402
-from modfactory.backends.base import JobRequest  # noqa: E402
+from mistral_emulator import MistralEmulator, trained_model  # noqa: E402
 from modfactory.backends.mistral import MistralBackend  # noqa: E402
 from modfactory.classify import classify_texts  # noqa: E402
 from modfactory.settings import Settings  # noqa: E402
@@ -32,32 +31,6 @@ from modfactory.synthetic import generate_split  # noqa: E402
 
 KEY = "bench-key"
 LATENCY, LIMIT = 0.4, 5
-
-
-async def trained_model(backend: MistralBackend, work: Path) -> str:
-    data = work / "train.jsonl"
-    data.write_text(
-        '{"text": "you stupid idiot", "labels": {"moderation": ["insult", "toxicity"]}}\n'
-        '{"text": "the council met today", "labels": {"moderation": ["safe"]}}\n'
-    )
-    file_id = (await backend.upload_file(data, tag="bench-train")).id
-    job = await backend.create_job(
-        JobRequest(
-            model="ministral-3b-latest",
-            training_file_id=file_id,
-            validation_file_ids=[],
-            hyperparameters={"training_steps": 10},
-            suffix="mfbench",
-        )
-    )
-    while job.status not in ("VALIDATED", "SUCCESS"):
-        await asyncio.sleep(0.05)
-        job = await backend.get_job(job.id)
-    await backend.start_job(job.id)
-    while job.status != "SUCCESS":
-        await asyncio.sleep(0.05)
-        job = await backend.get_job(job.id)
-    return job.fine_tuned_model
 
 
 async def bench(texts_wanted: int) -> None:

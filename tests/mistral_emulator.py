@@ -676,6 +676,38 @@ MODERATION_CUES = {  # the moderation endpoint's categories, and words that trip
 }
 
 
+async def trained_model(backend: Any, work: Path, suffix: str = "mftest") -> str:
+    """Train a tiny classifier on the emulator through ``backend`` (a MistralBackend);
+    returns its model id. The emulator's timings make this take about a second."""
+    import asyncio
+
+    from modfactory.backends.base import JobRequest
+
+    data = work / "train.jsonl"
+    data.write_text(
+        '{"text": "you stupid idiot", "labels": {"moderation": ["insult", "toxicity"]}}\n'
+        '{"text": "the council met today", "labels": {"moderation": ["safe"]}}\n'
+    )
+    file_id = (await backend.upload_file(data, tag=f"{suffix}-train")).id
+    job = await backend.create_job(
+        JobRequest(
+            model="ministral-3b-latest",
+            training_file_id=file_id,
+            validation_file_ids=[],
+            hyperparameters={"training_steps": 10},
+            suffix=suffix,
+        )
+    )
+    while job.status != "VALIDATED":
+        await asyncio.sleep(0.05)
+        job = await backend.get_job(job.id)
+    await backend.start_job(job.id)
+    while job.status != "SUCCESS":
+        await asyncio.sleep(0.05)
+        job = await backend.get_job(job.id)
+    return job.fine_tuned_model
+
+
 def main() -> None:
     """``python tests/mistral_emulator.py --key K``: serve until killed; prints the URL."""
     import argparse

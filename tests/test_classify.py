@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +10,9 @@ import pytest
 from arq.connections import create_pool
 
 from mistral_emulator import MistralEmulator
+from mistral_emulator import trained_model as train_on_emulator
 from modfactory import jobs
-from modfactory.backends.base import BackendError, JobRequest
+from modfactory.backends.base import BackendError
 from modfactory.backends.mistral import MistralBackend
 from modfactory.classify import classify_texts
 from modfactory.dataset import DatasetSummary
@@ -38,29 +38,7 @@ def emulator() -> Iterator[MistralEmulator]:
 
 async def trained_model(emulator: MistralEmulator, tmp_path: Path) -> tuple[MistralBackend, str]:
     backend = MistralBackend(Settings(mistral_api_key=KEY, mistral_server_url=emulator.url))
-    data = tmp_path / "train.jsonl"
-    data.write_text(
-        '{"text": "you stupid idiot", "labels": {"moderation": ["insult"]}}\n'
-        '{"text": "the council met", "labels": {"moderation": ["safe"]}}\n'
-    )
-    file_id = (await backend.upload_file(data, tag="run-c-train")).id
-    job = await backend.create_job(
-        JobRequest(
-            model="ministral-3b-latest",
-            training_file_id=file_id,
-            validation_file_ids=[],
-            hyperparameters={"training_steps": 10},
-            suffix="mfc",
-        )
-    )
-    while job.status != "VALIDATED":
-        await asyncio.sleep(0.05)
-        job = await backend.get_job(job.id)
-    await backend.start_job(job.id)
-    while job.status != "SUCCESS":
-        await asyncio.sleep(0.1)
-        job = await backend.get_job(job.id)
-    return backend, job.fine_tuned_model
+    return backend, await train_on_emulator(backend, tmp_path)
 
 
 async def test_a_restarted_classification_resends_no_finished_batch(

@@ -11,10 +11,10 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from arq.connections import ArqRedis, create_pool
@@ -26,10 +26,13 @@ from rich.table import Table
 from modfactory import jobs
 from modfactory.backends import BackendError
 from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from modfactory.producer import Producer
 from modfactory.recipe import RecipeError
-from modfactory.registry import ModelRecord, ModelRegistry, RegistryError
+from modfactory.registry import ModelRecord, RegistryError
 from modfactory.runs import STAGES, Run, RunNotFound, RunState, RunStateError, RunStore
 from modfactory.settings import Settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Train and keep fresh your own content-moderation classifier.",
@@ -159,6 +162,21 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
             embedded.stop()
 
 
+def _with_producer(data_dir: Path | None, action: Callable[[Producer], Awaitable[T]]) -> T:
+    """Run ``action`` with a producer on the configured (or embedded) Redis."""
+    settings = _settings(data_dir)
+
+    async def act() -> T:
+        async with _redis(settings) as (pool, _):
+            return await action(Producer(pool, settings))
+
+    return _main(act())
+
+
+def _print_run_json(run: Run) -> None:
+    out.print_json(json.dumps(run.to_json_dict()))
+
+
 # --- run ------------------------------------------------------------------------------
 @app.command()
 def run(
@@ -197,7 +215,6 @@ async def _run(
     as_json: bool,
     with_worker: bool | None,
 ) -> Run:
-    from modfactory.producer import Producer
     from modfactory.worker import build_worker, stop_worker
 
     async with _redis(settings) as (pool, embedded):
@@ -336,7 +353,7 @@ def _print_comparison(metrics: dict[str, Any]) -> None:
 
 def _print_run(run: Run, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps(run.to_json_dict()))
+        _print_run_json(run)
         return
     if run.metrics:
         out.print(_metrics_table(run.metrics, bool(run.dataset and run.dataset.synthetic)))
@@ -514,22 +531,13 @@ def enqueue_pipeline(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a run and queue it for the workers; prints its id."""
-    from modfactory.producer import Producer
-
-    settings = _settings(data_dir)
-
-    async def submit() -> Run:
-        async with _redis(settings) as (pool, _):
-            producer = Producer(pool, settings)
-            return await producer.submit(
-                producer.spec(
-                    source=source, backend=backend, hyperparameters=_hyperparameters(hyperparameter)
-                )
-            )
-
-    run_ = _main(submit())
+    hyperparameters = _hyperparameters(hyperparameter)
+    run_ = _with_producer(
+        data_dir,
+        lambda p: p.submit(p.spec(source=source, backend=backend, hyperparameters=hyperparameters)),
+    )
     if as_json:
-        out.print_json(json.dumps(run_.to_json_dict()))
+        _print_run_json(run_)
     else:
         out.print(run_.id)
 
@@ -540,17 +548,9 @@ def _enqueue_stage_command(stage: str) -> None:
         data_dir: DataDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        from modfactory.producer import Producer
-
-        settings = _settings(data_dir)
-
-        async def enqueue() -> Run:
-            async with _redis(settings) as (pool, _):
-                return await Producer(pool, settings).enqueue(stage, run_id)
-
-        run_ = _main(enqueue())
+        run_ = _with_producer(data_dir, lambda p: p.enqueue(stage, run_id))
         if as_json:
-            out.print_json(json.dumps(run_.to_json_dict()))
+            _print_run_json(run_)
         else:
             out.print(f"queued {stage} for {run_.id}")
 
@@ -564,17 +564,9 @@ for _stage in STAGES:
 
 def _run_command(action: str, run_id: str, data_dir: Path | None, as_json: bool) -> Run:
     """``approve`` / ``cancel``: one producer call on an existing run."""
-    from modfactory.producer import Producer
-
-    settings = _settings(data_dir)
-
-    async def act() -> Run:
-        async with _redis(settings) as (pool, _):
-            return await getattr(Producer(pool, settings), action)(run_id)
-
-    run_ = _main(act())
+    run_ = _with_producer(data_dir, lambda p: getattr(p, action)(run_id))
     if as_json:
-        out.print_json(json.dumps(run_.to_json_dict()))
+        _print_run_json(run_)
     return run_
 
 
@@ -605,14 +597,11 @@ def cancel(
 @app.command()
 def models(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """Model names with their champion, earlier champions and candidates."""
-    settings = _settings(data_dir)
 
-    async def get() -> list[ModelRecord]:
-        async with _redis(settings) as (pool, _):
-            registry = ModelRegistry(pool, settings.queue_name)
-            return [await registry.get(name) for name in await registry.names()]
+    async def records_of(producer: Producer) -> list[ModelRecord]:
+        return [await producer.registry.get(n) for n in await producer.registry.names()]
 
-    records = _main(get())
+    records = _with_producer(data_dir, records_of)
     if as_json:
         out.print_json(json.dumps([r.model_dump(mode="json") for r in records]))
         return
@@ -646,15 +635,7 @@ def promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Make RUN's model the champion of its model name."""
-    from modfactory.producer import Producer
-
-    settings = _settings(data_dir)
-
-    async def act() -> ModelRecord:
-        async with _redis(settings) as (pool, _):
-            return await Producer(pool, settings).promote(run_id, force)
-
-    _show_model(_main(act()), as_json)
+    _show_model(_with_producer(data_dir, lambda p: p.promote(run_id, force)), as_json)
 
 
 @app.command()
@@ -666,15 +647,7 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the previous champion; the current one becomes a candidate."""
-    from modfactory.producer import Producer
-
-    settings = _settings(data_dir)
-
-    async def act() -> ModelRecord:
-        async with _redis(settings) as (pool, _):
-            return await Producer(pool, settings).rollback(model)
-
-    _show_model(_main(act()), as_json)
+    _show_model(_with_producer(data_dir, lambda p: p.rollback(model)), as_json)
 
 
 def _show_model(record: ModelRecord, as_json: bool) -> None:
@@ -694,14 +667,9 @@ def report(
     """Write (again) and show RUN's report.json and self-contained report.html."""
     from modfactory.report import report_data, write_report
 
-    settings = _settings(data_dir)
-
-    async def get() -> Run:
-        async with _redis(settings) as (pool, _):
-            return await RunStore(pool, settings.queue_name).get(run_id)
-
-    run_ = _main(get())
-    json_path, html_path = write_report(run_, (settings.data_dir / "runs" / run_.id).resolve())
+    run_ = _with_producer(data_dir, lambda p: p.store.get(run_id))
+    directory = (_settings(data_dir).data_dir / "runs" / run_.id).resolve()
+    json_path, html_path = write_report(run_, directory)
     if as_json:
         out.print_json(json.dumps(report_data(run_)))
     else:
@@ -719,15 +687,9 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one run: stages, training progress, metrics."""
-    settings = _settings(data_dir)
-
-    async def get() -> Run:
-        async with _redis(settings) as (pool, _):
-            return await RunStore(pool, settings.queue_name).get(run_id)
-
-    run_ = _main(get())
+    run_ = _with_producer(data_dir, lambda p: p.store.get(run_id))
     if as_json:
-        out.print_json(json.dumps(run_.to_json_dict()))
+        _print_run_json(run_)
         return
     out.print(_progress_table(run_))
     _print_run(run_, as_json=False)
@@ -740,13 +702,7 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first."""
-    settings = _settings(data_dir)
-
-    async def get() -> list[Run]:
-        async with _redis(settings) as (pool, _):
-            return await RunStore(pool, settings.queue_name).list(limit)
-
-    found = _main(get())
+    found = _with_producer(data_dir, lambda p: p.store.list(limit))
     if as_json:
         out.print_json(json.dumps([r.to_json_dict() for r in found]))
         return
