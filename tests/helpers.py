@@ -34,6 +34,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "MODFACTORY_POLL_INTERVAL": str(settings.poll_interval),
         "MODFACTORY_POLL_MAX_INTERVAL": str(settings.poll_max_interval),
         "MODFACTORY_JOB_TIMEOUT": str(settings.job_timeout),
+        "MODFACTORY_LOG_FORMAT": settings.log_format,
     }
     if settings.mistral_server_url:
         env["MODFACTORY_MISTRAL_SERVER_URL"] = settings.mistral_server_url

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path) -> None:
-    settings = settings_for(redis_db, tmp_path / "data")
+    settings = settings_for(redis_db, tmp_path / "data", log_format="json")
     producer = await producer_for(settings)
     run = await producer.submit(producer.spec(source="synthetic:3000"))
 
@@ -28,6 +28,13 @@ async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path)
     with worker_process(settings, tmp_path / "worker.log"):
         final = await wait_until(producer.store, run.id, lambda r: r.state.terminal)
     assert final.state == RunState.SUCCEEDED, final.error
+
+    # The worker logs one JSON line per event of the run, each carrying the run id.
+    lines = [json.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines()]
+    mine = [line for line in lines if line.get("run_id") == run.id]
+    assert [(line.get("stage"), line["message"]) for line in mine][-1] == (None, "run succeeded")
+    assert ("build", "started") in [(line.get("stage"), line["message"]) for line in mine]
+    assert len(mine) >= len(final.events) - 1  # 'created' was logged by the producer
     assert all(final.stages[s].state == "succeeded" for s in STAGES)
     assert final.dataset.synthetic and final.dataset.splits["train"].rows > 500
     assert final.artifacts.model_id.startswith("ft:classifier:local:")

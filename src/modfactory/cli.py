@@ -26,6 +26,7 @@ from rich.table import Table
 from modfactory import jobs
 from modfactory.backends import BackendError
 from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from modfactory.logs import configure_logging
 from modfactory.producer import Producer
 from modfactory.recipe import RecipeError
 from modfactory.registry import ModelRecord, RegistryError
@@ -79,13 +80,15 @@ class CliError(Exception):
 def _settings(data_dir: Path | None = None) -> Settings:
     """Settings from the environment and .env; a bad value is named by its variable."""
     try:
-        return Settings(**({"data_dir": data_dir} if data_dir else {}))
+        settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "?"
         variable = name if name.isupper() else f"MODFACTORY_{name.upper()}"
         err.print(f"[red]error:[/red] setting {variable}: {first['msg']}", highlight=False)
         raise typer.Exit(2) from None
+    configure_logging(settings.log_format)
+    return settings
 
 
 def _hyperparameters(values: list[str] | None) -> dict[str, float | int]:
@@ -107,9 +110,6 @@ def _main(coro: Any) -> Any:
     Ctrl-C and SIGTERM cancel it cleanly (the in-process worker and the embedded Redis are
     stopped); unfinished runs are resumed by the next worker.
     """
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
     async def cancellable() -> Any:
         task = asyncio.current_task()
@@ -507,9 +507,7 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
     from modfactory.worker import build_worker
 
     settings = _settings(data_dir)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_format, logging.INFO)
     if settings.redis_url:
         build_worker(settings).run()
         return

@@ -9,13 +9,14 @@ The store knows nothing of arq or of the backends' clients.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
@@ -23,6 +24,7 @@ from modfactory.backends.base import Checkpoint, TrainingJob
 from modfactory.dataset import DatasetSummary
 from modfactory.recipe import RecipeParams
 
+log = logging.getLogger("modfactory.runs")
 STAGES: tuple[str, ...] = ("build", "upload", "train", "evaluate")
 StageName = Literal["build", "upload", "train", "evaluate"]
 MAX_EVENTS = 500
@@ -147,6 +149,7 @@ class Run(BaseModel):
     updated_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None
     events: list[Event] = Field(default_factory=list)
+    _unlogged: list[Event] = PrivateAttr(default_factory=list)
 
     @property
     def current_stage(self) -> str | None:
@@ -158,8 +161,16 @@ class Run(BaseModel):
         return self.model_dump(mode="json")
 
     def _event(self, message: str, stage: str | None = None) -> None:
-        self.events.append(Event(at=now(), stage=stage, message=message))
+        event = Event(at=now(), stage=stage, message=message)
+        self.events.append(event)
+        self._unlogged.append(event)
         del self.events[:-MAX_EVENTS]
+
+    def _log_events(self) -> None:
+        """One log line per event, once it is stored."""
+        for event in self._unlogged:
+            log.info(event.message, extra={"run_id": self.id, "stage": event.stage})
+        self._unlogged.clear()
 
 
 class RunStateError(ValueError):
@@ -230,6 +241,7 @@ class RunStore:
             pipe.set(self._key(run.id), run.model_dump_json())
             pipe.zadd(self._index, {run.id: run.created_at.timestamp()})
             await pipe.execute()
+        run._log_events()
         return run
 
     async def _update(self, run_id: str, change: Callable[[Run], bool]) -> tuple[Run, bool]:
@@ -250,6 +262,7 @@ class RunStore:
                     pipe.multi()
                     pipe.set(key, run.model_dump_json())
                     await pipe.execute()
+                    run._log_events()
                     return run, True
                 except WatchError:
                     continue

@@ -153,6 +153,9 @@ class Settings(BaseSettings):
         "re-run after this + 10 s, so keep it short.",
     )
     health_check_interval: int = Field(30, ge=1, description="Worker heartbeat period (s).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as JSON objects (one per line)."
+    )
 
     @field_validator("label_columns", mode="before")
     @classmethod

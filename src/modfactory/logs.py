@@ -1,0 +1,49 @@
+"""Logging: one line per event, as text or as JSON (MODFACTORY_LOG_FORMAT=json)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Literal
+
+LogFormat = Literal["text", "json"]
+_FIELDS = ("run_id", "stage")
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "message", "run_id"?, "stage"?, "error"?}`` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({k: getattr(record, k) for k in _FIELDS if getattr(record, k, None)})
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: [run stage] message``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        context = " ".join(str(getattr(record, k)) for k in _FIELDS if getattr(record, k, None))
+        if context:
+            record.message = f"[{context}] {record.message}"
+        return super().formatMessage(record)
+
+
+def configure_logging(fmt: LogFormat, level: int = logging.WARNING) -> None:
+    """Send every logger's lines to stderr in ``fmt`` (replacing earlier handlers)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
