@@ -1,9 +1,9 @@
 """The model registry: per model name, its champion run and the history of promotions.
 
 One JSON document per model name in Redis (``<prefix>:model:<name>``), changed only here,
-atomically (WATCH/MULTI, as the run store does). A run becomes champion when it beats the
-champion on the same test file (``promotion.decide``), or by force; ``rollback`` restores
-the champion before the current one.
+atomically (``redis_json.update_document``, as the run store does). A run becomes champion
+when it beats the champion on the same test file (``promotion.decide``), or by force;
+``rollback`` restores the champion before the current one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+
+from modfactory.redis_json import update_document
 
 
 class Promotion(BaseModel):
@@ -53,20 +54,14 @@ class ModelRegistry:
         return sorted((k.decode() if isinstance(k, bytes) else k)[prefix:] for k in keys)
 
     async def _update(self, name: str, change: Callable[[ModelRecord], Any]) -> ModelRecord:
-        key = self._key(name)
-        while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    record = ModelRecord.model_validate_json(raw) if raw else ModelRecord(name=name)
-                    change(record)
-                    pipe.multi()
-                    pipe.set(key, record.model_dump_json())
-                    await pipe.execute()
-                    return record
-                except WatchError:
-                    continue
+        def load(raw: bytes | None) -> ModelRecord:
+            return ModelRecord.model_validate_json(raw) if raw else ModelRecord(name=name)
+
+        def always(record: ModelRecord) -> bool:
+            change(record)
+            return True
+
+        return (await update_document(self.redis, self._key(name), load, always))[0]
 
     async def promote(self, name: str, run_id: str, model_id: str, reason: str) -> ModelRecord:
         """Make the run champion; the previous champion goes to the history."""

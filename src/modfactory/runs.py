@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from modfactory.backends.base import Checkpoint, TrainingJob
 from modfactory.dataset import DatasetSummary
 from modfactory.recipe import RecipeParams
+from modfactory.redis_json import update_document
 
 log = logging.getLogger("modfactory.runs")
 STAGES: tuple[str, ...] = ("build", "upload", "train", "evaluate")
@@ -246,26 +246,22 @@ class RunStore:
 
     async def _update(self, run_id: str, change: Callable[[Run], bool]) -> tuple[Run, bool]:
         """Apply ``change`` atomically; it returns False to leave the run untouched."""
-        key = self._key(run_id)
-        while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        raise RunNotFound(run_id)
-                    run = Run.model_validate_json(raw)
-                    if not change(run):
-                        await pipe.unwatch()
-                        return run, False
-                    run.updated_at = now()
-                    pipe.multi()
-                    pipe.set(key, run.model_dump_json())
-                    await pipe.execute()
-                    run._log_events()
-                    return run, True
-                except WatchError:
-                    continue
+
+        def load(raw: bytes | None) -> Run:
+            if raw is None:
+                raise RunNotFound(run_id)
+            return Run.model_validate_json(raw)
+
+        def stamped(run: Run) -> bool:
+            if not change(run):
+                return False
+            run.updated_at = now()
+            return True
+
+        run, changed = await update_document(self.redis, self._key(run_id), load, stamped)
+        if changed:
+            run._log_events()
+        return run, changed
 
     async def start_stage(self, run_id: str, stage: StageName) -> Run | None:
         """Mark ``stage`` running; None when it must not run (done already, or run over)."""

@@ -1,0 +1,36 @@
+"""Atomic read-modify-write of one JSON document in Redis (WATCH/MULTI, retried on conflict)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def update_document(
+    redis: Redis, key: str, load: Callable[[bytes | None], M], change: Callable[[M], bool]
+) -> tuple[M, bool]:
+    """``load`` the document at ``key``, apply ``change`` and write it back atomically.
+
+    ``change`` returns False to leave the document untouched; a concurrent writer makes
+    the whole step run again on the new value, so no update is ever lost.
+    """
+    while True:
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                document = load(await pipe.get(key))
+                if not change(document):
+                    await pipe.unwatch()
+                    return document, False
+                pipe.multi()
+                pipe.set(key, document.model_dump_json())
+                await pipe.execute()
+                return document, True
+            except WatchError:
+                continue
