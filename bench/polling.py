@@ -86,7 +86,7 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
     )
     run_ids = []
     for _ in range(args.runs):
-        run = await store.create(spec)
+        run = await store.create(spec, exclusive=False)  # 200 runs of one model at once
         for stage in ("build", "upload"):
             await store.start_stage(run.id, stage)
             await store.finish_stage(

@@ -6,14 +6,17 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from arq.connections import create_pool
+from pydantic import SecretStr
 
 from modfactory import jobs
+from modfactory.embedded_redis import free_port
 from modfactory.producer import Producer
 from modfactory.runs import Run, RunStore
 from modfactory.settings import Settings
@@ -21,25 +24,24 @@ from modfactory.settings import Settings
 
 def settings_for(redis_url: str, data_dir: Path, **more: object) -> Settings:
     """Test settings: fast looks, a short job timeout (crash recovery in 25 s)."""
-    return Settings(
-        redis_url=redis_url, data_dir=data_dir, poll_interval=0.3, job_timeout=15, **more
-    )
+    values = {"poll_interval": 0.3, "job_timeout": 15, **more}
+    return Settings(redis_url=redis_url, data_dir=data_dir, **values)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a worker process the same settings."""
-    env = {
-        "MODFACTORY_REDIS_URL": settings.redis_url,
-        "MODFACTORY_DATA_DIR": str(settings.data_dir),
-        "MODFACTORY_POLL_INTERVAL": str(settings.poll_interval),
-        "MODFACTORY_POLL_MAX_INTERVAL": str(settings.poll_max_interval),
-        "MODFACTORY_JOB_TIMEOUT": str(settings.job_timeout),
-        "MODFACTORY_LOG_FORMAT": settings.log_format,
-    }
-    if settings.mistral_server_url:
-        env["MODFACTORY_MISTRAL_SERVER_URL"] = settings.mistral_server_url
-    if settings.mistral_api_key:
-        env["MISTRAL_API_KEY"] = settings.mistral_api_key.get_secret_value()
+    """The environment that gives a worker process the same settings (those set explicitly,
+    plus what ``settings_for`` sets)."""
+    env = {}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        variable = "MISTRAL_API_KEY" if name == "mistral_api_key" else f"MODFACTORY_{name.upper()}"
+        env[variable] = str(value)
     return env
 
 
@@ -55,6 +57,39 @@ def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen]:
         )
     try:
         yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(20)
+
+
+@contextmanager
+def serve_process(
+    settings: Settings, log: Path, **env: str
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``modfactory serve`` (real uvicorn) on a free loopback port; yields it and its URL."""
+    import httpx
+
+    port = free_port()
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modfactory", "serve", "--port", str(port)],
+            env={**os.environ, **settings_env(settings), **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"modfactory serve did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.1)
+        yield process, url
     finally:
         if process.poll() is None:
             process.terminate()

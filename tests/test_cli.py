@@ -193,3 +193,22 @@ def test_an_interrupted_run_stops_cleanly_and_the_next_worker_finishes_it(tmp_pa
         worker.wait(30)
     status = modfactory("status", run_id, "--json", data_dir=data)
     assert json.loads(status.stdout)["state"] == "succeeded", status.stdout
+
+
+def test_a_second_trigger_for_a_busy_model_exits_4_or_coalesces(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = modfactory("enqueue", "pipeline", "--source", "synthetic:2000", data_dir=data)
+    assert first.returncode == 0, first.stderr
+    run_id = first.stdout.strip()
+    again = modfactory("enqueue", "pipeline", "--source", "synthetic:2000", data_dir=data)
+    assert again.returncode == 4
+    assert f"already has an unfinished run: {run_id} (queued at build)" in again.stderr
+    assert f"modfactory cancel {run_id}" in again.stderr
+
+    env_file = data.parent / ".env"  # the CLI reads .env from its working directory
+    env_file.write_text("MODFACTORY_ACTIVE_RUN_POLICY=coalesce\n")
+    coalesced = modfactory("enqueue", "pipeline", "--json", data_dir=data)
+    assert coalesced.returncode == 0, coalesced.stderr
+    assert json.loads(coalesced.stdout)["id"] == run_id
+    listed = modfactory("runs", "--json", data_dir=data)
+    assert [r["id"] for r in json.loads(listed.stdout)] == [run_id]

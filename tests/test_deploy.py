@@ -21,7 +21,7 @@ SETTINGS = {
 def test_every_modfactory_service_runs_a_real_command_with_real_settings() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "worker"} <= set(services)
+    assert {"redis", "worker", "webhook"} <= set(services)
     assert "--appendonly" in services["redis"]["command"]
     for name, service in services.items():
         command = service["command"]
@@ -38,6 +38,12 @@ def test_every_modfactory_service_runs_a_real_command_with_real_settings() -> No
             assert variable in SETTINGS, f"{name}: {variable} is not a setting"
         assert int(service["environment"].get("MODFACTORY_HEALTH_CHECK_INTERVAL", 30)) <= 60
     assert set(compose["volumes"]) >= {"redis-data", "modfactory-data"}
+    webhook = services["webhook"]
+    assert webhook["command"][:2] == ["modfactory", "serve"] and "0.0.0.0" in webhook["command"]
+    port = webhook["command"][webhook["command"].index("--port") + 1]
+    assert any(mapping.endswith(f":{port}") for mapping in webhook["ports"])
+    assert f"127.0.0.1:{port}/healthz" in " ".join(webhook["healthcheck"]["test"])
+    assert webhook["environment"]["MODFACTORY_REDIS_URL"].startswith("redis://redis:")
 
 
 def test_the_image_starts_a_worker_and_env_example_lists_every_setting() -> None:

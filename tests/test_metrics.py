@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from modfactory.metrics import evaluate_scores, tune_thresholds
+from modfactory.metrics import bootstrap_aucs, evaluate_scores, tune_thresholds
 
 LABELS = ["toxicity", "insult", "threat"]
 
@@ -63,3 +63,21 @@ def test_tuned_thresholds_maximise_f1_on_the_rows_they_are_tuned_on() -> None:
     best = f1_score(y, s >= thresholds["insult"])
     assert all(best >= f1_score(y, s >= t) - 1e-12 for t in np.linspace(0.01, 0.99, 99))
     assert thresholds["threat"] == 0.5  # no positives to tune on
+
+
+def test_vectorised_bootstrap_aucs_equal_sklearns_ties_included() -> None:
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(100):
+        n = int(rng.integers(2, 60))
+        y = (rng.random((5, n)) < rng.random()).astype(int)
+        s = np.round(rng.random((5, n)), int(rng.integers(0, 3)))  # 0-2 decimals: many ties
+        roc, ap = bootstrap_aucs(y, s)
+        for b in range(5):
+            if 0 < y[b].sum() < n:
+                assert roc[b] == pytest.approx(roc_auc_score(y[b], s[b]), abs=1e-12)
+                assert ap[b] == pytest.approx(average_precision_score(y[b], s[b]), abs=1e-12)
+                checked += 1
+            else:
+                assert np.isnan(roc[b]) and np.isnan(ap[b])
+    assert checked > 300

@@ -13,9 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from helpers import producer_for, settings_env, settings_for, wait_until, worker_process
 from mistral_emulator import MistralEmulator
+from modfactory.embedded_redis import EmbeddedRedis
+from modfactory.monitoring import prometheus_text
 from modfactory.runs import RunState
 
 pytestmark = pytest.mark.slow
@@ -112,7 +116,7 @@ async def test_chaos_two_killed_workers_one_job_one_start_one_upload_each(
     emulator.timing.checkpoints = 8  # RUNNING long enough to be seen
 
     producer = await producer_for(settings)
-    run = await producer.submit(producer.spec(source="synthetic:3000", backend="mistral"))
+    run = (await producer.submit(producer.spec(source="synthetic:3000", backend="mistral"))).run
     for _ in range(3):  # the first two workers are killed, the third finishes
         with worker_process(settings, tmp_path / "worker.log") as worker:
             current["worker"] = worker
@@ -146,6 +150,21 @@ def test_transient_faults_are_retried_until_the_run_succeeds(
     assert emulator.counts["faults"] >= 5
     assert (emulator.counts["jobs_created"], emulator.counts["starts"]) == (1, 1)
 
+    async def exported_errors() -> dict[str, float]:  # what /metrics serves from this Redis
+        with EmbeddedRedis(tmp_path / "data" / "redis") as url:
+            redis = Redis.from_url(url)
+            text = (await prometheus_text(redis, "modfactory")).decode()
+            await redis.aclose()
+        family = next(
+            f
+            for f in text_string_to_metric_families(text)
+            if f.name == "modfactory_backend_api_errors"
+        )
+        return {s.labels["kind"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+    errors = asyncio.run(exported_errors())
+    assert set(errors) <= {"429", "503"} and sum(errors.values()) == emulator.counts["faults"]
+
 
 def test_a_rejected_key_fails_fast_naming_the_setting(
     emulator: MistralEmulator, tmp_path: Path
@@ -178,8 +197,13 @@ async def test_cost_guard_waits_for_approval_and_cancel_cancels_remotely(
     env = {**settings_env(settings), "MODFACTORY_MAX_COST": "5"}
 
     producer = await producer_for(settings)
-    approved = await producer.submit(producer.spec(source="synthetic:2000", backend="mistral"))
-    cancelled = await producer.submit(producer.spec(source="synthetic:2000", backend="mistral"))
+    submitted = [
+        await producer.submit(
+            producer.spec(source="synthetic:2000", backend="mistral", model_name=name)
+        )
+        for name in ("approved", "cancelled")  # two model names: one unfinished run each
+    ]
+    approved, cancelled = (s.run for s in submitted)
     with worker_process(settings, tmp_path / "worker.log"):
         for run in (approved, cancelled):
             parked = await wait_until(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path) -> None:
     settings = settings_for(redis_db, tmp_path / "data", log_format="json")
     producer = await producer_for(settings)
-    run = await producer.submit(producer.spec(source="synthetic:3000"))
+    run = (await producer.submit(producer.spec(source="synthetic:3000"))).run
 
     # The queued job is JSON, not pickle.
     raw = await Redis.from_url(redis_db).get(f"arq:job:{run.id}:build")
@@ -59,7 +59,7 @@ async def test_a_bad_source_fails_the_run_with_the_reason(redis_db: str, tmp_pat
         (source / f"{split}.jsonl").write_text(json.dumps({"text": "hi", "toxicity": 0.9}) + "\n")
     settings = settings_for(redis_db, tmp_path / "data")
     producer = await producer_for(settings)
-    run = await producer.submit(producer.spec(source=str(source)))
+    run = (await producer.submit(producer.spec(source=str(source)))).run
     with worker_process(settings, tmp_path / "worker.log"):
         final = await wait_until(producer.store, run.id, lambda r: r.state.terminal)
     assert final.state == RunState.FAILED
@@ -73,9 +73,11 @@ async def test_a_killed_worker_is_replaced_and_the_model_not_retrained(
 ) -> None:
     settings = settings_for(redis_db, tmp_path / "data")
     producer = await producer_for(settings)
-    run = await producer.submit(
-        producer.spec(source="synthetic:30000", hyperparameters={"epochs": 40})
-    )
+    run = (
+        await producer.submit(
+            producer.spec(source="synthetic:30000", hyperparameters={"epochs": 40})
+        )
+    ).run
     log = tmp_path / "worker.log"
     with worker_process(settings, log) as first:
         training = await wait_until(

@@ -12,6 +12,7 @@ from modfactory.backends.base import Checkpoint, JobStatus, TrainingJob
 from modfactory.recipe import RecipeParams
 from modfactory.runs import (
     STAGES,
+    ActiveRunExists,
     RunNotFound,
     RunSpec,
     RunState,
@@ -138,3 +139,59 @@ async def test_a_cancelled_run_stays_cancelled_when_its_running_stage_ends(store
     assert after.state == RunState.CANCELLED and after.stages["build"].state == "cancelled"
     with pytest.raises(RunStateError, match="is cancelled already"):
         await store.cancel(run.id, "again")
+
+
+async def test_one_unfinished_run_per_model_name(store: RunStore) -> None:
+    first = await store.create(spec())
+    with pytest.raises(ActiveRunExists, match=f"unfinished run: {first.id} \\(queued at build\\)"):
+        await store.create(spec())
+    other_model = await store.create(spec().model_copy(update={"model_name": "other"}))
+    assert (await store.active_run("other")).id == other_model.id
+
+    await store.start_stage(first.id, "build")
+    await store.fail_stage(first.id, "build", "bad file")
+    assert await store.active_run("moderation") is None
+    second = await store.create(spec())  # the failed run no longer holds the slot
+
+    with pytest.raises(ActiveRunExists, match=second.id):
+        await store.reopen_stage(first.id, "build")  # reopening would make two unfinished
+    assert (await store.get(first.id)).state == RunState.FAILED  # and nothing changed
+    await store.cancel(second.id, "by hand")
+    reopened = await store.reopen_stage(first.id, "build")
+    assert reopened.state == RunState.QUEUED
+    assert (await store.active_run("moderation")).id == first.id
+
+
+async def test_racing_creates_on_real_redis_make_exactly_one_run(redis_db: str) -> None:
+    clients = [Redis.from_url(redis_db) for _ in range(10)]
+    stores = [RunStore(c, "test") for c in clients]
+    results = await asyncio.gather(
+        *(stores[i % 10].create(spec()) for i in range(50)), return_exceptions=True
+    )
+    created = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, ActiveRunExists)]
+    assert len(created) == 1 and len(refused) == 49
+    assert {r.run.id for r in refused} == {created[0].id}
+    assert len(await stores[0].list()) == 1
+    for c in clients:
+        await c.aclose()
+
+
+async def test_metric_indexes_follow_every_change_and_old_runs_are_reindexed(
+    store: RunStore,
+) -> None:
+    run = await store.create(spec())
+    for stage in STAGES:
+        await store.start_stage(run.id, stage)
+        await store.finish_stage(run.id, stage)
+    states = await store.redis.hgetall(store.states_key)
+    assert states == {run.id.encode(): b"succeeded"}
+    durations = await store.redis.hgetall(store.stage_seconds_key)
+    assert sorted(k.decode().split(":")[-1] for k in durations) == sorted(STAGES)
+    assert all(v.decode().startswith("local ") for v in durations.values())
+
+    await store.redis.delete(store.states_key, store.stage_seconds_key)  # as before the indexes
+    assert await store.reindex() == 1
+    assert await store.redis.hgetall(store.states_key) == states
+    assert await store.redis.hgetall(store.stage_seconds_key) == durations
+    assert await store.reindex() == 0

@@ -1,7 +1,9 @@
 """``modfactory``: build, train and evaluate a moderation classifier from the command line.
 
 Entry point only: parse, call the producer / worker / dataset builder, print. Progress goes
-to stderr; ``--json`` prints one JSON document on stdout.
+to stderr; ``--json`` prints one JSON document on stdout. Exit codes: 0 done, 1 the run
+failed or was cancelled, 2 bad input or setting, 3 awaiting approval, 4 the model name
+has an unfinished run (MODFACTORY_ACTIVE_RUN_POLICY=refuse), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from modfactory.logs import configure_logging
 from modfactory.producer import Producer
 from modfactory.recipe import RecipeError
 from modfactory.registry import ModelRecord, RegistryError
-from modfactory.runs import STAGES, Run, RunNotFound, RunState, RunStateError, RunStore
+from modfactory.runs import (
+    STAGES,
+    ActiveRunExists,
+    Run,
+    RunNotFound,
+    RunState,
+    RunStateError,
+    RunStore,
+)
 from modfactory.settings import Settings
 
 T = TypeVar("T")
@@ -71,6 +81,9 @@ HyperOpt = Annotated[
         "--hyperparameter", "-H", help="KEY=VALUE, repeatable (local: epochs, alpha, seed)."
     ),
 ]
+
+
+EXIT_ACTIVE_RUN = 4
 
 
 class CliError(Exception):
@@ -118,6 +131,9 @@ def _main(coro: Any) -> Any:
 
     try:
         return asyncio.run(cancellable())
+    except ActiveRunExists as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_ACTIVE_RUN) from None
     except (
         CliError,
         RecipeError,
@@ -153,7 +169,10 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
     except Exception as exc:
         if embedded:
             embedded.stop()
-        raise CliError(f"cannot reach Redis at {url} (MODFACTORY_REDIS_URL): {exc}") from None
+        raise CliError(
+            f"cannot reach Redis at {jobs.redacted(url)} (MODFACTORY_REDIS_URL): "
+            f"{type(exc).__name__}"
+        ) from None
     try:
         yield pool, embedded is not None
     finally:
@@ -220,9 +239,13 @@ async def _run(
     async with _redis(settings) as (pool, embedded):
         producer = Producer(pool, settings)
         spec = producer.spec(source=source, backend=backend, hyperparameters=hyperparameters)
-        run = await producer.submit(spec)
+        submission = await producer.submit(spec)
+        run = submission.run
         if not as_json:
-            err.print(f"run [bold]{run.id}[/bold]: {spec.source} on the {spec.backend} backend")
+            if submission.created:
+                err.print(f"run [bold]{run.id}[/bold]: {spec.source} on the {spec.backend} backend")
+            else:
+                err.print(f"following the unfinished run [bold]{run.id}[/bold] of this model")
         worker_task = None
         in_process = embedded if with_worker is None else with_worker
         if in_process:
@@ -520,6 +543,82 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
         raise typer.Exit(2) from None
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (MODFACTORY_SERVE_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (MODFACTORY_SERVE_PORT).")
+    ] = None,
+) -> None:
+    """Serve the retrain webhook, the runs API, /healthz and /metrics (needs a shared Redis)."""
+    import uvicorn
+
+    from modfactory.api import create_app
+
+    settings = _settings()
+    configure_logging(settings.log_format, logging.INFO)
+    try:
+        api = create_app(settings)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    uvicorn.run(
+        api,
+        host=host or settings.serve_host,
+        port=settings.serve_port if port is None else port,
+        log_config=None,
+        server_header=False,
+    )
+
+
+@app.command()
+def schedule(
+    data_dir: DataDirOpt = None,
+    limit: Annotated[int, typer.Option(help="How many recent decisions.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """The retrain schedule (MODFACTORY_RETRAIN_CRON): next ticks and recent decisions."""
+    from datetime import datetime
+
+    from modfactory.cron import parse_cron
+    from modfactory.schedule import ScheduleLog
+
+    settings = _settings(data_dir)
+    decisions = _with_producer(
+        data_dir, lambda p: ScheduleLog(p.redis, settings.queue_name).recent(limit)
+    )
+    upcoming = (
+        parse_cron(settings.retrain_cron).next_times(datetime.now().astimezone(), 3)
+        if settings.retrain_cron
+        else []
+    )
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "cron": settings.retrain_cron,
+                    "next": [t.isoformat() for t in upcoming],
+                    "decisions": [d.model_dump(mode="json") for d in decisions],
+                }
+            )
+        )
+        return
+    if settings.retrain_cron:
+        out.print(f"MODFACTORY_RETRAIN_CRON={settings.retrain_cron!r}; next ticks (worker time):")
+        for tick in upcoming:
+            out.print(f"  {tick:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
+    else:
+        out.print("no schedule: set MODFACTORY_RETRAIN_CRON (e.g. '0 3 * * *') for the workers")
+    table = Table(title="recent decisions", title_justify="left")
+    for column in ("at", "action", "run", "reason"):
+        table.add_column(column)
+    for d in decisions:
+        table.add_row(f"{d.at:%Y-%m-%d %H:%M:%S}", d.action, d.run_id or "", d.reason)
+    out.print(table)
+
+
 @enqueue_app.command("pipeline")
 def enqueue_pipeline(
     source: SourceOpt = None,
@@ -530,14 +629,16 @@ def enqueue_pipeline(
 ) -> None:
     """Create a run and queue it for the workers; prints its id."""
     hyperparameters = _hyperparameters(hyperparameter)
-    run_ = _with_producer(
+    submission = _with_producer(
         data_dir,
         lambda p: p.submit(p.spec(source=source, backend=backend, hyperparameters=hyperparameters)),
     )
     if as_json:
-        _print_run_json(run_)
+        _print_run_json(submission.run)
     else:
-        out.print(run_.id)
+        out.print(submission.run.id)
+        if not submission.created:
+            err.print("(the model's unfinished run: MODFACTORY_ACTIVE_RUN_POLICY=coalesce)")
 
 
 def _enqueue_stage_command(stage: str) -> None:

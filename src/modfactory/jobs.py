@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from arq.connections import ArqRedis, RedisSettings
 
@@ -23,6 +24,15 @@ def serialize(data: dict[str, Any]) -> bytes:
 
 def deserialize(data: bytes) -> dict[str, Any]:
     return json.loads(data)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redis_settings(url: str) -> RedisSettings:

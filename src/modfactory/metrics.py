@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
@@ -145,11 +146,43 @@ def _aucs(y: np.ndarray, s: np.ndarray, resamples: list) -> dict[str, Any]:
     }
     if resamples:
         rocs, prs = [], []
-        for index in resamples:
-            yb, sb = y[index], s[index]
-            if 0 < yb.sum() < len(yb):
-                rocs.append(roc_auc_score(yb, sb))
-                prs.append(average_precision_score(yb, sb))
-        out["roc_auc_ci"] = [float(v) for v in np.percentile(rocs, [2.5, 97.5])] if rocs else None
-        out["pr_auc_ci"] = [float(v) for v in np.percentile(prs, [2.5, 97.5])] if prs else None
+        for start in range(0, len(resamples), _BOOTSTRAP_BLOCK):
+            index = np.stack(resamples[start : start + _BOOTSTRAP_BLOCK])
+            roc, pr = bootstrap_aucs(y[index], s[index])
+            rocs.append(roc)
+            prs.append(pr)
+        roc_all, pr_all = np.concatenate(rocs), np.concatenate(prs)
+        defined = ~np.isnan(roc_all)
+        if defined.any():
+            out["roc_auc_ci"] = [float(v) for v in np.percentile(roc_all[defined], [2.5, 97.5])]
+            out["pr_auc_ci"] = [float(v) for v in np.percentile(pr_all[defined], [2.5, 97.5])]
+        else:
+            out["roc_auc_ci"] = out["pr_auc_ci"] = None
     return out
+
+
+_BOOTSTRAP_BLOCK = 25  # resamples computed at once (memory: block x rows floats)
+
+
+def bootstrap_aucs(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC-AUC and average precision of each row of ``y`` / ``s`` (one resample per row),
+    exactly as sklearn computes them (ties included); NaN where a class is missing."""
+    positives = y.sum(axis=1).astype(float)
+    negatives = y.shape[1] - positives
+    defined = (positives > 0) & (negatives > 0)
+    ranks = rankdata(s, axis=1)  # average ranks for ties: the Mann-Whitney U statistic
+    roc = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / np.where(
+        defined, positives * negatives, 1
+    )
+    order = np.argsort(-s, axis=1, kind="stable")
+    sorted_y = np.take_along_axis(y, order, axis=1)
+    sorted_s = np.take_along_axis(s, order, axis=1)
+    true_positives = np.cumsum(sorted_y, axis=1)
+    n = y.shape[1]
+    group_end = np.ones_like(sorted_s, dtype=bool)  # last position of each run of tied scores
+    group_end[:, :-1] = sorted_s[:, :-1] != sorted_s[:, 1:]
+    end_index = np.where(group_end, np.arange(n), n)
+    end_index = np.minimum.accumulate(end_index[:, ::-1], axis=1)[:, ::-1]
+    precision_at_end = np.take_along_axis(true_positives, end_index, axis=1) / (end_index + 1)
+    ap = (sorted_y * precision_at_end).sum(axis=1) / np.where(defined, positives, 1)
+    return np.where(defined, roc, np.nan), np.where(defined, ap, np.nan)

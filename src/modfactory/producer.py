@@ -1,7 +1,10 @@
-"""The one way a run is created and its stages enqueued (CLI today; webhook and cron later)."""
+"""The one way a run is created and its stages enqueued: the CLI, the webhook and cron
+all come through here, so one run at a time per model name holds for all of them."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -11,9 +14,25 @@ from modfactory.backends import get_backend
 from modfactory.backends.base import JobStatus
 from modfactory.recipe import RecipeParams
 from modfactory.registry import ModelRecord, ModelRegistry
-from modfactory.runs import STAGES, Run, RunSpec, RunState, RunStateError, RunStore
+from modfactory.runs import (
+    STAGES,
+    ActiveRunExists,
+    Run,
+    RunSpec,
+    RunState,
+    RunStateError,
+    RunStore,
+)
 from modfactory.settings import Settings
-from modfactory.sources import parse_source
+from modfactory.sources import fingerprint, parse_source
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a trigger got: a new run, or (coalescing) the model's unfinished run."""
+
+    run: Run
+    created: bool
 
 
 class Producer:
@@ -46,11 +65,30 @@ class Producer:
             max_cost=self.settings.max_cost,
         )
 
-    async def submit(self, spec: RunSpec) -> Run:
-        """Create the run and queue its first stage."""
-        run = await self.store.create(spec)
-        await jobs.enqueue_stage(self.redis, self.settings.queue_name, "build", run.id)
-        return run
+    async def submit(self, spec: RunSpec) -> Submission:
+        """Create the run and queue its first stage, unless its model name has an unfinished
+        run: then ActiveRunExists, or that run with MODFACTORY_ACTIVE_RUN_POLICY=coalesce."""
+        active = await self.store.active_run(spec.model_name)  # cheap early answer
+        if active is None:
+            if spec.source_fingerprint is None:
+                spec = spec.model_copy(
+                    update={"source_fingerprint": await self.source_fingerprint(spec.source)}
+                )
+            try:
+                run = await self.store.create(spec)  # the atomic check
+            except ActiveRunExists as exc:
+                active = exc.run
+            else:
+                await jobs.enqueue_stage(self.redis, self.settings.queue_name, "build", run.id)
+                return Submission(run, created=True)
+        if self.settings.active_run_policy == "coalesce":
+            return Submission(active, created=False)
+        raise ActiveRunExists(active)
+
+    async def source_fingerprint(self, source: str) -> str | None:
+        """The source's current fingerprint (see ``sources.fingerprint``)."""
+        cache = self.settings.data_dir / "cache"
+        return await asyncio.to_thread(fingerprint, parse_source(source), cache)
 
     async def enqueue(self, stage: str, run_id: str) -> Run:
         """Queue one stage of an existing run again (a failed stage is reset to pending)."""

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 M = TypeVar("M", bound=BaseModel)
 
 
 async def update_document(
-    redis: Redis, key: str, load: Callable[[bytes | None], M], change: Callable[[M], bool]
+    redis: Redis,
+    key: str,
+    load: Callable[[bytes | None], M],
+    change: Callable[[M], bool],
+    *,
+    guard: Callable[[Pipeline, M], Awaitable[None]] | None = None,
+    also: Callable[[Pipeline, M], None] | None = None,
 ) -> tuple[M, bool]:
     """``load`` the document at ``key``, apply ``change`` and write it back atomically.
 
     ``change`` returns False to leave the document untouched; a concurrent writer makes
-    the whole step run again on the new value, so no update is ever lost.
+    the whole step run again on the new value, so no update is ever lost. ``guard`` may
+    WATCH and read more keys after the change (and raise to refuse it); ``also`` queues
+    more writes into the same transaction.
     """
     while True:
         async with redis.pipeline(transaction=True) as pipe:
@@ -28,8 +37,12 @@ async def update_document(
                 if not change(document):
                     await pipe.unwatch()
                     return document, False
+                if guard is not None:
+                    await guard(pipe, document)
                 pipe.multi()
                 pipe.set(key, document.model_dump_json())
+                if also is not None:
+                    also(pipe, document)
                 await pipe.execute()
                 return document, True
             except WatchError:

@@ -4,6 +4,11 @@ A run is one JSON document in Redis (``<prefix>:run:<id>``), listed newest first
 sorted set (``<prefix>:runs``). Each change reads, edits and writes the document inside a
 WATCH/MULTI transaction, retried on conflict, so concurrent workers never lose an update.
 The store knows nothing of arq or of the backends' clients.
+
+One run at a time per model name: ``<prefix>:active:<model>`` names the run holding the
+model's slot, claimed in the same transaction that creates (or reopens) a run, so two
+triggers racing each other can never both start a retrain. The same transactions keep two
+small indexes the metrics endpoint reads: each run's state, and its stages' durations.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from modfactory.backends.base import Checkpoint, TrainingJob
 from modfactory.dataset import DatasetSummary
@@ -78,6 +85,7 @@ class RunSpec(BaseModel):
     hyperparameters: dict[str, float | int] = Field(default_factory=dict)
     model_name: str = "moderation"
     max_cost: float | None = None  # a quote above it waits for approval
+    source_fingerprint: str | None = None  # what the source was when the run was created
 
 
 class Artifacts(BaseModel):
@@ -177,6 +185,19 @@ class RunStateError(ValueError):
     """The run is not in a state where that can be done; the message says which it is in."""
 
 
+class ActiveRunExists(RunStateError):
+    """Another run of the same model name is unfinished; only one runs at a time."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        where = f" at {run.current_stage}" if run.current_stage else ""
+        super().__init__(
+            f"model {run.spec.model_name!r} already has an unfinished run: {run.id} "
+            f"({run.state}{where}); follow it with `modfactory status {run.id}` "
+            f"or stop it with `modfactory cancel {run.id}`"
+        )
+
+
 class RunNotFound(LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run {run_id!r}")
@@ -201,6 +222,43 @@ class RunStore:
     def _index(self) -> str:
         return f"{self.prefix}:runs"
 
+    def _slot(self, model_name: str) -> str:
+        return f"{self.prefix}:active:{model_name}"
+
+    @property
+    def states_key(self) -> str:
+        """Hash: run id -> state (what ``/metrics`` counts)."""
+        return f"{self.prefix}:run-states"
+
+    @property
+    def stage_seconds_key(self) -> str:
+        """Hash: ``<run id>:<stage>`` -> ``<backend> <seconds>`` of each succeeded stage."""
+        return f"{self.prefix}:stage-seconds"
+
+    def _index_writes(self, pipe: Pipeline, run: Run) -> None:
+        """Queue the metric indexes' writes for ``run`` (idempotent: plain HSETs)."""
+        pipe.hset(self.states_key, run.id, str(run.state))
+        for name, stage in run.stages.items():
+            if stage.state == StageStatus.SUCCEEDED and stage.started_at and stage.finished_at:
+                seconds = (stage.finished_at - stage.started_at).total_seconds()
+                pipe.hset(
+                    self.stage_seconds_key, f"{run.id}:{name}", f"{run.spec.backend} {seconds}"
+                )
+
+    async def _check_slot(self, pipe: Pipeline, model_name: str, run_id: str) -> None:
+        """WATCH ``model_name``'s slot and its holder; raise if another unfinished run holds it."""
+        slot = self._slot(model_name)
+        await pipe.watch(slot)
+        holder = await pipe.get(slot)
+        if holder is None or holder.decode() == run_id:
+            return
+        await pipe.watch(self._key(holder.decode()))
+        raw = await pipe.get(self._key(holder.decode()))
+        if raw is not None:
+            active = Run.model_validate_json(raw)
+            if not active.state.terminal:
+                raise ActiveRunExists(active)
+
     # --- reads -----------------------------------------------------------------------
     async def get(self, run_id: str) -> Run:
         raw = await self.redis.get(self._key(run_id))
@@ -219,6 +277,31 @@ class RunStore:
         )
         return [Run.model_validate_json(raw) for raw in raws if raw is not None]
 
+    async def active_run(self, model_name: str) -> Run | None:
+        """The unfinished run holding ``model_name``'s slot, if any."""
+        holder = await self.redis.get(self._slot(model_name))
+        if holder is None:
+            return None
+        try:
+            run = await self.get(holder.decode())
+        except RunNotFound:
+            return None
+        return None if run.state.terminal else run
+
+    async def reindex(self) -> int:
+        """Index runs stored before the metric indexes existed; returns how many."""
+        if await self.redis.hlen(self.states_key) >= await self.redis.zcard(self._index):
+            return 0
+        known = set(await self.redis.hkeys(self.states_key))
+        missing = [i for i in await self.redis.zrange(self._index, 0, -1) if i not in known]
+        for raw_id in missing:
+            raw = await self.redis.get(self._key(raw_id.decode()))
+            if raw is not None:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    self._index_writes(pipe, Run.model_validate_json(raw))
+                    await pipe.execute()
+        return len(missing)
+
     async def active(self) -> list[Run]:
         """Runs not yet finished (a starting worker resumes them)."""
         ids = await self.redis.zrange(self._index, 0, -1)
@@ -234,18 +317,34 @@ class RunStore:
         return runs
 
     # --- writes ----------------------------------------------------------------------
-    async def create(self, spec: RunSpec) -> Run:
+    async def create(self, spec: RunSpec, *, exclusive: bool = True) -> Run:
+        """Store a new queued run. ``exclusive``: claim its model name's slot in the same
+        transaction, raising ActiveRunExists while another run of that name is unfinished."""
         run = Run(id=new_run_id(), spec=spec)
         run._event(f"created: source {spec.source}, backend {spec.backend}")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(run.id), run.model_dump_json())
-            pipe.zadd(self._index, {run.id: run.created_at.timestamp()})
-            await pipe.execute()
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    if exclusive:
+                        await self._check_slot(pipe, spec.model_name, run.id)
+                    pipe.multi()
+                    pipe.set(self._key(run.id), run.model_dump_json())
+                    pipe.zadd(self._index, {run.id: run.created_at.timestamp()})
+                    self._index_writes(pipe, run)
+                    if exclusive:
+                        pipe.set(self._slot(spec.model_name), run.id)
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue
         run._log_events()
         return run
 
-    async def _update(self, run_id: str, change: Callable[[Run], bool]) -> tuple[Run, bool]:
-        """Apply ``change`` atomically; it returns False to leave the run untouched."""
+    async def _update(
+        self, run_id: str, change: Callable[[Run], bool], *, claim: bool = False
+    ) -> tuple[Run, bool]:
+        """Apply ``change`` atomically; it returns False to leave the run untouched.
+        ``claim``: the run takes its model name's slot (ActiveRunExists if it is held)."""
 
         def load(raw: bytes | None) -> Run:
             if raw is None:
@@ -258,7 +357,22 @@ class RunStore:
             run.updated_at = now()
             return True
 
-        run, changed = await update_document(self.redis, self._key(run_id), load, stamped)
+        async def check_slot(pipe: Pipeline, run: Run) -> None:
+            await self._check_slot(pipe, run.spec.model_name, run.id)
+
+        def also(pipe: Pipeline, run: Run) -> None:
+            self._index_writes(pipe, run)
+            if claim:
+                pipe.set(self._slot(run.spec.model_name), run.id)
+
+        run, changed = await update_document(
+            self.redis,
+            self._key(run_id),
+            load,
+            stamped,
+            guard=check_slot if claim else None,
+            also=also,
+        )
         if changed:
             run._log_events()
         return run, changed
@@ -312,7 +426,8 @@ class RunStore:
         return (await self._update(run_id, change))[0]
 
     async def reopen_stage(self, run_id: str, stage: StageName) -> Run:
-        """Let ``stage`` run again after a failure; a finished run is reopened for it."""
+        """Let ``stage`` run again after a failure; a finished run is reopened for it
+        (it takes its model name's slot again: ActiveRunExists if another run holds it)."""
 
         def change(run: Run) -> bool:
             state = run.stages[stage]
@@ -326,7 +441,7 @@ class RunStore:
             run._event("queued again", stage)
             return True
 
-        return (await self._update(run_id, change))[0]
+        return (await self._update(run_id, change, claim=True))[0]
 
     async def fail_stage(self, run_id: str, stage: StageName, error: str) -> Run:
         """Mark ``stage`` and the run failed, keeping the reason."""

@@ -144,6 +144,38 @@ class Settings(BaseSettings):
         0.0, ge=0, description="By how much it must beat the champion to be promoted."
     )
 
+    # --- triggers: one run per model name, cron, webhook -----------------------------
+    active_run_policy: Literal["refuse", "coalesce"] = Field(
+        "refuse",
+        description="A trigger while the model name has an unfinished run: refuse it "
+        "(HTTP 409, CLI exit 4), or coalesce (answer with the unfinished run).",
+    )
+    retrain_cron: str | None = Field(
+        None,
+        description="Retrain on this cron schedule (e.g. '0 3 * * *'; 6 fields: seconds first). "
+        "A tick is skipped, with the reason recorded, while a run is unfinished or when the "
+        "source and recipe are unchanged since the champion was trained.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key of `modfactory serve`'s signed requests (secret).",
+    )
+    webhook_token: SecretStr | None = Field(
+        None, description="Bearer token `modfactory serve` also accepts (secret)."
+    )
+    webhook_tolerance: int = Field(
+        300, ge=1, description="How old (or early) a signed request's timestamp may be (s)."
+    )
+    webhook_max_body: int = Field(
+        65_536, ge=1, description="Largest request body `modfactory serve` reads (bytes)."
+    )
+    serve_host: str = Field("127.0.0.1", description="`modfactory serve` listens here.")
+    serve_port: int = Field(8080, ge=0, le=65535, description="`modfactory serve` port.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL of run links in webhook answers (unset: the request's own).",
+    )
+
     # --- worker ----------------------------------------------------------------------
     max_jobs: int = Field(10, ge=1, description="Concurrent arq jobs per worker.")
     job_timeout: int = Field(
@@ -166,6 +198,17 @@ class Settings(BaseSettings):
                 return tuple(json.loads(value))
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        """Reject a bad schedule when the settings load, naming the field at fault."""
+        from modfactory.cron import parse_cron
+
+        if value is not None and value.strip():
+            parse_cron(value)
+            return value.strip()
+        return None
 
     @field_validator("wandb_api_key")
     @classmethod

@@ -7,13 +7,19 @@ selects the very same rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modfactory import synthetic
+from modfactory.fileio import atomic_output
 from modfactory.recipe import SPLITS, RecipeError
+
+log = logging.getLogger("modfactory.sources")
 
 if TYPE_CHECKING:
     from datasets import IterableDataset
@@ -108,3 +114,50 @@ def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
         )[split]
         for split, paths in files.items()
     }
+
+
+def fingerprint(source: Source, cache_dir: Path) -> str | None:
+    """What the source holds now, in one string: equal fingerprints mean the same data.
+
+    ``hf:`` sources: the dataset's revision on the Hub (None when the Hub cannot be asked).
+    Directories: a hash over each split file's name and content hash; a file's content hash
+    is cached under ``cache_dir`` by size and mtime, so only changed files are read again
+    (touching a file without changing it does not change the fingerprint). Synthetic
+    sources are deterministic: their row count.
+    """
+    if source.kind == "synthetic":
+        return f"synthetic:{source.rows}"
+    if source.kind == "hf":
+        try:
+            from huggingface_hub import HfApi
+
+            return f"hf:{source.location}@{HfApi().dataset_info(source.location, timeout=10).sha}"
+        except Exception as exc:  # offline, unknown dataset, Hub down: no fingerprint
+            log.info("no revision for hf:%s (%s)", source.location, type(exc).__name__)
+            return None
+    cache_file = cache_dir / "file-hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    parts = []
+    for split, paths in split_files(Path(source.location)).items():
+        for path in paths:
+            stat = Path(path).stat()
+            entry = cache.get(path)
+            if not entry or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+                entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _hash(path)}
+                cache[path] = entry
+            parts.append(f"{split}/{Path(path).name}:{entry['sha256']}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(cache_file) as tmp:
+        tmp.write_text(json.dumps(cache))
+    return "files:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

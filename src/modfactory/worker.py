@@ -1,7 +1,8 @@
 """The worker: every job the daemon runs, and how arq is configured to run them.
 
 Jobs: ``build``, ``upload``, ``train``, ``poll_training`` (one look at a training job,
-re-scheduled until it ends) and ``evaluate``. On start-up the worker queues the current
+re-scheduled until it ends) and ``evaluate``; with MODFACTORY_RETRAIN_CRON, the cron job
+``scheduled_retrain`` (see ``schedule``). On start-up the worker queues the current
 step of every unfinished run again; deterministic job ids make that a no-op for runs
 whose step is already queued, and it revives runs whose queue a Redis restart lost.
 """
@@ -13,12 +14,14 @@ import logging
 import signal
 from typing import Any
 
-from arq import func
+from arq import cron, func
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from modfactory import jobs
+from modfactory.cron import parse_cron
 from modfactory.runs import RunState, RunStore
+from modfactory.schedule import JOB_NAME, scheduled_retrain
 from modfactory.settings import Settings
 from modfactory.stages.build import build
 from modfactory.stages.context import StageContext
@@ -55,7 +58,22 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         if "modfactory" in ctx:
             await ctx["modfactory"].close()
 
+    cron_jobs = []
+    if settings.retrain_cron:
+        cron_jobs.append(
+            cron(
+                scheduled_retrain,  # type: ignore[arg-type]
+                name=JOB_NAME,
+                **parse_cron(settings.retrain_cron).arq_fields(),  # type: ignore[arg-type]
+                unique=True,
+                run_at_startup=False,
+                timeout=settings.job_timeout,
+                keep_result=3600,  # with the unique id: a second worker cannot run a tick again
+                max_tries=1,
+            )
+        )
     return {
+        "cron_jobs": cron_jobs,
         "functions": [
             func(f, name=f.__name__, keep_result=0, timeout=settings.job_timeout)
             for f in STAGE_FUNCTIONS

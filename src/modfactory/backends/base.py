@@ -6,7 +6,9 @@ this machine or by Mistral's Classifier Factory.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -100,6 +102,13 @@ class Backend(ABC):
     name: str
     base_model: str
     rate_limited: bool = True  # MODFACTORY_CLASSIFY_RPS applies (not to the local backend)
+    error_counter: Callable[[str, str], Awaitable[None]] | None = None  # (backend, kind)
+
+    async def count_api_error(self, kind: str) -> None:
+        """Count one failed API request (``kind``: an HTTP status or an error name)."""
+        if self.error_counter is not None:
+            with contextlib.suppress(Exception):  # counting never fails the caller
+                await self.error_counter(self.name, kind)
 
     @abstractmethod
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:

@@ -117,6 +117,7 @@ class MistralBackend(Backend):
                 return await request()
             except MistralError as exc:
                 status = exc.status_code
+                await self.count_api_error(str(status))
                 if status in (401, 403):
                     raise BackendError(
                         f"Mistral refused to {what} (HTTP {status}): {_KEY_ADVICE}"
@@ -129,6 +130,7 @@ class MistralBackend(Backend):
                 reason, retry_after = f"HTTP {status}", _retry_after(exc.headers)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason, retry_after = f"{type(exc).__name__}", None
+                await self.count_api_error(reason)
             if attempt == attempts:
                 raise BackendUnavailable(
                     f"Mistral did not answer the request to {what} after {attempts} attempts "

@@ -14,6 +14,7 @@ from arq.connections import ArqRedis
 
 from modfactory import jobs
 from modfactory.backends import Backend, BackendError, get_backend
+from modfactory.monitoring import ApiErrorCounter
 from modfactory.recipe import RecipeError
 from modfactory.runs import Run, RunStore, StageName
 from modfactory.settings import Settings
@@ -35,7 +36,9 @@ class StageContext:
 
     def backend(self, name: str) -> Backend:
         if name not in self.backends:
-            self.backends[name] = get_backend(name, self.settings)
+            backend = get_backend(name, self.settings)
+            backend.error_counter = ApiErrorCounter(self.redis, self.settings.queue_name)
+            self.backends[name] = backend
         return self.backends[name]
 
     def run_dir(self, run_id: str) -> Path:

@@ -1,0 +1,293 @@
+"""``modfactory serve``: the webhook that triggers retrains, the runs API, health, metrics.
+
+Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<message>"}``):
+
+- ``POST /v1/retrain`` — signed (see ``webhook_auth``) or bearer; optional JSON body
+  (``RetrainRequest``); 202 with the new run, 409 while the model name has an unfinished
+  run (200 with that run when MODFACTORY_ACTIVE_RUN_POLICY=coalesce).
+- ``GET /v1/runs``, ``GET /v1/runs/{id}`` — same authentication; the documents
+  ``modfactory runs --json`` / ``status --json`` print.
+- ``GET /healthz`` — Redis reachable and a worker heartbeat seen recently (200, else 503).
+- ``GET /metrics`` — Prometheus text (see ``monitoring``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from arq.connections import ArqRedis, create_pool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from modfactory import jobs
+from modfactory.backends import BackendError
+from modfactory.monitoring import prometheus_text, worker_heartbeat
+from modfactory.producer import Producer
+from modfactory.recipe import RecipeError, RecipeParams
+from modfactory.runs import ActiveRunExists, RunNotFound
+from modfactory.settings import Settings
+from modfactory.webhook_auth import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    AuthError,
+    ReplayGuard,
+    check_bearer,
+    check_signature,
+)
+
+log = logging.getLogger("modfactory.api")
+
+RecipeOverrides = create_model(  # every recipe number, optional; unknown names refused
+    "RecipeOverrides",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: (f.annotation | None, None) for name, f in RecipeParams.model_fields.items()},
+)
+
+
+class RetrainRequest(BaseModel):
+    """The optional body of ``POST /v1/retrain``: what differs from the server's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str | None = Field(None, max_length=200)  # the sender's delivery id (logged)
+    source: str | None = None
+    backend: Literal["local", "mistral"] | None = None
+    model_name: str | None = Field(None, pattern=r"^[\w.-]+$")
+    hyperparameters: dict[str, float | int] | None = None
+    recipe: RecipeOverrides | None = None  # type: ignore[valid-type]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _field_error(exc: ValidationError, prefix: str = "") -> ApiError:
+    first = exc.errors()[0]
+    field = prefix + ".".join(str(part) for part in first["loc"])
+    return ApiError(422, f"body field {field!r}: {first['msg']}", field=field)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app; it connects to MODFACTORY_REDIS_URL when it starts."""
+    if not settings.redis_url:
+        raise ValueError("modfactory serve needs a shared Redis: set MODFACTORY_REDIS_URL")
+    if not (settings.webhook_secret or settings.webhook_token):
+        raise ValueError(
+            "set MODFACTORY_WEBHOOK_SECRET (signed requests) or MODFACTORY_WEBHOOK_TOKEN "
+            "(bearer): modfactory serve does not take unauthenticated retrains"
+        )
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        url = settings.redis_url or ""
+        try:
+            pool: ArqRedis = await create_pool(
+                jobs.redis_settings(url),
+                job_serializer=jobs.serialize,
+                job_deserializer=jobs.deserialize,
+                default_queue_name=settings.queue_name,
+            )
+        except (RedisError, OSError) as exc:
+            log.error(
+                "cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", jobs.redacted(url), exc
+            )
+            raise
+        state["producer"] = Producer(pool, settings)
+        state["replays"] = ReplayGuard(pool, settings.queue_name, settings.webhook_tolerance)
+        try:
+            yield
+        finally:
+            await pool.aclose()
+
+    def producer() -> Producer:
+        return state["producer"]
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.webhook_max_body
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
+        return bytes(body)
+
+    async def authenticate(request: Request, body: bytes) -> None:
+        try:
+            authorization = request.headers.get("authorization")
+            if authorization and settings.webhook_token:
+                check_bearer(settings.webhook_token, authorization)
+                return
+            if settings.webhook_secret is None:
+                raise AuthError("send Authorization: Bearer <MODFACTORY_WEBHOOK_TOKEN>")
+            if not (request.headers.get(SIGNATURE_HEADER) or request.headers.get(TIMESTAMP_HEADER)):
+                raise AuthError(
+                    f"unauthenticated: send {TIMESTAMP_HEADER} and {SIGNATURE_HEADER}"
+                    + (" (or Authorization: Bearer <token>)" if settings.webhook_token else "")
+                )
+            signature = request.headers.get(SIGNATURE_HEADER, "")
+            check_signature(
+                settings.webhook_secret,
+                request.headers.get(TIMESTAMP_HEADER),
+                signature,
+                body,
+                time.time(),
+                settings.webhook_tolerance,
+            )
+            if not await state["replays"].first_use(signature):
+                raise AuthError("this signature was accepted before: a replayed request")
+        except AuthError as exc:
+            raise ApiError(401, str(exc)) from None
+
+    def run_url(request: Request, run_id: str) -> str:
+        base = settings.public_url or str(request.base_url)
+        return f"{base.rstrip('/')}/v1/runs/{run_id}"
+
+    async def retrain(request: Request) -> Response:
+        body = await read_body(request)
+        await authenticate(request, body)
+        try:
+            wanted = RetrainRequest.model_validate_json(body) if body.strip() else RetrainRequest()
+        except ValidationError as exc:
+            if exc.errors()[0]["type"] == "json_invalid":
+                raise ApiError(422, f"body is not valid JSON: {exc.errors()[0]['msg']}") from None
+            raise _field_error(exc) from None
+        recipe = wanted.recipe.model_dump(exclude_none=True) if wanted.recipe else {}
+        try:
+            spec = producer().spec(
+                source=wanted.source,
+                backend=wanted.backend,
+                hyperparameters=wanted.hyperparameters,
+                model_name=wanted.model_name,
+                **recipe,
+            )
+        except ValidationError as exc:
+            raise _field_error(exc, "recipe.") from None
+        except (RecipeError, BackendError) as exc:
+            raise ApiError(422, str(exc)) from None
+        try:
+            submission = await producer().submit(spec)
+        except ActiveRunExists as exc:
+            raise ApiError(
+                409,
+                str(exc),
+                active_run_id=exc.run.id,
+                url=run_url(request, exc.run.id),
+            ) from None
+        run = submission.run
+        url = run_url(request, run.id)
+        answer = {
+            "run_id": run.id,
+            "url": url,
+            "state": run.state,
+            "created": submission.created,
+        }
+        log.info(
+            "retrain requested over HTTP%s: %s",
+            f" (request {wanted.request_id})" if wanted.request_id else "",
+            "created" if submission.created else "coalesced",
+            extra={"run_id": run.id},
+        )
+        return JSONResponse(
+            answer, status_code=202 if submission.created else 200, headers={"Location": url}
+        )
+
+    async def list_runs(request: Request) -> Response:
+        await authenticate(request, await read_body(request))
+        limit = request.query_params.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            raise ApiError(422, f"query parameter 'limit': {limit!r} is not a number in 1-1000")
+        runs = await producer().store.list(int(limit))
+        return JSONResponse([r.to_json_dict() for r in runs])
+
+    async def get_run(request: Request) -> Response:
+        await authenticate(request, await read_body(request))
+        run_id = request.path_params["run_id"]
+        try:
+            run = await producer().store.get(run_id)
+        except RunNotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        return JSONResponse(run.to_json_dict())
+
+    async def healthz(request: Request) -> Response:
+        redis = producer().redis
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            return JSONResponse(
+                {"ok": False, "redis": f"unreachable: {type(exc).__name__}", "worker": None},
+                status_code=503,
+            )
+        heartbeat = await worker_heartbeat(redis, settings.queue_name)
+        ok = heartbeat is not None
+        return JSONResponse(
+            {
+                "ok": ok,
+                "redis": "ok",
+                "worker": heartbeat
+                or f"no worker heartbeat in the last {settings.health_check_interval + 1} s",
+            },
+            status_code=200 if ok else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        text = await prometheus_text(producer().redis, settings.queue_name)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        headers = (
+            {"WWW-Authenticate": 'Bearer, HMAC realm="modfactory"'} if exc.status == 401 else None
+        )
+        if exc.status == 401:
+            log.warning("refused %s %s: %s", request.method, request.url.path, exc.message)
+        return JSONResponse({"error": exc.message, **exc.extra}, exc.status, headers=headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} not allowed"}
+        return JSONResponse(
+            {"error": message.get(exc.status_code, exc.detail)},
+            exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def redis_down(request: Request, exc: Exception) -> Response:
+        log.warning("Redis unreachable: %s", type(exc).__name__)
+        return JSONResponse({"error": "Redis is unreachable (MODFACTORY_REDIS_URL)"}, 503)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": "internal error; the server log has the details"}, 500)
+
+    return Starlette(
+        routes=[
+            Route("/v1/retrain", retrain, methods=["POST"]),
+            Route("/v1/runs", list_runs, methods=["GET"]),
+            Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            RedisError: redis_down,
+            ConnectionError: redis_down,
+            Exception: unexpected,
+        },
+        lifespan=lifespan,
+    )

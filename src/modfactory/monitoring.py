@@ -1,0 +1,120 @@
+"""What ``/metrics`` and ``/healthz`` report, read from Redis at request time.
+
+Runs by state and stage durations come from the two small indexes the run store keeps in
+the same transactions as the runs; queue depth from arq's queue; backend API errors from a
+counter the backends bump on every failed request (retried or not); scheduled-retrain
+decisions from the schedule log. Nothing here is process-local, so any number of
+``modfactory serve`` replicas report the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from redis.asyncio import Redis
+
+from modfactory.runs import RunState, RunStore
+from modfactory.schedule import ScheduleLog
+
+STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
+HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key for a worker's heartbeat
+
+
+class ApiErrorCounter:
+    """``await counter(backend, kind)``: one failed backend request (HTTP status or error)."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.key = api_errors_key(prefix)
+
+    async def __call__(self, backend: str, kind: str) -> None:
+        await self.redis.hincrby(self.key, f"{backend}|{kind}", 1)
+
+
+def api_errors_key(prefix: str) -> str:
+    return f"{prefix}:backend-api-errors"
+
+
+async def worker_heartbeat(redis: Redis, queue_name: str) -> str | None:
+    """The latest heartbeat of a worker on ``queue_name``, if one is recent (arq keeps the
+    key for one health-check interval plus a second)."""
+    raw = await redis.get(queue_name + HEALTH_CHECK_SUFFIX)
+    return raw.decode() if raw else None
+
+
+async def prometheus_text(redis: Redis, queue_name: str) -> bytes:
+    """The Prometheus text exposition of everything above."""
+    store = RunStore(redis, queue_name)
+    await store.reindex()
+    states = Counter(v.decode() for v in await redis.hvals(store.states_key))
+    durations: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for field, value in (await redis.hgetall(store.stage_seconds_key)).items():
+        backend, seconds = value.decode().split()
+        durations[(field.decode().rsplit(":", 1)[1], backend)].append(float(seconds))
+    now_ms = int(time.time() * 1000)
+    queued = await redis.zcard(queue_name)
+    ready = await redis.zcount(queue_name, "-inf", now_ms)
+    errors = {
+        tuple(k.decode().split("|", 1)): int(v)
+        for k, v in (await redis.hgetall(api_errors_key(queue_name))).items()
+    }
+    decisions = await ScheduleLog(redis, queue_name).counts()
+    heartbeat = await worker_heartbeat(redis, queue_name)
+
+    def families() -> Iterator[Metric]:
+        runs = GaugeMetricFamily("modfactory_runs", "Runs by state.", labels=["state"])
+        for state in RunState:
+            runs.add_metric([state.value], states.get(state.value, 0))
+        yield runs
+        stages = HistogramMetricFamily(
+            "modfactory_stage_duration_seconds",
+            "How long succeeded stages took.",
+            labels=["stage", "backend"],
+        )
+        for (stage, backend), seconds in sorted(durations.items()):
+            buckets = [
+                (str(b) if b != float("inf") else "+Inf", sum(s <= b for s in seconds))
+                for b in STAGE_BUCKETS
+            ]
+            stages.add_metric([stage, backend], buckets, sum(seconds))
+        yield stages
+        queue = GaugeMetricFamily(
+            "modfactory_queue_jobs", "Jobs in the arq queue.", labels=["when"]
+        )
+        queue.add_metric(["ready"], ready)
+        queue.add_metric(["deferred"], queued - ready)
+        yield queue
+        api = CounterMetricFamily(
+            "modfactory_backend_api_errors",
+            "Failed backend API requests, retried or not.",
+            labels=["backend", "kind"],
+        )
+        for (backend, kind), count in sorted(errors.items()):
+            api.add_metric([backend, kind], count)
+        yield api
+        ticks = CounterMetricFamily(
+            "modfactory_scheduled_retrains", "Cron ticks by decision.", labels=["action"]
+        )
+        for action in ("started", "skipped"):
+            ticks.add_metric([action], decisions.get(action, 0))
+        yield ticks
+        yield GaugeMetricFamily(
+            "modfactory_worker_up", "1 if a worker heartbeat is recent.", value=int(bool(heartbeat))
+        )
+
+    class Snapshot:
+        def collect(self) -> Iterator[Metric]:
+            return families()
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Snapshot())
+    return generate_latest(registry)

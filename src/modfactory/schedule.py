@@ -1,0 +1,130 @@
+"""Scheduled retrains (MODFACTORY_RETRAIN_CRON): each tick starts a run or records why not.
+
+Every worker evaluates the schedule; arq's ``unique`` cron job id, plus a per-tick marker
+here, make one decision per tick however many workers run. Decisions are kept in Redis
+(``<prefix>:schedule``, newest first) for ``modfactory schedule`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from modfactory.producer import Producer
+from modfactory.recipe import RecipeError
+from modfactory.runs import ActiveRunExists, RunNotFound, RunSpec
+
+log = logging.getLogger("modfactory.schedule")
+DECISIONS_KEPT = 200
+JOB_NAME = "scheduled_retrain"
+
+
+class Decision(BaseModel):
+    """What one tick did."""
+
+    at: datetime
+    action: Literal["started", "skipped"]
+    reason: str
+    run_id: str | None = None
+    tick: str | None = None  # the arq cron job id: one decision per tick
+
+
+class ScheduleLog:
+    """The recent decisions and a count per action."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.key = f"{prefix}:schedule"
+        self.counts_key = f"{prefix}:schedule-counts"
+        self.tick_prefix = f"{prefix}:schedule-tick:"
+
+    async def first_for_tick(self, tick: str) -> bool:
+        """True for the first caller of ``tick`` (a second worker's duplicate gets False)."""
+        return bool(await self.redis.set(self.tick_prefix + tick, 1, nx=True, ex=86_400))
+
+    async def record(self, decision: Decision) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(self.key, decision.model_dump_json())
+            pipe.ltrim(self.key, 0, DECISIONS_KEPT - 1)
+            pipe.hincrby(self.counts_key, decision.action, 1)
+            await pipe.execute()
+
+    async def recent(self, limit: int = 20) -> list[Decision]:
+        return [
+            Decision.model_validate_json(r) for r in await self.redis.lrange(self.key, 0, limit - 1)
+        ]
+
+    async def counts(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.counts_key)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _unchanged(spec: RunSpec, champion: RunSpec) -> bool:
+    """Would this run train on what the champion trained on (source, recipe, backend…)?"""
+    ignored = {"max_cost"}
+    return spec.model_dump(exclude=ignored) == champion.model_dump(exclude=ignored)
+
+
+async def decide(producer: Producer) -> Decision:
+    """Start a retrain of MODFACTORY_MODEL_NAME from the settings, or say why not."""
+    model = producer.settings.model_name
+
+    def skipped(reason: str) -> Decision:
+        return Decision(at=datetime.now(UTC), action="skipped", reason=reason)
+
+    active = await producer.store.active_run(model)
+    if active is not None:
+        return skipped(f"run {active.id} of model {model!r} is unfinished ({active.state})")
+    try:
+        spec = producer.spec()
+    except (RecipeError, ValueError) as exc:
+        return skipped(f"the settings do not make a run: {exc}")
+    spec.source_fingerprint = await producer.source_fingerprint(spec.source)
+    why = "no champion yet"
+    champion = (await producer.registry.get(model)).champion
+    if champion is not None:
+        try:
+            champion_spec = (await producer.store.get(champion.run_id)).spec
+        except RunNotFound:
+            champion_spec = None
+        if spec.source_fingerprint is None:
+            why = "the source's fingerprint is unknown"
+        elif champion_spec is not None and _unchanged(spec, champion_spec):
+            return skipped(
+                f"source and recipe unchanged since champion {champion.run_id} was trained "
+                f"({spec.source_fingerprint})"
+            )
+        else:
+            why = f"source or recipe changed since champion {champion.run_id}"
+    try:
+        submission = await producer.submit(spec)
+    except ActiveRunExists as exc:
+        return skipped(f"run {exc.run.id} of model {model!r} is unfinished ({exc.run.state})")
+    if not submission.created:
+        return skipped(f"coalesced into unfinished run {submission.run.id}")
+    return Decision(at=datetime.now(UTC), action="started", reason=why, run_id=submission.run.id)
+
+
+async def scheduled_retrain(ctx: dict[str, Any]) -> dict[str, Any] | None:
+    """The arq cron job: one decision per tick, recorded and logged."""
+    from modfactory.stages.context import StageContext
+
+    sc = StageContext.of(ctx)
+    schedule_log = ScheduleLog(sc.redis, sc.settings.queue_name)
+    tick = str(ctx.get("job_id") or ctx["enqueue_time"])
+    if not await schedule_log.first_for_tick(tick):
+        return None
+    decision = await decide(Producer(sc.redis, sc.settings))
+    decision.tick = tick
+    await schedule_log.record(decision)
+    log.info(
+        "scheduled retrain %s: %s",
+        decision.action,
+        decision.reason,
+        extra={"run_id": decision.run_id} if decision.run_id else None,
+    )
+    return decision.model_dump(mode="json")

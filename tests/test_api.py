@@ -1,0 +1,234 @@
+"""`modfactory serve` under real uvicorn on loopback: signed webhook, runs API, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import (
+    producer_for,
+    serve_process,
+    settings_env,
+    settings_for,
+    wait_until,
+    worker_process,
+)
+from modfactory.settings import Settings
+from modfactory.webhook_auth import sign
+
+SECRET = "whsec-test-0123456789"
+TOKEN = "bearer-test-token-xyz"
+
+
+@pytest.fixture
+def settings(redis_db: str, tmp_path: Path) -> Settings:
+    return settings_for(redis_db, tmp_path / "data", health_check_interval=2)
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    env = {"MODFACTORY_WEBHOOK_SECRET": SECRET, "MODFACTORY_WEBHOOK_TOKEN": TOKEN}
+    with serve_process(settings, tmp_path / "serve.log", **env) as (_, url):
+        yield url
+    log = (tmp_path / "serve.log").read_text()
+    assert SECRET not in log and TOKEN not in log  # secrets are never logged
+
+
+def signed(body: bytes, secret: str = SECRET, at: float | None = None) -> dict[str, str]:
+    timestamp = str(int(time.time() if at is None else at))
+    return {
+        "X-Modfactory-Timestamp": timestamp,
+        "X-Modfactory-Signature": sign(secret, timestamp, body),
+        "Content-Type": "application/json",
+    }
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/retrain", content=body, headers=headers, timeout=30)
+
+
+async def test_a_signed_trigger_creates_a_queued_run(server: str, settings: Settings) -> None:
+    body = json.dumps({"source": "synthetic:2000", "recipe": {"n_train": 500}}).encode()
+    answer = post(server, body, signed(body))
+    assert answer.status_code == 202, answer.text
+    run_id = answer.json()["run_id"]
+    assert answer.json()["url"] == f"{server}/v1/runs/{run_id}"
+    assert answer.headers["location"] == answer.json()["url"]
+
+    producer = await producer_for(settings)
+    run = await producer.store.get(run_id)
+    assert run.spec.source == "synthetic:2000" and run.spec.recipe.n_train == 500
+    assert run.spec.source_fingerprint == "synthetic:2000"
+    queued = await producer.redis.zscore(settings.queue_name, f"{run_id}:build")
+    assert queued is not None  # the build stage is on the arq queue
+
+    shown = httpx.get(answer.json()["url"], headers={"Authorization": f"Bearer {TOKEN}"})
+    status = subprocess.run(
+        [sys.executable, "-m", "modfactory", "status", run_id, "--json"],
+        env={**settings_env(settings)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    same = json.loads(status.stdout)
+    assert shown.json() == same
+    listed = httpx.get(f"{server}/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert [r["id"] for r in listed.json()] == [run_id]
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("no signature", 401, "unauthenticated: send X-Modfactory-Timestamp"),
+        ("wrong secret", 401, "X-Modfactory-Signature does not match"),
+        ("body changed after signing", 401, "X-Modfactory-Signature does not match"),
+        ("stale timestamp", 401, "s old; at most 300 s allowed (MODFACTORY_WEBHOOK_TOLERANCE"),
+        ("future timestamp", 401, "s in the future"),
+        ("timestamp not a number", 401, "must be Unix seconds"),
+        ("wrong bearer token", 401, "bearer token is not MODFACTORY_WEBHOOK_TOKEN"),
+        ("oversized body", 413, "body larger than 65536 bytes (MODFACTORY_WEBHOOK_MAX_BODY)"),
+        ("invalid JSON", 422, "body is not valid JSON"),
+        ("unknown field", 422, "body field 'modle_name': Extra inputs are not permitted"),
+        ("unknown recipe field", 422, "body field 'recipe.n_trian': Extra inputs"),
+        ("bad recipe value", 422, "body field 'recipe.n_train': Input should be greater"),
+        ("bad source", 422, "is neither hf:<dataset>, synthetic[:N] nor an existing directory"),
+    ],
+)
+def test_a_bad_request_is_refused_with_a_json_reason(
+    server: str, case: str, status: int, message: str
+) -> None:
+    body = b'{"source": "synthetic:2000"}'
+    headers = signed(body)
+    if case == "no signature":
+        headers = {"Content-Type": "application/json"}
+    elif case == "wrong secret":
+        headers = signed(body, secret="not-the-secret")
+    elif case == "body changed after signing":
+        body = b'{"source": "synthetic:3000"}'
+    elif case == "stale timestamp":
+        headers = signed(body, at=time.time() - 400)
+    elif case == "future timestamp":
+        headers = signed(body, at=time.time() + 400)
+    elif case == "timestamp not a number":
+        headers["X-Modfactory-Timestamp"] = "yesterday"
+    elif case == "wrong bearer token":
+        headers = {"Authorization": "Bearer nope"}
+    elif case == "oversized body":
+        body = json.dumps({"source": "x" * 70_000}).encode()
+        headers = signed(body)
+    elif case == "invalid JSON":
+        body = b'{"source": "synthetic:2000",}'
+        headers = signed(body)
+    else:
+        content = {
+            "unknown field": {"modle_name": "m"},
+            "unknown recipe field": {"recipe": {"n_trian": 5}},
+            "bad recipe value": {"recipe": {"n_train": 0}},
+            "bad source": {"source": "/nowhere/at/all"},
+        }[case]
+        body = json.dumps(content).encode()
+        headers = signed(body)
+    answer = post(server, body, headers)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert message in answer.json()["error"]
+    if status == 401:
+        assert "www-authenticate" in answer.headers
+    assert SECRET not in answer.text
+
+
+def test_a_replayed_request_is_refused_and_a_bearer_token_works(server: str) -> None:
+    body = json.dumps({"source": "synthetic:2000", "model_name": "first"}).encode()
+    headers = signed(body)
+    assert post(server, body, headers).status_code == 202
+    replay = post(server, body, headers)
+    assert replay.status_code == 401 and "replayed" in replay.json()["error"]
+
+    other = json.dumps({"source": "synthetic:2000", "model_name": "second"}).encode()
+    by_token = post(server, other, {"Authorization": f"Bearer {TOKEN}"})
+    assert by_token.status_code == 202, by_token.text
+
+    unsigned_read = httpx.get(f"{server}/v1/runs")
+    assert unsigned_read.status_code == 401
+    missing = httpx.get(f"{server}/v1/runs/run-nope", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert missing.status_code == 404 and missing.json() == {"error": "no run 'run-nope'"}
+    assert httpx.get(f"{server}/v2/nothing").json() == {"error": "no route /v2/nothing"}
+    assert httpx.get(f"{server}/v1/retrain").status_code == 405
+
+
+async def _storm(url: str, n: int) -> list[httpx.Response]:
+    """``n`` distinct signed triggers at once (a request id each: the same body signed in
+    the same second is the same request, and would be refused as a replay)."""
+    bodies = [
+        json.dumps({"source": "synthetic:2000", "request_id": f"r{i}"}).encode() for i in range(n)
+    ]
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await asyncio.gather(
+            *(client.post(f"{url}/v1/retrain", content=b, headers=signed(b)) for b in bodies)
+        )
+
+
+async def test_fifty_concurrent_triggers_create_exactly_one_run(
+    server: str, settings: Settings
+) -> None:
+    answers = await _storm(server, 50)
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [202] + [409] * 49, statuses
+    run_id = next(a.json()["run_id"] for a in answers if a.status_code == 202)
+    for conflict in (a for a in answers if a.status_code == 409):
+        assert conflict.json()["active_run_id"] == run_id
+        assert f"already has an unfinished run: {run_id}" in conflict.json()["error"]
+    producer = await producer_for(settings)
+    assert [r.id for r in await producer.store.list()] == [run_id]
+
+
+async def test_coalescing_answers_every_trigger_with_the_unfinished_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {"MODFACTORY_WEBHOOK_SECRET": SECRET, "MODFACTORY_ACTIVE_RUN_POLICY": "coalesce"}
+    with serve_process(settings, tmp_path / "serve.log", **env) as (_, url):
+        answers = await _storm(url, 20)
+    assert sorted(a.status_code for a in answers) == [200] * 19 + [202]
+    assert len({a.json()["run_id"] for a in answers}) == 1
+    assert sum(a.json()["created"] for a in answers) == 1
+
+
+async def test_health_and_metrics_follow_the_worker_and_a_finished_run(
+    server: str, settings: Settings, tmp_path: Path
+) -> None:
+    down = httpx.get(f"{server}/healthz")
+    assert down.status_code == 503 and down.json()["redis"] == "ok"
+    assert "no worker heartbeat" in down.json()["worker"]
+
+    body = json.dumps({"source": "synthetic:3000"}).encode()
+    run_id = post(server, body, signed(body)).json()["run_id"]
+    producer = await producer_for(settings)
+    with worker_process(settings, tmp_path / "worker.log"):
+        await wait_until(producer.store, run_id, lambda r: r.state.terminal, timeout=120)
+        up = httpx.get(f"{server}/healthz")
+        assert up.status_code == 200 and up.json()["ok"] is True, up.text
+        assert "j_complete=" in up.json()["worker"]
+        text = httpx.get(f"{server}/metrics").text
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    runs = {s.labels["state"]: s.value for s in families["modfactory_runs"].samples}
+    assert runs["succeeded"] == 1 and runs["queued"] == runs["running"] == 0
+    counts = {
+        s.labels["stage"]: s.value
+        for s in families["modfactory_stage_duration_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert counts == {"build": 1, "upload": 1, "train": 1, "evaluate": 1}
+    assert families["modfactory_worker_up"].samples[0].value == 1
+    queue = {s.labels["when"]: s.value for s in families["modfactory_queue_jobs"].samples}
+    assert queue == {"ready": 0, "deferred": 0}
+    assert "modfactory_backend_api_errors" in families
