@@ -45,10 +45,13 @@ def make_source(directory: Path, scale: float) -> Path:
     return source
 
 
-def measured(command: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MB) of one child process (its stdout discarded)."""
+def measured(
+    command: list[str], env: dict[str, str], stdout: Path | None = None
+) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MB) of one child process (stdout to ``stdout`` or dropped)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    sink = stdout.open("wb") if stdout else subprocess.DEVNULL
+    process = subprocess.Popen(command, env=env, stdout=sink)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -121,7 +124,9 @@ def main() -> None:
             str(take["test"]),
         ],
         {**env, "COLUMNS": "120"},
+        stdout=work / "summary.json",
     )
+    summary = json.loads((work / "summary.json").read_text())
 
     expected = pickle.loads(cookbook_out.read_bytes())
     equal = {}
@@ -136,9 +141,13 @@ def main() -> None:
     print(f"{'procedure':<28}{'wall (s)':>10}{'peak RSS (MB)':>16}")
     print(f"{'cookbook (datasets+pandas)':<28}{cookbook_wall:>10.1f}{cookbook_rss:>16,}")
     print(f"{'modfactory dataset build':<28}{stage_wall:>10.1f}{stage_rss:>16,}")
+    speed_up, rss_ratio = cookbook_wall / stage_wall, stage_rss / cookbook_rss
+    print(f"speed-up: {speed_up:.2f}x   peak RSS ratio: {rss_ratio:.2f}")
     print(
-        f"speed-up: {cookbook_wall / stage_wall:.2f}x   "
-        f"peak RSS ratio: {stage_rss / cookbook_rss:.2f}"
+        f"engine: {summary['engine']}"
+        + (f" ({summary['engine_note']})" if summary.get("engine_note") else "")
+        + "; targets (>= 10x faster, <= 0.5 of the RSS): "
+        + ("met" if speed_up >= 10 and rss_ratio <= 0.5 else "NOT met")
     )
     print(f"rows written: {rows}")
     print(f"identical rows per split: {equal}")

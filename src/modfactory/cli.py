@@ -443,6 +443,13 @@ def dataset_build(
     label_columns: Annotated[
         str | None, typer.Option(help="Comma-separated score columns.")
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (default: fast when it gives the same rows), fast (parquet, "
+            "column-wise) or stream (datasets, row by row)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The cookbook's dataset recipe → train.jsonl, validation.jsonl, test.jsonl and a chart."""
@@ -490,8 +497,11 @@ def dataset_build(
                     total=max(done, wanted) if done == wanted else wanted,
                 )
 
+            chosen = engine or settings.build_engine
+            if chosen not in ("auto", "fast", "stream"):
+                raise CliError(f"--engine {chosen!r}: choose auto, fast or stream")
             return await asyncio.to_thread(
-                build_dataset, parsed, params, out_dir, settings.data_dir, progress
+                build_dataset, parsed, params, out_dir, settings.data_dir, progress, chosen
             )
 
     summary = _main(build())
@@ -520,7 +530,11 @@ def dataset_build(
             f"dropped (under {settings.min_label_fraction:.0%}): "
             + ", ".join(summary.dropped_labels)
         )
-    out.print(f"files in {out_dir}; chart: {summary.chart}", highlight=False)
+    out.print(
+        f"files in {out_dir}; chart: {summary.chart}; {summary.engine} engine"
+        + (f" ({summary.engine_note})" if summary.engine_note else ""),
+        highlight=False,
+    )
 
 
 # --- worker, enqueue, status, runs ---------------------------------------------------------

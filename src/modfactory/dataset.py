@@ -1,20 +1,29 @@
 """Build the training set: the first half of the cookbook as one function.
 
-``build_dataset`` streams each split, shuffles and takes like the cookbook, applies the
-recipe and writes ``train.jsonl``, ``validation.jsonl``, ``test.jsonl``, the distribution
-chart and ``dataset.json`` (the summary recorded with a run).
+``build_dataset`` selects each split's rows as the cookbook's ``shuffle(seed, buffer_size=n)
+.take(n)`` does, applies the recipe and writes ``train.jsonl``, ``validation.jsonl``,
+``test.jsonl``, the distribution chart and ``dataset.json`` (the summary recorded with a
+run). Two engines select the very same rows: ``fast`` (indices shuffled with numpy, parquet
+read column-wise: ``fast_build``) and ``stream`` (``datasets`` streaming, row by row, as the
+cookbook). ``auto`` takes ``fast`` for parquet sources when ``shuffle_guard`` confirms it
+matches the installed ``datasets``, and streams otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
 from modfactory import recipe
 from modfactory.recipe import SPLITS, RecipeError, RecipeParams, Row
-from modfactory.sources import Source, open_splits
+from modfactory.sources import Source, open_splits, parquet_split_files
+
+log = logging.getLogger("modfactory.dataset")
+Engine = Literal["auto", "fast", "stream"]
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(split, rows_done, rows_wanted)`` while a split streams."""
@@ -38,6 +47,8 @@ class DatasetSummary(BaseModel):
     dropped_labels: list[str]
     splits: dict[str, SplitSummary]
     chart: str | None = None
+    engine: Literal["fast", "stream"] = "stream"
+    engine_note: str | None = None  # why ``auto`` streamed
 
 
 def build_dataset(
@@ -46,13 +57,26 @@ def build_dataset(
     out_dir: Path,
     data_dir: Path,
     progress: Progress | None = None,
+    engine: Engine = "auto",
 ) -> DatasetSummary:
     """Run the recipe on ``source`` and write the three JSONL files under ``out_dir``."""
-    streams = open_splits(source, data_dir)
+    files, note = choose_engine(source, data_dir, engine)
     filtered: dict[str, list[Row]] = {}
-    for split in SPLITS:
-        rows = _take(streams[split], split, source, params, progress)
-        filtered[split] = recipe.filter_split(rows, params, len(params.label_columns))
+    if files is not None:
+        from modfactory.fast_build import take_filtered
+
+        for split in SPLITS:
+            if progress:
+                progress(split, 0, params.take(split))
+            where = f"source {source}, split {split!r}"
+            filtered[split] = take_filtered(files[split], split, params, where)
+            if progress:
+                progress(split, params.take(split), params.take(split))
+    else:
+        streams = open_splits(source, data_dir)
+        for split in SPLITS:
+            rows = _take(streams[split], split, source, params, progress)
+            filtered[split] = recipe.filter_split(rows, params, len(params.label_columns))
     empty = [split for split, rows in filtered.items() if not rows]
     if empty:
         raise RecipeError(
@@ -78,6 +102,8 @@ def build_dataset(
         labels=kept,
         dropped_labels=dropped,
         splits=splits,
+        engine="fast" if files is not None else "stream",
+        engine_note=note,
     )
     from modfactory import charts  # matplotlib: only when a chart is drawn
 
@@ -88,6 +114,33 @@ def build_dataset(
     )
     (out_dir / "dataset.json").write_text(summary.model_dump_json(indent=2))
     return summary
+
+
+def choose_engine(
+    source: Source, data_dir: Path, engine: Engine
+) -> tuple[dict[str, list[str]] | None, str | None]:
+    """(the parquet files per split when the fast engine runs, else None; why not fast)."""
+    if engine == "stream":
+        return None, None
+    try:
+        files = parquet_split_files(source, data_dir)
+        if files is None:
+            raise RecipeError(f"source {source} is not made of parquet files")
+    except RecipeError as exc:
+        if engine == "fast":
+            raise RecipeError(
+                f"--engine fast reads parquet files; {exc} (use auto or stream)"
+            ) from None
+        return None, str(exc)
+    from modfactory.shuffle_guard import mismatch
+
+    differs = mismatch(data_dir / "cache")
+    if differs is not None:
+        if engine == "fast":
+            raise RecipeError(f"{differs}: --engine fast would not select the cookbook's rows")
+        log.warning("%s: streaming instead (same rows, slower)", differs)
+        return None, differs
+    return files, None
 
 
 def _take(

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from modfactory.fileio import atomic_output
@@ -105,32 +107,43 @@ def check_columns(columns: Sequence[str] | None, params: RecipeParams, where: st
         )
 
 
-def filter_split(rows: Iterable[Row], params: RecipeParams, n_labels: int) -> list[Row]:
+def filter_split(rows: Sequence[Row], params: RecipeParams, n_labels: int) -> list[Row]:
+    """The cookbook's ``filter_dataset`` on binarized rows (see ``filter_positions``)."""
+    flags = np.array([row.flags for row in rows], dtype=bool).reshape(len(rows), n_labels)
+    return [rows[i] for i in filter_positions(flags, params)]
+
+
+def filter_positions(flags: np.ndarray, params: RecipeParams) -> list[int]:
     """The cookbook's ``filter_dataset``: cap unflagged rows and each label's share.
 
-    The final shuffle is seeded (the cookbook's is not), so builds are reproducible.
+    ``flags`` holds one row of label flags per taken example, in the order they were
+    taken; the result is the positions kept, in the (seeded) order they are written. The
+    arithmetic is the cookbook's, step for step; its final shuffle is seeded here, so builds
+    are reproducible.
     """
-    zero: list[Row] = []
-    non_zero: list[Row] = []
-    for row in rows:
-        (non_zero if row.flagged else zero).append(row)
+    flagged = flags.any(axis=1)
+    non_zero = np.flatnonzero(flagged)
+    zero = np.flatnonzero(~flagged)
 
     total_samples = len(non_zero) / (1 - params.zero_flags_fraction)
     desired_zero = int(total_samples * params.zero_flags_fraction)
     desired_non_zero = int(total_samples * (1 - params.zero_flags_fraction))
 
-    counts = [0] * n_labels
-    kept: list[Row] = []
-    for row in non_zero[:desired_non_zero]:
-        if any(
-            flag and (counts[i] + 1) / desired_non_zero > params.max_label_fraction
-            for i, flag in enumerate(row.flags)
-        ):
+    candidates = non_zero[:desired_non_zero]
+    masks = flags[candidates] @ (1 << np.arange(flags.shape[1], dtype=np.int64))
+    on: dict[int, tuple[int, ...]] = {}  # label indices set in a row, by its bit mask
+    counts = [0] * flags.shape[1]
+    kept: list[int] = []
+    for position, mask in zip(candidates.tolist(), masks.tolist(), strict=True):
+        labels = on.get(mask)
+        if labels is None:
+            labels = on[mask] = tuple(j for j in range(flags.shape[1]) if mask >> j & 1)
+        if any((counts[j] + 1) / desired_non_zero > params.max_label_fraction for j in labels):
             continue
-        kept.append(row)
-        for i, flag in enumerate(row.flags):
-            counts[i] += flag
-    kept += zero[:desired_zero]
+        kept.append(position)
+        for j in labels:
+            counts[j] += 1
+    kept += zero[:desired_zero].tolist()
     random.Random(params.seed).shuffle(kept)
     return kept
 
@@ -140,9 +153,10 @@ def labels_to_drop(splits: Mapping[str, list[Row]], params: RecipeParams) -> lis
     total = sum(len(rows) for rows in splits.values())
     if total == 0:
         return []
+    patterns = Counter(row.flags for rows in splits.values() for row in rows)
     dropped = []
     for i, label in enumerate(params.label_columns):
-        count = sum(row.flags[i] for rows in splits.values() for row in rows)
+        count = sum(times for flags, times in patterns.items() if flags[i])
         if count / total < params.min_label_fraction:
             dropped.append(label)
     return dropped
@@ -159,22 +173,27 @@ def row_labels(row: Row, params: RecipeParams, kept: Sequence[str]) -> list[str]
 
 
 def jsonl_lines(rows: Iterable[Row], params: RecipeParams, kept: Sequence[str]) -> Iterator[str]:
-    """Classifier Factory lines: ``{"text": ..., "labels": {"moderation": [...]}}``."""
+    """Classifier Factory lines: ``{"text": ..., "labels": {"moderation": [...]}}``
+    (exactly ``json.dumps`` of that object; the labels part is encoded once per pattern)."""
+    encoded: dict[tuple[bool, ...], str] = {}
     for row in rows:
-        yield json.dumps({"text": row.text, "labels": {TARGET: row_labels(row, params, kept)}})
+        labels = encoded.get(row.flags)
+        if labels is None:
+            labels = encoded[row.flags] = json.dumps({TARGET: row_labels(row, params, kept)})
+        yield '{"text": ' + json.dumps(row.text) + ', "labels": ' + labels + "}"
 
 
 def count_split(rows: Sequence[Row], params: RecipeParams, kept: Sequence[str]) -> SplitCounts:
     """Row, unflagged and per-label counts over the kept labels (the cookbook's charts)."""
     index = {label: params.label_columns.index(label) for label in kept}
     counts = SplitCounts(rows=len(rows), labels={label: 0 for label in kept})
-    for row in rows:
+    for flags, times in Counter(row.flags for row in rows).items():
         flagged = False
         for label, i in index.items():
-            if row.flags[i]:
-                counts.labels[label] += 1
+            if flags[i]:
+                counts.labels[label] += times
                 flagged = True
-        counts.safe += not flagged
+        counts.safe += 0 if flagged else times
     return counts
 
 

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         0.01, ge=0, le=1, description="Labels rarer than this over all splits are dropped."
     )
 
+    build_engine: Literal["auto", "fast", "stream"] = Field(
+        "auto",
+        description="How build selects rows: fast (parquet read column-wise), stream "
+        "(datasets, row by row) or auto (fast when it provably gives the same rows).",
+    )
+
     # --- training -------------------------------------------------------------------
     backend: BackendChoice = Field(
         "auto", description="auto: mistral when MISTRAL_API_KEY is set, else local."

@@ -91,6 +91,37 @@ def split_files(directory: Path) -> dict[str, list[str]]:
     return files
 
 
+def parquet_split_files(source: Source, data_dir: Path) -> dict[str, list[str]] | None:
+    """Each split's parquet files, local, in the order streaming reads them; None when the
+    source is not made of parquet files. ``hf:`` sources are downloaded once into the
+    ``datasets`` cache (with progress bars); RecipeError when that fails."""
+    if source.kind == "hf":
+        return _hub_parquet_files(source.location)
+    if source.kind != "dir":
+        return None
+    files = split_files(Path(source.location))
+    if any(Path(p).suffix != ".parquet" for paths in files.values() for p in paths):
+        return None
+    return files
+
+
+def _hub_parquet_files(name: str) -> dict[str, list[str]] | None:
+    from datasets import DownloadManager, load_dataset_builder
+
+    try:
+        data_files = load_dataset_builder(name).config.data_files or {}
+    except Exception as exc:  # the Hub is unreachable, the name unknown…
+        raise RecipeError(f"source hf:{name}: cannot list its files ({exc})") from None
+    urls = {split: list(data_files.get(split, [])) for split in SPLITS}
+    every = [url for split_urls in urls.values() for url in split_urls]
+    if not all(urls.values()) or any(not url.endswith(".parquet") for url in every):
+        return None
+    try:
+        return DownloadManager(dataset_name=name).download(urls)
+    except Exception as exc:
+        raise RecipeError(f"source hf:{name}: cannot download its parquet files ({exc})") from None
+
+
 def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
     """The three splits as streamed datasets (synthetic data is written once, then streamed)."""
     from datasets import load_dataset

@@ -22,6 +22,7 @@ async def build(sc: StageContext, run: Run) -> None:
         out,
         sc.settings.data_dir,
         lambda split, done, total: report(f"{split} rows", done, total),
+        sc.settings.build_engine,
     )
     rows = ", ".join(f"{split} {s.rows:,}" for split, s in summary.splits.items())
     await sc.store.finish_stage(
@@ -33,6 +34,7 @@ async def build(sc: StageContext, run: Run) -> None:
             **{f"{split}_file": s.file for split, s in summary.splits.items()},
             "distribution_chart": summary.chart,
         },
-        message=f"built {rows} rows" + (" (synthetic data)" if summary.synthetic else ""),
+        message=f"built {rows} rows ({summary.engine} engine)"
+        + (" (synthetic data)" if summary.synthetic else ""),
     )
     await sc.enqueue("upload", run.id)
