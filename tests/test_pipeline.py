@@ -40,12 +40,15 @@ async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path)
     assert final.artifacts.model_id.startswith("ft:classifier:local:")
     assert [h.status for h in final.training.history][-1] == "SUCCESS"
     assert len(final.training.checkpoints) == settings.local_epochs
-    for path in (
+    for path in (  # all there as soon as the run is recorded succeeded
         final.artifacts.distribution_chart,
         final.artifacts.loss_chart,
         final.artifacts.metrics_file,
+        final.artifacts.report_html,
+        final.artifacts.report_json,
     ):
         assert Path(path).stat().st_size > 0
+    assert json.loads(Path(final.artifacts.report_json).read_text())["state"] == "succeeded"
     metrics = final.metrics
     assert set(metrics["labels"]) == set(final.dataset.labels)
     assert 0.5 < metrics["macro"]["roc_auc"] <= 1 and metrics["micro"]["f1"] > 0.3

@@ -545,13 +545,22 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
 
     settings = _settings(data_dir)
     configure_logging(settings.log_format, logging.INFO)
+
+    def run_worker(settings: Settings) -> None:
+        try:
+            build_worker(settings).run()
+        except asyncio.CancelledError:  # arq re-raises the jobs it cancelled on SIGTERM
+            logging.getLogger("modfactory.worker").info(
+                "stopped; the jobs it interrupted run again on the next worker"
+            )
+
     if settings.redis_url:
-        build_worker(settings).run()
+        run_worker(settings)
         return
     try:
         with EmbeddedRedis(settings.data_dir / "redis") as url:
             err.print(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
-            build_worker(settings.model_copy(update={"redis_url": url})).run()
+            run_worker(settings.model_copy(update={"redis_url": url}))
     except EmbeddedRedisError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from modfactory.promotion import (
 from modfactory.recipe import TARGET, read_jsonl
 from modfactory.registry import ModelRegistry
 from modfactory.report import write_report
-from modfactory.runs import Run
+from modfactory.runs import Run, RunState, StageStatus
 from modfactory.stages.context import StageContext, stage
 
 
@@ -57,23 +58,38 @@ async def evaluate(sc: StageContext, run: Run) -> None:
     pr_chart = await asyncio.to_thread(
         charts.pr_curves, truth, test_scores, labels, thresholds, out / "precision_recall.png"
     )
-    finished = await sc.store.finish_stage(
+    artifacts = {
+        "metrics_file": str(out / "metrics.json"),
+        "pr_chart": str(pr_chart),
+        "report_json": str(out / "report.json"),
+        "report_html": str(out / "report.html"),
+    }
+    # The report is written before the stage is recorded as done: a worker stopped in
+    # between re-runs the stage, instead of leaving a succeeded run without its report.
+    await asyncio.to_thread(write_report, _as_finished(run, metrics, artifacts), out)
+    await sc.store.finish_stage(
         run.id,
         "evaluate",
         metrics=metrics,
-        artifacts={
-            "metrics_file": str(out / "metrics.json"),
-            "pr_chart": str(pr_chart),
-            "report_json": str(out / "report.json"),
-            "report_html": str(out / "report.html"),
-        },
+        artifacts=artifacts,
         message=f"macro F1 {metrics['macro']['f1']:.3f} at 0.5, "
         f"{metrics['macro']['tuned_f1']:.3f} at thresholds tuned on validation "
         f"({metrics['rows']:,} test rows); "
         + ("promoted" if metrics["promotion"]["promoted"] else "kept as a candidate")
         + f": {metrics['promotion']['reason']}",
     )
-    await asyncio.to_thread(write_report, finished, out)
+
+
+def _as_finished(run: Run, metrics: dict[str, Any], artifacts: dict[str, str]) -> Run:
+    """The run as it will be once evaluate is recorded (what its report shows)."""
+    finished = run.model_copy(deep=True)
+    finished.metrics = metrics
+    finished.artifacts = finished.artifacts.model_copy(update=artifacts)
+    at = datetime.now(UTC)
+    stage = finished.stages["evaluate"]
+    stage.state, stage.finished_at, stage.error = StageStatus.SUCCEEDED, at, None
+    finished.state, finished.finished_at, finished.progress = RunState.SUCCEEDED, at, None
+    return finished
 
 
 async def _classify(
