@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from datasets import load_dataset
 from datasets.iterable_dataset import BufferShuffledExamplesIterable
 
 from cookbook import cookbook_build
+from fake_hub import FakeHub
 from modfactory import shuffle_guard
 from modfactory.dataset import build_dataset
 from modfactory.recipe import RecipeError, RecipeParams
@@ -128,7 +132,7 @@ def test_a_changed_shuffle_algorithm_makes_the_build_stream_the_new_rows(
         got = sorted((r["text"], tuple(r["labels"]["moderation"])) for r in map(json.loads, lines))
         assert got == sorted(expected[split])  # the rows the (changed) cookbook code selects
 
-    with pytest.raises(RecipeError, match="--engine fast would not select the cookbook's rows"):
+    with pytest.raises(RecipeError, match="the fast engine would not select the cookbook's rows"):
         build_dataset(
             parse_source(str(directory)), params, tmp_path / "o2", tmp_path / "d", engine="fast"
         )
@@ -161,7 +165,9 @@ def test_fast_engine_errors_name_the_file_and_row(tmp_path: Path) -> None:
             parse_source(str(directory)), params, tmp_path / "out", tmp_path / "d", engine="fast"
         )
 
-    with pytest.raises(RecipeError, match="--engine fast reads parquet files"):
+    with pytest.raises(
+        RecipeError, match="--engine fast cannot run: source synthetic:300 is not made of parquet"
+    ):
         build_dataset(
             parse_source("synthetic:300"), params, tmp_path / "out", tmp_path / "d", engine="fast"
         )
@@ -185,3 +191,62 @@ def test_an_unreachable_hub_is_named_before_anything_is_built(tmp_path: Path) ->
             engine="fast",
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_an_hf_source_is_fetched_once_and_built_fast_with_the_streamed_rows(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    civil_comments_parquet(repo / "data", 3000, shards=2)
+    hub = FakeHub({"acme/civil": repo})
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+    def build(engine: str) -> dict:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "modfactory",
+                "dataset",
+                "build",
+                "--source",
+                "hf:acme/civil",
+                "--out",
+                str(tmp_path / engine),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--n-train",
+                "2000",
+                "--n-validation",
+                "200",
+                "--n-test",
+                "200",
+                "--engine",
+                engine,
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    try:
+        fast = build("fast")
+        fetched = dict(hub.downloads)
+        assert fast["engine"] == "fast" and len(fetched) == 6  # every parquet file, once
+        again = build("fast")
+        assert dict(hub.downloads) == fetched  # the second build reads the local cache
+        stream = build("stream")
+    finally:
+        hub.close()
+    assert stream["engine"] == "stream"
+    assert written(tmp_path / "fast") == written(tmp_path / "stream")
+    assert again["splits"] == fast["splits"]

@@ -79,6 +79,8 @@ def test_run_end_to_end_and_the_key_is_never_written(
     assert moderation["labels"] == ["identity_attack", "sexual_explicit", "threat"]
     assert moderation["macro_roc_auc"] > 0.6
     assert emulator.counts["moderation_requests"] == -(-rows[1] // 50)
+    page = Path(run["artifacts"]["report_html"]).read_text()  # the baselines in the report
+    assert "mistral_moderation <small>(over identity_attack, sexual_explicit, threat)" in page
     assert (
         emulator.counts["uploads"],
         emulator.counts["jobs_created"],

@@ -123,23 +123,37 @@ def choose_engine(
     if engine == "stream":
         return None, None
     try:
-        files = parquet_split_files(source, data_dir)
-        if files is None:
-            raise RecipeError(f"source {source} is not made of parquet files")
-    except RecipeError as exc:
-        if engine == "fast":
-            raise RecipeError(
-                f"--engine fast reads parquet files; {exc} (use auto or stream)"
-            ) from None
-        return None, str(exc)
+        files, why = _fast_engine_files(source, data_dir)
+    except RecipeError as exc:  # a Hub dataset's files could not be listed or fetched
+        files, why = None, str(exc)
+        if engine != "fast":
+            log.warning("%s: streaming instead", why)
+    if files is None and engine == "fast":
+        raise RecipeError(f"--engine fast cannot run: {why} (use auto or stream)")
+    return files, why
+
+
+def _fast_engine_files(
+    source: Source, data_dir: Path
+) -> tuple[dict[str, list[str]] | None, str | None]:
+    """Cheapest first: local files are looked at, then the guard is asked (its verdict is
+    cached), and only then are a Hub dataset's files downloaded."""
     from modfactory.shuffle_guard import mismatch
 
+    files = None
+    if source.kind != "hf":
+        files = parquet_split_files(source, data_dir)
+        if files is None:
+            return None, f"source {source} is not made of parquet files"
     differs = mismatch(data_dir / "cache")
     if differs is not None:
-        if engine == "fast":
-            raise RecipeError(f"{differs}: --engine fast would not select the cookbook's rows")
-        log.warning("%s: streaming instead (same rows, slower)", differs)
-        return None, differs
+        why = f"{differs}; the fast engine would not select the cookbook's rows"
+        log.warning("%s: streaming instead (same rows, slower)", why)
+        return None, why
+    if files is None:
+        files = parquet_split_files(source, data_dir)  # downloads, once
+        if files is None:
+            return None, f"source {source} is not made of parquet files"
     return files, None
 
 

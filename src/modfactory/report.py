@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from modfactory.fileio import atomic_output
+from modfactory.promotion import METRICS
 from modfactory.runs import Run
 
 
@@ -93,14 +94,19 @@ def render_html(data: dict[str, Any]) -> str:
                 f"<td>{_num(m.get('pr_auc'))}</td><td colspan=4></td></tr>"
             )
     promotion = metrics.get("promotion") or {}
+    metric_names = list(METRICS)
     comparison = "".join(
-        f"<tr><td>{e(name)}</td>"
-        + "".join(f"<td>{_num(v)}</td>" for v in values.values() if not isinstance(v, str))
+        f"<tr><td>{e(name)}"
+        + (
+            f" <small>(over {e(', '.join(values['labels']))})</small>"
+            if values.get("labels")
+            else ""
+        )
+        + "</td>"
+        + "".join(f"<td>{_num(values.get(m))}</td>" for m in metric_names)
         + "</tr>"
         for name, values in (metrics.get("baselines") or {}).items()
     )
-    metric_names = list(next(iter((metrics.get("baselines") or {"": {}}).values()), {}))
-    metric_names = [m for m in metric_names if m != "run_id"]
     verdict = (
         f"<p class=verdict><b>{'Promoted' if promotion.get('promoted') else 'Kept as a candidate'}"
         f"</b> under <code>{e(str(promotion.get('model_name')))}</code>: "

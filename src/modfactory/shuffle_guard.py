@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -22,8 +21,6 @@ from pathlib import Path
 from modfactory import shuffle_indices
 from modfactory.fileio import atomic_output
 from modfactory.shuffle_indices import shuffled_take
-
-log = logging.getLogger("modfactory.shuffle_guard")
 
 # (rows per shard, seed, buffer size, n)
 CASES: tuple[tuple[tuple[int, ...], int, int, int], ...] = (
@@ -83,6 +80,5 @@ def _mismatch() -> str | None:
                     f"{sum(sizes)} rows (seed {seed}, buffer {buffer_size}, take {n}) "
                     "differently from modfactory's fast build"
                 )
-                log.warning("%s: builds stream instead", reason)
                 return reason
     return None
