@@ -119,7 +119,12 @@ async def test_two_workers_on_a_fast_cron_decide_once_per_tick(
         train.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))  # new data
         second = await _decision(log, lambda d: d.action == "started" and d.run_id != first.run_id)
         assert second.reason == f"source or recipe changed since champion {first.run_id}"
-        await wait_until(producer.store, second.run_id, lambda r: r.state.terminal)
+        ended = await wait_until(producer.store, second.run_id, lambda r: r.state.terminal)
+        # Promoted or kept as a candidate, the second run has seen this data: no third run.
+        settled = await _decision(
+            log, lambda d: "unchanged since" in d.reason and d.at > ended.finished_at
+        )
+        assert second.run_id in settled.reason
 
     decisions = await log.recent(200)
     ticks = [d.tick for d in decisions]

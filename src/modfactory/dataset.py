@@ -119,42 +119,43 @@ def build_dataset(
 def choose_engine(
     source: Source, data_dir: Path, engine: Engine
 ) -> tuple[dict[str, list[str]] | None, str | None]:
-    """(the parquet files per split when the fast engine runs, else None; why not fast)."""
+    """(the parquet files per split when the fast engine runs, else None; why not fast).
+
+    A source that is not parquet streams quietly; a guard disagreement or a Hub dataset
+    whose files cannot be fetched streams with a warning — or, with ``fast``, fails.
+    """
     if engine == "stream":
         return None, None
     try:
-        files, why = _fast_engine_files(source, data_dir)
+        files, why, worth_a_warning = _fast_engine_files(source, data_dir)
     except RecipeError as exc:  # a Hub dataset's files could not be listed or fetched
-        files, why = None, str(exc)
-        if engine != "fast":
-            log.warning("%s: streaming instead", why)
+        files, why, worth_a_warning = None, str(exc), True
     if files is None and engine == "fast":
         raise RecipeError(f"--engine fast cannot run: {why} (use auto or stream)")
+    if files is None and worth_a_warning:
+        log.warning("%s: streaming instead", why)
     return files, why
 
 
 def _fast_engine_files(
     source: Source, data_dir: Path
-) -> tuple[dict[str, list[str]] | None, str | None]:
+) -> tuple[dict[str, list[str]] | None, str | None, bool]:
     """Cheapest first: local files are looked at, then the guard is asked (its verdict is
     cached), and only then are a Hub dataset's files downloaded."""
     from modfactory.shuffle_guard import mismatch
 
+    not_parquet = f"source {source} is not made of parquet files"
     files = None
     if source.kind != "hf":
         files = parquet_split_files(source, data_dir)
         if files is None:
-            return None, f"source {source} is not made of parquet files"
+            return None, not_parquet, False
     differs = mismatch(data_dir / "cache")
     if differs is not None:
-        why = f"{differs}; the fast engine would not select the cookbook's rows"
-        log.warning("%s: streaming instead (same rows, slower)", why)
-        return None, why
+        return None, f"{differs}; the fast engine would not select the cookbook's rows", True
     if files is None:
         files = parquet_split_files(source, data_dir)  # downloads, once
-        if files is None:
-            return None, f"source {source} is not made of parquet files"
-    return files, None
+    return files, None if files else not_parquet, False
 
 
 def _take(

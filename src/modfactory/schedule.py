@@ -20,6 +20,7 @@ from modfactory.runs import ActiveRunExists, RunNotFound, RunSpec
 
 log = logging.getLogger("modfactory.schedule")
 DECISIONS_KEPT = 200
+CANDIDATES_CHECKED = 20  # the most recent candidates a tick compares its source with
 JOB_NAME = "scheduled_retrain"
 
 
@@ -84,22 +85,29 @@ async def decide(producer: Producer) -> Decision:
     except (RecipeError, ValueError) as exc:
         return skipped(f"the settings do not make a run: {exc}")
     spec.source_fingerprint = await producer.source_fingerprint(spec.source)
-    why = "no champion yet"
-    champion = (await producer.registry.get(model)).champion
-    if champion is not None:
-        try:
-            champion_spec = (await producer.store.get(champion.run_id)).spec
-        except RunNotFound:
-            champion_spec = None
-        if spec.source_fingerprint is None:
-            why = "the source's fingerprint is unknown"
-        elif champion_spec is not None and _unchanged(spec, champion_spec):
-            return skipped(
-                f"source and recipe unchanged since champion {champion.run_id} was trained "
-                f"({spec.source_fingerprint})"
-            )
-        else:
-            why = f"source or recipe changed since champion {champion.run_id}"
+    record = await producer.registry.get(model)
+    if record.champion is None:
+        why = "no champion yet"
+    elif spec.source_fingerprint is None:
+        why = "the source's fingerprint is unknown"
+    else:
+        # Trained on this already? The champion, or a recent run kept as a candidate (else
+        # a challenger that did not win would be trained again on every tick).
+        trained = [(record.champion.run_id, "champion")]
+        trained += [
+            (run_id, "candidate") for run_id in list(record.candidates)[-CANDIDATES_CHECKED:]
+        ]
+        for run_id, role in trained:
+            try:
+                earlier = (await producer.store.get(run_id)).spec
+            except RunNotFound:
+                continue
+            if _unchanged(spec, earlier):
+                return skipped(
+                    f"source and recipe unchanged since {role} {run_id} was trained on them "
+                    f"({spec.source_fingerprint})"
+                )
+        why = f"source or recipe changed since champion {record.champion.run_id}"
     try:
         submission = await producer.submit(spec)
     except ActiveRunExists as exc:

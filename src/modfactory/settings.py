@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         None,
         description="Retrain on this cron schedule (e.g. '0 3 * * *'; 6 fields: seconds first). "
         "A tick is skipped, with the reason recorded, while a run is unfinished or when the "
-        "source and recipe are unchanged since the champion was trained.",
+        "source and recipe are unchanged since the champion (or a recent candidate) was trained.",
     )
     webhook_secret: SecretStr | None = Field(
         None,
