@@ -1,4 +1,4 @@
-"""Both build engines select the very rows the cookbook's code selects (row order aside)."""
+"""The build selects the very rows the cookbook's code selects (row order aside)."""
 
 from __future__ import annotations
 
@@ -38,17 +38,16 @@ def test_build_matches_the_cookbook_on_100k_rows_per_split(tmp_path: Path) -> No
     expected = cookbook_build("parquet", files, n, CIVIL_COMMENTS_LABELS, seed=42)
 
     params = RecipeParams(n_train=n["train"], n_validation=n["validation"], n_test=n["test"])
-    for engine in ("fast", "stream"):
-        out = tmp_path / engine
-        summary = build_dataset(
-            parse_source(str(source)), params, out, tmp_path / "data", engine=engine
-        )
-        assert summary.engine == engine
-        for split in ("train", "validation", "test"):
-            lines = (out / f"{split}.jsonl").read_text().splitlines()
-            got = Counter(
-                (r["text"], tuple(r["labels"]["moderation"])) for r in map(json.loads, lines)
-            )
-            assert got == Counter(expected[split]), (engine, split)
-            assert summary.splits[split].rows == len(expected[split]) > 1_000
-        assert "severe_toxicity" in summary.dropped_labels
+    # The stream engine is the cookbook's own datasets call; test_fast_build checks that both
+    # engines write byte-identical files, so the fast engine is the one checked at scale.
+    out = tmp_path / "out"
+    summary = build_dataset(
+        parse_source(str(source)), params, out, tmp_path / "data", engine="fast"
+    )
+    assert summary.engine == "fast"
+    for split in ("train", "validation", "test"):
+        lines = (out / f"{split}.jsonl").read_text().splitlines()
+        got = Counter((r["text"], tuple(r["labels"]["moderation"])) for r in map(json.loads, lines))
+        assert got == Counter(expected[split]), split
+        assert summary.splits[split].rows == len(expected[split]) > 1_000
+    assert "severe_toxicity" in summary.dropped_labels
