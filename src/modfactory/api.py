@@ -116,14 +116,15 @@ def create_app(settings: Settings) -> Starlette:
 
     async def read_body(request: Request) -> bytes:
         limit = settings.webhook_max_body
+        too_large = ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
+            raise too_large
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
+                raise too_large
         return bytes(body)
 
     async def authenticate(request: Request, body: bytes) -> None:
