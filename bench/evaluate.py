@@ -37,7 +37,12 @@ async def bench(texts_wanted: int) -> None:
     texts = generate_split(texts_wanted, seed=3).column("text").to_pylist()
     with MistralEmulator(api_key=KEY) as emulator, tempfile.TemporaryDirectory() as tmp:
         emulator.timing.validating = emulator.timing.queued = emulator.timing.step = 0.05
-        settings = Settings(mistral_api_key=KEY, mistral_server_url=emulator.url)
+        settings = Settings(
+            mistral_api_key=KEY,
+            mistral_server_url=emulator.url,
+            mistral_rps=LIMIT,
+            classify_rps=None,
+        )
         backend = MistralBackend(settings)
         model = await trained_model(backend, Path(tmp))
         emulator.faults.latency, emulator.faults.rate_limit = LATENCY, LIMIT
@@ -65,7 +70,6 @@ async def bench(texts_wanted: int) -> None:
             Path(tmp) / "checkpoints",
             batch_size=settings.classify_batch_size,
             concurrency=settings.classify_concurrency,
-            rps=settings.classify_rps,
         )
         stage = time.perf_counter() - start
         stage_peak, stage_429 = window()
@@ -80,7 +84,7 @@ async def bench(texts_wanted: int) -> None:
         ("cookbook: 1 text per request, sequential", cookbook, cookbook_peak, cookbook_429),
         (
             f"evaluate: batch {settings.classify_batch_size}, "
-            f"{settings.classify_concurrency} in flight, {settings.classify_rps:g}/s",
+            f"{settings.classify_concurrency} in flight, {settings.mistral_rps:g}/s",
             stage,
             stage_peak,
             stage_429,

@@ -4,10 +4,13 @@ Serves what modfactory uses: files (upload, list, get), fine-tuning jobs (list, 
 get, start, cancel) with a time-driven status progression and checkpoints, and
 classifications. Every request is validated against the spec's request schema (bodies,
 query parameters, multipart fields); an invalid one is answered 422 *and* recorded in
-``invalid_requests``, which tests assert stays empty. Faults can be injected: a share of
-requests answered 429 (with Retry-After) or 503, slow responses, FAILED_VALIDATION,
-FAILED, a rejected key, and hooks that run just before a response is sent (to kill a
-worker between a request and its answer). ``counts`` tallies what cost money.
+``invalid_requests``, which tests assert stays empty. Faults can be injected *before* a
+request is carried out (a share answered 429 with Retry-After or 503, forced statuses)
+or *after* it (``lose_rate`` / ``lose_next``: the request is executed, then its answer is
+lost — a 5xx or a dropped connection, as a proxy timeout or a network cut does), plus
+slow responses, FAILED_VALIDATION, FAILED, statuses the SDK does not know, a rejected
+key, and hooks that run just before a response is sent (to kill a worker between a
+request and its answer). ``counts`` tallies what cost money.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 SPEC_PATH = Path(__file__).with_name("mistral-openapi.yaml")
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: answers are sent (and counted) under it too
 _SPEC_CACHE: dict[str, Any] = {}
 
 
@@ -77,6 +80,10 @@ class Faults:
     latency: float = 0.0  # seconds added to every response
     fail_validation: str | None = None  # jobs end FAILED_VALIDATION with this message
     fail_training: str | None = None  # jobs end FAILED with this message
+    lose_rate: float = 0.0  # share of requests executed whose answer is then lost
+    lose_next: Counter[str] = field(default_factory=Counter)  # route -> answers to lose
+    lose_how: str = "mixed"  # "5xx", "drop" (connection closed, no answer) or "mixed"
+    odd_status: str | None = None  # job GETs answer this status (one the SDK does not know)
     seed: int = 1
     rng: random.Random = field(init=False)
 
@@ -355,11 +362,24 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body go in two writes
+        _lose = False  # lose this request's answer (it is carried out all the same)
 
         def log_message(self, *args: Any) -> None:  # quiet
             pass
 
         def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            if self._lose:  # the request was carried out; its answer never arrives
+                self._lose = False
+                with _LOCK:
+                    emulator.counts["answers_lost"] += 1
+                    how = emulator.faults.lose_how
+                    if how == "mixed":
+                        how = emulator.faults.rng.choice(["5xx", "drop"])
+                    lost_status = emulator.faults.rng.choice([500, 502, 503, 504])
+                if how == "drop":
+                    self.close_connection = True
+                    return
+                status, body, headers = lost_status, {"message": "upstream timed out"}, {}
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
@@ -386,6 +406,7 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             self._route("post")
 
         def _route(self, method: str) -> None:
+            self._lose = False
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length) if length else b""
             if len(raw) < length:  # the client gave up mid-request (a cancelled call)
@@ -464,6 +485,14 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
                     errors = emulator.check_query(spec_path, method, query)
                     if errors:
                         return self._invalid(errors)
+                    name = action.__name__.lstrip("_")
+                    with _LOCK:
+                        faults = emulator.faults
+                        if faults.lose_next[name] > 0:
+                            faults.lose_next[name] -= 1
+                            self._lose = True
+                        elif faults.lose_rate and faults.rng.random() < faults.lose_rate:
+                            self._lose = True
                     return action(raw, query, **match.groupdict())
             self._send(404, {"message": f"no route {method.upper()} {url.path}"})
 
@@ -595,6 +624,8 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             job = self._job_or_404(id)
             if job is not None:
                 out = emulator.job_json(job)
+                if emulator.faults.odd_status:
+                    out["status"] = emulator.faults.odd_status
                 self._hook("get_job", out)
                 self._send(200, out)
 

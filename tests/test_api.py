@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ TOKEN = "bearer-test-token-xyz"
 
 @pytest.fixture
 def settings(redis_db: str, tmp_path: Path) -> Settings:
-    return settings_for(redis_db, tmp_path / "data", health_check_interval=2)
+    return settings_for(redis_db, tmp_path / "data", health_check_interval=2, queued_alert_after=1)
 
 
 @pytest.fixture
@@ -211,11 +212,25 @@ async def test_health_and_metrics_follow_the_worker_and_a_finished_run(
 
     body = json.dumps({"source": "synthetic:3000"}).encode()
     run_id = post(server, body, signed(body)).json()["run_id"]
+    await asyncio.sleep(1.5)  # queued past MODFACTORY_QUEUED_ALERT_AFTER, no worker alive
+    stalled = httpx.get(f"{server}/healthz").json()
+    assert [r["run_id"] for r in stalled["queued_without_worker"]] == [run_id]
+    listed = subprocess.run(
+        [sys.executable, "-m", "modfactory", "runs", "--json"],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(listed.stdout)[0]["id"] == run_id  # the JSON on stdout is unchanged
+    assert f"run {run_id} has been queued for" in listed.stderr
+    assert "no worker is alive" in listed.stderr
     producer = await producer_for(settings)
     with worker_process(settings, tmp_path / "worker.log"):
         await wait_until(producer.store, run_id, lambda r: r.state.terminal, timeout=120)
         up = httpx.get(f"{server}/healthz")
         assert up.status_code == 200 and up.json()["ok"] is True, up.text
+        assert "queued_without_worker" not in up.json()
         assert "j_complete=" in up.json()["worker"]
         text = httpx.get(f"{server}/metrics").text
 

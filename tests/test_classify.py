@@ -36,8 +36,12 @@ def emulator() -> Iterator[MistralEmulator]:
     assert emulator.invalid_requests == []
 
 
-async def trained_model(emulator: MistralEmulator, tmp_path: Path) -> tuple[MistralBackend, str]:
-    backend = MistralBackend(Settings(mistral_api_key=KEY, mistral_server_url=emulator.url))
+async def trained_model(
+    emulator: MistralEmulator, tmp_path: Path, **settings: object
+) -> tuple[MistralBackend, str]:
+    backend = MistralBackend(
+        Settings(mistral_api_key=KEY, mistral_server_url=emulator.url, **settings)
+    )
     return backend, await train_on_emulator(backend, tmp_path)
 
 
@@ -46,7 +50,7 @@ async def test_a_restarted_classification_resends_no_finished_batch(
 ) -> None:
     backend, model = await trained_model(emulator, tmp_path)
     checkpoints = tmp_path / "evaluate"
-    options = {"batch_size": 20, "concurrency": 3, "rps": None}
+    options = {"batch_size": 20, "concurrency": 3}
     emulator.faults.fail_classify_after = 5
     with pytest.raises(BackendError, match="HTTP 400"):
         await classify_texts(backend.classify, model, TEXTS, checkpoints, **options)
@@ -71,9 +75,7 @@ async def test_a_restarted_classification_resends_no_finished_batch(
     assert results[:2] == direct  # in input order
 
     # A different plan (another batch size) does not reuse the checkpoints.
-    await classify_texts(
-        backend.classify, model, TEXTS, checkpoints, batch_size=30, concurrency=3, rps=None
-    )
+    await classify_texts(backend.classify, model, TEXTS, checkpoints, batch_size=30, concurrency=3)
     assert emulator.counts["classify_requests"] == 15 + 1 + 10
     await backend.close()
 
@@ -81,7 +83,7 @@ async def test_a_restarted_classification_resends_no_finished_batch(
 async def test_the_client_never_exceeds_the_rate_limit(
     emulator: MistralEmulator, tmp_path: Path
 ) -> None:
-    backend, model = await trained_model(emulator, tmp_path)
+    backend, model = await trained_model(emulator, tmp_path, mistral_rps=5, classify_rps=None)
     emulator.faults.rate_limit = 5
     emulator.faults.latency = 0.4
     emulator.request_times.clear()
@@ -92,7 +94,6 @@ async def test_the_client_never_exceeds_the_rate_limit(
         tmp_path / "evaluate",
         batch_size=16,
         concurrency=8,
-        rps=5,
     )
     assert len(results) == 240
     assert emulator.counts["rate_limited"] == 0
@@ -113,6 +114,7 @@ async def test_restarting_the_evaluate_stage_resends_no_finished_batch(
         classify_batch_size=25,
         classify_concurrency=2,
         classify_rps=None,
+        mistral_rps=None,
     )
     pool = await create_pool(
         jobs.redis_settings(redis_db),

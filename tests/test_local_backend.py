@@ -60,7 +60,7 @@ async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
     assert job.metadata["train_rows"] > 5000 and job.metadata["cost"] == 0
 
     await backend.start_job(job.id)
-    done = await wait_for(backend, job.id, lambda j: j.status.terminal)
+    done = await wait_for(backend, job.id, lambda j: j.terminal)
     assert done.status == JobStatus.SUCCESS, done.error
     assert [c.step for c in done.checkpoints] == [1, 2, 3]
     assert all(c.train_loss > 0 and c.valid_loss > 0 for c in done.checkpoints)
@@ -92,7 +92,7 @@ async def test_a_killed_trainer_is_started_again(tmp_path: Path, dataset: Path) 
     os.kill(progress["pid"], signal.SIGKILL)
     await asyncio.sleep(0.3)
 
-    restarted = await wait_for(backend, job.id, lambda j: j.status.terminal, timeout=180)
+    restarted = await wait_for(backend, job.id, lambda j: j.terminal, timeout=180)
     assert restarted.status == JobStatus.SUCCESS
     job_file = json.loads((tmp_path / "local" / "jobs" / job.id / "job.json").read_text())
     assert job_file["trainer_starts"] == 2

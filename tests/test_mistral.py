@@ -139,17 +139,28 @@ async def test_chaos_two_killed_workers_one_job_one_start_one_upload_each(
     assert final.stages["train"].attempts >= 2
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
 def test_transient_faults_are_retried_until_the_run_succeeds(
-    emulator: MistralEmulator, tmp_path: Path
+    emulator: MistralEmulator, tmp_path: Path, when: str
 ) -> None:
-    emulator.faults.rate = 0.3
-    env = mistral_env(emulator, tmp_path / "data")
+    """30 % of requests fail: refused before they are carried out (429 / 503), or carried
+    out and then their answer lost (5xx or a dropped connection). Either way: 2 uploads,
+    1 job, 1 start."""
+    if when == "before":
+        emulator.faults.rate = 0.3
+    else:
+        emulator.faults.lose_rate = 0.3
+    env = mistral_env(emulator, tmp_path / "data", MODFACTORY_MISTRAL_RPS="50")
     done = cli(
         "run", "--backend", "mistral", "--source", "synthetic:2000", "--json", env=env, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["state"] == "succeeded"
-    assert emulator.counts["faults"] >= 5
+    run = json.loads(done.stdout)
+    assert run["state"] == "succeeded"
+    failures = emulator.counts["faults" if when == "before" else "answers_lost"]
+    assert failures >= 5
+    assert emulator.counts["uploads"] == 2
+    assert emulator.counts[f"upload:{run['id']}-train.jsonl"] == 1
     assert (emulator.counts["jobs_created"], emulator.counts["starts"]) == (1, 1)
 
     async def exported_errors() -> dict[str, float]:  # what /metrics serves from this Redis
@@ -165,7 +176,10 @@ def test_transient_faults_are_retried_until_the_run_succeeds(
         return {s.labels["kind"]: s.value for s in family.samples if s.name.endswith("_total")}
 
     errors = asyncio.run(exported_errors())
-    assert set(errors) <= {"429", "503"} and sum(errors.values()) == emulator.counts["faults"]
+    seen = (
+        {"429", "503"} if when == "before" else {"500", "502", "503", "504", "RemoteProtocolError"}
+    )
+    assert set(errors) <= seen and sum(errors.values()) == failures
 
 
 def test_a_rejected_key_fails_fast_naming_the_setting(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,110 @@ def test_hyperparameters_are_checked_before_any_request(emulator: MistralEmulato
     with pytest.raises(BackendError, match="no hyperparameter 'epoch'"):
         backend.hyperparameters({"epoch": 2})
     assert emulator.counts["requests"] == 0
+
+
+# --- lost answers: the request was carried out, its answer never came -------------------
+def job_request(file_id: str, suffix: str) -> JobRequest:
+    return JobRequest(
+        model="ministral-3b-latest",
+        training_file_id=file_id,
+        validation_file_ids=[],
+        hyperparameters={"training_steps": 10},
+        suffix=suffix,
+    )
+
+
+async def validated(backend: MistralBackend, job_id: str) -> None:
+    while (await backend.get_job(job_id)).status != "VALIDATED":
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["5xx", "drop"])
+async def test_an_upload_whose_answer_is_lost_is_found_not_repeated(
+    emulator: MistralEmulator, tmp_path: Path, how: str
+) -> None:
+    backend = backend_for(emulator)
+    emulator.faults.lose_how = how
+    emulator.faults.lose_next["upload"] = 1
+    file_id = await uploaded(backend, tmp_path)
+    assert emulator.counts["answers_lost"] == 1
+    assert emulator.counts["uploads"] == 1 and file_id in emulator.files
+    await backend.close()
+
+
+async def test_a_job_creation_whose_answer_is_lost_makes_one_job(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    backend = backend_for(emulator)
+    file_id = await uploaded(backend, tmp_path)
+    emulator.faults.lose_next["create_job"] = 1
+    job = await backend.create_job(job_request(file_id, "mflost"))
+    assert emulator.counts["answers_lost"] == 1
+    assert emulator.counts["jobs_created"] == 1 and job.id in emulator.jobs
+    await backend.close()
+
+
+async def test_a_start_whose_answer_is_lost_or_refused_409_is_one_start(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    backend = backend_for(emulator)
+    file_id = await uploaded(backend, tmp_path)
+    job = await backend.create_job(job_request(file_id, "mfstart"))
+    await validated(backend, job.id)
+    emulator.faults.lose_next["start_job"] = 1
+    started = await backend.start_job(job.id)
+    assert started.status in ("QUEUED", "RUNNING") and emulator.counts["starts"] == 1
+    again = await backend.start_job(job.id)  # the API answers 409: it is started already
+    assert again.status in ("QUEUED", "RUNNING", "SUCCESS") and emulator.counts["starts"] == 1
+    await backend.close()
+
+
+async def test_cancel_is_idempotent_even_when_its_answer_is_lost(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    backend = backend_for(emulator)
+    file_id = await uploaded(backend, tmp_path)
+    job = await backend.create_job(job_request(file_id, "mfcancel"))
+    emulator.faults.lose_next["cancel_job"] = 1
+    assert (await backend.cancel_job(job.id)).status == "CANCELLED"
+    assert (await backend.cancel_job(job.id)).status == "CANCELLED"
+    assert emulator.counts["cancels"] == 1
+    await backend.close()
+
+
+async def test_twenty_runs_worth_of_side_effects_at_30_percent_lost_answers_happen_once_each(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    """Upload train + validation, create, start — 20 times at once, 30 % of all answers
+    lost after the work was done (5xx or a dropped connection): 40 files, 20 jobs, 20 starts."""
+    backend = backend_for(emulator, mistral_rps=None, mistral_max_retries=10)
+    emulator.faults.lose_rate = 0.3
+
+    async def one_run(i: int) -> None:
+        ids = []
+        for split in ("train", "validation"):
+            data = tmp_path / f"{i}-{split}.jsonl"
+            data.write_text(f'{{"text": "row {i}", "labels": {{"moderation": ["insult"]}}}}\n')
+            ids.append((await backend.upload_file(data, tag=f"run-{i}-{split}")).id)
+        job = await backend.create_job(job_request(ids[0], f"mfrun{i}"))
+        await validated(backend, job.id)
+        await backend.start_job(job.id)
+
+    await asyncio.gather(*(one_run(i) for i in range(20)))
+    assert emulator.counts["answers_lost"] >= 20
+    assert emulator.counts["uploads"] == 40
+    assert sorted(n for k, n in emulator.counts.items() if k.startswith("upload:")) == [1] * 40
+    assert (emulator.counts["jobs_created"], emulator.counts["starts"]) == (20, 20)
+    await backend.close()
+
+
+async def test_a_job_status_the_sdk_does_not_know_is_kept_as_it_is(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    backend = backend_for(emulator)
+    file_id = await uploaded(backend, tmp_path)
+    job = await backend.create_job(job_request(file_id, "mfodd"))
+    emulator.faults.odd_status = "PAUSED_FOR_MAINTENANCE"
+    seen = await backend.get_job(job.id)
+    assert seen.status == "PAUSED_FOR_MAINTENANCE" and not seen.known and not seen.terminal
+    await backend.close()

@@ -28,7 +28,6 @@ class ModelsOfKnownQuality(Backend):
 
     name = "local"
     base_model = "known"
-    rate_limited = False
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
@@ -122,4 +121,91 @@ async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollba
         await producer.promote(worse)
     forced = await producer.promote(worse, force=True)
     assert forced.champion.run_id == worse and forced.champion.reason == "promoted by hand (forced)"
+    await pool.aclose()
+
+
+async def promotion_setup(redis_db: str, tmp_path: Path):
+    settings = Settings(redis_url=redis_db, data_dir=tmp_path)
+    pool = await create_pool(
+        jobs.redis_settings(redis_db),
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+    )
+    producer = Producer(pool, settings)
+    backend = ModelsOfKnownQuality()
+    ctx = {"modfactory": StageContext(settings, producer.store, pool, backends={"local": backend})}
+    return pool, producer, backend, ctx
+
+
+async def test_a_run_cancelled_while_it_is_evaluated_is_never_promoted(
+    redis_db: str, tmp_path: Path
+) -> None:
+    pool, producer, backend, ctx = await promotion_setup(redis_db, tmp_path)
+    run_id = await finished_training(producer, tmp_path, "ft:better")
+    classify = backend.classify
+
+    async def cancelled_meanwhile(model: str, inputs: list) -> list:
+        run = await producer.store.get(run_id)
+        if not run.state.terminal:
+            await producer.store.cancel(run_id, "cancelled by the user")
+        return await classify(model, inputs)
+
+    backend.classify = cancelled_meanwhile
+    await evaluate(ctx, run_id)
+    assert (await producer.store.get(run_id)).state == "cancelled"
+    record = await producer.registry.get("moderation")
+    assert record.champion is None and run_id not in record.candidates
+    with pytest.raises(RunStateError, match="is cancelled; only a succeeded run"):
+        await producer.promote(run_id, force=True)
+    await pool.aclose()
+
+
+async def test_a_champion_replaced_during_the_measurement_is_measured_again(
+    redis_db: str, tmp_path: Path
+) -> None:
+    pool, producer, backend, ctx = await promotion_setup(redis_db, tmp_path)
+    first = await finished_training(producer, tmp_path, "ft:worse")
+    await evaluate(ctx, first)
+    replacement = await finished_training(producer, tmp_path, "ft:better")
+    await evaluate(ctx, replacement)  # better than first: champion
+    await producer.rollback()  # first is champion again
+    challenger = await finished_training(producer, tmp_path, "ft:a")
+    classify = backend.classify
+    swapped = []
+
+    async def champion_swapped_meanwhile(model: str, inputs: list) -> list:
+        if model == "ft:worse" and not swapped:  # while the champion `first` is measured
+            swapped.append(model)
+            await producer.promote(replacement, force=True)
+        return await classify(model, inputs)
+
+    backend.classify = champion_swapped_meanwhile
+    await evaluate(ctx, challenger)
+    run = await producer.store.get(challenger)
+    decision = run.metrics["promotion"]
+    # It beat `first`, but `replacement` is champion now: measured against it, it loses.
+    assert swapped and decision["champion_run"] == replacement
+    assert decision["promoted"] is False
+    assert any("measuring again" in e.message for e in run.events)
+    record = await producer.registry.get("moderation")
+    assert record.champion.run_id == replacement and challenger in record.candidates
+    await pool.aclose()
+
+
+async def test_promoting_by_hand_is_refused_when_the_champion_changed_since_the_measure(
+    redis_db: str, tmp_path: Path
+) -> None:
+    pool, producer, _backend, ctx = await promotion_setup(redis_db, tmp_path)
+    first = await finished_training(producer, tmp_path, "ft:worse")
+    await evaluate(ctx, first)
+    better = await finished_training(producer, tmp_path, "ft:better")
+    await evaluate(ctx, better)  # promoted over first
+    await producer.rollback()  # first again; better's decision names first
+    other = await finished_training(producer, tmp_path, "ft:a")
+    await evaluate(ctx, other)  # beats first: the champion is now neither
+
+    with pytest.raises(RunStateError, match=rf"measured against champion {first}.*now {other}"):
+        await producer.promote(better)
+    assert (await producer.registry.get("moderation")).champion.run_id == other
+    assert (await producer.promote(better, force=True)).champion.run_id == better
     await pool.aclose()

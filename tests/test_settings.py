@@ -70,3 +70,17 @@ def test_a_redis_password_never_reaches_a_message() -> None:
     assert redacted("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert redacted("rediss://user:s3cret@host/1") == "rediss://user:***@host/1"
     assert redacted("redis://localhost:6379") == "redis://localhost:6379"
+
+
+def test_the_reconciler_period_must_tile_a_minute_or_an_hour() -> None:
+    from modfactory.worker import worker_options
+
+    for good, fields in ((5, {"second": set(range(0, 60, 5))}), (120, {"minute": {0, 2}})):
+        options = worker_options(Settings(reconcile_interval=good))
+        reconcile = next(c for c in options["cron_jobs"] if c.name == "reconcile")
+        assert reconcile.second == fields.get("second", {0})
+        if "minute" in fields:
+            assert reconcile.minute == set(range(0, 60, 2))
+    for bad in (7, 90, 0):
+        with pytest.raises(ValueError, match="reconcile_interval"):
+            Settings(reconcile_interval=bad)

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from modfactory import jobs
 from modfactory.backends import BackendError
-from modfactory.monitoring import prometheus_text, worker_heartbeat
+from modfactory.monitoring import prometheus_text, queued_without_worker, worker_heartbeat
 from modfactory.producer import Producer
 from modfactory.recipe import RecipeError, RecipeParams
 from modfactory.runs import ActiveRunExists, RunNotFound
@@ -235,15 +235,20 @@ def create_app(settings: Settings) -> Starlette:
             )
         heartbeat = await worker_heartbeat(redis, settings.queue_name)
         ok = heartbeat is not None
-        return JSONResponse(
-            {
-                "ok": ok,
-                "redis": "ok",
-                "worker": heartbeat
-                or f"no worker heartbeat in the last {settings.health_check_interval + 1} s",
-            },
-            status_code=200 if ok else 503,
-        )
+        body: dict[str, Any] = {
+            "ok": ok,
+            "redis": "ok",
+            "worker": heartbeat
+            or f"no worker heartbeat in the last {settings.health_check_interval + 1} s",
+        }
+        if not ok:
+            waiting = await queued_without_worker(
+                redis, settings.queue_name, settings.queued_alert_after
+            )
+            body["queued_without_worker"] = [
+                {"run_id": run_id, "queued_seconds": round(seconds)} for run_id, seconds in waiting
+            ]
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
         text = await prometheus_text(producer().redis, settings.queue_name)

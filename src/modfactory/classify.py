@@ -1,4 +1,6 @@
-"""Classify many texts with a trained model: batched, concurrent, rate-limited, resumable.
+"""Classify many texts with a trained model: batched, concurrent, resumable.
+
+Rate limits are the backend's (the Mistral backend's limiter is shared by all workers).
 
 Each answered batch is written to a checkpoint file at once, so a stage restarted after a
 crash or a failure sends only the batches that never came back (paying for each text
@@ -18,7 +20,6 @@ from typing import Any
 
 from modfactory.backends.base import BackendError
 from modfactory.fileio import atomic_output
-from modfactory.ratelimit import RateLimiter
 
 
 async def classify_texts(
@@ -29,7 +30,6 @@ async def classify_texts(
     *,
     batch_size: int,
     concurrency: int,
-    rps: float | None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[Any]:
     """``classify(model, batch)`` over all texts (e.g. a backend's ``classify`` or
@@ -53,14 +53,13 @@ async def classify_texts(
     if progress:
         progress("texts classified", done[0], len(texts))
 
-    limiter, slots = RateLimiter(rps), asyncio.Semaphore(concurrency)
+    slots = asyncio.Semaphore(concurrency)
     failures: list[Exception] = []
 
     async def send(i: int) -> None:
         async with slots:
             if failures:  # after a failure, start nothing new; let answered batches land
                 return
-            await limiter.wait()
             try:
                 scores = await classify(model, batches[i])
             except Exception as exc:

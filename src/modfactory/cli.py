@@ -29,6 +29,7 @@ from modfactory import jobs
 from modfactory.backends import BackendError
 from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from modfactory.logs import configure_logging
+from modfactory.monitoring import queued_without_worker
 from modfactory.producer import Producer
 from modfactory.recipe import RecipeError
 from modfactory.registry import ModelRecord, RegistryError
@@ -286,6 +287,8 @@ def _progress_table(run: Run) -> Table:
             end = stage.finished_at or run.updated_at
             took = f"{(end - stage.started_at).total_seconds():.1f} s"
         detail = stage.error or ""
+        if stage.state == "running" and stage.last_error:
+            detail = f"retrying (attempt {stage.attempts} ended: {stage.last_error})"
         if name == "train" and run.training.status and not stage.error:
             last = run.training.checkpoints[-1] if run.training.checkpoints else None
             detail = run.training.status
@@ -823,8 +826,21 @@ def runs(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
-    """List runs, newest first."""
-    found = _with_producer(data_dir, lambda p: p.store.list(limit))
+    """List runs, newest first (and, on stderr, runs queued too long with no worker alive)."""
+    settings = _settings(data_dir)
+
+    async def runs_and_waiting(p: Producer) -> tuple[list[Run], list[tuple[str, float]]]:
+        waiting = await queued_without_worker(
+            p.redis, settings.queue_name, settings.queued_alert_after
+        )
+        return await p.store.list(limit), waiting
+
+    found, waiting = _with_producer(data_dir, runs_and_waiting)
+    for run_id, seconds in waiting:
+        err.print(
+            f"[yellow]warning:[/yellow] run {run_id} has been queued for {seconds / 60:.0f} min "
+            "and no worker is alive: start one with `modfactory worker`"
+        )
     if as_json:
         out.print_json(json.dumps([r.to_json_dict() for r in found]))
         return

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
 POLL_JOB = "poll_training"
 
@@ -45,6 +46,20 @@ def stage_job_id(run_id: str, stage: str) -> str:
     return f"{run_id}:{stage}"
 
 
+def poll_job_id(run_id: str, seq: int) -> str:
+    return f"{run_id}:poll:{seq}"
+
+
+async def job_exists(redis: ArqRedis, job_id: str) -> bool:
+    """Is the job queued, deferred or in progress (arq's job and in-progress keys)?"""
+    return bool(await redis.exists(job_key_prefix + job_id, in_progress_key_prefix + job_id))
+
+
+async def clear_stale_result(redis: ArqRedis, job_id: str) -> None:
+    """Drop a kept result of a job that is not queued: it would refuse the job's id."""
+    await redis.delete(result_key_prefix + job_id)
+
+
 async def enqueue_stage(redis: ArqRedis, queue: str, stage: str, run_id: str) -> bool:
     """Queue ``stage`` for ``run_id``; False when it is queued or running already."""
     job = await redis.enqueue_job(
@@ -59,7 +74,7 @@ async def enqueue_poll(redis: ArqRedis, queue: str, run_id: str, seq: int, delay
         POLL_JOB,
         run_id,
         seq,
-        _job_id=f"{run_id}:poll:{seq}",
+        _job_id=poll_job_id(run_id, seq),
         _queue_name=queue,
         _defer_by=delay * random.uniform(0.9, 1.1) if delay else None,
     )

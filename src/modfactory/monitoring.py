@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -22,6 +23,7 @@ from prometheus_client.core import (
 )
 from redis.asyncio import Redis
 
+from modfactory.api_errors import api_errors_key
 from modfactory.runs import RunState, RunStore
 from modfactory.schedule import ScheduleLog
 
@@ -29,26 +31,27 @@ STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float
 HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key for a worker's heartbeat
 
 
-class ApiErrorCounter:
-    """``await counter(backend, kind)``: one failed backend request (HTTP status or error)."""
-
-    def __init__(self, redis: Redis, prefix: str) -> None:
-        self.redis = redis
-        self.key = api_errors_key(prefix)
-
-    async def __call__(self, backend: str, kind: str) -> None:
-        await self.redis.hincrby(self.key, f"{backend}|{kind}", 1)
-
-
-def api_errors_key(prefix: str) -> str:
-    return f"{prefix}:backend-api-errors"
-
-
 async def worker_heartbeat(redis: Redis, queue_name: str) -> str | None:
     """The latest heartbeat of a worker on ``queue_name``, if one is recent (arq keeps the
     key for one health-check interval plus a second)."""
     raw = await redis.get(queue_name + HEALTH_CHECK_SUFFIX)
     return raw.decode() if raw else None
+
+
+async def queued_without_worker(
+    redis: Redis, queue_name: str, bound: float, now: datetime | None = None
+) -> list[tuple[str, float]]:
+    """(run id, seconds queued) of each run queued longer than ``bound`` seconds while no
+    worker is alive (no recent heartbeat): nothing will pick them up until one starts."""
+    if await worker_heartbeat(redis, queue_name) is not None:
+        return []
+    now = now or datetime.now(UTC)
+    waiting = []
+    for run in await RunStore(redis, queue_name).active():
+        queued_for = (now - run.updated_at).total_seconds()
+        if run.state == RunState.QUEUED and queued_for > bound:
+            waiting.append((run.id, queued_for))
+    return waiting
 
 
 async def prometheus_text(redis: Redis, queue_name: str) -> bytes:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
+from redis.asyncio.client import Pipeline
 
 from modfactory import jobs
 from modfactory.backends import get_backend
-from modfactory.backends.base import JobStatus
 from modfactory.recipe import RecipeParams
 from modfactory.registry import ModelRecord, ModelRegistry
 from modfactory.runs import (
@@ -25,6 +25,7 @@ from modfactory.runs import (
 )
 from modfactory.settings import Settings
 from modfactory.sources import fingerprint, parse_source
+from modfactory.stages.context import StageContext, cancel_remote_job
 
 
 @dataclass(frozen=True)
@@ -107,22 +108,20 @@ class Producer:
         return run
 
     async def cancel(self, run_id: str) -> Run:
-        """Cancel a run, and its training job at the backend first if one is under way."""
-        run = await self.store.get(run_id)
-        if run.state.terminal:
-            raise RunStateError(f"run {run_id} is {run.state} already")
-        job_id = run.artifacts.training_job_id
-        if job_id and not (run.training.status and JobStatus(run.training.status).terminal):
-            backend = get_backend(run.spec.backend, self.settings)
-            try:
-                await backend.cancel_job(job_id)
-            finally:
-                await backend.close()
-        return await self.store.cancel(run_id, "cancelled by the user")
+        """Cancel a run, then its training job at the backend if one may be running (if
+        the backend cannot be reached now, the reconciler cancels the job later)."""
+        await self.store.cancel(run_id, "cancelled by the user")
+        context = StageContext(self.settings, self.store, self.redis)
+        try:
+            await cancel_remote_job(context, run_id)
+        finally:
+            await context.close()
+        return await self.store.get(run_id)
 
     async def promote(self, run_id: str, force: bool = False) -> ModelRecord:
         """Make a finished run's model the champion: if it beat the champion it was
-        measured against (or there was none), or with ``force``."""
+        measured against, and that is still the champion (or there was none), or with
+        ``force``. Checked in the transaction that promotes it."""
         run = await self.store.get(run_id)
         if run.state != RunState.SUCCEEDED or not run.artifacts.model_id:
             raise RunStateError(f"run {run_id} is {run.state}; only a succeeded run has a model")
@@ -132,9 +131,20 @@ class Producer:
             raise RunStateError(
                 f"run {run_id} did not beat the champion ({why}); use --force to promote it anyway"
             )
+
+        async def still_valid(pipe: Pipeline, champion_before: str | None) -> None:
+            await self.store.watch_succeeded(pipe, run_id)
+            measured = decision.get("champion_run")
+            if not force and champion_before not in (measured, run_id):
+                raise RunStateError(
+                    f"run {run_id} was measured against champion {measured}, but the champion "
+                    f"is now {champion_before}; `modfactory enqueue evaluate` measures it "
+                    "again, or use --force"
+                )
+
         reason = "promoted by hand" + (" (forced)" if force else "")
         return await self.registry.promote(
-            run.spec.model_name, run_id, run.artifacts.model_id, reason
+            run.spec.model_name, run_id, run.artifacts.model_id, reason, guard=still_valid
         )
 
     async def rollback(self, model_name: str | None = None) -> ModelRecord:

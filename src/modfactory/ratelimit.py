@@ -1,26 +1,139 @@
-"""A client-side request rate limit for asyncio code."""
+"""Request rate limits: in-process, or shared by every worker through Redis.
+
+A limiter has named buckets, each with a rate (requests per second); a request names the
+buckets it counts against (every Mistral request counts against ``api``, classify and
+moderate calls against ``classify`` too) and waits until all of them allow it. Each
+request reserves a slot; slots are ``SPACING / rate`` seconds apart. A caller that wakes
+up more than ``LATE`` seconds after its slot (a busy event loop) reserves a new one rather
+than send late, so requests reach the API at most ~``LATE`` after their slots and no
+one-second window ever holds more than ``rate`` of them. ``hold_off`` (a 429's
+Retry-After) makes every later request wait, in every process sharing the limiter.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Mapping
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("modfactory.ratelimit")
+SPACING = 1.1  # slots 10 % further apart than the rate: room for LATE plus transit
+LATE = 0.04  # a caller this late for its slot takes another
 
 
 class RateLimiter:
-    """``await limiter.wait()`` before each request: successive requests leave at least
-    ``1 / rate`` seconds apart (plus 2 % slack against clock jitter), so no one-second
-    window ever holds more than ``rate`` of them."""
+    """In-process limiter (one asyncio loop); what a backend uses when no Redis is shared."""
 
-    def __init__(self, rate: float | None) -> None:
-        self.interval = 1.02 / rate if rate else 0.0
-        self._next = 0.0
+    def __init__(self, rates: Mapping[str, float | None]) -> None:
+        self.intervals = {name: SPACING / rate for name, rate in rates.items() if rate}
+        self._next: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
-    async def wait(self) -> None:
-        if not self.interval:
+    async def wait(self, *buckets: str) -> None:
+        """Sleep until a request counted against ``buckets`` may leave."""
+        limited = [b for b in buckets if b in self.intervals]
+        while limited:
+            async with self._lock:
+                now = time.monotonic()
+                start = max([now, *(self._next.get(b, 0.0) for b in limited)])
+                for bucket in limited:
+                    self._next[bucket] = start + self.intervals[bucket]
+            if await _slept_until(start):
+                return
+
+    async def hold_off(self, seconds: float) -> None:
+        """No request of any bucket leaves in the next ``seconds``."""
+        until = time.monotonic() + seconds
+        for bucket in self.intervals:
+            self._next[bucket] = max(self._next.get(bucket, 0.0), until)
+
+
+# Each request reserves the next free slot in all its buckets at once (GCRA with no
+# burst): the slot is the latest of now and each bucket's next-free time, which then moves
+# one interval past the slot. Times are Redis's own clock, in microseconds, so processes on
+# different machines agree. Returns how long the caller must wait before sending.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local start = now
+for i, key in ipairs(KEYS) do
+  local free = tonumber(redis.call('GET', key) or '0')
+  if free > start then start = free end
+end
+for i, key in ipairs(KEYS) do
+  local free = start + tonumber(ARGV[i])
+  redis.call('SET', key, string.format('%.0f', free), 'PX', math.ceil((free - now) / 1000) + 1000)
+end
+return string.format('%.0f', start - now)
+"""
+
+# Push every bucket's next-free time to at least now + ARGV[1] microseconds.
+_HOLD_OFF = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_ = now + tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local free = tonumber(redis.call('GET', key) or '0')
+  if until_ > free then
+    redis.call('SET', key, string.format('%.0f', until_), 'PX', math.ceil(ARGV[1] / 1000) + 1000)
+  end
+end
+return 0
+"""
+
+
+class SharedRateLimiter:
+    """The same limits for every process on one Redis: keys ``<namespace>:<bucket>``.
+
+    ``namespace`` should identify the API account (never contain its key). When Redis
+    cannot be reached, requests fall back to an in-process limiter rather than fail.
+    """
+
+    def __init__(self, redis: Redis, namespace: str, rates: Mapping[str, float | None]) -> None:
+        self.redis = redis
+        self.namespace = namespace
+        self.intervals = {name: SPACING / rate for name, rate in rates.items() if rate}
+        self.fallback = RateLimiter(rates)
+        self._reserve = redis.register_script(_RESERVE)
+        self._hold_off = redis.register_script(_HOLD_OFF)
+
+    def _keys(self, buckets: tuple[str, ...]) -> list[str]:
+        return [f"{self.namespace}:{b}" for b in buckets]
+
+    async def wait(self, *buckets: str) -> None:
+        limited = tuple(b for b in buckets if b in self.intervals)
+        if not limited:
             return
-        async with self._lock:
-            delay = self._next - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._next = time.monotonic() + self.interval
+        micros = [round(self.intervals[b] * 1_000_000) for b in limited]
+        while True:
+            try:
+                delay = int(await self._reserve(keys=self._keys(limited), args=micros))
+            except (RedisError, OSError) as exc:
+                log.warning("shared rate limit unavailable (%s); limiting in-process", exc)
+                await self.fallback.wait(*limited)
+                return
+            if await _slept_until(time.monotonic() + delay / 1_000_000):
+                return
+
+    async def hold_off(self, seconds: float) -> None:
+        await self.fallback.hold_off(seconds)
+        try:
+            await self._hold_off(
+                keys=self._keys(tuple(self.intervals)), args=[round(seconds * 1_000_000)]
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("could not share a rate-limit pause (%s)", exc)
+
+
+async def _slept_until(slot: float) -> bool:
+    """Sleep until ``slot`` (monotonic time); False when woken too late to use it."""
+    if slot > time.monotonic():
+        await asyncio.sleep(slot - time.monotonic())
+    return time.monotonic() - slot <= LATE
+
+
+Limiter = RateLimiter | SharedRateLimiter

@@ -3,17 +3,21 @@
 One JSON document per model name in Redis (``<prefix>:model:<name>``), changed only here,
 atomically (``redis_json.update_document``, as the run store does). A run becomes champion
 when it beats the champion on the same test file (``promotion.decide``), or by force;
-``rollback`` restores the champion before the current one.
+``rollback`` restores the champion before the current one. The evaluate stage records its
+verdict in the transaction that finishes the run (``RunStore.finish_evaluation``), so a
+run cancelled meanwhile, or measured against a champion that was replaced meanwhile, is
+never promoted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from modfactory.redis_json import update_document
 
@@ -31,6 +35,29 @@ class ModelRecord(BaseModel):
     history: list[Promotion] = Field(default_factory=list)  # earlier champions, oldest first
     candidates: dict[str, str] = Field(default_factory=dict)  # run id -> why not promoted
 
+    @property
+    def champion_run(self) -> str | None:
+        return self.champion.run_id if self.champion else None
+
+    def promote(self, run_id: str, model_id: str, reason: str) -> None:
+        """Make the run champion; the previous champion goes to the history."""
+        if self.champion and self.champion.run_id == run_id:
+            return
+        if self.champion:
+            self.history.append(self.champion)
+        self.champion = Promotion(
+            run_id=run_id, model_id=model_id, at=datetime.now(UTC), reason=reason
+        )
+        self.candidates.pop(run_id, None)
+
+    def keep_as_candidate(self, run_id: str, reason: str) -> None:
+        if self.champion_run != run_id:
+            self.candidates[run_id] = reason
+
+
+def load_record(name: str, raw: bytes | None) -> ModelRecord:
+    return ModelRecord.model_validate_json(raw) if raw else ModelRecord(name=name)
+
 
 class RegistryError(ValueError):
     """The registry cannot do that; the message says why."""
@@ -41,48 +68,57 @@ class ModelRegistry:
         self.redis = redis
         self.prefix = prefix
 
-    def _key(self, name: str) -> str:
+    def key(self, name: str) -> str:
         return f"{self.prefix}:model:{name}"
 
     async def get(self, name: str) -> ModelRecord:
-        raw = await self.redis.get(self._key(name))
-        return ModelRecord.model_validate_json(raw) if raw else ModelRecord(name=name)
+        return load_record(name, await self.redis.get(self.key(name)))
 
     async def names(self) -> list[str]:
-        keys = await self.redis.keys(self._key("*"))
-        prefix = len(self._key(""))
+        keys = await self.redis.keys(self.key("*"))
+        prefix = len(self.key(""))
         return sorted((k.decode() if isinstance(k, bytes) else k)[prefix:] for k in keys)
 
-    async def _update(self, name: str, change: Callable[[ModelRecord], Any]) -> ModelRecord:
-        def load(raw: bytes | None) -> ModelRecord:
-            return ModelRecord.model_validate_json(raw) if raw else ModelRecord(name=name)
-
+    async def _update(
+        self,
+        name: str,
+        change: Callable[[ModelRecord], Any],
+        guard: Callable[[Pipeline, ModelRecord], Awaitable[None]] | None = None,
+    ) -> ModelRecord:
         def always(record: ModelRecord) -> bool:
             change(record)
             return True
 
-        return (await update_document(self.redis, self._key(name), load, always))[0]
+        return (
+            await update_document(
+                self.redis, self.key(name), lambda raw: load_record(name, raw), always, guard=guard
+            )
+        )[0]
 
-    async def promote(self, name: str, run_id: str, model_id: str, reason: str) -> ModelRecord:
-        """Make the run champion; the previous champion goes to the history."""
+    async def promote(
+        self,
+        name: str,
+        run_id: str,
+        model_id: str,
+        reason: str,
+        guard: Callable[[Pipeline, str | None], Awaitable[None]] | None = None,
+    ) -> ModelRecord:
+        """Make the run champion; the previous champion goes to the history. ``guard``
+        (pipe, champion before) may WATCH and check more keys, raising to refuse."""
+        before: list[str | None] = []
 
         def change(record: ModelRecord) -> None:
-            if record.champion and record.champion.run_id == run_id:
-                return
-            if record.champion:
-                record.history.append(record.champion)
-            record.champion = Promotion(
-                run_id=run_id, model_id=model_id, at=datetime.now(UTC), reason=reason
-            )
-            record.candidates.pop(run_id, None)
+            before[:] = [record.champion_run]
+            record.promote(run_id, model_id, reason)
 
-        return await self._update(name, change)
+        async def checked(pipe: Pipeline, record: ModelRecord) -> None:
+            if guard is not None:
+                await guard(pipe, before[0])
+
+        return await self._update(name, change, checked)
 
     async def keep_as_candidate(self, name: str, run_id: str, reason: str) -> ModelRecord:
-        def change(record: ModelRecord) -> None:
-            record.candidates[run_id] = reason
-
-        return await self._update(name, change)
+        return await self._update(name, lambda record: record.keep_as_candidate(run_id, reason))
 
     async def rollback(self, name: str) -> ModelRecord:
         """Restore the previous champion; the current one becomes a candidate again."""

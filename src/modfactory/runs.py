@@ -7,8 +7,11 @@ The store knows nothing of arq or of the backends' clients.
 
 One run at a time per model name: ``<prefix>:active:<model>`` names the run holding the
 model's slot, claimed in the same transaction that creates (or reopens) a run, so two
-triggers racing each other can never both start a retrain. The same transactions keep two
-small indexes the metrics endpoint reads: each run's state, and its stages' durations.
+triggers racing each other can never both start a retrain. The same transactions keep
+small indexes: each run's state and its stages' durations (what ``/metrics`` reads), the
+set of unfinished runs (what the reconciler walks), and the runs that ended failed or
+cancelled while their remote training job may still be running (whose jobs the
+reconciler cancels).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -30,11 +33,18 @@ from modfactory.backends.base import Checkpoint, TrainingJob
 from modfactory.dataset import DatasetSummary
 from modfactory.recipe import RecipeParams
 from modfactory.redis_json import update_document
+from modfactory.registry import ModelRecord, load_record
 
 log = logging.getLogger("modfactory.runs")
 STAGES: tuple[str, ...] = ("build", "upload", "train", "evaluate")
 StageName = Literal["build", "upload", "train", "evaluate"]
 MAX_EVENTS = 500
+
+
+def next_stage(stage: str) -> StageName | None:
+    """The stage that follows ``stage`` in the pipeline (None after the last)."""
+    i = STAGES.index(stage) + 1
+    return STAGES[i] if i < len(STAGES) else None  # type: ignore[return-value]
 
 
 def now() -> datetime:
@@ -68,6 +78,7 @@ class StageState(BaseModel):
     finished_at: datetime | None = None
     error: str | None = None
     attempts: int = 0
+    last_error: str | None = None  # why the latest attempt ended without a result
 
 
 class Event(BaseModel):
@@ -125,11 +136,20 @@ class Training(BaseModel):
     quiet_looks: int = 0  # looks in a row that saw nothing new (the poll interval backs off)
     approved: bool = False  # the quoted cost was approved by `modfactory approve`
     events: list[dict[str, Any]] = Field(default_factory=list)  # the backend job's own events
+    previous_jobs: list[str] = Field(default_factory=list)  # ended jobs of earlier generations
+
+    @property
+    def job_over(self) -> bool:
+        """The job was last seen in a final status (which never changes again)."""
+        return self.status in _JOB_OVER
 
     def job_suffix(self, run_id: str, prefix: str) -> str:
         """Tags the backend job with the run (18 characters at most, the API's limit)."""
         digest = hashlib.sha256(f"{run_id}/{self.generation}".encode()).hexdigest()
         return f"{prefix}{digest[: 18 - len(prefix)]}"
+
+
+_JOB_OVER = {"SUCCESS", "FAILED", "FAILED_VALIDATION", "CANCELLED"}
 
 
 class Progress(BaseModel):
@@ -164,6 +184,12 @@ class Run(BaseModel):
         """The first stage not yet succeeded (None once all have)."""
         return next((s for s in STAGES if self.stages[s].state != StageStatus.SUCCEEDED), None)
 
+    @property
+    def live_remote_job(self) -> str | None:
+        """The id of a training job that may still be running at the backend."""
+        job_id = self.artifacts.training_job_id
+        return job_id if job_id and not self.training.job_over else None
+
     def to_json_dict(self) -> dict[str, Any]:
         """The document ``status --json`` and ``run --json`` print."""
         return self.model_dump(mode="json")
@@ -196,6 +222,19 @@ class ActiveRunExists(RunStateError):
             f"({run.state}{where}); follow it with `modfactory status {run.id}` "
             f"or stop it with `modfactory cancel {run.id}`"
         )
+
+
+class ChampionChanged(RunStateError):
+    """The champion is no longer the one the challenger was measured against."""
+
+
+class Verdict(BaseModel):
+    """The evaluate stage's promotion decision, as it is to be recorded."""
+
+    promoted: bool
+    reason: str
+    measured_against: str | None  # the champion's run id when the decision was made
+    model_id: str | None = None
 
 
 class RunNotFound(LookupError):
@@ -235,9 +274,27 @@ class RunStore:
         """Hash: ``<run id>:<stage>`` -> ``<backend> <seconds>`` of each succeeded stage."""
         return f"{self.prefix}:stage-seconds"
 
+    @property
+    def unfinished_key(self) -> str:
+        """Set of the ids of runs not yet succeeded, failed or cancelled."""
+        return f"{self.prefix}:unfinished"
+
+    @property
+    def jobs_to_cancel_key(self) -> str:
+        """Set of ids of runs that are over while their remote training job may not be."""
+        return f"{self.prefix}:jobs-to-cancel"
+
     def _index_writes(self, pipe: Pipeline, run: Run) -> None:
-        """Queue the metric indexes' writes for ``run`` (idempotent: plain HSETs)."""
+        """Queue the indexes' writes for ``run`` (idempotent: plain HSET / SADD / SREM)."""
         pipe.hset(self.states_key, run.id, str(run.state))
+        if run.state.terminal:
+            pipe.srem(self.unfinished_key, run.id)
+        else:
+            pipe.sadd(self.unfinished_key, run.id)
+        if run.state.terminal and run.state != RunState.SUCCEEDED and run.live_remote_job:
+            pipe.sadd(self.jobs_to_cancel_key, run.id)
+        else:
+            pipe.srem(self.jobs_to_cancel_key, run.id)
         for name, stage in run.stages.items():
             if stage.state == StageStatus.SUCCEEDED and stage.started_at and stage.finished_at:
                 seconds = (stage.finished_at - stage.started_at).total_seconds()
@@ -303,18 +360,37 @@ class RunStore:
         return len(missing)
 
     async def active(self) -> list[Run]:
-        """Runs not yet finished (a starting worker resumes them)."""
-        ids = await self.redis.zrange(self._index, 0, -1)
+        """Runs not yet finished, oldest first (what the reconciler looks after)."""
+        await self._index_unfinished_once()
+        ids = sorted(i.decode() for i in await self.redis.smembers(self.unfinished_key))
         runs = []
-        for raw_id in ids:
-            run_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            try:
-                run = await self.get(run_id)
-            except RunNotFound:
-                continue
-            if not run.state.terminal:
-                runs.append(run)
+        for raw in await self.redis.mget([self._key(i) for i in ids]) if ids else []:
+            if raw is not None:
+                run = Run.model_validate_json(raw)
+                if not run.state.terminal:
+                    runs.append(run)
         return runs
+
+    async def _index_unfinished_once(self) -> None:
+        """Runs stored before the unfinished-runs index existed are indexed once."""
+        marker = f"{self.prefix}:unfinished-indexed"
+        if await self.redis.exists(marker):
+            return
+        await self.reindex()
+        states = await self.redis.hgetall(self.states_key)
+        unfinished = [i for i, state in states.items() if not RunState(state.decode()).terminal]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if unfinished:
+                pipe.sadd(self.unfinished_key, *unfinished)
+            pipe.set(marker, 1)
+            await pipe.execute()
+
+    async def runs_with_jobs_to_cancel(self) -> list[str]:
+        return sorted(i.decode() for i in await self.redis.smembers(self.jobs_to_cancel_key))
+
+    async def forget_job_to_cancel(self, run_id: str) -> None:
+        """The run's remote job is over (or cannot be cancelled): stop trying."""
+        await self.redis.srem(self.jobs_to_cancel_key, run_id)
 
     # --- writes ----------------------------------------------------------------------
     async def create(self, spec: RunSpec, *, exclusive: bool = True) -> Run:
@@ -341,10 +417,17 @@ class RunStore:
         return run
 
     async def _update(
-        self, run_id: str, change: Callable[[Run], bool], *, claim: bool = False
+        self,
+        run_id: str,
+        change: Callable[[Run], bool],
+        *,
+        claim: bool = False,
+        guard: Callable[[Pipeline, Run], Awaitable[None]] | None = None,
+        also: Callable[[Pipeline, Run], None] | None = None,
     ) -> tuple[Run, bool]:
         """Apply ``change`` atomically; it returns False to leave the run untouched.
-        ``claim``: the run takes its model name's slot (ActiveRunExists if it is held)."""
+        ``claim``: the run takes its model name's slot (ActiveRunExists if it is held);
+        ``guard`` / ``also``: more keys checked / written in the same transaction."""
 
         def load(raw: bytes | None) -> Run:
             if raw is None:
@@ -357,33 +440,41 @@ class RunStore:
             run.updated_at = now()
             return True
 
-        async def check_slot(pipe: Pipeline, run: Run) -> None:
-            await self._check_slot(pipe, run.spec.model_name, run.id)
+        async def checks(pipe: Pipeline, run: Run) -> None:
+            if claim:
+                await self._check_slot(pipe, run.spec.model_name, run.id)
+            if guard is not None:
+                await guard(pipe, run)
 
-        def also(pipe: Pipeline, run: Run) -> None:
+        def writes(pipe: Pipeline, run: Run) -> None:
             self._index_writes(pipe, run)
             if claim:
                 pipe.set(self._slot(run.spec.model_name), run.id)
+            if also is not None:
+                also(pipe, run)
 
         run, changed = await update_document(
-            self.redis,
-            self._key(run_id),
-            load,
-            stamped,
-            guard=check_slot if claim else None,
-            also=also,
+            self.redis, self._key(run_id), load, stamped, guard=checks, also=writes
         )
         if changed:
             run._log_events()
         return run, changed
 
-    async def start_stage(self, run_id: str, stage: StageName) -> Run | None:
-        """Mark ``stage`` running; None when it must not run (done already, or run over)."""
+    async def start_stage(
+        self, run_id: str, stage: StageName, max_attempts: int | None = None
+    ) -> Run | None:
+        """Mark ``stage`` running for one more attempt; None when it must not run (done
+        already, or the run is over). An attempt beyond ``max_attempts`` fails the stage
+        instead (and returns None), naming why the last one ended."""
 
         def change(run: Run) -> bool:
             state = run.stages[stage]
             if run.state.terminal or state.state in (StageStatus.SUCCEEDED, StageStatus.FAILED):
                 return False
+            if max_attempts is not None and state.attempts >= max_attempts:
+                last = state.last_error or "it ended without a result (the worker was lost)"
+                _fail(run, stage, f"gave up after {state.attempts} attempts; the last: {last}")
+                return True
             state.state = StageStatus.RUNNING
             state.started_at = state.started_at or now()
             state.attempts += 1
@@ -394,7 +485,22 @@ class RunStore:
             return True
 
         run, changed = await self._update(run_id, change)
-        return run if changed else None
+        return run if changed and run.stages[stage].state == StageStatus.RUNNING else None
+
+    async def interrupt_stage(self, run_id: str, stage: StageName, error: str) -> Run:
+        """The attempt ended without a result for a reason that may pass (the backend was
+        unreachable): the stage stays running, to be attempted again (see ``reconcile``)."""
+
+        def change(run: Run) -> bool:
+            state = run.stages[stage]
+            if run.state.terminal or state.state != StageStatus.RUNNING:
+                return False
+            state.last_error = error
+            run.progress = None
+            run._event(f"attempt {state.attempts} did not finish: {error}; trying again", stage)
+            return True
+
+        return (await self._update(run_id, change))[0]
 
     async def finish_stage(
         self,
@@ -409,39 +515,100 @@ class RunStore:
         """Mark ``stage`` succeeded with what it produced; the last stage ends the run."""
 
         def change(run: Run) -> bool:
-            state = run.stages[stage]
-            if state.state == StageStatus.SUCCEEDED or run.state.terminal:
-                return False  # done already, or the run was cancelled meanwhile
-            state.state, state.finished_at, state.error = StageStatus.SUCCEEDED, now(), None
-            run.progress = None
-            run.artifacts = run.artifacts.model_copy(update=artifacts or {})
-            run.dataset = dataset or run.dataset
-            run.metrics = metrics or run.metrics
-            run._event(message, stage)
-            if run.current_stage is None:
-                run.state, run.finished_at = RunState.SUCCEEDED, now()
-                run._event("run succeeded")
-            return True
+            return _finish(run, stage, artifacts, dataset, metrics, message)
 
         return (await self._update(run_id, change))[0]
 
+    async def finish_evaluation(
+        self,
+        run_id: str,
+        verdict: Verdict,
+        registry_key: str,
+        *,
+        metrics: dict[str, Any],
+        artifacts: dict[str, Any],
+        message: str,
+    ) -> Run:
+        """Finish the last stage and record the promotion verdict in the model registry,
+        in one transaction: a run over meanwhile (cancelled, failed) changes nothing and is
+        never promoted; a champion other than the one measured against raises
+        ChampionChanged (measure again)."""
+        decided: list[ModelRecord] = []
+
+        def change(run: Run) -> bool:
+            return _finish(run, "evaluate", artifacts, None, metrics, message)
+
+        async def champion_unchanged(pipe: Pipeline, run: Run) -> None:
+            await pipe.watch(registry_key)
+            record = load_record(run.spec.model_name, await pipe.get(registry_key))
+            if record.champion_run not in (verdict.measured_against, run.id):
+                raise ChampionChanged(
+                    f"the champion of {run.spec.model_name!r} is now {record.champion_run}, "
+                    f"not {verdict.measured_against}"
+                )
+            if verdict.promoted and verdict.model_id:
+                record.promote(run.id, verdict.model_id, verdict.reason)
+            else:
+                record.keep_as_candidate(run.id, verdict.reason)
+            decided[:] = [record]
+
+        def record_verdict(pipe: Pipeline, run: Run) -> None:
+            pipe.set(registry_key, decided[0].model_dump_json())
+
+        return (await self._update(run_id, change, guard=champion_unchanged, also=record_verdict))[
+            0
+        ]
+
+    async def watch_succeeded(self, pipe: Pipeline, run_id: str) -> Run:
+        """WATCH the run in ``pipe`` and return it; RunStateError unless it succeeded."""
+        await pipe.watch(self._key(run_id))
+        raw = await pipe.get(self._key(run_id))
+        if raw is None:
+            raise RunNotFound(run_id)
+        run = Run.model_validate_json(raw)
+        if run.state != RunState.SUCCEEDED:
+            raise RunStateError(f"run {run_id} is {run.state}; only a succeeded run has a model")
+        return run
+
     async def reopen_stage(self, run_id: str, stage: StageName) -> Run:
-        """Let ``stage`` run again after a failure; a finished run is reopened for it
-        (it takes its model name's slot again: ActiveRunExists if another run holds it)."""
+        """Let ``stage`` run again after a failure, with a fresh budget of attempts; a
+        finished run is reopened for it (it takes its model name's slot again:
+        ActiveRunExists if another run holds it). A training job is kept: the train stage
+        follows it again if it is still alive, and replaces it only once it is over."""
 
         def change(run: Run) -> bool:
             state = run.stages[stage]
             if state.state != StageStatus.FAILED:
                 return False
-            run.stages[stage] = StageState(attempts=state.attempts)
+            run.stages[stage] = StageState()
             run.state, run.error, run.finished_at = RunState.QUEUED, None, None
-            if stage == "train":
-                run.artifacts.training_job_id = None
-                run.training = Training(generation=run.training.generation + 1)
             run._event("queued again", stage)
             return True
 
         return (await self._update(run_id, change, claim=True))[0]
+
+    async def new_training_generation(self, run_id: str) -> Run:
+        """Set the run's ended training job aside, so that the train stage creates another
+        (with a new suffix). Refused while the job may still be alive."""
+
+        def change(run: Run) -> bool:
+            job_id = run.artifacts.training_job_id
+            if job_id is None:
+                return False
+            if run.live_remote_job:
+                raise RunStateError(f"training job {job_id} of run {run_id} may still be running")
+            previous, ended = [*run.training.previous_jobs, job_id], run.training.status
+            run.training = Training(
+                generation=run.training.generation + 1,
+                poll_seq=run.training.poll_seq,  # looks keep counting: old ids stay unique
+                approved=False,
+                previous_jobs=previous,
+            )
+            run.artifacts.training_job_id = None
+            run._event(f"job {job_id} ended {ended}: training with a new job", "train")
+            return True
+
+        return (await self._update(run_id, change))[0]
 
     async def fail_stage(self, run_id: str, stage: StageName, error: str) -> Run:
         """Mark ``stage`` and the run failed, keeping the reason."""
@@ -449,11 +616,7 @@ class RunStore:
         def change(run: Run) -> bool:
             if run.state.terminal:
                 return False
-            state = run.stages[stage]
-            state.state, state.finished_at, state.error = StageStatus.FAILED, now(), error
-            run.progress = None
-            run.state, run.finished_at, run.error = RunState.FAILED, now(), f"{stage}: {error}"
-            run._event(f"failed: {error}", stage)
+            _fail(run, stage, error)
             return True
 
         return (await self._update(run_id, change))[0]
@@ -543,11 +706,14 @@ class RunStore:
 
         return (await self._update(run_id, change))[0]
 
-    async def cancel(self, run_id: str, reason: str) -> Run:
-        """End an unfinished run as cancelled; its current stage is marked cancelled."""
+    async def cancel(self, run_id: str, reason: str, *, strict: bool = True) -> Run:
+        """End an unfinished run as cancelled; its current stage is marked cancelled.
+        A run that is over already raises RunStateError (``strict=False``: is left as is)."""
 
         def change(run: Run) -> bool:
             if run.state.terminal:
+                if not strict:
+                    return False
                 raise RunStateError(f"run {run_id} is {run.state} already")
             stage = run.current_stage
             if stage is not None:
@@ -587,3 +753,37 @@ class RunStore:
             return True
 
         return (await self._update(run_id, change))[1]
+
+
+def _fail(run: Run, stage: str, error: str) -> None:
+    """``stage`` and the run end failed with ``error``."""
+    state = run.stages[stage]
+    state.state, state.finished_at, state.error = StageStatus.FAILED, now(), error
+    run.progress = None
+    run.state, run.finished_at, run.error = RunState.FAILED, now(), f"{stage}: {error}"
+    run._event(f"failed: {error}", stage)
+
+
+def _finish(
+    run: Run,
+    stage: str,
+    artifacts: dict[str, Any] | None,
+    dataset: DatasetSummary | None,
+    metrics: dict[str, Any] | None,
+    message: str,
+) -> bool:
+    """``stage`` succeeded with what it produced (the last stage ends the run); False when
+    it had already, or the run is over (cancelled meanwhile)."""
+    state = run.stages[stage]
+    if state.state == StageStatus.SUCCEEDED or run.state.terminal:
+        return False
+    state.state, state.finished_at, state.error = StageStatus.SUCCEEDED, now(), None
+    run.progress = None
+    run.artifacts = run.artifacts.model_copy(update=artifacts or {})
+    run.dataset = dataset or run.dataset
+    run.metrics = metrics or run.metrics
+    run._event(message, stage)
+    if run.current_stage is None:
+        run.state, run.finished_at = RunState.SUCCEEDED, now()
+        run._event("run succeeded")
+    return True

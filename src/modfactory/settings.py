@@ -136,7 +136,16 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="Classify calls in flight at once during evaluate."
     )
     classify_rps: float | None = Field(
-        5.0, gt=0, description="Most classify calls started per second (unset: no limit)."
+        4.0,
+        gt=0,
+        description="Most classify and moderate calls per second over all workers: the "
+        "evaluate stage's share of MODFACTORY_MISTRAL_RPS (unset: no limit of its own).",
+    )
+    mistral_rps: float | None = Field(
+        5.0,
+        gt=0,
+        description="Most Mistral API requests per second over all workers and runs "
+        "(Mistral limits each API key); shared through Redis (unset: no limit).",
     )
 
     # --- champion / challenger -------------------------------------------------------
@@ -191,6 +200,26 @@ class Settings(BaseSettings):
         "re-run after this + 10 s, so keep it short.",
     )
     health_check_interval: int = Field(30, ge=1, description="Worker heartbeat period (s).")
+    stage_max_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Attempts of one stage (a lost worker, an unreachable backend…) before "
+        "the run fails naming the stage and how its last attempt ended.",
+    )
+    reconcile_interval: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description="Seconds between two rounds of the reconciler, which queues the lost "
+        "step of any unfinished run again (a divisor of 60, or of 3600 in whole minutes).",
+    )
+    queued_alert_after: int = Field(
+        300,
+        ge=1,
+        description="A run queued this long (s) while no worker is alive is reported by "
+        "`modfactory runs` and makes /healthz say so.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text or as JSON objects (one per line)."
     )
@@ -215,6 +244,18 @@ class Settings(BaseSettings):
             parse_cron(value)
             return value.strip()
         return None
+
+    @field_validator("reconcile_interval")
+    @classmethod
+    def _cron_friendly_interval(cls, value: int) -> int:
+        """The reconciler is an arq cron job: its period must tile a minute or an hour."""
+        if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
+            raise ValueError(
+                "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) or be whole minutes "
+                "that divide an hour (60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, "
+                "1800, 3600)"
+            )
+        return value
 
     @field_validator("wandb_api_key")
     @classmethod

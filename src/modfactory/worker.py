@@ -1,10 +1,11 @@
 """The worker: every job the daemon runs, and how arq is configured to run them.
 
 Jobs: ``build``, ``upload``, ``train``, ``poll_training`` (one look at a training job,
-re-scheduled until it ends) and ``evaluate``; with MODFACTORY_RETRAIN_CRON, the cron job
-``scheduled_retrain`` (see ``schedule``). On start-up the worker queues the current
-step of every unfinished run again; deterministic job ids make that a no-op for runs
-whose step is already queued, and it revives runs whose queue a Redis restart lost.
+re-scheduled until it ends) and ``evaluate``; the cron job ``reconcile`` every
+MODFACTORY_RECONCILE_INTERVAL seconds on one worker (see ``reconciler``: it re-queues the
+lost step of any unfinished run and cancels training jobs of runs that are over); with
+MODFACTORY_RETRAIN_CRON, the cron job ``scheduled_retrain`` (see ``schedule``). A
+starting worker runs one reconcile round at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from arq.worker import Worker
 
 from modfactory import jobs
 from modfactory.cron import parse_cron
-from modfactory.runs import RunState, RunStore
+from modfactory.reconciler import reconcile, reconcile_once
+from modfactory.runs import RunStore
 from modfactory.schedule import JOB_NAME, scheduled_retrain
 from modfactory.settings import Settings
 from modfactory.stages.build import build
@@ -34,16 +36,11 @@ log = logging.getLogger("modfactory.worker")
 STAGE_FUNCTIONS = (build, upload, train, poll_training, evaluate)
 
 
-async def resume_unfinished_runs(sc: StageContext) -> int:
-    """Queue the current stage of every unfinished run; returns how many were looked at."""
-    runs = await sc.store.active()
-    for run in runs:
-        stage = run.current_stage
-        if stage is not None and run.state != RunState.AWAITING_APPROVAL:
-            await sc.enqueue(stage, run.id)  # type: ignore[arg-type]
-    if runs:
-        log.info("resumed %d unfinished run(s)", len(runs))
-    return len(runs)
+def _every(seconds: int) -> dict[str, set[int]]:
+    """arq cron fields for "every ``seconds``" (a divisor of 60, or whole minutes of 60)."""
+    if seconds < 60:
+        return {"second": set(range(0, 60, seconds))}
+    return {"second": {0}, "minute": set(range(0, 60, seconds // 60))}
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -52,13 +49,24 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         sc = StageContext(settings, RunStore(ctx["redis"], settings.queue_name), ctx["redis"])
         ctx["modfactory"] = sc
-        await resume_unfinished_runs(sc)
+        await reconcile_once(sc)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         if "modfactory" in ctx:
             await ctx["modfactory"].close()
 
-    cron_jobs = []
+    cron_jobs = [
+        cron(
+            reconcile,  # type: ignore[arg-type]
+            name="reconcile",
+            **_every(settings.reconcile_interval),  # type: ignore[arg-type]
+            unique=True,
+            run_at_startup=False,
+            timeout=settings.job_timeout,
+            keep_result=settings.reconcile_interval,  # with the unique id: one round a tick
+            max_tries=1,
+        )
+    ]
     if settings.retrain_cron:
         cron_jobs.append(
             cron(

@@ -55,10 +55,11 @@ class ClassifierTarget(BaseModel):
 
 
 class TrainingJob(BaseModel):
-    """A backend's view of one fine-tuning job."""
+    """A backend's view of one fine-tuning job. ``status`` is a ``JobStatus`` name, or a
+    status this code does not know yet (recorded as it is, and looked at again)."""
 
     id: str
-    status: JobStatus
+    status: str
     model: str
     fine_tuned_model: str | None = None
     checkpoints: list[Checkpoint] = Field(default_factory=list)
@@ -66,6 +67,15 @@ class TrainingJob(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     events: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        """The job is over: it succeeded, failed or was cancelled."""
+        return self.status in _TERMINAL
+
+    @property
+    def known(self) -> bool:
+        return self.status in JobStatus.__members__
 
 
 class UploadedFile(BaseModel):
@@ -101,7 +111,6 @@ class Backend(ABC):
 
     name: str
     base_model: str
-    rate_limited: bool = True  # MODFACTORY_CLASSIFY_RPS applies (not to the local backend)
     error_counter: Callable[[str, str], Awaitable[None]] | None = None  # (backend, kind)
 
     async def count_api_error(self, kind: str) -> None:
@@ -130,7 +139,8 @@ class Backend(ABC):
         """Start a VALIDATED job; starting a running or finished job changes nothing."""
 
     @abstractmethod
-    async def cancel_job(self, job_id: str) -> TrainingJob: ...
+    async def cancel_job(self, job_id: str) -> TrainingJob:
+        """Cancel a job; cancelling a job that is over already changes nothing."""
 
     @abstractmethod
     async def classify(self, model: str, inputs: list[str]) -> list[Scores]:

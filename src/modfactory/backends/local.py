@@ -47,7 +47,6 @@ class LocalBackend(Backend):
 
     name = "local"
     base_model = "tfidf-logreg"
-    rate_limited = False
 
     def __init__(self, data_dir: Path, epochs: int = 8, alpha: float = 2e-5) -> None:
         self.root = data_dir / "local"

@@ -1,17 +1,22 @@
 """Mistral's Classifier Factory through the official SDK (``mistralai==2.5.1``), async only.
 
-Every call that creates something looks first for what an earlier, interrupted attempt may
-have created: files by their name (which carries the run id), jobs by their suffix. So a
-worker killed between sending a request and recording its answer never makes the next
-attempt upload, create or start twice. Transient failures (429 with Retry-After, 5xx,
-timeouts, lost connections) are retried with bounded exponential backoff and jitter;
-401 / 403 / 422 fail at once with a message naming what to fix. The API key never leaves
+A request has three outcomes: done, not done, or unknown — a 5xx, a timeout or a dropped
+connection after the request left may mean the work was done and only the answer lost.
+So every call that creates, starts or pays is exactly-once whatever happens to its answer:
+before it, and again after every unknown outcome, the object is looked up (files by name
+and size — the name carries the run id —, jobs by their suffix, a start by the job's
+status); only when it is not there is the request sent again. A 429 or a refused
+connection is known not done and is simply retried (Retry-After honoured, and shared with
+every worker through the rate limiter); 401 / 403 / 422 fail at once with a message naming
+what to fix. Every request waits for the limiter first (MODFACTORY_MISTRAL_RPS over all
+requests, MODFACTORY_CLASSIFY_RPS over classify and moderate). The API key never leaves
 the SDK's Authorization header: no message, log line or record built here contains it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -34,6 +39,7 @@ from modfactory.backends.base import (
     TrainingJob,
     UploadedFile,
 )
+from modfactory.ratelimit import Limiter, RateLimiter
 from modfactory.settings import Settings
 
 log = logging.getLogger("modfactory.mistral")
@@ -48,6 +54,9 @@ _RANGES: dict[str, tuple[type, float, float]] = {
     "seq_len": (int, 100, 1_000_000),
 }
 _KEY_ADVICE = "check MISTRAL_API_KEY (a valid key of a workspace with fine-tuning enabled)"
+# Transport failures that mean the request never reached the API (known not done).
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+Recover = Callable[[], Awaitable[T | None]]
 
 
 class MistralBackend(Backend):
@@ -60,6 +69,7 @@ class MistralBackend(Backend):
             raise BackendError("the mistral backend needs MISTRAL_API_KEY")
         self.settings = settings
         self.base_model = settings.mistral_model
+        self.limiter: Limiter = RateLimiter(rate_buckets(settings))
         self._client: Any = None
 
     @property
@@ -107,12 +117,27 @@ class MistralBackend(Backend):
             self._client = None
 
     # --- calls with retries ---------------------------------------------------------------
-    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
-        """``request()`` with retries on transient failures; clear errors on the others."""
-        from mistralai.client.errors import MistralError
+    async def _call(
+        self,
+        what: str,
+        request: Callable[[], Awaitable[T]],
+        *,
+        recover: Recover[T] | None = None,
+        buckets: tuple[str, ...] = ("api",),
+    ) -> T:
+        """``request()`` with retries on transient failures; clear errors on the others.
+
+        ``recover`` (for requests that create, start or pay) looks up what the request
+        would have done; it is called after every failure whose outcome is unknown (5xx,
+        timeout, lost connection, 409), and what it finds is the answer — the request is
+        sent again only when it finds nothing.
+        """
+        from mistralai.client.errors import MistralError, NoResponseError
 
         attempts = self.settings.mistral_max_retries + 1
         for attempt in range(1, attempts + 1):
+            await self.limiter.wait(*buckets)
+            unknown = True
             try:
                 return await request()
             except MistralError as exc:
@@ -123,14 +148,27 @@ class MistralBackend(Backend):
                         f"Mistral refused to {what} (HTTP {status}): {_KEY_ADVICE}"
                     ) from None
                 if status == 422 or (400 <= status < 500 and status not in (408, 409, 429)):
+                    found = await recover() if recover is not None and status != 422 else None
+                    if found is not None:
+                        log.info("%s: HTTP %d, but it is done already", what, status)
+                        return found
                     detail = _detail(exc.body)
                     raise BackendError(
                         f"Mistral rejected the request to {what} (HTTP {status}): {detail}"
                     ) from None
                 reason, retry_after = f"HTTP {status}", _retry_after(exc.headers)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if status == 429:
+                    unknown = False
+                    await self.limiter.hold_off(retry_after if retry_after is not None else 1.0)
+            except (httpx.TimeoutException, httpx.TransportError, NoResponseError) as exc:
                 reason, retry_after = f"{type(exc).__name__}", None
+                unknown = not isinstance(exc, _NOT_SENT)
                 await self.count_api_error(reason)
+            if unknown and recover is not None:
+                found = await recover()
+                if found is not None:
+                    log.info("%s: %s, but it was done: the answer was lost", what, reason)
+                    return found
             if attempt == attempts:
                 raise BackendUnavailable(
                     f"Mistral did not answer the request to {what} after {attempts} attempts "
@@ -145,35 +183,53 @@ class MistralBackend(Backend):
     async def upload_file(self, path: Path, tag: str) -> UploadedFile:
         """Upload as ``<tag>.jsonl``, unless a file of that name and size is there already."""
         name, size = f"{tag}.jsonl", path.stat().st_size
-        found = await self._call(
-            f"list files named {name}",
-            lambda: self.client.files.list_async(search=name, purpose="fine-tune", page_size=100),
-        )
-        for existing in found.data:
-            if existing.filename == name and existing.size_bytes == size:
-                log.info("file %s is already uploaded as %s", name, existing.id)
-                return UploadedFile(id=existing.id, filename=name, bytes=existing.size_bytes)
 
-        async def upload() -> Any:
+        async def uploaded_already() -> UploadedFile | None:
+            found = await self._call(
+                f"list files named {name}",
+                lambda: self.client.files.list_async(
+                    search=name, purpose="fine-tune", page_size=100
+                ),
+            )
+            for existing in found.data:
+                if existing.filename == name and existing.size_bytes == size:
+                    return UploadedFile(id=existing.id, filename=name, bytes=existing.size_bytes)
+            return None
+
+        existing = await uploaded_already()
+        if existing is not None:
+            log.info("file %s is already uploaded as %s", name, existing.id)
+            return existing
+
+        async def upload() -> UploadedFile:
             with path.open("rb") as content:
-                return await self.client.files.upload_async(
+                out = await self.client.files.upload_async(
                     file={"file_name": name, "content": content}, purpose="fine-tune"
                 )
+            return UploadedFile(id=out.id, filename=name, bytes=out.size_bytes)
 
-        uploaded = await self._call(f"upload {path.name}", upload)
-        return UploadedFile(id=uploaded.id, filename=name, bytes=uploaded.size_bytes)
+        return await self._call(f"upload {path.name}", upload, recover=uploaded_already)
 
     # --- jobs ------------------------------------------------------------------------------
     async def create_job(self, request: JobRequest) -> TrainingJob:
         """Create the classifier job, unless one with this suffix exists already."""
-        existing = await self._call(
-            f"list jobs with suffix {request.suffix}",
-            lambda: self.client.fine_tuning.jobs.list_async(suffix=request.suffix, page_size=100),
-        )
-        for job in existing.data:
-            if job.suffix == request.suffix:
-                log.info("job %s with suffix %s exists already", job.id, request.suffix)
-                return await self.get_job(job.id)
+
+        async def created_already() -> TrainingJob | None:
+            existing = await self._call(
+                f"list jobs with suffix {request.suffix}",
+                lambda: self.client.fine_tuning.jobs.list_async(
+                    suffix=request.suffix, page_size=100
+                ),
+            )
+            for job in existing.data:
+                if job.suffix == request.suffix:
+                    return await self.get_job(job.id)
+            return None
+
+        existing = await created_already()
+        if existing is not None:
+            log.info("job %s with suffix %s exists already", existing.id, request.suffix)
+            return existing
         integrations = None
         if self.settings.wandb_project and self.settings.wandb_api_key:
             integrations = [
@@ -182,20 +238,22 @@ class MistralBackend(Backend):
                     "api_key": self.settings.wandb_api_key.get_secret_value(),
                 }
             ]
-        created = await self._call(
-            "create the fine-tuning job",
-            lambda: self.client.fine_tuning.jobs.create_async(
-                model=request.model,
-                job_type="classifier",
-                training_files=[{"file_id": request.training_file_id, "weight": 1}],
-                validation_files=request.validation_file_ids,
-                hyperparameters=request.hyperparameters,
-                suffix=request.suffix,
-                auto_start=False,
-                integrations=integrations,
-            ),
-        )
-        return _job(created)
+
+        async def create() -> TrainingJob:
+            return _job(
+                await self.client.fine_tuning.jobs.create_async(
+                    model=request.model,
+                    job_type="classifier",
+                    training_files=[{"file_id": request.training_file_id, "weight": 1}],
+                    validation_files=request.validation_file_ids,
+                    hyperparameters=request.hyperparameters,
+                    suffix=request.suffix,
+                    auto_start=False,
+                    integrations=integrations,
+                )
+            )
+
+        return await self._call("create the fine-tuning job", create, recover=created_already)
 
     async def get_job(self, job_id: str) -> TrainingJob:
         return _job(
@@ -205,25 +263,36 @@ class MistralBackend(Backend):
         )
 
     async def start_job(self, job_id: str) -> TrainingJob:
-        return _job(
-            await self._call(
-                f"start job {job_id}",
-                lambda: self.client.fine_tuning.jobs.start_async(job_id=job_id),
-            )
-        )
+        """Start a VALIDATED job. A job seen past VALIDATED was started (by this request
+        whose answer was lost, or an earlier one): that is the answer, not an error."""
+
+        async def started_already() -> TrainingJob | None:
+            job = await self.get_job(job_id)
+            return None if job.status in (JobStatus.VALIDATED, JobStatus.VALIDATING) else job
+
+        async def start() -> TrainingJob:
+            return _job(await self.client.fine_tuning.jobs.start_async(job_id=job_id))
+
+        return await self._call(f"start job {job_id}", start, recover=started_already)
 
     async def cancel_job(self, job_id: str) -> TrainingJob:
-        return _job(
-            await self._call(
-                f"cancel job {job_id}",
-                lambda: self.client.fine_tuning.jobs.cancel_async(job_id=job_id),
-            )
-        )
+        """Cancel a job; cancelling one that is cancelled or finished already is no error."""
+
+        async def over_already() -> TrainingJob | None:
+            job = await self.get_job(job_id)
+            ended = job.terminal or job.status == JobStatus.CANCELLATION_REQUESTED
+            return job if ended else None
+
+        async def cancel() -> TrainingJob:
+            return _job(await self.client.fine_tuning.jobs.cancel_async(job_id=job_id))
+
+        return await self._call(f"cancel job {job_id}", cancel, recover=over_already)
 
     async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
         response = await self._call(
             f"classify {len(inputs)} texts with {model}",
             lambda: self.client.classifiers.classify_async(model=model, inputs=inputs),
+            buckets=("api", "classify"),
         )
         return [
             {target: {"scores": dict(result.scores)} for target, result in row.items()}
@@ -234,8 +303,22 @@ class MistralBackend(Backend):
         response = await self._call(
             f"moderate {len(inputs)} texts with {model}",
             lambda: self.client.classifiers.moderate_async(model=model, inputs=inputs),
+            buckets=("api", "classify"),
         )
         return [dict(result.category_scores or {}) for result in response.results]
+
+
+def rate_buckets(settings: Settings) -> dict[str, float | None]:
+    """The limiter's buckets: all requests, and the evaluate stage's share of them."""
+    return {"api": settings.mistral_rps, "classify": settings.classify_rps}
+
+
+def account_id(settings: Settings) -> str:
+    """Names the API account in shared Redis keys without revealing its key: a digest of
+    the server URL and the key (Mistral's limits are per key)."""
+    key = settings.mistral_api_key.get_secret_value() if settings.mistral_api_key else ""
+    server = settings.mistral_server_url or "https://api.mistral.ai"
+    return hashlib.sha256(f"{server}\n{key}".encode()).hexdigest()[:16]
 
 
 def _job(out: Any) -> TrainingJob:
@@ -261,7 +344,7 @@ def _job(out: Any) -> TrainingJob:
         metadata["epochs"] = hyper["epochs"]
     return TrainingJob(
         id=out.id,
-        status=JobStatus(out.status),
+        status=str(out.status),
         model=out.model,
         fine_tuned_model=out.fine_tuned_model,
         checkpoints=[

@@ -37,4 +37,3 @@ async def build(sc: StageContext, run: Run) -> None:
         message=f"built {rows} rows ({summary.engine} engine)"
         + (" (synthetic data)" if summary.synthetic else ""),
     )
-    await sc.enqueue("upload", run.id)

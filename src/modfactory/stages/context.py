@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
 from modfactory import jobs
-from modfactory.backends import Backend, BackendError, get_backend
-from modfactory.monitoring import ApiErrorCounter
+from modfactory.api_errors import ApiErrorCounter
+from modfactory.backends import Backend, BackendError, BackendUnavailable, get_backend
+from modfactory.backends.mistral import MistralBackend, account_id, rate_buckets
+from modfactory.ratelimit import SharedRateLimiter
 from modfactory.recipe import RecipeError
-from modfactory.runs import Run, RunStore, StageName
+from modfactory.runs import Run, RunState, RunStore, StageName, StageStatus, next_stage
 from modfactory.settings import Settings
 
 log = logging.getLogger("modfactory.stages")
@@ -36,9 +39,7 @@ class StageContext:
 
     def backend(self, name: str) -> Backend:
         if name not in self.backends:
-            backend = get_backend(name, self.settings)
-            backend.error_counter = ApiErrorCounter(self.redis, self.settings.queue_name)
-            self.backends[name] = backend
+            self.backends[name] = connected_backend(name, self.settings, self.redis)
         return self.backends[name]
 
     def run_dir(self, run_id: str) -> Path:
@@ -46,6 +47,12 @@ class StageContext:
 
     async def enqueue(self, stage: StageName, run_id: str) -> None:
         await jobs.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
+
+    async def enqueue_next(self, stage: StageName, run_id: str) -> None:
+        """Queue the stage after ``stage`` (nothing after the last)."""
+        following = next_stage(stage)
+        if following is not None:
+            await self.enqueue(following, run_id)
 
     async def enqueue_poll(self, run_id: str, seq: int, delay: float | None = None) -> None:
         interval = self.settings.poll_interval if delay is None else delay
@@ -71,30 +78,77 @@ class StageContext:
             await backend.close()
 
 
+def connected_backend(name: str, settings: Settings, redis: ArqRedis) -> Backend:
+    """The backend ``name``, counting its API errors in Redis and, for Mistral, sharing one
+    rate limit with every process on this Redis (Mistral's limits are per API key)."""
+    backend = get_backend(name, settings)
+    backend.error_counter = ApiErrorCounter(redis, settings.queue_name)
+    if isinstance(backend, MistralBackend):
+        backend.limiter = SharedRateLimiter(
+            redis, f"{settings.queue_name}:rate:{account_id(settings)}", rate_buckets(settings)
+        )
+    return backend
+
+
 async def guarded(
     sc: StageContext, stage: StageName, run_id: str, step: Callable[[], Awaitable[None]]
 ) -> None:
-    """Run ``step``; any failure fails the stage (and the run) with a reason worth reading.
+    """Run ``step``; a failure fails the stage (and the run) with a reason worth reading,
+    unless it may pass: an unreachable backend, or a stage other than build timing out
+    (its work so far is kept). Then the attempt is recorded as interrupted and the
+    reconciler queues the stage again, up to MODFACTORY_STAGE_MAX_ATTEMPTS attempts. A
+    Redis error is raised as it is: with the run store away nothing can be recorded, and
+    the stage, still running, is queued again once Redis is back.
 
-    The step gets ``job_timeout - 5`` seconds, so a stuck step is recorded as failed before
-    arq gives up on the job.
+    The step gets ``job_timeout - 5`` seconds, so a stuck step is recorded before arq
+    gives up on the job.
     """
+    limit = max(1, sc.settings.job_timeout - 5)
     try:
-        async with asyncio.timeout(max(1, sc.settings.job_timeout - 5)):
+        async with asyncio.timeout(limit):
             await step()
+    except RedisError as exc:  # the run store is away: nothing can be recorded
+        log.warning("run %s: %s interrupted, Redis unreachable: %s", run_id, stage, exc)
+        raise  # the stage stays running; the reconciler queues it again
+    except BackendUnavailable as exc:
+        log.warning("run %s: %s interrupted: %s", run_id, stage, exc)
+        await sc.store.interrupt_stage(run_id, stage, str(exc))
     except (RecipeError, BackendError) as exc:
         log.warning("run %s: %s failed: %s", run_id, stage, exc)
         await sc.store.fail_stage(run_id, stage, str(exc))
     except TimeoutError:
         log.warning("run %s: %s timed out", run_id, stage)
-        await sc.store.fail_stage(
-            run_id,
-            stage,
-            f"timed out after {sc.settings.job_timeout - 5} s (MODFACTORY_JOB_TIMEOUT)",
-        )
+        reason = f"timed out after {limit} s (MODFACTORY_JOB_TIMEOUT)"
+        if stage == "build":  # the same work would take as long again
+            await sc.store.fail_stage(run_id, stage, reason)
+        else:
+            await sc.store.interrupt_stage(run_id, stage, reason)
     except Exception as exc:
         log.exception("run %s: %s failed unexpectedly", run_id, stage)
         await sc.store.fail_stage(run_id, stage, f"{type(exc).__name__}: {exc}")
+
+
+async def cancel_remote_job(sc: StageContext, run_id: str) -> str | None:
+    """Cancel the training job of a run that ended failed or cancelled, if the job may
+    still be running (never a paid job left behind); says what happened. An unreachable
+    backend leaves it to the reconciler, which tries again every round."""
+    run = await sc.store.get(run_id)
+    job_id = run.live_remote_job
+    if job_id is None or not run.state.terminal or run.state == RunState.SUCCEEDED:
+        await sc.store.forget_job_to_cancel(run_id)
+        return None
+    try:
+        job = await sc.backend(run.spec.backend).cancel_job(job_id)
+    except BackendUnavailable as exc:
+        log.warning("run %s: could not cancel training job %s yet: %s", run_id, job_id, exc)
+        return f"could not cancel training job {job_id} yet ({exc}); trying again shortly"
+    except BackendError as exc:
+        message = f"could not cancel training job {job_id}: {exc}; cancel it at the backend"
+        await sc.store.note(run_id, "train", message)
+        await sc.store.forget_job_to_cancel(run_id)
+        return message
+    await sc.store.record_training(run_id, job)
+    return f"cancelled training job {job_id} ({job.status})"
 
 
 StageStep = Callable[[StageContext, Run], Awaitable[None]]
@@ -104,19 +158,24 @@ StageJob = Callable[[dict[str, Any], str], Awaitable[None]]
 def stage(name: StageName) -> Callable[[StageStep], StageJob]:
     """Make ``step(sc, run)`` the arq job ``name(ctx, run_id)``.
 
-    The job marks the stage running (or returns at once when it already succeeded or the
-    run is over) and runs the step under ``guarded``; the step records its results and
-    enqueues the next stage.
+    The job marks the stage running for one more attempt (or returns when it must not
+    run) and runs the step under ``guarded``; the step records its results. Whenever the
+    stage is found succeeded — just now, or already by an earlier attempt whose worker
+    was lost before queuing on — the next stage is queued (a no-op if it is already).
+    A run that failed here with a live training job has the job cancelled.
     """
 
     def wrap(step: StageStep) -> StageJob:
         async def job(ctx: dict[str, Any], run_id: str) -> None:
             sc = StageContext.of(ctx)
-            run = await sc.store.start_stage(run_id, name)
-            if run is None:
-                log.info("run %s: %s has nothing to do", run_id, name)
-                return
-            await guarded(sc, name, run_id, lambda: step(sc, run))
+            run = await sc.store.start_stage(run_id, name, sc.settings.stage_max_attempts)
+            if run is not None:
+                await guarded(sc, name, run_id, lambda: step(sc, run))
+            after = await sc.store.get(run_id)
+            if after.state.terminal:
+                await cancel_remote_job(sc, run_id)
+            elif after.stages[name].state == StageStatus.SUCCEEDED:
+                await sc.enqueue_next(name, run_id)
 
         job.__name__ = job.__qualname__ = name
         job.__doc__ = step.__doc__

@@ -1,5 +1,5 @@
 """evaluate: classify validation and test with the trained model (batched, concurrent,
-rate-limited, resumable); thresholds from validation, metrics on test."""
+resumable, within the backend's rate limit); thresholds from validation, metrics on test."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modfactory import charts
-from modfactory.backends.base import Backend
+from modfactory.backends.base import Backend, BackendError
 from modfactory.classify import classify_texts
 from modfactory.metrics import evaluate_scores, tune_thresholds
 from modfactory.promotion import (
@@ -24,15 +24,19 @@ from modfactory.promotion import (
 from modfactory.recipe import TARGET, read_jsonl
 from modfactory.registry import ModelRegistry
 from modfactory.report import write_report
-from modfactory.runs import Run, RunState, StageStatus
+from modfactory.runs import ChampionChanged, Run, RunState, StageStatus, Verdict
 from modfactory.stages.context import StageContext, stage
+
+MEASURES = 3  # how often the champion is measured again if it changes meanwhile
 
 
 @stage("evaluate")
 async def evaluate(sc: StageContext, run: Run) -> None:
     """Classify validation and test; tune each label's threshold on validation only; record
     test metrics at 0.5 and at the tuned thresholds, beside a random baseline and the
-    champion measured on the same test file; promote the model if it beats the champion."""
+    champion measured on the same test file; promote the model if it beats the champion
+    (recorded with the run's end in one transaction; measured again if the champion was
+    replaced meanwhile)."""
     backend = sc.backend(run.spec.backend)
     labels = run.dataset.labels if run.dataset else []
     splits = {}
@@ -51,10 +55,7 @@ async def evaluate(sc: StageContext, run: Run) -> None:
         moderation = await _moderation_baseline(sc, run, test_texts, truth, labels)
         if moderation:
             metrics["baselines"]["mistral_moderation"] = moderation
-    metrics["promotion"] = await _promote(sc, run, backend, metrics, test_texts, truth, labels)
-
     out = sc.run_dir(run.id)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     pr_chart = await asyncio.to_thread(
         charts.pr_curves, truth, test_scores, labels, thresholds, out / "precision_recall.png"
     )
@@ -64,20 +65,33 @@ async def evaluate(sc: StageContext, run: Run) -> None:
         "report_json": str(out / "report.json"),
         "report_html": str(out / "report.html"),
     }
-    # The report is written before the stage is recorded as done: a worker stopped in
-    # between re-runs the stage, instead of leaving a succeeded run without its report.
-    await asyncio.to_thread(write_report, _as_finished(run, metrics, artifacts), out)
-    await sc.store.finish_stage(
-        run.id,
-        "evaluate",
-        metrics=metrics,
-        artifacts=artifacts,
-        message=f"macro F1 {metrics['macro']['f1']:.3f} at 0.5, "
-        f"{metrics['macro']['tuned_f1']:.3f} at thresholds tuned on validation "
-        f"({metrics['rows']:,} test rows); "
-        + ("promoted" if metrics["promotion"]["promoted"] else "kept as a candidate")
-        + f": {metrics['promotion']['reason']}",
-    )
+    registry = ModelRegistry(sc.redis, sc.settings.queue_name)
+    for _ in range(MEASURES):
+        metrics["baselines"].pop("champion", None)
+        metrics["promotion"], verdict = await _promote(
+            sc, run, backend, metrics, test_texts, truth, labels
+        )
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        # The report is written before the stage is recorded as done: a worker stopped in
+        # between re-runs the stage, instead of leaving a succeeded run without its report.
+        await asyncio.to_thread(write_report, _as_finished(run, metrics, artifacts), out)
+        try:
+            await sc.store.finish_evaluation(
+                run.id,
+                verdict,
+                registry.key(run.spec.model_name),
+                metrics=metrics,
+                artifacts=artifacts,
+                message=f"macro F1 {metrics['macro']['f1']:.3f} at 0.5, "
+                f"{metrics['macro']['tuned_f1']:.3f} at thresholds tuned on validation "
+                f"({metrics['rows']:,} test rows); "
+                + ("promoted" if verdict.promoted else "kept as a candidate")
+                + f": {verdict.reason}",
+            )
+            return
+        except ChampionChanged as exc:
+            await sc.store.note(run.id, "evaluate", f"{exc}: measuring again")
+    raise BackendError(f"the champion kept changing while this run was measured ({MEASURES}x)")
 
 
 def _as_finished(run: Run, metrics: dict[str, Any], artifacts: dict[str, str]) -> Run:
@@ -104,7 +118,6 @@ async def _classify(
         sc.run_dir(run.id) / "evaluate" / name,
         batch_size=settings.classify_batch_size,
         concurrency=settings.classify_concurrency,
-        rps=settings.classify_rps if backend.rate_limited else None,
         progress=lambda what, done, total: report(f"{name} {what}", done, total),
     )
     return [result[TARGET]["scores"] for result in results]
@@ -127,7 +140,6 @@ async def _moderation_baseline(
         sc.run_dir(run.id) / "evaluate" / "mistral_moderation",
         batch_size=settings.classify_batch_size,
         concurrency=settings.classify_concurrency,
-        rps=settings.classify_rps,
     )
     scores = [{mapped[k]: v for k, v in row.items() if k in mapped} for row in results]
     ours = sorted(set(mapped.values()))
@@ -143,13 +155,11 @@ async def _promote(
     texts: list[str],
     truth: list[list[str]],
     labels: list[str],
-) -> dict[str, Any]:
-    """Measure the champion on this test file, decide, and record the decision."""
+) -> tuple[dict[str, Any], Verdict]:
+    """Measure the current champion on this test file and decide (recorded by the caller)."""
     settings = sc.settings
-    registry = ModelRegistry(sc.redis, settings.queue_name)
     name = run.spec.model_name
-    record = await registry.get(name)
-    champion = record.champion
+    champion = (await ModelRegistry(sc.redis, settings.queue_name).get(name)).champion
     decision: dict[str, Any] = {
         "model_name": name,
         "metric": settings.promotion_metric,
@@ -157,8 +167,19 @@ async def _promote(
         "challenger": metric_value(metrics, settings.promotion_metric),
         "champion_run": champion.run_id if champion else None,
     }
+
+    def verdict(promoted: bool, reason: str) -> Verdict:
+        return Verdict(
+            promoted=promoted,
+            reason=reason,
+            measured_against=decision["champion_run"],
+            model_id=run.artifacts.model_id,
+        )
+
     if champion and champion.run_id == run.id:  # decided before a crash
-        return {**decision, "promoted": True, "reason": "already the champion"}
+        return {**decision, "promoted": True, "reason": "already the champion"}, verdict(
+            True, "already the champion"
+        )
     champion_metrics = None
     if champion:
         champion_run = await sc.store.get(champion.run_id)
@@ -166,19 +187,19 @@ async def _promote(
             reason = (
                 f"the champion {champion.run_id} runs on the {champion_run.spec.backend} backend"
             )
-            await registry.keep_as_candidate(name, run.id, reason)
-            return {**decision, "promoted": False, "reason": reason}
+            return {**decision, "promoted": False, "reason": reason}, verdict(False, reason)
         scores = await _classify(sc, run, backend, champion.model_id, texts, "champion")
         champion_metrics = await asyncio.to_thread(evaluate_scores, truth, scores, labels)
         metrics["baselines"]["champion"] = {"run_id": champion.run_id, **summary(champion_metrics)}
     promoted, reason = decide(
         metrics, champion_metrics, settings.promotion_metric, settings.promotion_margin
     )
-    if promoted:
-        await registry.promote(name, run.id, run.artifacts.model_id, reason)
-    else:
-        await registry.keep_as_candidate(name, run.id, reason)
     champion_value = (
         metric_value(champion_metrics, settings.promotion_metric) if champion_metrics else None
     )
-    return {**decision, "champion": champion_value, "promoted": promoted, "reason": reason}
+    return {
+        **decision,
+        "champion": champion_value,
+        "promoted": promoted,
+        "reason": reason,
+    }, verdict(promoted, reason)

@@ -4,21 +4,31 @@ No worker slot is held while the job runs: ``train`` creates the job and schedul
 first look; each look (``poll_training``) records what it sees and schedules the next,
 as a fresh arq job, until the job ends. Looks are numbered; a look whose number is stale
 (its successor already ran) does nothing, so a re-run never forks the chain.
+
+One remote job per run: while the job is alive, nothing that fails here fails the stage
+for good — an unreachable API, a start whose answer was lost, a status this code does not
+know — it is looked at again later. A train stage queued again follows its job if that is
+still alive and creates a new one only once the old one is over.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from modfactory import charts
 from modfactory.backends.base import BackendUnavailable, JobRequest, JobStatus, TrainingJob
 from modfactory.runs import Run, RunState, StageStatus
-from modfactory.stages.context import StageContext, guarded, stage
+from modfactory.stages.context import StageContext, cancel_remote_job, guarded, stage
+
+LOOK_TIMEOUT = 0.5  # share of MODFACTORY_JOB_TIMEOUT one look may take before it is retried
 
 
 @stage("train")
 async def train(sc: StageContext, run: Run) -> None:
-    """Create the job unless the run has one, then schedule the first look at it."""
+    """Create the job unless the run has one still alive, then schedule a look at it."""
+    if run.training.job_over and run.training.status != JobStatus.SUCCESS:
+        run = await sc.store.new_training_generation(run.id)  # the job failed: a new one
     if run.artifacts.training_job_id is None:
         backend = sc.backend(run.spec.backend)
         suffix = run.training.job_suffix(run.id, sc.settings.mistral_job_suffix)
@@ -35,6 +45,8 @@ async def train(sc: StageContext, run: Run) -> None:
         await sc.store.record_artifacts(
             run.id, f"created training job {job.id}", training_job_id=job.id
         )
+    else:
+        await sc.store.note(run.id, "train", f"following job {run.artifacts.training_job_id}")
     await sc.enqueue_poll(run.id, run.training.poll_seq, delay=0)
 
 
@@ -53,41 +65,62 @@ async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
     if run.training.poll_seq != seq:
         return
 
+    async def look_again_later(why: str) -> None:
+        await sc.store.note(run_id, "train", f"{why}; looking again later")
+        if await sc.store.advance_poll(run_id, seq):
+            await sc.enqueue_poll(run_id, seq + 1, delay=sc.settings.poll_max_interval)
+
     async def step() -> None:
-        backend = sc.backend(run.spec.backend)
         try:
-            job = await backend.get_job(run.artifacts.training_job_id)
+            async with asyncio.timeout(sc.settings.job_timeout * LOOK_TIMEOUT):
+                job = await _look(sc, run, run.artifacts.training_job_id)
         except BackendUnavailable as exc:  # the job goes on; look again later
-            await sc.store.note(run_id, "train", f"{exc}; looking again later")
-            if await sc.store.advance_poll(run_id, seq):
-                await sc.enqueue_poll(run_id, seq + 1, delay=sc.settings.poll_max_interval)
-            return
-        if job.status == JobStatus.VALIDATED:
-            updated = await sc.store.record_training(run_id, job)
-            over = _over_the_cap(updated, job)
-            if over:
-                await sc.store.await_approval(run_id, over)
-                return
-            await sc.store.note(run_id, "train", f"starting job {job.id}")
-            job = await backend.start_job(job.id)
+            return await look_again_later(str(exc))
+        except TimeoutError:
+            return await look_again_later("the look at the job took too long")
+        if job is None:
+            return  # parked awaiting approval
         updated = await sc.store.record_training(
-            run_id, job, advance_poll_from=None if job.status.terminal else seq
+            run_id, job, advance_poll_from=None if job.terminal else seq
         )
         if job.status == JobStatus.SUCCESS:
             await _succeeded(sc, updated, job)
         elif job.status == JobStatus.CANCELLED:
             await sc.store.cancel(
-                run_id, f"the training job was cancelled at the backend: {job.error or job.id}"
+                run_id,
+                f"the training job was cancelled at the backend: {job.error or job.id}",
+                strict=False,
             )
-        elif job.status.terminal:
+        elif job.terminal:
             reason = job.error or f"the training job ended {job.status}"
             await sc.store.fail_stage(run_id, "train", f"{job.status}: {reason}")
-        elif updated.training.poll_seq == seq + 1:
-            quiet = updated.training.quiet_looks
-            delay = min(sc.settings.poll_max_interval, sc.settings.poll_interval * 1.5**quiet)
-            await sc.enqueue_poll(run_id, seq + 1, delay=delay)
+        else:
+            if not job.known:
+                await sc.store.note(run_id, "train", f"job {job.id} has an unknown status")
+            if updated.training.poll_seq == seq + 1:
+                quiet = updated.training.quiet_looks
+                delay = min(sc.settings.poll_max_interval, sc.settings.poll_interval * 1.5**quiet)
+                await sc.enqueue_poll(run_id, seq + 1, delay=delay)
 
     await guarded(sc, "train", run_id, step)
+    if (await sc.store.get(run_id)).state.terminal:
+        await cancel_remote_job(sc, run_id)
+
+
+async def _look(sc: StageContext, run: Run, job_id: str) -> TrainingJob | None:
+    """The job as it is now, started first if it waits validated (None: it waits for
+    approval of its quote instead)."""
+    backend = sc.backend(run.spec.backend)
+    job = await backend.get_job(job_id)
+    if job.status != JobStatus.VALIDATED:
+        return job
+    updated = await sc.store.record_training(run.id, job)
+    over = _over_the_cap(updated, job)
+    if over:
+        await sc.store.await_approval(run.id, over)
+        return None
+    await sc.store.note(run.id, "train", f"starting job {job.id}")
+    return await backend.start_job(job.id)
 
 
 def _over_the_cap(run: Run, job: TrainingJob) -> str | None:
@@ -117,4 +150,4 @@ async def _succeeded(sc: StageContext, run: Run, job: TrainingJob) -> None:
         artifacts={"model_id": job.fine_tuned_model, "loss_chart": str(chart) if chart else None},
         message=f"trained {job.fine_tuned_model}",
     )
-    await sc.enqueue("evaluate", run.id)
+    await sc.enqueue_next("train", run.id)

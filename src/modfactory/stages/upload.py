@@ -31,4 +31,3 @@ async def upload(sc: StageContext, run: Run) -> None:
     await sc.store.finish_stage(
         run.id, "upload", message=f"files {ids['train']}, {ids['validation']}"
     )
-    await sc.enqueue("train", run.id)

@@ -1,0 +1,108 @@
+"""The reconciler: no run is ever stuck, no training job is left running unpaid-for.
+
+Every MODFACTORY_RECONCILE_INTERVAL seconds one worker (arq's unique cron job id, plus a
+Redis lock against overlapping rounds) walks the unfinished runs. A run whose current
+step — its stage job, or the next look at its training job — is neither queued, deferred
+nor in progress in arq has that step queued again: a job arq dropped after its tries, a
+stage that could not record its end (Redis away), a run created but never queued, a
+worker lost between finishing a stage and queuing the next, a Redis restarted without its
+queue. Each stage has MODFACTORY_STAGE_MAX_ATTEMPTS attempts; then the run fails naming
+the stage and how its last attempt ended (see ``RunStore.start_stage``). Runs that ended
+failed or cancelled while their training job may still run have that job cancelled.
+A starting worker runs one round at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from modfactory import jobs
+from modfactory.runs import Run, RunNotFound, RunState, StageStatus
+from modfactory.stages.context import StageContext, cancel_remote_job
+
+log = logging.getLogger("modfactory.reconciler")
+JOB_NAME = "reconcile"
+
+
+@dataclass
+class Round:
+    """What one round did."""
+
+    requeued: list[str] = field(default_factory=list)  # "<run>:<step>"
+    cancels: list[str] = field(default_factory=list)  # what each cancellation attempt said
+    skipped: bool = False  # another worker's round was still going
+
+
+def current_job(run: Run) -> tuple[str, str] | None:
+    """(arq job id, what it is) of the step ``run`` waits for; None when it waits for
+    nobody (awaiting approval, or over)."""
+    if run.state.terminal or run.state == RunState.AWAITING_APPROVAL:
+        return None
+    stage = run.current_stage
+    if stage is None:
+        return None
+    train = run.stages["train"]
+    if stage == "train" and train.state == StageStatus.RUNNING and run.artifacts.training_job_id:
+        seq = run.training.poll_seq
+        return jobs.poll_job_id(run.id, seq), f"look {seq} at the training job"
+    return jobs.stage_job_id(run.id, stage), stage
+
+
+async def requeue_lost_steps(sc: StageContext) -> list[str]:
+    """Queue again the current step of every unfinished run that has no arq job."""
+    queue = sc.settings.queue_name
+    requeued = []
+    for run in await sc.store.active():
+        wanted = current_job(run)
+        if wanted is None or await jobs.job_exists(sc.redis, wanted[0]):
+            continue
+        try:
+            fresh = await sc.store.get(run.id)  # it may have moved on meanwhile
+        except RunNotFound:
+            continue
+        if current_job(fresh) != wanted:
+            continue
+        job_id, what = wanted
+        await jobs.clear_stale_result(sc.redis, job_id)
+        if job_id == jobs.stage_job_id(run.id, fresh.current_stage or ""):
+            queued = await jobs.enqueue_stage(sc.redis, queue, fresh.current_stage, run.id)
+        else:
+            queued = await jobs.enqueue_poll(sc.redis, queue, run.id, fresh.training.poll_seq, 0)
+        if queued:
+            requeued.append(job_id)
+            await sc.store.note(
+                run.id, fresh.current_stage, f"queued {what} again: no worker had it"
+            )
+    return requeued
+
+
+async def reconcile_once(sc: StageContext) -> Round:
+    """One round (at most one at a time across all workers)."""
+    lock = f"{sc.settings.queue_name}:reconcile-lock"
+    token = secrets.token_hex(8)
+    # Held at most until the next round is due: a worker killed mid-round delays nothing,
+    # and an overlap after a very slow round is harmless (every step is idempotent).
+    ttl = max(5, sc.settings.reconcile_interval - 1)
+    if not await sc.redis.set(lock, token, nx=True, ex=ttl):
+        return Round(skipped=True)
+    try:
+        done = Round(requeued=await requeue_lost_steps(sc))
+        for run_id in await sc.store.runs_with_jobs_to_cancel():
+            said = await cancel_remote_job(sc, run_id)
+            if said:
+                done.cancels.append(f"{run_id}: {said}")
+    finally:
+        if (await sc.redis.get(lock)) == token.encode():
+            await sc.redis.delete(lock)
+    if done.requeued or done.cancels:
+        log.info("reconciled: queued %s again; %s", done.requeued or "nothing", done.cancels)
+    return done
+
+
+async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The arq cron job."""
+    done = await reconcile_once(StageContext.of(ctx))
+    return {"requeued": done.requeued, "cancels": done.cancels, "skipped": done.skipped}

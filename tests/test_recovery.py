@@ -1,0 +1,154 @@
+"""End to end, with real worker processes: the reconciler revives runs without a worker
+restart, gives up on a stage after its attempts, and the shared rate limit holds for two
+workers evaluating three runs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from helpers import producer_for, settings_for, wait_until, worker_process
+from mistral_emulator import MistralEmulator
+from modfactory.monitoring import worker_heartbeat
+from modfactory.recipe import RecipeParams
+from modfactory.runs import RunSpec, RunState
+
+pytestmark = pytest.mark.slow
+KEY = "sk-recovery-0123456789abcdef"
+
+
+@pytest.fixture
+def emulator() -> Iterator[MistralEmulator]:
+    with MistralEmulator(api_key=KEY) as emulator:
+        yield emulator
+    assert emulator.invalid_requests == []
+
+
+async def wait_for_heartbeat(redis: Redis, queue: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while await worker_heartbeat(redis, queue) is None:
+        assert time.monotonic() < deadline, "the worker did not start"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_run_never_queued_and_a_deleted_job_run_again_without_a_worker_restart(
+    redis_db: str, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        redis_db, tmp_path / "data", reconcile_interval=2, poll_interval=3, health_check_interval=5
+    )
+    producer = await producer_for(settings)
+    redis = producer.redis
+    with worker_process(settings, tmp_path / "worker.log"):
+        await wait_for_heartbeat(redis, settings.queue_name)
+        # Created after the worker started, and never queued (a producer lost mid-way).
+        orphan = await producer.store.create(
+            RunSpec(
+                source="synthetic:3000",
+                backend="local",
+                recipe=RecipeParams.from_settings(settings),
+                model_name="orphan",
+            )
+        )
+        assert not await redis.exists(f"arq:job:{orphan.id}:build")
+        # A run whose next look at its training job is deleted from Redis by hand.
+        run = (
+            await producer.submit(
+                producer.spec(source="synthetic:3000", hyperparameters={"epochs": 30})
+            )
+        ).run
+        await wait_until(producer.store, run.id, lambda r: r.training.status == "RUNNING")
+        deleted = None
+        deadline = time.monotonic() + 60
+        while deleted is None and time.monotonic() < deadline:
+            for raw in await redis.zrange(settings.queue_name, 0, -1):
+                job_id = raw.decode()
+                if job_id.startswith(f"{run.id}:poll:"):
+                    await redis.delete(f"arq:job:{job_id}")
+                    await redis.zrem(settings.queue_name, job_id)
+                    deleted = job_id
+            await asyncio.sleep(0.05)
+        assert deleted is not None
+        gone_at = time.monotonic()
+        revived = await wait_until(
+            producer.store,
+            run.id,
+            lambda r: any(
+                "at the training job again: no worker had it" in e.message for e in r.events
+            ),
+            timeout=120,
+        )
+        assert time.monotonic() - gone_at < 120
+        final = await wait_until(producer.store, run.id, lambda r: r.state.terminal)
+        orphaned = await wait_until(producer.store, orphan.id, lambda r: r.state.terminal)
+    assert revived.state == RunState.RUNNING
+    assert final.state == RunState.SUCCEEDED, final.error
+    assert orphaned.state == RunState.SUCCEEDED, orphaned.error
+    assert any(e.message == "queued build again: no worker had it" for e in orphaned.events)
+
+
+async def test_a_stage_that_keeps_failing_ends_the_run_after_its_attempts(
+    emulator: MistralEmulator, redis_db: str, tmp_path: Path
+) -> None:
+    emulator.faults.rate = 1.0  # every request refused: 429 or 503
+    settings = settings_for(
+        redis_db,
+        tmp_path / "data",
+        mistral_api_key=KEY,
+        mistral_server_url=emulator.url,
+        mistral_max_retries=0,
+        reconcile_interval=1,
+    )
+    producer = await producer_for(settings)
+    run = (await producer.submit(producer.spec(source="synthetic:1000", backend="mistral"))).run
+    with worker_process(settings, tmp_path / "worker.log"):
+        final = await wait_until(producer.store, run.id, lambda r: r.state.terminal, timeout=120)
+    assert final.state == RunState.FAILED
+    assert final.stages["upload"].attempts == 5
+    assert final.error.startswith("upload: gave up after 5 attempts; the last: Mistral did not ")
+    assert emulator.counts["uploads"] == 0
+
+
+async def test_two_workers_evaluating_three_runs_stay_under_one_shared_rate_limit(
+    emulator: MistralEmulator, redis_db: str, tmp_path: Path
+) -> None:
+    emulator.faults.rate_limit = 5  # requests in any one second, over all endpoints; then 429
+    settings = settings_for(
+        redis_db,
+        tmp_path / "data",
+        mistral_api_key=KEY,
+        mistral_server_url=emulator.url,
+        mistral_rps=5,
+        classify_batch_size=8,
+        poll_interval=0.3,
+        poll_max_interval=1,
+    )
+    producer = await producer_for(settings)
+    runs = [
+        (
+            await producer.submit(
+                producer.spec(source="synthetic:2000", backend="mistral", model_name=f"m{i}")
+            )
+        ).run
+        for i in range(3)
+    ]
+    with (
+        worker_process(settings, tmp_path / "worker-1.log"),
+        worker_process(settings, tmp_path / "worker-2.log"),
+    ):
+        finals = [
+            await wait_until(producer.store, r.id, lambda r: r.state.terminal, timeout=300)
+            for r in runs
+        ]
+    assert [f.state for f in finals] == [RunState.SUCCEEDED] * 3, [f.error for f in finals]
+    spans = [(f.stages["evaluate"].started_at, f.stages["evaluate"].finished_at) for f in finals]
+    overlapping = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert overlapping >= 2  # evaluations ran at the same time
+    assert emulator.counts["classify_requests"] >= 40
+    assert emulator.counts["rate_limited"] == 0
+    assert emulator.peak_rate() <= 5
