@@ -18,11 +18,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis as sync_redis
-
 from helpers import producer_for, settings_env, settings_for
 from mistral_emulator import MistralEmulator
-from modfactory.embedded_redis import free_port, redis_server_binary
+from redis_process import RedisProcess
 
 KEY = "sk-chaos-0123456789abcdef0123"
 
@@ -47,56 +45,6 @@ class ChaosReport:
         return self.states.get("succeeded", 0)
 
 
-class RedisProcess:
-    """redis-server on a fixed port with an append-only file fsynced on every write."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = sync_redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except sync_redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 async def run_chaos(
     work: Path,
     *,
@@ -112,7 +60,7 @@ async def run_chaos(
     """Submit ``runs`` runs (one model name each), then kill a random worker every
     ``kill_every`` seconds (±50 %) and Redis ``redis_restarts`` times until all are over."""
     rng = random.Random(7)
-    redis = RedisProcess(work / "redis")
+    redis = RedisProcess(work / "redis", append_only=True)
     redis.start()
     emulator = MistralEmulator(api_key=KEY)
     emulator.faults.lose_rate = lose_rate
