@@ -26,13 +26,20 @@ from helpers import (
 from modfactory.settings import Settings
 from modfactory.webhook_auth import sign
 
-SECRET = "whsec-test-0123456789"
-TOKEN = "bearer-test-token-xyz"
+SECRET = "whsec-test-0123456789abcdef0123456789"
+TOKEN = "bearer-test-token-xyz-0123456789abcdef"
 
 
 @pytest.fixture
 def settings(redis_db: str, tmp_path: Path) -> Settings:
-    return settings_for(redis_db, tmp_path / "data", health_check_interval=2, queued_alert_after=1)
+    (tmp_path / "sources").mkdir()
+    return settings_for(
+        redis_db,
+        tmp_path / "data",
+        health_check_interval=2,
+        queued_alert_after=1,
+        webhook_sources=("synthetic", str(tmp_path / "sources")),
+    )
 
 
 @pytest.fixture
@@ -95,18 +102,32 @@ async def test_a_signed_trigger_creates_a_queued_run(server: str, settings: Sett
         ("stale timestamp", 401, "s old; at most 300 s allowed (MODFACTORY_WEBHOOK_TOLERANCE"),
         ("future timestamp", 401, "s in the future"),
         ("timestamp not a number", 401, "must be Unix seconds"),
+        ("timestamp in superscript digits", 401, "must be Unix seconds (1 to 12 digits 0-9)"),
+        ("timestamp of 5,000 digits", 401, "must be Unix seconds (1 to 12 digits 0-9)"),
         ("wrong bearer token", 401, "bearer token is not MODFACTORY_WEBHOOK_TOKEN"),
         ("oversized body", 413, "body larger than 65536 bytes (MODFACTORY_WEBHOOK_MAX_BODY)"),
         ("invalid JSON", 422, "body is not valid JSON"),
         ("unknown field", 422, "body field 'modle_name': Extra inputs are not permitted"),
         ("unknown recipe field", 422, "body field 'recipe.n_trian': Extra inputs"),
         ("bad recipe value", 422, "body field 'recipe.n_train': Input should be greater"),
-        ("bad source", 422, "is neither hf:<dataset>, synthetic[:N] nor an existing directory"),
+        ("bad source", 422, "body field 'source': source '/nowhere/at/all' is not one a webhook"),
+        ("a system directory", 422, "source '/etc' is not one a webhook may choose; allowed: "),
+        ("a path climbing out", 422, "is not one a webhook may choose"),
+        ("a symlink pointing out", 422, "is not one a webhook may choose"),
+        ("an allowed directory without splits", 422, "no train* file"),
+        ("a billion synthetic rows", 422, "synthetic takes 10 to 1,000,000 rows"),
+        ("zero local epochs", 422, "hyperparameter epochs=0 is out of range: an integer in [1, "),
+        ("a billion local epochs", 422, "hyperparameter epochs=1000000000 is out of range"),
+        ("a negative seed", 422, "hyperparameter seed=-1 is out of range"),
     ],
 )
 def test_a_bad_request_is_refused_with_a_json_reason(
-    server: str, case: str, status: int, message: str
+    server: str, settings: Settings, tmp_path: Path, case: str, status: int, message: str
 ) -> None:
+    sources = tmp_path / "sources"
+    (sources / "empty").mkdir(exist_ok=True)
+    if not (sources / "out").exists():
+        (sources / "out").symlink_to("/etc")
     body = b'{"source": "synthetic:2000"}'
     headers = signed(body)
     if case == "no signature":
@@ -121,6 +142,10 @@ def test_a_bad_request_is_refused_with_a_json_reason(
         headers = signed(body, at=time.time() + 400)
     elif case == "timestamp not a number":
         headers["X-Modfactory-Timestamp"] = "yesterday"
+    elif case == "timestamp in superscript digits":
+        headers["X-Modfactory-Timestamp"] = "²".encode("latin-1")
+    elif case == "timestamp of 5,000 digits":
+        headers["X-Modfactory-Timestamp"] = "9" * 5000
     elif case == "wrong bearer token":
         headers = {"Authorization": "Bearer nope"}
     elif case == "oversized body":
@@ -135,6 +160,14 @@ def test_a_bad_request_is_refused_with_a_json_reason(
             "unknown recipe field": {"recipe": {"n_trian": 5}},
             "bad recipe value": {"recipe": {"n_train": 0}},
             "bad source": {"source": "/nowhere/at/all"},
+            "a system directory": {"source": "/etc"},
+            "a path climbing out": {"source": f"{sources}/../../../etc"},
+            "a symlink pointing out": {"source": f"{sources}/out"},
+            "an allowed directory without splits": {"source": f"{sources}/empty"},
+            "a billion synthetic rows": {"source": "synthetic:1000000000"},
+            "zero local epochs": {"hyperparameters": {"epochs": 0}},
+            "a billion local epochs": {"hyperparameters": {"epochs": 1_000_000_000}},
+            "a negative seed": {"hyperparameters": {"seed": -1}},
         }[case]
         body = json.dumps(content).encode()
         headers = signed(body)
@@ -145,6 +178,32 @@ def test_a_bad_request_is_refused_with_a_json_reason(
     if status == 401:
         assert "www-authenticate" in answer.headers
     assert SECRET not in answer.text
+    assert "passwd" not in answer.text  # nothing of /etc is read or shown
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODFACTORY_WEBHOOK_SECRET": ""}, "MODFACTORY_WEBHOOK_SECRET is empty"),
+        ({"MODFACTORY_WEBHOOK_TOKEN": "short-token-0123"}, "MODFACTORY_WEBHOOK_TOKEN has 16"),
+        ({"MODFACTORY_WEBHOOK_SECRET": SECRET, "MODFACTORY_WEBHOOK_TOKEN": SECRET}, "same value"),
+        ({}, "set MODFACTORY_WEBHOOK_SECRET (signed requests) or MODFACTORY_WEBHOOK_TOKEN"),
+    ],
+)
+def test_serve_refuses_to_start_with_an_empty_short_or_shared_secret(
+    settings: Settings, tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "modfactory", "serve", "--port", "0"],
+        env={**os.environ, **settings_env(settings), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert "short-token-0123" not in done.stderr and SECRET not in done.stderr
 
 
 def test_a_replayed_request_is_refused_and_a_bearer_token_works(server: str) -> None:

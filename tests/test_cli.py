@@ -125,6 +125,15 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
         "run", "--source", "synthetic", "-H", "training_steps=200", data_dir=tmp_path / "data"
     )
     assert hyper.returncode == 2 and "no hyperparameter 'training_steps'" in hyper.stderr
+    for value, expected in (("epochs=0", "epochs=0 is out"), ("alpha=-1", "alpha=-1 is out")):
+        out_of_range = modfactory(
+            "run", "--source", "synthetic", "-H", value, data_dir=tmp_path / "data"
+        )
+        assert out_of_range.returncode == 2 and expected in out_of_range.stderr
+    huge = modfactory("run", "--source", "synthetic:1000000000", data_dir=tmp_path / "data")
+    assert huge.returncode == 2 and "synthetic takes 10 to 1,000,000 rows" in huge.stderr
+    listed = modfactory("runs", "--json", data_dir=tmp_path / "data")
+    assert json.loads(listed.stdout) == []  # none of the refused runs was created
     missing = modfactory("status", "run-nope", data_dir=tmp_path / "data")
     assert missing.returncode == 2 and "no run 'run-nope'" in missing.stderr
 

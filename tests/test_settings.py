@@ -84,3 +84,22 @@ def test_the_reconciler_period_must_tile_a_minute_or_an_hour() -> None:
     for bad in (7, 90, 0):
         with pytest.raises(ValueError, match="reconcile_interval"):
             Settings(reconcile_interval=bad)
+
+
+def test_no_secret_appears_in_a_settings_error_or_repr() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        Settings(wandb_api_key="wandb-short-secret-value")
+    assert "wandb_api_key" in str(raised.value)
+    assert "wandb-short-secret-value" not in str(raised.value)
+    shown = repr(
+        Settings(
+            redis_url="redis://:redis-pass-42@redis:6379/0",
+            mistral_api_key="sk-mistral-secret-42",
+            webhook_secret="whsec-" + "x" * 40,
+            webhook_token="tok-" + "y" * 40,
+        )
+    )
+    for secret in ("redis-pass-42", "sk-mistral-secret-42", "x" * 40, "y" * 40):
+        assert secret not in shown

@@ -35,12 +35,14 @@ from modfactory.producer import Producer
 from modfactory.recipe import RecipeError, RecipeParams
 from modfactory.runs import ActiveRunExists, RunNotFound
 from modfactory.settings import Settings
+from modfactory.sources import allowed_source
 from modfactory.webhook_auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AuthError,
     ReplayGuard,
     check_bearer,
+    check_secrets,
     check_signature,
 )
 
@@ -82,11 +84,7 @@ def create_app(settings: Settings) -> Starlette:
     """The ASGI app; it connects to MODFACTORY_REDIS_URL when it starts."""
     if not settings.redis_url:
         raise ValueError("modfactory serve needs a shared Redis: set MODFACTORY_REDIS_URL")
-    if not (settings.webhook_secret or settings.webhook_token):
-        raise ValueError(
-            "set MODFACTORY_WEBHOOK_SECRET (signed requests) or MODFACTORY_WEBHOOK_TOKEN "
-            "(bearer): modfactory serve does not take unauthenticated retrains"
-        )
+    check_secrets(settings.webhook_secret, settings.webhook_token)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -168,6 +166,11 @@ def create_app(settings: Settings) -> Starlette:
                 raise ApiError(422, f"body is not valid JSON: {exc.errors()[0]['msg']}") from None
             raise _field_error(exc) from None
         recipe = wanted.recipe.model_dump(exclude_none=True) if wanted.recipe else {}
+        if wanted.source is not None:
+            try:
+                allowed_source(wanted.source, settings.webhook_allowed_sources)
+            except RecipeError as exc:
+                raise ApiError(422, f"body field 'source': {exc}", field="source") from None
         try:
             spec = producer().spec(
                 source=wanted.source,
@@ -182,6 +185,8 @@ def create_app(settings: Settings) -> Starlette:
             raise ApiError(422, str(exc)) from None
         try:
             submission = await producer().submit(spec)
+        except RecipeError as exc:  # e.g. the source directory has no split files
+            raise ApiError(422, str(exc)) from None
         except ActiveRunExists as exc:
             raise ApiError(
                 409,

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        hide_input_in_errors=True,  # an error must never echo a secret it was given
     )
 
     # --- where things live -------------------------------------------------------
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
+        repr=False,  # may hold a password
         description="Redis to use, e.g. redis://localhost:6379/0. Unset: the CLI starts an "
         "embedded redis-server with its data under DATA_DIR/redis.",
     )
@@ -123,7 +125,10 @@ class Settings(BaseSettings):
     )
     local_epochs: int = Field(8, ge=1, le=1000, description="Local backend: training epochs.")
     local_alpha: float = Field(
-        2e-5, gt=0, description="Local backend: L2 regularisation of the logistic model."
+        2e-5,
+        ge=1e-12,
+        le=1000,
+        description="Local backend: L2 regularisation of the logistic model.",
     )
     poll_interval: float = Field(
         5.0, gt=0, description="Seconds between two looks at a training job (±10 % jitter)."
@@ -178,6 +183,12 @@ class Settings(BaseSettings):
     webhook_token: SecretStr | None = Field(
         None, description="Bearer token `modfactory serve` also accepts (secret)."
     )
+    webhook_sources: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Sources a webhook request may name, comma-separated: hf:<dataset>, "
+        "synthetic (any synthetic:N), or directories (any sub-directory allowed). Unset: "
+        "only MODFACTORY_SOURCE.",
+    )
     webhook_tolerance: int = Field(
         300, ge=1, description="How old (or early) a signed request's timestamp may be (s)."
     )
@@ -224,7 +235,7 @@ class Settings(BaseSettings):
         "text", description="Log lines as text or as JSON objects (one per line)."
     )
 
-    @field_validator("label_columns", mode="before")
+    @field_validator("label_columns", "webhook_sources", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
         """Accept a comma-separated list as well as JSON."""
@@ -264,6 +275,11 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) != 40:
             raise ValueError("a Weights & Biases API key has 40 characters")
         return value
+
+    @property
+    def webhook_allowed_sources(self) -> tuple[str, ...]:
+        """What a webhook caller may name as its source (default: the configured one)."""
+        return self.webhook_sources or (self.source,)
 
     @property
     def default_backend(self) -> Literal["local", "mistral"]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _BUILDERS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 _SYNTHETIC = re.compile(r"^synthetic(?::(\d+))?$")
+MAX_SYNTHETIC_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,12 @@ def parse_source(value: str) -> Source:
         return Source("hf", name)
     match = _SYNTHETIC.match(value)
     if match:
-        rows = int(match.group(1) or synthetic.DEFAULT_ROWS)
-        if rows < 10:
-            raise RecipeError(f"source {value!r}: synthetic needs at least 10 rows")
+        digits = match.group(1) or str(synthetic.DEFAULT_ROWS)
+        rows = int(digits) if len(digits) <= 9 else MAX_SYNTHETIC_ROWS + 1
+        if not 10 <= rows <= MAX_SYNTHETIC_ROWS:
+            raise RecipeError(
+                f"source {value[:40]!r}: synthetic takes 10 to {MAX_SYNTHETIC_ROWS:,} rows"
+            )
         return Source("synthetic", "synthetic", rows)
     path = Path(value).expanduser()
     if not path.is_dir():
@@ -68,6 +72,40 @@ def parse_source(value: str) -> Source:
             f"source {value!r} is neither hf:<dataset>, synthetic[:N] nor an existing directory"
         )
     return Source("dir", str(path.resolve()))
+
+
+def allowed_source(value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if a webhook caller may choose it, else RecipeError saying what is allowed.
+
+    Each entry of ``allowed`` (MODFACTORY_WEBHOOK_SOURCES) is an ``hf:`` dataset id, a
+    synthetic source (``synthetic`` allows any ``synthetic:N`` within the cap), or a
+    directory under which any sub-directory is allowed. A path is resolved, symlinks
+    included, before it is compared, and may not contain ``..``; nothing on the disk is
+    looked at for a path that is not allowed.
+    """
+    value = value.strip()
+    refused = RecipeError(
+        f"source {value[:200]!r} is not one a webhook may choose; allowed: "
+        f"{', '.join(allowed) or 'none'} (MODFACTORY_WEBHOOK_SOURCES)"
+    )
+    if value.startswith("hf:") or _SYNTHETIC.match(value):
+        wanted = parse_source(value)
+        for entry in allowed:
+            if value == entry.strip() or (wanted.synthetic and entry.strip() == "synthetic"):
+                return value
+        raise refused
+    if not value or "\x00" in value or ".." in Path(value).parts:
+        raise refused
+    target = Path(value).expanduser().resolve()
+    for entry in allowed:
+        entry = entry.strip()
+        if entry.startswith("hf:") or _SYNTHETIC.match(entry) or not entry:
+            continue
+        root = Path(entry).expanduser().resolve()
+        if target == root or root in target.parents:
+            parse_source(value)  # it must exist, as a directory
+            return value
+    raise refused
 
 
 def split_files(directory: Path) -> dict[str, list[str]]:

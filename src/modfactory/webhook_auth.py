@@ -11,12 +11,45 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 TIMESTAMP_HEADER = "X-Modfactory-Timestamp"
 SIGNATURE_HEADER = "X-Modfactory-Signature"
+MIN_SECRET_LENGTH = 32
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")  # ASCII digits only: "²" is a digit to str.isdigit
+
+
+def check_secrets(secret: SecretStr | None, token: SecretStr | None) -> None:
+    """Raise ValueError (one line, naming the setting, never the value) unless each secret
+    set is at least MIN_SECRET_LENGTH characters, at least one is set, and they differ."""
+    for name, value in (("MODFACTORY_WEBHOOK_SECRET", secret), ("MODFACTORY_WEBHOOK_TOKEN", token)):
+        if value is None:
+            continue
+        length = len(value.get_secret_value())
+        if length < MIN_SECRET_LENGTH:
+            what = "is empty" if length == 0 else f"has {length} characters"
+            raise ValueError(
+                f"{name} {what}: it needs at least {MIN_SECRET_LENGTH} "
+                "(e.g. `openssl rand -hex 32`), or leave it unset"
+            )
+    if secret is None and token is None:
+        raise ValueError(
+            "set MODFACTORY_WEBHOOK_SECRET (signed requests) or MODFACTORY_WEBHOOK_TOKEN "
+            "(bearer): modfactory serve does not take unauthenticated retrains"
+        )
+    same = (
+        secret is not None
+        and token is not None
+        and hmac.compare_digest(secret.get_secret_value(), token.get_secret_value())
+    )
+    if same:
+        raise ValueError(
+            "MODFACTORY_WEBHOOK_SECRET and MODFACTORY_WEBHOOK_TOKEN are the same value: "
+            "a bearer token sent with every request would then also sign requests"
+        )
 
 
 class AuthError(Exception):
@@ -41,8 +74,8 @@ def check_signature(
     if not timestamp or not signature:
         missing = TIMESTAMP_HEADER if not timestamp else SIGNATURE_HEADER
         raise AuthError(f"missing {missing} header")
-    if not timestamp.isdigit():
-        raise AuthError(f"{TIMESTAMP_HEADER} must be Unix seconds, got {timestamp[:20]!r}")
+    if not _UNIX_SECONDS.fullmatch(timestamp):
+        raise AuthError(f"{TIMESTAMP_HEADER} must be Unix seconds (1 to 12 digits 0-9)")
     age = now - int(timestamp)
     if abs(age) > tolerance:
         when = f"{age:.0f} s old" if age > 0 else f"{-age:.0f} s in the future"

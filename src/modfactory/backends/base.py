@@ -106,6 +106,34 @@ class BackendUnavailable(BackendError):
     """The backend could not be reached after retries; trying again later may work."""
 
 
+HyperRanges = dict[str, tuple[type, float, float]]  # name -> (int or float, low, high)
+
+
+def checked_hyperparameters(
+    backend: str, overrides: dict[str, float | int], ranges: HyperRanges
+) -> dict[str, float | int]:
+    """``overrides`` with each value converted to its kind; BackendError naming the first
+    unknown name or the first value that is not a finite number within its range."""
+    checked: dict[str, float | int] = {}
+    for name, value in overrides.items():
+        if name not in ranges:
+            raise BackendError(
+                f"the {backend} backend has no hyperparameter {name!r}; "
+                f"it takes {', '.join(sorted(ranges))}"
+            )
+        kind, low, high = ranges[name]
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+        fits = fits and low <= value <= high and (kind is float or value == int(value))
+        if not fits:
+            bounds = f"[{low:,}, {high:,}]" if kind is int else f"[{low:g}, {high:g}]"
+            raise BackendError(
+                f"hyperparameter {name}={value} is out of range: "
+                f"{'an integer' if kind is int else 'a number'} in {bounds}"
+            )
+        checked[name] = kind(value)
+    return checked
+
+
 class Backend(ABC):
     """Upload files, run a classifier fine-tuning job, classify with the result."""
 

@@ -22,11 +22,13 @@ from modfactory.backends.base import (
     BackendError,
     Checkpoint,
     ClassifierTarget,
+    HyperRanges,
     JobRequest,
     JobStatus,
     Scores,
     TrainingJob,
     UploadedFile,
+    checked_hyperparameters,
 )
 from modfactory.backends.local_trainer import (
     JOB_FILE,
@@ -39,6 +41,11 @@ from modfactory.fileio import atomic_output
 from modfactory.recipe import TARGET, RecipeError, read_jsonl
 
 MODEL_PREFIX = "ft:classifier:local:"
+RANGES: HyperRanges = {  # the same bounds as MODFACTORY_LOCAL_EPOCHS / _ALPHA
+    "epochs": (int, 1, 1000),
+    "alpha": (float, 1e-12, 1000),
+    "seed": (int, 0, 2**32 - 1),
+}
 MAX_TRAINER_STARTS = 3
 
 
@@ -55,13 +62,7 @@ class LocalBackend(Backend):
         self._trainers: list[subprocess.Popen[bytes]] = []
 
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
-        unknown = sorted(set(overrides) - set(self.defaults))
-        if unknown:
-            raise BackendError(
-                f"the local backend has no hyperparameter {unknown[0]!r}; "
-                f"it takes {', '.join(sorted(self.defaults))}"
-            )
-        return {**self.defaults, **overrides}
+        return {**self.defaults, **checked_hyperparameters(self.name, overrides, RANGES)}
 
     # --- files -------------------------------------------------------------------------
     async def upload_file(self, path: Path, tag: str) -> UploadedFile:

@@ -33,11 +33,13 @@ from modfactory.backends.base import (
     BackendUnavailable,
     Checkpoint,
     ClassifierTarget,
+    HyperRanges,
     JobRequest,
     JobStatus,
     Scores,
     TrainingJob,
     UploadedFile,
+    checked_hyperparameters,
 )
 from modfactory.ratelimit import Limiter, RateLimiter
 from modfactory.settings import Settings
@@ -45,7 +47,7 @@ from modfactory.settings import Settings
 log = logging.getLogger("modfactory.mistral")
 T = TypeVar("T")
 
-_RANGES: dict[str, tuple[type, float, float]] = {
+_RANGES: HyperRanges = {
     "training_steps": (int, 1, 1_000_000),
     "learning_rate": (float, 1e-8, 1),
     "weight_decay": (float, 0, 1),
@@ -96,19 +98,7 @@ class MistralBackend(Backend):
             "epochs": s.mistral_epochs,
             "seq_len": s.mistral_seq_len,
         }
-        for name, value in overrides.items():
-            if name not in _RANGES:
-                raise BackendError(
-                    f"the mistral backend has no hyperparameter {name!r}; "
-                    f"it takes {', '.join(_RANGES)}"
-                )
-            kind, low, high = _RANGES[name]
-            if not low <= value <= high or (kind is int and value != int(value)):
-                raise BackendError(
-                    f"hyperparameter {name}={value} is out of range: "
-                    f"{'an integer' if kind is int else 'a number'} in [{low:g}, {high:g}]"
-                )
-            values[name] = kind(value)
+        values.update(checked_hyperparameters(self.name, overrides, _RANGES))
         return {k: v for k, v in values.items() if v is not None}
 
     async def close(self) -> None:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
-from modfactory.dataset import build_dataset
+from modfactory.dataset import DatasetSummary, build_dataset
 from modfactory.runs import Run
 from modfactory.sources import parse_source
 from modfactory.stages.context import StageContext, stage
+
+# One build at a time per worker process: builds are CPU- and memory-heavy, so two at once
+# gain little, and two at once race inside `datasets`' progress bars (tqdm deletes its
+# class-wide lock when its last bar closes, under the other thread's feet).
+_ONE_BUILD = threading.Lock()
+
+
+def _build_alone(*args: Any) -> DatasetSummary:
+    with _ONE_BUILD:
+        return build_dataset(*args)
 
 
 @stage("build")
@@ -16,7 +28,7 @@ async def build(sc: StageContext, run: Run) -> None:
     out = sc.run_dir(run.id) / "dataset"
     report = sc.progress_reporter(run.id, "build")
     summary = await asyncio.to_thread(
-        build_dataset,
+        _build_alone,
         parse_source(run.spec.source),
         run.spec.recipe,
         out,
