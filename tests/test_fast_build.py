@@ -19,6 +19,7 @@ from cookbook import cookbook_build
 from fake_hub import FakeHub
 from modfactory import shuffle_guard
 from modfactory.dataset import build_dataset
+from modfactory.embedded_redis import free_port
 from modfactory.recipe import RecipeError, RecipeParams
 from modfactory.settings import CIVIL_COMMENTS_LABELS
 from modfactory.shuffle_indices import shuffled_take
@@ -181,7 +182,7 @@ def test_an_unreachable_hub_is_named_before_anything_is_built(tmp_path: Path) ->
     """hf: sources fetch their parquet files once; offline, the fast engine says why not."""
     params = RecipeParams(n_train=10, n_validation=10, n_test=10)
     with pytest.raises(
-        RecipeError, match=r"source hf:google/civil_comments: cannot list its files"
+        RecipeError, match=r"source hf:google/civil_comments cannot be reached \(ConnectionError"
     ):
         build_dataset(
             parse_source("hf:google/civil_comments"),
@@ -250,3 +251,37 @@ def test_an_hf_source_is_fetched_once_and_built_fast_with_the_streamed_rows(tmp_
     assert stream["engine"] == "stream"
     assert written(tmp_path / "fast") == written(tmp_path / "stream")
     assert again["splits"] == fast["splits"]
+
+
+@pytest.mark.parametrize("hub", ["closed port", "unresolvable host"])
+def test_an_unreachable_hub_is_one_line_and_exit_2_for_a_build_and_a_run(
+    tmp_path: Path, hub: str
+) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}" if hub == "closed port" else "https://hub.invalid"
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("HF_HUB_OFFLINE")
+    env.pop("HF_DATASETS_OFFLINE")
+
+    def modfactory(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modfactory", *args, "--data-dir", str(tmp_path / "data")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    built = modfactory(
+        "dataset", "build", "--source", "hf:google/civil_comments", "--out", str(tmp_path / "o")
+    )
+    assert built.returncode == 2
+    lines = built.stderr.strip().splitlines()
+    assert len(lines) == 1, built.stderr  # no traceback, no retry warnings, no second route
+    assert lines[0].startswith("error: source hf:google/civil_comments cannot be reached (")
+    assert "HF_HUB_OFFLINE=1" in lines[0] and "--source DIR" in lines[0]
+
+    run = modfactory("run", "--source", "hf:google/civil_comments", "--json")
+    assert run.returncode == 1, run.stderr
+    failed = json.loads(run.stdout)
+    assert failed["state"] == "failed" and failed["stages"]["build"]["state"] == "failed"
+    assert failed["error"] == "build: " + lines[0].removeprefix("error: ")

@@ -121,15 +121,13 @@ def choose_engine(
 ) -> tuple[dict[str, list[str]] | None, str | None]:
     """(the parquet files per split when the fast engine runs, else None; why not fast).
 
-    A source that is not parquet streams quietly; a guard disagreement or a Hub dataset
-    whose files cannot be fetched streams with a warning — or, with ``fast``, fails.
+    A source that is not parquet streams quietly; a guard disagreement streams with a
+    warning — or, with ``fast``, fails. A Hub dataset that cannot be reached fails at once
+    (SourceUnreachable): streaming it would fail the same way, only later.
     """
     if engine == "stream":
         return None, None
-    try:
-        files, why, worth_a_warning = _fast_engine_files(source, data_dir)
-    except RecipeError as exc:  # a Hub dataset's files could not be listed or fetched
-        files, why, worth_a_warning = None, str(exc), True
+    files, why, worth_a_warning = _fast_engine_files(source, data_dir)
     if files is None and engine == "fast":
         raise RecipeError(f"--engine fast cannot run: {why} (use auto or stream)")
     if files is None and worth_a_warning:

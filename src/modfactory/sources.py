@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,46 @@ log = logging.getLogger("modfactory.sources")
 
 if TYPE_CHECKING:
     from datasets import IterableDataset
+
+HUB_CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the Hub before giving up
+
+
+class SourceUnreachable(RecipeError):
+    """The source cannot be reached (no network, the Hub down, an unknown dataset); the
+    message is one line naming the source and what to do instead."""
+
+    def __init__(self, name: str, why: str) -> None:
+        first_line = (why.strip().splitlines() or [""])[0][:200]
+        super().__init__(
+            f"source hf:{name} cannot be reached ({first_line}); build from a local "
+            "directory of split files instead (--source DIR), or from the Hugging Face "
+            "cache with HF_HUB_OFFLINE=1"
+        )
+
+
+def check_hub_reachable(name: str) -> None:
+    """SourceUnreachable at once when the Hub's host cannot be resolved or connected to
+    (instead of the Hub clients' own retries, which take the better part of a minute).
+    Offline mode (HF_HUB_OFFLINE=1) reads the cache and asks nothing."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    endpoint = urlsplit(constants.ENDPOINT)
+    host = endpoint.hostname or ""
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        reason = "its host cannot be resolved" if isinstance(exc, socket.gaierror) else exc
+        raise SourceUnreachable(name, f"{constants.ENDPOINT}: {reason}") from None
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
 
 _BUILDERS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 _SYNTHETIC = re.compile(r"^synthetic(?::(\d+))?$")
@@ -146,10 +187,11 @@ def parquet_split_files(source: Source, data_dir: Path) -> dict[str, list[str]] 
 def _hub_parquet_files(name: str) -> dict[str, list[str]] | None:
     from datasets import DownloadManager, load_dataset_builder
 
+    check_hub_reachable(name)
     try:
         data_files = load_dataset_builder(name).config.data_files or {}
     except Exception as exc:  # the Hub is unreachable, the name unknown…
-        raise RecipeError(f"source hf:{name}: cannot list its files ({exc})") from None
+        raise SourceUnreachable(name, _why(exc)) from None
     urls = {split: list(data_files.get(split, [])) for split in SPLITS}
     every = [url for split_urls in urls.values() for url in split_urls]
     if not all(urls.values()) or any(not url.endswith(".parquet") for url in every):
@@ -157,7 +199,7 @@ def _hub_parquet_files(name: str) -> dict[str, list[str]] | None:
     try:
         return DownloadManager(dataset_name=name).download(urls)
     except Exception as exc:
-        raise RecipeError(f"source hf:{name}: cannot download its parquet files ({exc})") from None
+        raise SourceUnreachable(name, f"downloading its parquet files: {_why(exc)}") from None
 
 
 def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
@@ -165,7 +207,11 @@ def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
     from datasets import load_dataset
 
     if source.kind == "hf":
-        streams = load_dataset(source.location, streaming=True)
+        check_hub_reachable(source.location)
+        try:
+            streams = load_dataset(source.location, streaming=True)
+        except Exception as exc:  # the Hub is unreachable, the name unknown…
+            raise SourceUnreachable(source.location, _why(exc)) from None
         missing = [s for s in SPLITS if s not in streams]
         if missing:
             raise RecipeError(f"source hf:{source.location} has no split {missing[0]!r}")
@@ -200,6 +246,7 @@ def fingerprint(source: Source, cache_dir: Path) -> str | None:
         try:
             from huggingface_hub import HfApi
 
+            check_hub_reachable(source.location)
             return f"hf:{source.location}@{HfApi().dataset_info(source.location, timeout=10).sha}"
         except Exception as exc:  # offline, unknown dataset, Hub down: no fingerprint
             log.info("no revision for hf:%s (%s)", source.location, type(exc).__name__)
