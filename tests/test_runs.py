@@ -186,14 +186,26 @@ async def test_metric_indexes_follow_every_change_and_old_runs_are_reindexed(
     for stage in STAGES:
         await store.start_stage(run.id, stage)
         await store.finish_stage(run.id, stage)
+        await store.finish_stage(run.id, stage)  # a repeated finish counts nothing more
     states = await store.redis.hgetall(store.states_key)
     assert states == {run.id.encode(): b"succeeded"}
-    durations = await store.redis.hgetall(store.stage_seconds_key)
-    assert sorted(k.decode().split(":")[-1] for k in durations) == sorted(STAGES)
-    assert all(v.decode().startswith("local ") for v in durations.values())
+    counts = await store.state_counts()
+    assert {state: n for state, n in counts.items() if n} == {"succeeded": 1}
+    histogram = await store.redis.hgetall(store.stage_histogram_key)
+    assert {k.decode(): float(v) for k, v in histogram.items() if k.endswith(b"|count")} == {
+        f"{stage}|local|count": 1 for stage in STAGES
+    }
+    assert all(histogram[f"{stage}|local|inf".encode()] == b"1" for stage in STAGES)
 
-    await store.redis.delete(store.states_key, store.stage_seconds_key)  # as before the indexes
+    # As stored before the indexes existed: no state, per-run durations of an older version.
+    await store.redis.delete(store.states_key, store.stage_histogram_key)
+    await store.redis.hset(store.stage_seconds_key, "run-old:build", "mistral 42.5")
     assert await store.reindex() == 1
     assert await store.redis.hgetall(store.states_key) == states
-    assert await store.redis.hgetall(store.stage_seconds_key) == durations
+    assert not await store.redis.exists(store.stage_seconds_key)  # folded, once
+    again = await store.redis.hgetall(store.stage_histogram_key)
+    assert again[b"build|mistral|count"] == b"1" and again[b"build|mistral|60"] == b"1"
+    assert b"build|mistral|30" not in again
+    assert {k: v for k, v in again.items() if b"|local|" in k} == histogram
     assert await store.reindex() == 0
+    assert await store.redis.hgetall(store.stage_histogram_key) == again

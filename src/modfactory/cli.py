@@ -775,6 +775,30 @@ def rollback(
     _show_model(_with_producer(data_dir, lambda p: p.rollback(model)), as_json)
 
 
+@app.command()
+def prune(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be deleted.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS (champions
+    and the runs a rollback needs are kept); the reconciler does this daily."""
+    settings = _settings(data_dir)
+    gone = _with_producer(data_dir, lambda p: p.prune(dry_run=dry_run))
+    if as_json:
+        out.print_json(json.dumps({"dry_run": dry_run, "runs": gone}))
+        return
+    limits = f"MODFACTORY_KEEP_RUNS={settings.keep_runs}, MODFACTORY_KEEP_DAYS={settings.keep_days}"
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {len(gone)} finished run(s) ({limits})")
+    for run_id in gone[:20]:
+        out.print(f"  {run_id}")
+    if len(gone) > 20:
+        out.print(f"  … and {len(gone) - 20} more")
+
+
 def _show_model(record: ModelRecord, as_json: bool) -> None:
     if as_json:
         out.print_json(record.model_dump_json())

@@ -10,7 +10,7 @@ decisions from the schedule log. Nothing here is process-local, so any number of
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -24,10 +24,9 @@ from prometheus_client.core import (
 from redis.asyncio import Redis
 
 from modfactory.api_errors import api_errors_key
-from modfactory.runs import RunState, RunStore
+from modfactory.runs import STAGE_BUCKETS, RunState, RunStore
 from modfactory.schedule import ScheduleLog
 
-STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
 HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key for a worker's heartbeat
 
 
@@ -58,11 +57,11 @@ async def prometheus_text(redis: Redis, queue_name: str) -> bytes:
     """The Prometheus text exposition of everything above."""
     store = RunStore(redis, queue_name)
     await store.reindex()
-    states = Counter(v.decode() for v in await redis.hvals(store.states_key))
-    durations: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for field, value in (await redis.hgetall(store.stage_seconds_key)).items():
-        backend, seconds = value.decode().split()
-        durations[(field.decode().rsplit(":", 1)[1], backend)].append(float(seconds))
+    states = await store.state_counts()
+    histogram: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for field, value in (await redis.hgetall(store.stage_histogram_key)).items():
+        stage, backend, what = field.decode().split("|")
+        histogram[(stage, backend)][what] = float(value)
     now_ms = int(time.time() * 1000)
     queued = await redis.zcard(queue_name)
     ready = await redis.zcount(queue_name, "-inf", now_ms)
@@ -83,12 +82,12 @@ async def prometheus_text(redis: Redis, queue_name: str) -> bytes:
             "How long succeeded stages took.",
             labels=["stage", "backend"],
         )
-        for (stage, backend), seconds in sorted(durations.items()):
+        for (stage, backend), counts in sorted(histogram.items()):
             buckets = [
-                (str(b) if b != float("inf") else "+Inf", sum(s <= b for s in seconds))
+                (str(b) if b != float("inf") else "+Inf", counts.get(f"{b:g}", 0.0))
                 for b in STAGE_BUCKETS
             ]
-            stages.add_metric([stage, backend], buckets, sum(seconds))
+            stages.add_metric([stage, backend], buckets, counts.get("sum", 0.0))
         yield stages
         queue = GaugeMetricFamily(
             "modfactory_queue_jobs", "Jobs in the arq queue.", labels=["when"]

@@ -4,7 +4,10 @@ all come through here, so one run at a time per model name holds for all of them
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -18,6 +21,7 @@ from modfactory.runs import (
     STAGES,
     ActiveRunExists,
     Run,
+    RunNotFound,
     RunSpec,
     RunState,
     RunStateError,
@@ -26,6 +30,8 @@ from modfactory.runs import (
 from modfactory.settings import Settings
 from modfactory.sources import fingerprint, parse_source
 from modfactory.stages.context import StageContext, cancel_remote_job
+
+_SAFE_NAME = re.compile(r"[\w.-]+")  # a run or job id, never a path
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,40 @@ class Producer:
             run.spec.model_name, run_id, run.artifacts.model_id, reason, guard=still_valid
         )
 
+    async def prune(self, dry_run: bool = False) -> list[str]:
+        """Delete the finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS —
+        document, index entries, run directory, local training job — except champions and
+        the runs a rollback needs; returns their ids (with ``dry_run``: what would go)."""
+        settings = self.settings
+        protected = await self.registry.kept_runs()
+        doomed = await self.store.prunable(settings.keep_runs, settings.keep_days, protected)
+        if dry_run or not doomed:
+            return doomed
+        pruned = []
+        for run_id in doomed:
+            try:
+                run = await self.store.get(run_id)
+            except RunNotFound:
+                continue
+            if not await self.store.delete(run_id):
+                continue
+            pruned.append(run_id)
+            await asyncio.to_thread(_remove_files, settings.data_dir, run)
+        for name in await self.registry.names():
+            await self.registry.forget_candidates(name, set(pruned))
+        return pruned
+
     async def rollback(self, model_name: str | None = None) -> ModelRecord:
         """Restore the previous champion of ``model_name`` (default: MODFACTORY_MODEL_NAME)."""
         return await self.registry.rollback(model_name or self.settings.model_name)
+
+
+def _remove_files(data_dir: Path, run: Run) -> None:
+    """A pruned run's directory and, on the local backend, its training job's directory."""
+    places = [data_dir / "runs" / run.id]
+    if run.spec.backend == "local" and run.artifacts.training_job_id:
+        places.append(data_dir / "local" / "jobs" / run.artifacts.training_job_id)
+    for place in places:
+        root = place.parent.resolve()
+        if place.resolve().parent == root and _SAFE_NAME.fullmatch(place.name):
+            shutil.rmtree(place, ignore_errors=True)

@@ -8,8 +8,9 @@ stage that could not record its end (Redis away), a run created but never queued
 worker lost between finishing a stage and queuing the next, a Redis restarted without its
 queue. Each stage has MODFACTORY_STAGE_MAX_ATTEMPTS attempts; then the run fails naming
 the stage and how its last attempt ended (see ``RunStore.start_stage``). Runs that ended
-failed or cancelled while their training job may still run have that job cancelled.
-A starting worker runs one round at once.
+failed or cancelled while their training job may still run have that job cancelled. The
+first round of each day prunes finished runs beyond MODFACTORY_KEEP_RUNS / _KEEP_DAYS
+(``Producer.prune``). A starting worker runs one round at once.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from modfactory import jobs
+from modfactory.producer import Producer
 from modfactory.runs import Run, RunNotFound, RunState, StageStatus
 from modfactory.stages.context import StageContext, cancel_remote_job
 
@@ -34,6 +37,7 @@ class Round:
     requeued: list[str] = field(default_factory=list)  # "<run>:<step>"
     cancels: list[str] = field(default_factory=list)  # what each cancellation attempt said
     skipped: bool = False  # another worker's round was still going
+    pruned: list[str] = field(default_factory=list)  # finished runs deleted (once a day)
 
 
 def current_job(run: Run) -> tuple[str, str] | None:
@@ -94,15 +98,25 @@ async def reconcile_once(sc: StageContext) -> Round:
             said = await cancel_remote_job(sc, run_id)
             if said:
                 done.cancels.append(f"{run_id}: {said}")
+        day = f"{sc.settings.queue_name}:pruned-on:{datetime.now(UTC):%Y-%m-%d}"
+        if await sc.redis.set(day, 1, nx=True, ex=2 * 86_400):  # the first round of a day
+            done.pruned = await Producer(sc.redis, sc.settings).prune()
     finally:
         if (await sc.redis.get(lock)) == token.encode():
             await sc.redis.delete(lock)
     if done.requeued or done.cancels:
         log.info("reconciled: queued %s again; %s", done.requeued or "nothing", done.cancels)
+    if done.pruned:
+        log.info("pruned %d finished run(s) beyond MODFACTORY_KEEP_RUNS/DAYS", len(done.pruned))
     return done
 
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
     """The arq cron job."""
     done = await reconcile_once(StageContext.of(ctx))
-    return {"requeued": done.requeued, "cancels": done.cancels, "skipped": done.skipped}
+    return {
+        "requeued": done.requeued,
+        "cancels": done.cancels,
+        "pruned": len(done.pruned),
+        "skipped": done.skipped,
+    }

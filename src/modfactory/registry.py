@@ -21,6 +21,8 @@ from redis.asyncio.client import Pipeline
 
 from modfactory.redis_json import update_document
 
+ROLLED_BACK = "rolled back"  # the candidate reason of a champion replaced by a rollback
+
 
 class Promotion(BaseModel):
     run_id: str
@@ -75,9 +77,33 @@ class ModelRegistry:
         return load_record(name, await self.redis.get(self.key(name)))
 
     async def names(self) -> list[str]:
-        keys = await self.redis.keys(self.key("*"))
+        """Every model name (SCAN, never KEYS: a large keyspace must not block Redis)."""
         prefix = len(self.key(""))
-        return sorted((k.decode() if isinstance(k, bytes) else k)[prefix:] for k in keys)
+        return sorted(
+            [
+                (k.decode() if isinstance(k, bytes) else k)[prefix:]
+                async for k in self.redis.scan_iter(match=self.key("*"), count=500)
+            ]
+        )
+
+    async def kept_runs(self) -> set[str]:
+        """Runs that must outlive pruning: every run that is or was a champion — the
+        champion, the earlier ones a rollback may restore, and those rolled back."""
+        kept: set[str] = set()
+        for name in await self.names():
+            record = await self.get(name)
+            kept |= {p.run_id for p in [*record.history, *filter(None, [record.champion])]}
+            kept |= {r for r, why in record.candidates.items() if why == ROLLED_BACK}
+        return kept
+
+    async def forget_candidates(self, name: str, run_ids: set[str]) -> None:
+        """Drop pruned runs from ``name``'s candidates."""
+
+        def change(record: ModelRecord) -> None:
+            for run_id in run_ids & set(record.candidates):
+                del record.candidates[run_id]
+
+        await self._update(name, change)
 
     async def _update(
         self,
@@ -127,7 +153,7 @@ class ModelRegistry:
             if not record.history:
                 raise RegistryError(f"model {name!r} has no earlier champion to roll back to")
             if record.champion:
-                record.candidates[record.champion.run_id] = "rolled back"
+                record.candidates[record.champion.run_id] = ROLLED_BACK
             record.champion = record.history.pop()
 
         return await self._update(name, change)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -37,6 +38,7 @@ from modfactory.registry import ModelRecord, load_record
 
 log = logging.getLogger("modfactory.runs")
 STAGES: tuple[str, ...] = ("build", "upload", "train", "evaluate")
+STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
 StageName = Literal["build", "upload", "train", "evaluate"]
 MAX_EVENTS = 500
 
@@ -270,9 +272,66 @@ class RunStore:
         return f"{self.prefix}:run-states"
 
     @property
+    def state_counts_key(self) -> str:
+        """Hash: state -> how many stored runs are in it (kept in the same transactions)."""
+        return f"{self.prefix}:run-state-counts"
+
+    async def state_counts(self) -> dict[str, int]:
+        """Stored runs by state, read from the counts (not from every run)."""
+        await self._count_states_once()
+        raw = await self.redis.hgetall(self.state_counts_key)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def _count_states_once(self) -> None:
+        """Counts for runs stored before the counts existed: taken once from the states."""
+        marker = f"{self.prefix}:run-state-counts-since"
+        if await self.redis.exists(marker):
+            return
+        await self.reindex()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self.states_key, marker)
+                if await pipe.exists(marker):
+                    return
+                counts = Counter(v.decode() for v in await pipe.hvals(self.states_key))
+                pipe.multi()
+                pipe.delete(self.state_counts_key)
+                if counts:
+                    pipe.hset(self.state_counts_key, mapping=dict(counts))
+                pipe.set(marker, now().isoformat())
+                await pipe.execute()
+            except WatchError:
+                pass  # a run changed meanwhile: counted on the next read
+
+    @property
     def stage_seconds_key(self) -> str:
-        """Hash: ``<run id>:<stage>`` -> ``<backend> <seconds>`` of each succeeded stage."""
+        """Hash of per-run stage durations that older versions kept (folded once into
+        ``stage_histogram_key``)."""
         return f"{self.prefix}:stage-seconds"
+
+    @property
+    def stage_histogram_key(self) -> str:
+        """Hash: ``<stage>|<backend>|<bucket>`` -> how many succeeded stages took at most
+        that many seconds, plus ``…|sum`` and ``…|count``: counted once per stage, never
+        lessened by pruning, and as small with a million runs as with one."""
+        return f"{self.prefix}:stage-histogram"
+
+    def _count_duration(self, pipe: Pipeline, run: Run, stage: str) -> None:
+        """Queue the histogram increments of ``stage`` of ``run`` (just succeeded)."""
+        state = run.stages[stage]
+        if state.state != StageStatus.SUCCEEDED or not (state.started_at and state.finished_at):
+            return
+        self._count_seconds(
+            pipe, stage, run.spec.backend, (state.finished_at - state.started_at).total_seconds()
+        )
+
+    def _count_seconds(self, pipe: Pipeline, stage: str, backend: str, seconds: float) -> None:
+        base = f"{stage}|{backend}"
+        for bucket in STAGE_BUCKETS:
+            if seconds <= bucket:
+                pipe.hincrby(self.stage_histogram_key, f"{base}|{bucket:g}", 1)
+        pipe.hincrbyfloat(self.stage_histogram_key, f"{base}|sum", seconds)
+        pipe.hincrby(self.stage_histogram_key, f"{base}|count", 1)
 
     @property
     def unfinished_key(self) -> str:
@@ -295,12 +354,6 @@ class RunStore:
             pipe.sadd(self.jobs_to_cancel_key, run.id)
         else:
             pipe.srem(self.jobs_to_cancel_key, run.id)
-        for name, stage in run.stages.items():
-            if stage.state == StageStatus.SUCCEEDED and stage.started_at and stage.finished_at:
-                seconds = (stage.finished_at - stage.started_at).total_seconds()
-                pipe.hset(
-                    self.stage_seconds_key, f"{run.id}:{name}", f"{run.spec.backend} {seconds}"
-                )
 
     async def _check_slot(self, pipe: Pipeline, model_name: str, run_id: str) -> None:
         """WATCH ``model_name``'s slot and its holder; raise if another unfinished run holds it."""
@@ -346,18 +399,47 @@ class RunStore:
         return None if run.state.terminal else run
 
     async def reindex(self) -> int:
-        """Index runs stored before the metric indexes existed; returns how many."""
+        """Index runs stored before the indexes existed, and fold an older version's per-run
+        durations into the histogram, each exactly once; returns how many runs."""
+        await self._fold_stage_seconds()
         if await self.redis.hlen(self.states_key) >= await self.redis.zcard(self._index):
             return 0
         known = set(await self.redis.hkeys(self.states_key))
         missing = [i for i in await self.redis.zrange(self._index, 0, -1) if i not in known]
         for raw_id in missing:
-            raw = await self.redis.get(self._key(raw_id.decode()))
-            if raw is not None:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    self._index_writes(pipe, Run.model_validate_json(raw))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.states_key)  # a concurrent reindex: one wins
+                    raw = await pipe.get(self._key(raw_id.decode()))
+                    if raw is None or await pipe.hexists(self.states_key, raw_id):
+                        continue
+                    run = Run.model_validate_json(raw)
+                    pipe.multi()
+                    self._index_writes(pipe, run)
+                    pipe.hincrby(self.state_counts_key, str(run.state), 1)
+                    for stage in STAGES:
+                        self._count_duration(pipe, run, stage)
                     await pipe.execute()
+                except WatchError:
+                    continue
         return len(missing)
+
+    async def _fold_stage_seconds(self) -> None:
+        if not await self.redis.exists(self.stage_seconds_key):
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self.stage_seconds_key)
+                durations = await pipe.hgetall(self.stage_seconds_key)
+                pipe.multi()
+                for field, value in durations.items():
+                    backend, seconds = value.decode().split()
+                    stage = field.decode().rsplit(":", 1)[1]
+                    self._count_seconds(pipe, stage, backend, float(seconds))
+                pipe.delete(self.stage_seconds_key)
+                await pipe.execute()
+            except WatchError:
+                pass  # another process folded them
 
     async def active(self) -> list[Run]:
         """Runs not yet finished, oldest first (what the reconciler looks after)."""
@@ -385,6 +467,56 @@ class RunStore:
             pipe.set(marker, 1)
             await pipe.execute()
 
+    async def prunable(
+        self,
+        keep_runs: int | None,
+        keep_days: float | None,
+        protected: set[str],
+        now: datetime | None = None,
+    ) -> list[str]:
+        """Finished runs beyond the newest ``keep_runs`` finished ones and older than
+        ``keep_days`` (each limit applies only when set; both unset: none), except the
+        ``protected``; newest first. Unfinished runs are never prunable."""
+        if keep_runs is None and keep_days is None:
+            return []
+        entries = await self.redis.zrevrange(self._index, 0, -1, withscores=True)
+        states = await self.redis.hmget(self.states_key, [i for i, _ in entries]) if entries else []
+        cutoff = (now or datetime.now(UTC)).timestamp() - (keep_days or 0) * 86_400
+        finished, doomed = 0, []
+        for (raw_id, created), state in zip(entries, states, strict=True):
+            if state is None or not RunState(state.decode()).terminal:
+                continue
+            finished += 1
+            run_id = raw_id.decode()
+            kept_by_count = keep_runs is not None and finished <= keep_runs
+            kept_by_age = keep_days is not None and created >= cutoff
+            if run_id not in protected and not kept_by_count and not kept_by_age:
+                doomed.append(run_id)
+        return doomed
+
+    async def delete(self, run_id: str) -> bool:
+        """Remove a finished run and its index entries; False if it is unfinished or gone."""
+        key = self._key(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None or not Run.model_validate_json(raw).state.terminal:
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hincrby(self.state_counts_key, str(Run.model_validate_json(raw).state), -1)
+                    pipe.delete(key)
+                    pipe.zrem(self._index, run_id)
+                    pipe.hdel(self.states_key, run_id)
+                    pipe.srem(self.unfinished_key, run_id)
+                    pipe.srem(self.jobs_to_cancel_key, run_id)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
     async def runs_with_jobs_to_cancel(self) -> list[str]:
         return sorted(i.decode() for i in await self.redis.smembers(self.jobs_to_cancel_key))
 
@@ -407,6 +539,7 @@ class RunStore:
                     pipe.set(self._key(run.id), run.model_dump_json())
                     pipe.zadd(self._index, {run.id: run.created_at.timestamp()})
                     self._index_writes(pipe, run)
+                    pipe.hincrby(self.state_counts_key, str(run.state), 1)
                     if exclusive:
                         pipe.set(self._slot(spec.model_name), run.id)
                     await pipe.execute()
@@ -434,7 +567,10 @@ class RunStore:
                 raise RunNotFound(run_id)
             return Run.model_validate_json(raw)
 
+        before: list[RunState] = []
+
         def stamped(run: Run) -> bool:
+            before[:] = [run.state]
             if not change(run):
                 return False
             run.updated_at = now()
@@ -448,6 +584,9 @@ class RunStore:
 
         def writes(pipe: Pipeline, run: Run) -> None:
             self._index_writes(pipe, run)
+            if run.state != before[0]:
+                pipe.hincrby(self.state_counts_key, str(before[0]), -1)
+                pipe.hincrby(self.state_counts_key, str(run.state), 1)
             if claim:
                 pipe.set(self._slot(run.spec.model_name), run.id)
             if also is not None:
@@ -517,7 +656,10 @@ class RunStore:
         def change(run: Run) -> bool:
             return _finish(run, stage, artifacts, dataset, metrics, message)
 
-        return (await self._update(run_id, change))[0]
+        def counted(pipe: Pipeline, run: Run) -> None:
+            self._count_duration(pipe, run, stage)
+
+        return (await self._update(run_id, change, also=counted))[0]
 
     async def finish_evaluation(
         self,
@@ -554,6 +696,7 @@ class RunStore:
 
         def record_verdict(pipe: Pipeline, run: Run) -> None:
             pipe.set(registry_key, decided[0].model_dump_json())
+            self._count_duration(pipe, run, "evaluate")
 
         return (await self._update(run_id, change, guard=champion_unchanged, also=record_verdict))[
             0

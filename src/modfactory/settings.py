@@ -202,6 +202,21 @@ class Settings(BaseSettings):
         description="Base URL of run links in webhook answers (unset: the request's own).",
     )
 
+    # --- retention ---------------------------------------------------------------------
+    keep_runs: int | None = Field(
+        500,
+        ge=1,
+        description="Finished runs kept: older ones are pruned (Redis and run directory) "
+        "daily by the reconciler and by `modfactory prune`, except champions and the runs "
+        "a rollback needs (unset: no limit by count).",
+    )
+    keep_days: float | None = Field(
+        None,
+        gt=0,
+        description="Finished runs younger than this many days are kept whatever "
+        "MODFACTORY_KEEP_RUNS says (unset: no limit by age).",
+    )
+
     # --- worker ----------------------------------------------------------------------
     max_jobs: int = Field(10, ge=1, description="Concurrent arq jobs per worker.")
     job_timeout: int = Field(

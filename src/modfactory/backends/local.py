@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ RANGES: HyperRanges = {  # the same bounds as MODFACTORY_LOCAL_EPOCHS / _ALPHA
     "seed": (int, 0, 2**32 - 1),
 }
 MAX_TRAINER_STARTS = 3
+CACHED_MODELS = 4  # loaded models kept in memory: a challenger, its champion, and a few
 
 
 class LocalBackend(Backend):
@@ -58,7 +60,7 @@ class LocalBackend(Backend):
     def __init__(self, data_dir: Path, epochs: int = 8, alpha: float = 2e-5) -> None:
         self.root = data_dir / "local"
         self.defaults: dict[str, float | int] = {"epochs": epochs, "alpha": alpha, "seed": 42}
-        self._models: dict[str, Any] = {}
+        self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
         self._trainers: list[subprocess.Popen[bytes]] = []
 
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
@@ -282,6 +284,9 @@ class LocalBackend(Backend):
             import joblib
 
             self._models[model] = joblib.load(path)
+            while len(self._models) > CACHED_MODELS:
+                self._models.popitem(last=False)
+        self._models.move_to_end(model)
         bundle = self._models[model]
         x = bundle["features"].transform(inputs)
         columns = [m.predict_proba(x)[:, 1] for m in bundle["models"]]
