@@ -1,4 +1,4 @@
-"""The reconciler: no run is ever stuck, no training job is left running unpaid-for.
+"""The reconciler: no run is ever stuck, and no training job runs on that nobody follows.
 
 Every MODFACTORY_RECONCILE_INTERVAL seconds one worker (arq's unique cron job id, plus a
 Redis lock against overlapping rounds) walks the unfinished runs. A run whose current

@@ -21,6 +21,7 @@ from arq.worker import Worker
 
 from modfactory import jobs
 from modfactory.cron import parse_cron
+from modfactory.reconciler import JOB_NAME as RECONCILE_JOB
 from modfactory.reconciler import reconcile, reconcile_once
 from modfactory.runs import RunStore
 from modfactory.schedule import JOB_NAME, scheduled_retrain
@@ -58,7 +59,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     cron_jobs = [
         cron(
             reconcile,  # type: ignore[arg-type]
-            name="reconcile",
+            name=RECONCILE_JOB,
             **_every(settings.reconcile_interval),  # type: ignore[arg-type]
             unique=True,
             run_at_startup=False,
