@@ -142,13 +142,13 @@ class Settings(BaseSettings):
     )
     classify_rps: float | None = Field(
         4.0,
-        gt=0,
+        ge=0.01,  # slower would leave a caller waiting for minutes
         description="Most classify and moderate calls per second over all workers: the "
         "evaluate stage's share of MODFACTORY_MISTRAL_RPS (unset: no limit of its own).",
     )
     mistral_rps: float | None = Field(
         5.0,
-        gt=0,
+        ge=0.01,
         description="Most Mistral API requests per second over all workers and runs "
         "(Mistral limits each API key); shared through Redis (unset: no limit).",
     )
