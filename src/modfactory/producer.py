@@ -144,8 +144,7 @@ class Producer:
             if not force and champion_before not in (measured, run_id):
                 raise RunStateError(
                     f"run {run_id} was measured against champion {measured}, but the champion "
-                    f"is now {champion_before}; `modfactory enqueue evaluate` measures it "
-                    "again, or use --force"
+                    f"is now {champion_before}; use --force to promote it anyway"
                 )
 
         reason = "promoted by hand" + (" (forced)" if force else "")
