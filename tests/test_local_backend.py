@@ -128,17 +128,37 @@ def test_unknown_hyperparameter_is_named(tmp_path: Path) -> None:
         LocalBackend(tmp_path).hyperparameters({"training_steps": 200})
 
 
-async def test_cancel_stops_the_trainer(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, epochs=200)
-    job = await submit(backend, dataset, "run-3")
+def trainer_alive(backend: LocalBackend, job_id: str) -> bool:
+    pid = json.loads((backend._job_dir(job_id) / "progress.json").read_text())["pid"]
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status  # a zombie is dead, only not reaped yet
+
+
+async def test_cancelling_a_job_kills_its_trainer_at_once(tmp_path: Path, dataset: Path) -> None:
+    backend = LocalBackend(tmp_path, epochs=1000)
+    job = await submit(backend, dataset, "run-cancel")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
+    assert trainer_alive(backend, job.id)
     cancelled = await backend.cancel_job(job.id)
     assert cancelled.status == JobStatus.CANCELLED
-    progress_file = tmp_path / "local" / "jobs" / job.id / "progress.json"
-    for _ in range(300):
-        progress = json.loads(progress_file.read_text())
-        if progress["state"] != "running":
-            break
-        await asyncio.sleep(0.1)
-    assert progress["state"] == "cancelled" and len(progress["checkpoints"]) < 200
+    await asyncio.sleep(0.5)
+    assert not trainer_alive(backend, job.id)
+    assert (await backend.cancel_job(job.id)).status == JobStatus.CANCELLED  # idempotent
+
+
+async def test_a_trainer_past_its_timeout_is_stopped_and_the_job_fails_naming_it(
+    tmp_path: Path, dataset: Path
+) -> None:
+    backend = LocalBackend(tmp_path, epochs=1000, train_timeout=3)
+    job = await submit(backend, dataset, "run-slow")
+    await backend.start_job(job.id)
+    failed = await wait_for(backend, job.id, lambda j: j.terminal, timeout=120)
+    assert failed.status == JobStatus.FAILED
+    assert "MODFACTORY_LOCAL_TRAIN_TIMEOUT (3 s)" in failed.error
+    assert len(failed.checkpoints) < 1000
+    await asyncio.sleep(0.5)
+    assert not trainer_alive(backend, job.id)

@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         le=1000,
         description="Local backend: L2 regularisation of the logistic model.",
     )
+    local_train_timeout: float = Field(
+        3600.0,
+        ge=1,
+        description="Local backend: longest a training job may run (s); its trainer "
+        "process is then stopped and the job fails, naming this setting.",
+    )
     poll_interval: float = Field(
         5.0, gt=0, description="Seconds between two looks at a training job (±10 % jitter)."
     )

@@ -15,7 +15,10 @@ def get_backend(name: str, settings: Settings) -> Backend:
         from modfactory.backends.local import LocalBackend
 
         return LocalBackend(
-            settings.data_dir, epochs=settings.local_epochs, alpha=settings.local_alpha
+            settings.data_dir,
+            epochs=settings.local_epochs,
+            alpha=settings.local_alpha,
+            train_timeout=settings.local_train_timeout,
         )
     if name == "mistral":
         from modfactory.backends.mistral import MistralBackend

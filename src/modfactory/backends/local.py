@@ -8,12 +8,15 @@ trainer at once and starts it again, and a job whose model is saved is never ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from modfactory.backends.local_trainer import (
     JOB_FILE,
     MODEL_FILE,
     PROGRESS_FILE,
+    overdue,
     read_json,
     write_json,
 )
@@ -48,6 +52,7 @@ RANGES: HyperRanges = {  # the same bounds as MODFACTORY_LOCAL_EPOCHS / _ALPHA
     "seed": (int, 0, 2**32 - 1),
 }
 MAX_TRAINER_STARTS = 3
+DEADLINE_GRACE = 10.0  # seconds past its deadline before a trainer is killed from outside
 CACHED_MODELS = 4  # loaded models kept in memory: a challenger, its champion, and a few
 
 
@@ -57,8 +62,15 @@ class LocalBackend(Backend):
     name = "local"
     base_model = "tfidf-logreg"
 
-    def __init__(self, data_dir: Path, epochs: int = 8, alpha: float = 2e-5) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        epochs: int = 8,
+        alpha: float = 2e-5,
+        train_timeout: float = 3600.0,
+    ) -> None:
         self.root = data_dir / "local"
+        self.train_timeout = train_timeout
         self.defaults: dict[str, float | int] = {"epochs": epochs, "alpha": alpha, "seed": 42}
         self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
         self._trainers: list[subprocess.Popen[bytes]] = []
@@ -120,11 +132,13 @@ class LocalBackend(Backend):
         return await asyncio.to_thread(self._start, job_id)
 
     async def cancel_job(self, job_id: str) -> TrainingJob:
+        """Cancel the job and kill its trainer at once (not at its next epoch)."""
         job_dir = self._job_dir(job_id)
         job = self._read_job(job_id)
         if not JobStatus(job["status"]).terminal and not (job_dir / MODEL_FILE).exists():
             job["status"] = JobStatus.CANCELLED
             write_json(job_dir / JOB_FILE, job)
+            await asyncio.to_thread(self._kill_trainer, job_dir)
         return await self.get_job(job_id)
 
     def _read_job(self, job_id: str) -> dict[str, Any]:
@@ -151,6 +165,11 @@ class LocalBackend(Backend):
                 status, fine_tuned = JobStatus.SUCCESS, MODEL_PREFIX + job_id
             elif progress.get("state") == "failed":
                 status, error = JobStatus.FAILED, progress.get("error")
+            elif time.time() > job.get("deadline", float("inf")) + DEADLINE_GRACE:
+                self._kill_trainer(job_dir)  # stuck in one long step past its deadline
+                job.update(status=JobStatus.FAILED, error=overdue(self.train_timeout))
+                write_json(job_dir / JOB_FILE, job)
+                status, error = JobStatus.FAILED, job["error"]
             elif job["trainer_starts"] >= MAX_TRAINER_STARTS and self._trainer_gone(job_dir):
                 status = JobStatus.FAILED
                 error = (
@@ -212,12 +231,28 @@ class LocalBackend(Backend):
             job = self._read_job(job_id)
         if job["status"] == JobStatus.VALIDATED:
             job["status"] = JobStatus.RUNNING
+            job["deadline"] = time.time() + self.train_timeout  # the trainer stops there
+            job["deadline_seconds"] = self.train_timeout
             write_json(self._job_dir(job_id) / JOB_FILE, job)
         elif job["status"] != JobStatus.RUNNING:
             raise BackendError(f"local backend: job {job_id} is {job['status']}, it cannot start")
         return self._refresh(job_id)
 
     # --- the trainer process -------------------------------------------------------------
+    def _kill_trainer(self, job_dir: Path) -> None:
+        """SIGKILL the job's trainer if one is alive (checked to be that very process)."""
+        progress_file = job_dir / PROGRESS_FILE
+        pid = read_json(progress_file).get("pid") if progress_file.exists() else None
+        if not pid or self._trainer_gone(job_dir):
+            return
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"local_trainer" in command and str(job_dir).encode() in command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def _trainer_gone(self, job_dir: Path) -> bool:
         fd = self._try_lock(job_dir)
         if fd is None:

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 from datetime import UTC, datetime
@@ -43,6 +44,14 @@ def _load(path: str, target: str) -> tuple[list[str], list[list[str]]]:
                 texts.append(record["text"])
                 labels.append(record["labels"][target])
     return texts, labels
+
+
+def overdue(timeout: float) -> str:
+    """Why a job whose trainer ran past its deadline failed."""
+    return (
+        f"the local trainer ran longer than MODFACTORY_LOCAL_TRAIN_TIMEOUT ({timeout:g} s); "
+        "lower the epochs or raise the timeout"
+    )
 
 
 def train(job_dir: Path) -> None:
@@ -105,8 +114,13 @@ def train(job_dir: Path) -> None:
         return float(np.mean(losses))
 
     for epoch in range(1, epochs + 1):
-        if read_json(job_dir / JOB_FILE)["status"] == "CANCELLED":
+        current = read_json(job_dir / JOB_FILE)
+        if current["status"] == "CANCELLED":
             progress.update(state="cancelled", finished_at=datetime.now(UTC).isoformat())
+            write_json(job_dir / PROGRESS_FILE, progress)
+            return
+        if time.time() > current.get("deadline", float("inf")):
+            progress.update(state="failed", error=overdue(current["deadline_seconds"]))
             write_json(job_dir / PROGRESS_FILE, progress)
             return
         order = rng.permutation(x_train.shape[0])
