@@ -74,9 +74,7 @@ async def finished_training(producer: Producer, tmp_path: Path, model_id: str) -
     return run.id
 
 
-async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollback_restores(
-    redis_db: str, tmp_path: Path
-) -> None:
+async def promotion_setup(redis_db: str, tmp_path: Path):
     settings = Settings(redis_url=redis_db, data_dir=tmp_path)
     pool = await create_pool(
         jobs.redis_settings(redis_db),
@@ -86,6 +84,13 @@ async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollba
     producer = Producer(pool, settings)
     backend = ModelsOfKnownQuality()
     ctx = {"modfactory": StageContext(settings, producer.store, pool, backends={"local": backend})}
+    return pool, producer, backend, ctx
+
+
+async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollback_restores(
+    redis_db: str, tmp_path: Path
+) -> None:
+    pool, producer, backend, ctx = await promotion_setup(redis_db, tmp_path)
 
     first = await finished_training(producer, tmp_path, "ft:a")
     await evaluate(ctx, first)
@@ -122,19 +127,6 @@ async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollba
     forced = await producer.promote(worse, force=True)
     assert forced.champion.run_id == worse and forced.champion.reason == "promoted by hand (forced)"
     await pool.aclose()
-
-
-async def promotion_setup(redis_db: str, tmp_path: Path):
-    settings = Settings(redis_url=redis_db, data_dir=tmp_path)
-    pool = await create_pool(
-        jobs.redis_settings(redis_db),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
-    )
-    producer = Producer(pool, settings)
-    backend = ModelsOfKnownQuality()
-    ctx = {"modfactory": StageContext(settings, producer.store, pool, backends={"local": backend})}
-    return pool, producer, backend, ctx
 
 
 async def test_a_run_cancelled_while_it_is_evaluated_is_never_promoted(
