@@ -406,6 +406,7 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             self._route("post")
 
         def _route(self, method: str) -> None:
+            arrived = time.monotonic()  # as a rate limiter in front of an API sees it
             self._lose = False
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length) if length else b""
@@ -416,7 +417,6 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             query = parse_qs(url.query)
             with _LOCK:
                 emulator.counts["requests"] += 1
-                arrived = time.monotonic()
                 emulator.request_times.append(arrived)
                 limit = emulator.faults.rate_limit
                 over = (

@@ -8,8 +8,9 @@ and size — the name carries the run id —, jobs by their suffix, a start by t
 status); only when it is not there is the request sent again. A 429 or a refused
 connection is known not done and is simply retried (Retry-After honoured, and shared with
 every worker through the rate limiter); 401 / 403 / 422 fail at once with a message naming
-what to fix. Every request waits for the limiter first (MODFACTORY_MISTRAL_RPS over all
-requests, MODFACTORY_CLASSIFY_RPS over classify and moderate). The API key never leaves
+what to fix. Every request waits for the limiter just before it goes on the wire (an httpx
+request hook, so the SDK's own work cannot make it late): MODFACTORY_MISTRAL_RPS over all
+requests, MODFACTORY_CLASSIFY_RPS over classify and moderate too. The API key never leaves
 the SDK's Authorization header: no message, log line or record built here contains it.
 """
 
@@ -73,6 +74,7 @@ class MistralBackend(Backend):
         self.base_model = settings.mistral_model
         self.limiter: Limiter = RateLimiter(rate_buckets(settings))
         self._client: Any = None
+        self._http: httpx.AsyncClient | None = None
 
     @property
     def client(self) -> Any:
@@ -81,12 +83,20 @@ class MistralBackend(Backend):
             from mistralai.client import Mistral
 
             key = self.settings.mistral_api_key
+            self._http = httpx.AsyncClient(
+                follow_redirects=True, event_hooks={"request": [self._pace]}
+            )
             self._client = Mistral(
                 api_key=lambda: key.get_secret_value(),
                 server_url=self.settings.mistral_server_url,
+                async_client=self._http,
                 timeout_ms=int(self.settings.mistral_timeout * 1000),
             )
         return self._client
+
+    async def _pace(self, request: httpx.Request) -> None:
+        """Wait for the rate limiter; the last step before ``request`` is sent."""
+        await self.limiter.wait(*request_buckets(request.url.path))
 
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
         s = self.settings
@@ -105,6 +115,9 @@ class MistralBackend(Backend):
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     # --- calls with retries ---------------------------------------------------------------
     async def _call(
@@ -113,7 +126,6 @@ class MistralBackend(Backend):
         request: Callable[[], Awaitable[T]],
         *,
         recover: Recover[T] | None = None,
-        buckets: tuple[str, ...] = ("api",),
     ) -> T:
         """``request()`` with retries on transient failures; clear errors on the others.
 
@@ -126,7 +138,6 @@ class MistralBackend(Backend):
 
         attempts = self.settings.mistral_max_retries + 1
         for attempt in range(1, attempts + 1):
-            await self.limiter.wait(*buckets)
             unknown = True
             try:
                 return await request()
@@ -282,7 +293,6 @@ class MistralBackend(Backend):
         response = await self._call(
             f"classify {len(inputs)} texts with {model}",
             lambda: self.client.classifiers.classify_async(model=model, inputs=inputs),
-            buckets=("api", "classify"),
         )
         return [
             {target: {"scores": dict(result.scores)} for target, result in row.items()}
@@ -293,7 +303,6 @@ class MistralBackend(Backend):
         response = await self._call(
             f"moderate {len(inputs)} texts with {model}",
             lambda: self.client.classifiers.moderate_async(model=model, inputs=inputs),
-            buckets=("api", "classify"),
         )
         return [dict(result.category_scores or {}) for result in response.results]
 
@@ -301,6 +310,15 @@ class MistralBackend(Backend):
 def rate_buckets(settings: Settings) -> dict[str, float | None]:
     """The limiter's buckets: all requests, and the evaluate stage's share of them."""
     return {"api": settings.mistral_rps, "classify": settings.classify_rps}
+
+
+_CLASSIFY_PATHS = ("/classifications", "/moderations")
+
+
+def request_buckets(path: str) -> tuple[str, ...]:
+    """The buckets a request to ``path`` counts against: ``api``, and ``classify`` for
+    the classify and moderate endpoints."""
+    return ("api", "classify") if path.endswith(_CLASSIFY_PATHS) else ("api",)
 
 
 def account_id(settings: Settings) -> str:
