@@ -22,6 +22,8 @@ class FakeHub:
     def __init__(self, repos: dict[str, Path]) -> None:
         self.repos = repos
         self.downloads: Counter[str] = Counter()  # whole-file GETs (not ranges), by path
+        self.requests: Counter[str] = Counter()  # every request, by path
+        self.down_with: int | None = None  # answer every request with this HTTP status
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,6 +49,9 @@ class FakeHub:
     def _answer(self, h: http.server.BaseHTTPRequestHandler, head: bool) -> None:
         url = urlsplit(h.path)
         path = unquote(url.path)
+        self.requests[path] += 1
+        if self.down_with is not None:
+            return self._send(h, self.down_with, b'{"error": "unavailable"}', head)
         for repo, root in self.repos.items():
             api = f"/api/datasets/{repo}"
             if path in (api, f"{api}/revision/main", f"{api}/revision/{COMMIT}"):

@@ -285,3 +285,64 @@ def test_an_unreachable_hub_is_one_line_and_exit_2_for_a_build_and_a_run(
     failed = json.loads(run.stdout)
     assert failed["state"] == "failed" and failed["stages"]["build"]["state"] == "failed"
     assert failed["error"] == "build: " + lines[0].removeprefix("error: ")
+
+
+@pytest.mark.parametrize("trouble", ["hub down", "unknown dataset"])
+def test_a_hub_that_answers_an_error_is_one_line_exit_2_and_one_request(
+    tmp_path: Path, trouble: str
+) -> None:
+    repo = tmp_path / "repo"
+    civil_comments_parquet(repo / "data", 100, shards=1)
+    hub = FakeHub({"acme/civil": repo})
+    if trouble == "hub down":
+        hub.down_with, name, why = 503, "acme/civil", "answered HTTP 503"
+    else:
+        name, why = "acme/nothing", "has no dataset acme/nothing this machine may read (HTTP 404"
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+    }
+    try:
+        built = subprocess.run(
+            [
+                *(sys.executable, "-m", "modfactory", "dataset", "build", "--source", f"hf:{name}"),
+                *("--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "data")),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        hub.close()
+    assert built.returncode == 2
+    lines = built.stderr.strip().splitlines()
+    assert len(lines) == 1, built.stderr  # no retry warnings (once or twice), no traceback
+    assert lines[0].startswith(f"error: source hf:{name} cannot be reached (the Hub at ")
+    assert why in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert hub.requests[f"/api/datasets/{name}"] == 1  # asked once: no retries, no second route
+    assert not any("/resolve/" in path for path in hub.requests)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_data_libraries_log_lines_are_printed_once_in_our_format() -> None:
+    script = (
+        "import logging\n"
+        "from modfactory.logs import configure_logging\n"
+        "from modfactory.sources import _import_datasets\n"
+        "configure_logging('json')\n"
+        "_import_datasets()\n"
+        "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')\n"
+        "logging.getLogger('datasets.load').warning('trying by streaming')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    lines = done.stderr.strip().splitlines()
+    assert [json.loads(line)["message"] for line in lines] == [
+        "Retrying in 1s",
+        "trying by streaming",
+    ]

@@ -47,3 +47,15 @@ def configure_logging(fmt: LogFormat, level: int = logging.WARNING) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def adopt_library_loggers(*names: str) -> None:
+    """Libraries that add their own stderr handler when imported (``datasets``,
+    ``huggingface_hub``) would print each line twice, once unformatted: once logging is
+    configured, their lines go through its handler only."""
+    if not logging.getLogger().handlers:
+        return
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [h for h in logger.handlers if type(h) is not logging.StreamHandler]
+        logger.propagate = True

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from modfactory import shuffle_indices
 from modfactory.fileio import atomic_output
+from modfactory.logs import adopt_library_loggers
 from modfactory.shuffle_indices import shuffled_take
 
 # (rows per shard, seed, buffer size, n)
@@ -60,6 +61,8 @@ def _algorithm_digest() -> str:
 def _mismatch() -> str | None:
     import datasets
     from datasets import load_dataset
+
+    adopt_library_loggers("datasets", "huggingface_hub")
 
     with tempfile.TemporaryDirectory(prefix="modfactory-guard-") as directory:
         for sizes, seed, buffer_size, n in CASES:

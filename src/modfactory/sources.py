@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from modfactory import synthetic
 from modfactory.fileio import atomic_output
+from modfactory.logs import adopt_library_loggers
 from modfactory.recipe import SPLITS, RecipeError
 
 log = logging.getLogger("modfactory.sources")
@@ -42,12 +43,15 @@ class SourceUnreachable(RecipeError):
 
 
 def check_hub_reachable(name: str) -> None:
-    """SourceUnreachable at once when the Hub's host cannot be resolved or connected to
-    (instead of the Hub clients' own retries, which take the better part of a minute).
+    """SourceUnreachable at once when the Hub cannot be resolved or connected to, answers
+    an error, or has no dataset ``name`` this machine may read — one request, instead of
+    the Hub clients' own retries (the better part of a minute, every retry logged).
     Offline mode (HF_HUB_OFFLINE=1) reads the cache and asks nothing."""
     from urllib.parse import urlsplit
 
+    import httpx
     from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
 
     if constants.HF_HUB_OFFLINE:
         return
@@ -59,6 +63,31 @@ def check_hub_reachable(name: str) -> None:
     except OSError as exc:
         reason = "its host cannot be resolved" if isinstance(exc, socket.gaierror) else exc
         raise SourceUnreachable(name, f"{constants.ENDPOINT}: {reason}") from None
+    url = f"{constants.ENDPOINT}/api/datasets/{name}"
+    try:  # the headers carry HF_TOKEN when one is set; nothing here logs or repeats them
+        answer = httpx.get(
+            url, headers=build_hf_headers(), timeout=HUB_CONNECT_TIMEOUT, follow_redirects=True
+        )
+    except httpx.HTTPError as exc:
+        raise SourceUnreachable(name, f"{constants.ENDPOINT}: {type(exc).__name__}") from None
+    if answer.status_code in (401, 403, 404):
+        raise SourceUnreachable(
+            name,
+            f"the Hub at {constants.ENDPOINT} has no dataset {name} this machine may read "
+            f"(HTTP {answer.status_code}: check the name, or set HF_TOKEN for a private or "
+            "gated dataset)",
+        )
+    if answer.status_code >= 400:
+        raise SourceUnreachable(
+            name, f"the Hub at {constants.ENDPOINT} answered HTTP {answer.status_code}"
+        )
+
+
+def _import_datasets() -> None:
+    """Import ``datasets`` with its and the Hub client's log lines sent through ours only."""
+    import datasets  # noqa: F401  (the import installs the libraries' own stderr handlers)
+
+    adopt_library_loggers("datasets", "huggingface_hub")
 
 
 def _why(exc: Exception) -> str:
@@ -185,6 +214,7 @@ def parquet_split_files(source: Source, data_dir: Path) -> dict[str, list[str]] 
 
 
 def _hub_parquet_files(name: str) -> dict[str, list[str]] | None:
+    _import_datasets()
     from datasets import DownloadManager, load_dataset_builder
 
     check_hub_reachable(name)
@@ -204,6 +234,7 @@ def _hub_parquet_files(name: str) -> dict[str, list[str]] | None:
 
 def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
     """The three splits as streamed datasets (synthetic data is written once, then streamed)."""
+    _import_datasets()
     from datasets import load_dataset
 
     if source.kind == "hf":
