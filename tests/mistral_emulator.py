@@ -84,6 +84,7 @@ class Faults:
     lose_next: Counter[str] = field(default_factory=Counter)  # route -> answers to lose
     lose_how: str = "mixed"  # "5xx", "drop" (connection closed, no answer) or "mixed"
     odd_status: str | None = None  # job GETs answer this status (one the SDK does not know)
+    echo_next: Counter[str] = field(default_factory=Counter)  # route -> 400s quoting the request
     seed: int = 1
     rng: random.Random = field(init=False)
 
@@ -488,6 +489,13 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
                     name = action.__name__.lstrip("_")
                     with _LOCK:
                         faults = emulator.faults
+                        if faults.echo_next[name] > 0:  # a careless API or proxy's error page
+                            faults.echo_next[name] -= 1
+                            quoted = {
+                                "authorization": self.headers.get("authorization"),
+                                "body": raw.decode(errors="replace")[:4000],
+                            }
+                            return self._send(400, {"message": f"bad request {quoted}"})
                         if faults.lose_next[name] > 0:
                             faults.lose_next[name] -= 1
                             self._lose = True

@@ -16,11 +16,15 @@ class RedisProcess:
     """redis-server on a free loopback port, kept when restarted; ``append_only``: with an
     append-only file fsynced on every write (else no persistence at all)."""
 
-    def __init__(self, directory: Path, *, append_only: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, append_only: bool = False, password: str | None = None
+    ) -> None:
         self.directory = directory
         self.append_only = append_only
+        self.password = password
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -40,11 +44,12 @@ class RedisProcess:
                 "always",
                 "--dir",
                 str(self.directory),
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = sync_redis.Redis(port=self.port)
+        client = sync_redis.Redis(port=self.port, password=self.password)
         for _ in range(200):
             try:
                 client.ping()

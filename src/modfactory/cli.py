@@ -23,6 +23,7 @@ from arq.connections import ArqRedis, create_pool
 from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from modfactory import jobs
@@ -42,7 +43,7 @@ from modfactory.runs import (
     RunStateError,
     RunStore,
 )
-from modfactory.settings import Settings
+from modfactory.settings import Settings, redact
 
 T = TypeVar("T")
 
@@ -99,10 +100,19 @@ def _settings(data_dir: Path | None = None) -> Settings:
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "?"
         variable = name if name.isupper() else f"MODFACTORY_{name.upper()}"
-        err.print(f"[red]error:[/red] setting {variable}: {first['msg']}", highlight=False)
+        print_error(f"setting {variable}: {first['msg']}")
         raise typer.Exit(2) from None
-    configure_logging(settings.log_format)
+    _SECRETS[:] = settings.secret_values()
+    configure_logging(settings.log_format, secrets=_SECRETS)
     return settings
+
+
+_SECRETS: list[str] = []  # the loaded settings' secrets, taken out of every error printed
+
+
+def print_error(problem: object) -> None:
+    """``error: <problem>`` on stderr, one line as given (no markup), secrets redacted."""
+    err.print(f"[red]error:[/red] {escape(redact(str(problem), _SECRETS))}", highlight=False)
 
 
 def _hyperparameters(values: list[str] | None) -> dict[str, float | int]:
@@ -133,7 +143,7 @@ def _main(coro: Any) -> Any:
     try:
         return asyncio.run(cancellable())
     except ActiveRunExists as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(EXIT_ACTIVE_RUN) from None
     except (
         CliError,
@@ -145,7 +155,7 @@ def _main(coro: Any) -> Any:
         RegistryError,
         ValidationError,
     ) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(2) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         err.print("interrupted — unfinished runs resume when a worker starts (`modfactory worker`)")
@@ -162,7 +172,7 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
         url = await asyncio.to_thread(embedded.start)
     try:
         pool = await create_pool(
-            jobs.redis_settings(url),
+            jobs.redis_settings(url, retries=0),  # someone is waiting: say so at once
             job_serializer=jobs.serialize,
             job_deserializer=jobs.deserialize,
             default_queue_name=settings.queue_name,
@@ -170,9 +180,9 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
     except Exception as exc:
         if embedded:
             embedded.stop()
+        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
         raise CliError(
-            f"cannot reach Redis at {jobs.redacted(url)} (MODFACTORY_REDIS_URL): "
-            f"{type(exc).__name__}"
+            f"cannot reach Redis at {jobs.redacted(url)} (MODFACTORY_REDIS_URL): {why}"
         ) from None
     try:
         yield pool, embedded is not None
@@ -547,7 +557,7 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
     from modfactory.worker import build_worker
 
     settings = _settings(data_dir)
-    configure_logging(settings.log_format, logging.INFO)
+    configure_logging(settings.log_format, logging.INFO, settings.secret_values())
 
     def run_worker(settings: Settings) -> None:
         try:
@@ -565,7 +575,7 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
             err.print(f"embedded Redis at {url} (data in {settings.data_dir / 'redis'})")
             run_worker(settings.model_copy(update={"redis_url": url}))
     except EmbeddedRedisError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(2) from None
 
 
@@ -584,11 +594,11 @@ def serve(
     from modfactory.api import create_app
 
     settings = _settings()
-    configure_logging(settings.log_format, logging.INFO)
+    configure_logging(settings.log_format, logging.INFO, settings.secret_values())
     try:
         api = create_app(settings)
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(2) from None
     uvicorn.run(
         api,

@@ -36,9 +36,12 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def redis_settings(url: str) -> RedisSettings:
+def redis_settings(url: str, retries: int = 5) -> RedisSettings:
+    """arq's connection settings for ``url``: 5 s to connect, ``retries`` more tries (1 s
+    apart) when the first fails."""
     settings = RedisSettings.from_dsn(url)
     settings.conn_timeout = 5
+    settings.conn_retries = retries
     return settings
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
+
+from modfactory.settings import redact
 
 LogFormat = Literal["text", "json"]
 _FIELDS = ("run_id", "stage")
@@ -40,10 +43,26 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def configure_logging(fmt: LogFormat, level: int = logging.WARNING) -> None:
-    """Send every logger's lines to stderr in ``fmt`` (replacing earlier handlers)."""
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's lines with every secret in them replaced by ``***``: a
+    library's line (or an exception's text) cannot print a key this process holds."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.inner, self.secrets = inner, tuple(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record), self.secrets)
+
+
+def configure_logging(
+    fmt: LogFormat, level: int = logging.WARNING, secrets: Sequence[str] = ()
+) -> None:
+    """Send every logger's lines to stderr in ``fmt`` (replacing earlier handlers), with
+    ``secrets`` (``Settings.secret_values()``) redacted."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    inner = JsonFormatter() if fmt == "json" else TextFormatter()
+    handler.setFormatter(RedactingFormatter(inner, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

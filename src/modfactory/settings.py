@@ -7,8 +7,10 @@ working directory; the Mistral key is read under its usual name ``MISTRAL_API_KE
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -297,6 +299,15 @@ class Settings(BaseSettings):
             raise ValueError("a Weights & Biases API key has 40 characters")
         return value
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this configuration holds: the API and W&B keys, the webhook secret
+        and token, the Redis URL's password — what ``redact`` takes out of any text."""
+        keys = (self.mistral_api_key, self.wandb_api_key, self.webhook_secret, self.webhook_token)
+        values = [k.get_secret_value() for k in keys if k is not None]
+        if self.redis_url:
+            values.append(unquote(urlsplit(self.redis_url).password or ""))
+        return tuple(sorted({v for v in values if v}, key=len, reverse=True))
+
     @property
     def webhook_allowed_sources(self) -> tuple[str, ...]:
         """What a webhook caller may name as its source (default: the configured one)."""
@@ -308,3 +319,12 @@ class Settings(BaseSettings):
         if self.backend != "auto":
             return self.backend
         return "mistral" if self.mistral_api_key else "local"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret in it replaced by ``***`` — for text that may carry one
+    from elsewhere (an API's error answer, an exception, a library's log line)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

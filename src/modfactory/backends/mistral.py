@@ -43,7 +43,7 @@ from modfactory.backends.base import (
     checked_hyperparameters,
 )
 from modfactory.ratelimit import Limiter, RateLimiter
-from modfactory.settings import Settings
+from modfactory.settings import Settings, redact
 
 log = logging.getLogger("modfactory.mistral")
 T = TypeVar("T")
@@ -119,6 +119,14 @@ class MistralBackend(Backend):
             await self._http.aclose()
             self._http = None
 
+    def _redacted(self, text: str) -> str:
+        return redact(text, self.settings.secret_values())
+
+    def _job(self, out: Any) -> TrainingJob:
+        """The SDK's job as a TrainingJob, with no secret in what the API wrote into it."""
+        job = _job_of(out)
+        return TrainingJob.model_validate_json(self._redacted(job.model_dump_json()))
+
     # --- calls with retries ---------------------------------------------------------------
     async def _call(
         self,
@@ -153,7 +161,7 @@ class MistralBackend(Backend):
                     if found is not None:
                         log.info("%s: HTTP %d, but it is done already", what, status)
                         return found
-                    detail = _detail(exc.body)
+                    detail = _detail(self._redacted(exc.body))  # redacted before cut short
                     raise BackendError(
                         f"Mistral rejected the request to {what} (HTTP {status}): {detail}"
                     ) from None
@@ -241,7 +249,7 @@ class MistralBackend(Backend):
             ]
 
         async def create() -> TrainingJob:
-            return _job(
+            return self._job(
                 await self.client.fine_tuning.jobs.create_async(
                     model=request.model,
                     job_type="classifier",
@@ -257,7 +265,7 @@ class MistralBackend(Backend):
         return await self._call("create the fine-tuning job", create, recover=created_already)
 
     async def get_job(self, job_id: str) -> TrainingJob:
-        return _job(
+        return self._job(
             await self._call(
                 f"get job {job_id}", lambda: self.client.fine_tuning.jobs.get_async(job_id=job_id)
             )
@@ -272,7 +280,7 @@ class MistralBackend(Backend):
             return None if job.status in (JobStatus.VALIDATED, JobStatus.VALIDATING) else job
 
         async def start() -> TrainingJob:
-            return _job(await self.client.fine_tuning.jobs.start_async(job_id=job_id))
+            return self._job(await self.client.fine_tuning.jobs.start_async(job_id=job_id))
 
         return await self._call(f"start job {job_id}", start, recover=started_already)
 
@@ -285,7 +293,7 @@ class MistralBackend(Backend):
             return job if ended else None
 
         async def cancel() -> TrainingJob:
-            return _job(await self.client.fine_tuning.jobs.cancel_async(job_id=job_id))
+            return self._job(await self.client.fine_tuning.jobs.cancel_async(job_id=job_id))
 
         return await self._call(f"cancel job {job_id}", cancel, recover=over_already)
 
@@ -329,7 +337,7 @@ def account_id(settings: Settings) -> str:
     return hashlib.sha256(f"{server}\n{key}".encode()).hexdigest()[:16]
 
 
-def _job(out: Any) -> TrainingJob:
+def _job_of(out: Any) -> TrainingJob:
     """The SDK's job object, as the backend interface describes jobs."""
     events = [
         {"name": e.name, "data": e.data, "created_at": e.created_at}

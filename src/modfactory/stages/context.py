@@ -20,7 +20,7 @@ from modfactory.backends.mistral import MistralBackend, account_id, rate_buckets
 from modfactory.ratelimit import SharedRateLimiter
 from modfactory.recipe import RecipeError
 from modfactory.runs import Run, RunState, RunStore, StageName, StageStatus, next_stage
-from modfactory.settings import Settings
+from modfactory.settings import Settings, redact
 
 log = logging.getLogger("modfactory.stages")
 
@@ -104,18 +104,22 @@ async def guarded(
     gives up on the job.
     """
     limit = max(1, sc.settings.job_timeout - 5)
+
+    def told(exc: BaseException) -> str:  # what an exception says, without any secret
+        return redact(str(exc), sc.settings.secret_values())
+
     try:
         async with asyncio.timeout(limit):
             await step()
     except RedisError as exc:  # the run store is away: nothing can be recorded
-        log.warning("run %s: %s interrupted, Redis unreachable: %s", run_id, stage, exc)
+        log.warning("run %s: %s interrupted, Redis unreachable: %s", run_id, stage, told(exc))
         raise  # the stage stays running; the reconciler queues it again
     except BackendUnavailable as exc:
-        log.warning("run %s: %s interrupted: %s", run_id, stage, exc)
-        await sc.store.interrupt_stage(run_id, stage, str(exc))
+        log.warning("run %s: %s interrupted: %s", run_id, stage, told(exc))
+        await sc.store.interrupt_stage(run_id, stage, told(exc))
     except (RecipeError, BackendError) as exc:
-        log.warning("run %s: %s failed: %s", run_id, stage, exc)
-        await sc.store.fail_stage(run_id, stage, str(exc))
+        log.warning("run %s: %s failed: %s", run_id, stage, told(exc))
+        await sc.store.fail_stage(run_id, stage, told(exc))
     except TimeoutError:
         log.warning("run %s: %s timed out", run_id, stage)
         reason = f"timed out after {limit} s (MODFACTORY_JOB_TIMEOUT)"
@@ -125,7 +129,7 @@ async def guarded(
             await sc.store.interrupt_stage(run_id, stage, reason)
     except Exception as exc:
         log.exception("run %s: %s failed unexpectedly", run_id, stage)
-        await sc.store.fail_stage(run_id, stage, f"{type(exc).__name__}: {exc}")
+        await sc.store.fail_stage(run_id, stage, f"{type(exc).__name__}: {told(exc)}")
 
 
 async def cancel_remote_job(sc: StageContext, run_id: str) -> str | None:
@@ -140,10 +144,12 @@ async def cancel_remote_job(sc: StageContext, run_id: str) -> str | None:
     try:
         job = await sc.backend(run.spec.backend).cancel_job(job_id)
     except BackendUnavailable as exc:
-        log.warning("run %s: could not cancel training job %s yet: %s", run_id, job_id, exc)
-        return f"could not cancel training job {job_id} yet ({exc}); trying again shortly"
+        why = redact(str(exc), sc.settings.secret_values())
+        log.warning("run %s: could not cancel training job %s yet: %s", run_id, job_id, why)
+        return f"could not cancel training job {job_id} yet ({why}); trying again shortly"
     except BackendError as exc:
-        message = f"could not cancel training job {job_id}: {exc}; cancel it at the backend"
+        why = redact(str(exc), sc.settings.secret_values())
+        message = f"could not cancel training job {job_id}: {why}; cancel it at the backend"
         await sc.store.note(run_id, "train", message)
         await sc.store.forget_job_to_cancel(run_id)
         return message
