@@ -139,3 +139,29 @@ async def test_the_prune_command_lists_then_deletes(redis_db: str, tmp_path: Pat
     assert done.returncode == 0 and "deleted 3 finished run(s)" in done.stdout
     assert await pool.zcard("modfactory:runs") == 2
     await pool.aclose()
+
+
+async def test_a_run_promoted_while_prune_runs_is_kept(redis_db: str, tmp_path: Path) -> None:
+    """prune reads which runs to keep, then deletes one by one; a run promoted by hand in
+    between is checked again in the transaction that would delete it."""
+    pool = await create_pool(jobs.redis_settings(redis_db))
+    producer = Producer(pool, Settings(redis_url=redis_db, data_dir=tmp_path, keep_runs=2))
+    ids = await stored_runs(producer, 6)
+    old = ids[0]
+    run = await producer.store.get(old)
+    run.artifacts.model_id = f"model-{old}"
+    await pool.set(producer.store._key(old), run.model_dump_json())
+    (tmp_path / "runs" / old).mkdir(parents=True)
+    before_the_promotion = await producer.registry.kept_runs()
+    await producer.promote(old, force=True)  # by hand, while prune is under way
+
+    async def as_read_before() -> set[str]:
+        return before_the_promotion
+
+    producer.registry.kept_runs = as_read_before  # prune's look came before the promotion
+    assert old in await producer.prune(dry_run=True)  # it was doomed by that look
+    pruned = await producer.prune()
+    assert set(pruned) == set(ids[1:4])
+    assert (await producer.store.get(old)).id == old and (tmp_path / "runs" / old).exists()
+    assert (await producer.registry.get("moderation")).champion_run == old
+    await pool.aclose()

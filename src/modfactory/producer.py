@@ -161,13 +161,18 @@ class Producer:
         doomed = await self.store.prunable(settings.keep_runs, settings.keep_days, protected)
         if dry_run or not doomed:
             return doomed
+
+
+        async def promoted_since(pipe: Pipeline, run: Run) -> bool:
+            return await self.registry.watch_kept(pipe, run.spec.model_name, run.id)
+
         pruned = []
         for run_id in doomed:
             try:
                 run = await self.store.get(run_id)
             except RunNotFound:
                 continue
-            if not await self.store.delete(run_id):
+            if not await self.store.delete(run_id, keep=promoted_since):
                 continue
             pruned.append(run_id)
             await asyncio.to_thread(_remove_files, settings.data_dir, run)

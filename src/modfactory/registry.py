@@ -56,6 +56,12 @@ class ModelRecord(BaseModel):
         if self.champion_run != run_id:
             self.candidates[run_id] = reason
 
+    def kept_runs(self) -> set[str]:
+        """Runs that must outlive pruning: every run that is or was a champion — the
+        champion, the earlier ones a rollback may restore, and those rolled back."""
+        kept = {p.run_id for p in [*self.history, *filter(None, [self.champion])]}
+        return kept | {r for r, why in self.candidates.items() if why == ROLLED_BACK}
+
 
 def load_record(name: str, raw: bytes | None) -> ModelRecord:
     return ModelRecord.model_validate_json(raw) if raw else ModelRecord(name=name)
@@ -87,14 +93,16 @@ class ModelRegistry:
         )
 
     async def kept_runs(self) -> set[str]:
-        """Runs that must outlive pruning: every run that is or was a champion — the
-        champion, the earlier ones a rollback may restore, and those rolled back."""
+        """``ModelRecord.kept_runs`` of every model name."""
         kept: set[str] = set()
         for name in await self.names():
-            record = await self.get(name)
-            kept |= {p.run_id for p in [*record.history, *filter(None, [record.champion])]}
-            kept |= {r for r, why in record.candidates.items() if why == ROLLED_BACK}
+            kept |= (await self.get(name)).kept_runs()
         return kept
+
+    async def watch_kept(self, pipe: Pipeline, name: str, run_id: str) -> bool:
+        """In a transaction: WATCH ``name``'s record; is ``run_id`` one it must keep?"""
+        await pipe.watch(self.key(name))
+        return run_id in load_record(name, await pipe.get(self.key(name))).kept_runs()
 
     async def forget_candidates(self, name: str, run_ids: set[str]) -> None:
         """Drop pruned runs from ``name``'s candidates."""

@@ -494,19 +494,24 @@ class RunStore:
                 doomed.append(run_id)
         return doomed
 
-    async def delete(self, run_id: str) -> bool:
-        """Remove a finished run and its index entries; False if it is unfinished or gone."""
+    async def delete(
+        self, run_id: str, keep: Callable[[Pipeline, Run], Awaitable[bool]] | None = None
+    ) -> bool:
+        """Remove a finished run and its index entries; False if it is unfinished, gone, or
+        ``keep(pipe, run)`` — which WATCHes what it reads, in the same transaction — says
+        it is needed after all (a run promoted since the caller looked)."""
         key = self._key(run_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
                     raw = await pipe.get(key)
-                    if raw is None or not Run.model_validate_json(raw).state.terminal:
+                    run = Run.model_validate_json(raw) if raw is not None else None
+                    if run is None or not run.state.terminal or (keep and await keep(pipe, run)):
                         await pipe.unwatch()
                         return False
                     pipe.multi()
-                    pipe.hincrby(self.state_counts_key, str(Run.model_validate_json(raw).state), -1)
+                    pipe.hincrby(self.state_counts_key, str(run.state), -1)
                     pipe.delete(key)
                     pipe.zrem(self._index, run_id)
                     pipe.hdel(self.states_key, run_id)
