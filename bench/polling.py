@@ -26,9 +26,9 @@ from arq.connections import create_pool
 from modfactory import jobs
 from modfactory.backends.mistral import MistralBackend
 from modfactory.embedded_redis import EmbeddedRedis
-from modfactory.recipe import RecipeParams
 from modfactory.runs import RunSpec, RunStore
 from modfactory.settings import Settings
+from modfactory.values import RecipeParams
 from modfactory.worker import build_worker, stop_worker, worker_options
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,9 +25,9 @@ from modfactory import jobs
 from modfactory.embedded_redis import EmbeddedRedis
 from modfactory.monitoring import worker_heartbeat
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeParams
 from modfactory.runs import RunSpec
 from modfactory.settings import Settings
+from modfactory.values import RecipeParams
 
 
 async def queued_again(producer: Producer, run_id: str, since: float, timeout: float) -> float:

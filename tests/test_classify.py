@@ -15,13 +15,12 @@ from modfactory import jobs
 from modfactory.backends.base import BackendError
 from modfactory.backends.mistral import MistralBackend
 from modfactory.classify import classify_texts
-from modfactory.dataset import DatasetSummary
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeParams
 from modfactory.runs import RunSpec
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
+from modfactory.values import DatasetSummary, RecipeParams
 
 KEY = "sk-classify-test"
 TEXTS = [

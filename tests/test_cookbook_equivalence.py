@@ -11,10 +11,10 @@ import pytest
 
 from cookbook import cookbook_build
 from modfactory.dataset import build_dataset
-from modfactory.recipe import RecipeParams
 from modfactory.settings import CIVIL_COMMENTS_LABELS
 from modfactory.sources import parse_source
 from modfactory.synthetic import generate_split
+from modfactory.values import RecipeParams
 
 ROWS = 100_000
 

@@ -20,11 +20,12 @@ from fake_hub import FakeHub
 from modfactory import shuffle_guard
 from modfactory.dataset import build_dataset
 from modfactory.embedded_redis import free_port
-from modfactory.recipe import RecipeError, RecipeParams
+from modfactory.recipe import RecipeError
 from modfactory.settings import CIVIL_COMMENTS_LABELS
 from modfactory.shuffle_indices import shuffled_take
 from modfactory.sources import parse_source
 from modfactory.synthetic import generate_split
+from modfactory.values import RecipeParams
 
 
 def index_shards(directory: Path, sizes: tuple[int, ...], fmt: str) -> list[str]:

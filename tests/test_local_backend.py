@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from modfactory.backends.base import BackendError, JobRequest, JobStatus, TrainingJob
+from modfactory.backends.base import BackendError, JobRequest
 from modfactory.backends.local import LocalBackend
 from modfactory.dataset import build_dataset
-from modfactory.recipe import RecipeParams
 from modfactory.sources import parse_source
+from modfactory.values import JobStatus, RecipeParams, TrainingJob
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ from arq.connections import create_pool
 
 from modfactory import jobs
 from modfactory.backends.base import Backend
-from modfactory.dataset import DatasetSummary
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeParams
 from modfactory.registry import RegistryError
 from modfactory.runs import RunSpec, RunStateError
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
+from modfactory.values import DatasetSummary, RecipeParams
 
 QUALITY = {"ft:a": 0.3, "ft:worse": 0.05, "ft:better": 0.8}
 

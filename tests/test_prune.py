@@ -14,12 +14,12 @@ from arq.connections import create_pool
 
 from modfactory import jobs
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeParams
 from modfactory.reconciler import reconcile_once
 from modfactory.registry import ModelRecord, Promotion
 from modfactory.runs import STAGES, Run, RunSpec, RunState, StageStatus
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
+from modfactory.values import RecipeParams
 
 
 async def stored_runs(producer: Producer, n: int, unfinished: int = 0) -> list[str]:

@@ -12,9 +12,10 @@ from conftest import write_split_files
 from cookbook import cookbook_build
 from modfactory.dataset import build_dataset
 from modfactory.fileio import atomic_output
-from modfactory.recipe import RecipeError, RecipeParams
+from modfactory.recipe import RecipeError
 from modfactory.settings import CIVIL_COMMENTS_LABELS
 from modfactory.sources import parse_source
+from modfactory.values import RecipeParams
 
 
 def comment(text: str, **scores: float) -> dict:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from modfactory.backends.base import BackendUnavailable, JobStatus, TrainingJob
+from modfactory.backends.base import BackendUnavailable
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeParams
 from modfactory.reconciler import reconcile_once, requeue_lost_steps
 from modfactory.runs import RunSpec, RunState
 from modfactory.stages.context import StageContext
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
+from modfactory.values import JobStatus, RecipeParams, TrainingJob
 from test_stages import ScriptedBackend, job, setup
 
 UNREACHABLE = "Mistral did not answer the request to upload x after 7 attempts (HTTP 503)"

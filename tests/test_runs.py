@@ -8,8 +8,6 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from modfactory.backends.base import Checkpoint, JobStatus, TrainingJob
-from modfactory.recipe import RecipeParams
 from modfactory.runs import (
     STAGES,
     ActiveRunExists,
@@ -20,6 +18,7 @@ from modfactory.runs import (
     RunStore,
     StageStatus,
 )
+from modfactory.values import Checkpoint, JobStatus, RecipeParams, TrainingJob
 
 
 def spec() -> RunSpec:

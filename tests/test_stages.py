@@ -10,24 +10,21 @@ import pytest
 from arq.connections import create_pool
 
 from modfactory import jobs
-from modfactory.backends.base import (
-    Backend,
-    BackendUnavailable,
-    Checkpoint,
-    JobRequest,
-    JobStatus,
-    Scores,
-    TrainingJob,
-    UploadedFile,
-)
-from modfactory.dataset import DatasetSummary
+from modfactory.backends.base import Backend, BackendUnavailable, JobRequest, Scores
 from modfactory.metrics import tune_thresholds
-from modfactory.recipe import RecipeParams
 from modfactory.runs import RunSpec, RunState, RunStore
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
 from modfactory.stages.train import poll_training, train
+from modfactory.values import (
+    Checkpoint,
+    DatasetSummary,
+    JobStatus,
+    RecipeParams,
+    TrainingJob,
+    UploadedFile,
+)
 
 
 class ScriptedBackend(Backend):

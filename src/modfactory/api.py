@@ -32,10 +32,11 @@ from modfactory import jobs
 from modfactory.backends import BackendError
 from modfactory.monitoring import prometheus_text, queued_without_worker, worker_heartbeat
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeError, RecipeParams
+from modfactory.recipe import RecipeError
 from modfactory.runs import ActiveRunExists, RunNotFound
 from modfactory.settings import Settings
 from modfactory.sources import allowed_source
+from modfactory.values import RecipeParams
 from modfactory.webhook_auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

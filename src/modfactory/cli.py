@@ -469,8 +469,8 @@ def dataset_build(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from modfactory.dataset import build_dataset
-    from modfactory.recipe import RecipeParams
     from modfactory.sources import parse_source
+    from modfactory.values import RecipeParams
 
     settings = _settings(data_dir)
     overrides = {

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
-
 from modfactory import recipe
-from modfactory.recipe import SPLITS, RecipeError, RecipeParams, Row
+from modfactory.recipe import SPLITS, RecipeError, Row
 from modfactory.sources import Source, open_splits, parquet_split_files
+from modfactory.values import DatasetSummary, RecipeParams, SplitSummary
 
 log = logging.getLogger("modfactory.dataset")
 Engine = Literal["auto", "fast", "stream"]
@@ -29,26 +28,6 @@ Progress = Callable[[str, int, int], None]
 """Called as ``progress(split, rows_done, rows_wanted)`` while a split streams."""
 
 _PROGRESS_EVERY = 5_000
-
-
-class SplitSummary(BaseModel):
-    rows: int
-    safe: int
-    labels: dict[str, int]
-    file: str
-
-
-class DatasetSummary(BaseModel):
-    """What a build produced; recorded with the run and saved as ``dataset.json``."""
-
-    source: str
-    synthetic: bool
-    labels: list[str]
-    dropped_labels: list[str]
-    splits: dict[str, SplitSummary]
-    chart: str | None = None
-    engine: Literal["fast", "stream"] = "stream"
-    engine_note: str | None = None  # why ``auto`` streamed
 
 
 def build_dataset(

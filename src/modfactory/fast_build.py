@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from modfactory.recipe import RecipeError, RecipeParams, Row, check_columns, filter_positions
+from modfactory.recipe import RecipeError, Row, check_columns, filter_positions
 from modfactory.shuffle_indices import shuffled_take
+from modfactory.values import RecipeParams
 
 
 def take_filtered(files: Sequence[str], split: str, params: RecipeParams, where: str) -> list[Row]:

@@ -15,7 +15,6 @@ from redis.asyncio.client import Pipeline
 
 from modfactory import jobs
 from modfactory.backends import get_backend
-from modfactory.recipe import RecipeParams
 from modfactory.registry import ModelRecord, ModelRegistry
 from modfactory.runs import (
     STAGES,
@@ -30,6 +29,7 @@ from modfactory.runs import (
 from modfactory.settings import Settings
 from modfactory.sources import fingerprint, parse_source
 from modfactory.stages.context import StageContext, cancel_remote_job
+from modfactory.values import RecipeParams
 
 _SAFE_NAME = re.compile(r"[\w.-]+")  # a run or job id, never a path
 
@@ -161,7 +161,6 @@ class Producer:
         doomed = await self.store.prunable(settings.keep_runs, settings.keep_days, protected)
         if dry_run or not doomed:
             return doomed
-
 
         async def promoted_since(pipe: Pipeline, run: Run) -> bool:
             return await self.registry.watch_kept(pipe, run.spec.model_name, run.id)

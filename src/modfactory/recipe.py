@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from modfactory.fileio import atomic_output
-from modfactory.settings import CIVIL_COMMENTS_LABELS, Settings
+from modfactory.values import RecipeParams
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SAFE_LABEL = "safe"
@@ -31,30 +30,6 @@ TARGET = "moderation"
 
 class RecipeError(ValueError):
     """The source data cannot be turned into a training set; the message says why."""
-
-
-class RecipeParams(BaseModel):
-    """Every number of the cookbook's recipe (defaults: the cookbook's)."""
-
-    text_column: str = "text"
-    label_columns: tuple[str, ...] = CIVIL_COMMENTS_LABELS
-    n_train: int = Field(1_000_000, ge=1)
-    n_validation: int = Field(50_000, ge=1)
-    n_test: int = Field(50_000, ge=1)
-    seed: int = 42
-    threshold: float = Field(0.5, ge=0, le=1)
-    zero_flags_fraction: float = Field(0.1, ge=0, lt=1)
-    max_label_fraction: float = Field(0.2, gt=0, le=1)
-    min_label_fraction: float = Field(0.01, ge=0, le=1)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> RecipeParams:
-        values = {name: getattr(settings, name) for name in cls.model_fields}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def take(self, split: str) -> int:
-        return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
 
 
 @dataclass(frozen=True, slots=True)

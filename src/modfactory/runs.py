@@ -30,11 +30,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from modfactory.backends.base import Checkpoint, TrainingJob
-from modfactory.dataset import DatasetSummary
-from modfactory.recipe import RecipeParams
 from modfactory.redis_json import update_document
 from modfactory.registry import ModelRecord, load_record
+from modfactory.values import Checkpoint, DatasetSummary, RecipeParams, TrainingJob
 
 log = logging.getLogger("modfactory.runs")
 STAGES: tuple[str, ...] = ("build", "upload", "train", "evaluate")

@@ -9,79 +9,14 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-
-class JobStatus(StrEnum):
-    """Fine-tuning job statuses, as the Mistral API names them."""
-
-    QUEUED = "QUEUED"
-    STARTED = "STARTED"
-    VALIDATING = "VALIDATING"
-    VALIDATED = "VALIDATED"
-    RUNNING = "RUNNING"
-    FAILED_VALIDATION = "FAILED_VALIDATION"
-    FAILED = "FAILED"
-    SUCCESS = "SUCCESS"
-    CANCELLED = "CANCELLED"
-    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in _TERMINAL
-
-
-_TERMINAL = {JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.FAILED_VALIDATION, JobStatus.CANCELLED}
-
-
-class Checkpoint(BaseModel):
-    """Training metrics at one step."""
-
-    step: int
-    train_loss: float | None = None
-    valid_loss: float | None = None
-    valid_mean_token_accuracy: float | None = None
-    created_at: datetime | None = None
-
-
-class ClassifierTarget(BaseModel):
-    name: str
-    labels: list[str]
-
-
-class TrainingJob(BaseModel):
-    """A backend's view of one fine-tuning job. ``status`` is a ``JobStatus`` name, or a
-    status this code does not know yet (recorded as it is, and looked at again)."""
-
-    id: str
-    status: str
-    model: str
-    fine_tuned_model: str | None = None
-    checkpoints: list[Checkpoint] = Field(default_factory=list)
-    classifier_targets: list[ClassifierTarget] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
-    events: list[dict[str, Any]] = Field(default_factory=list)
-
-    @property
-    def terminal(self) -> bool:
-        """The job is over: it succeeded, failed or was cancelled."""
-        return self.status in _TERMINAL
-
-    @property
-    def known(self) -> bool:
-        return self.status in JobStatus.__members__
-
-
-class UploadedFile(BaseModel):
-    id: str
-    filename: str
-    bytes: int
+from modfactory.values import (
+    TrainingJob,
+    UploadedFile,
+)
 
 
 class JobRequest(BaseModel):

@@ -24,14 +24,9 @@ from typing import Any
 from modfactory.backends.base import (
     Backend,
     BackendError,
-    Checkpoint,
-    ClassifierTarget,
     HyperRanges,
     JobRequest,
-    JobStatus,
     Scores,
-    TrainingJob,
-    UploadedFile,
     checked_hyperparameters,
 )
 from modfactory.backends.local_trainer import (
@@ -44,6 +39,7 @@ from modfactory.backends.local_trainer import (
 )
 from modfactory.fileio import atomic_output
 from modfactory.recipe import TARGET, RecipeError, read_jsonl
+from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
 
 MODEL_PREFIX = "ft:classifier:local:"
 RANGES: HyperRanges = {  # the same bounds as MODFACTORY_LOCAL_EPOCHS / _ALPHA

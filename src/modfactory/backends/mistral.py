@@ -32,18 +32,14 @@ from modfactory.backends.base import (
     Backend,
     BackendError,
     BackendUnavailable,
-    Checkpoint,
-    ClassifierTarget,
     HyperRanges,
     JobRequest,
-    JobStatus,
     Scores,
-    TrainingJob,
-    UploadedFile,
     checked_hyperparameters,
 )
 from modfactory.ratelimit import Limiter, RateLimiter
 from modfactory.settings import Settings, redact
+from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
 
 log = logging.getLogger("modfactory.mistral")
 T = TypeVar("T")

@@ -6,10 +6,11 @@ import asyncio
 import threading
 from typing import Any
 
-from modfactory.dataset import DatasetSummary, build_dataset
+from modfactory.dataset import build_dataset
 from modfactory.runs import Run
 from modfactory.sources import parse_source
 from modfactory.stages.context import StageContext, stage
+from modfactory.values import DatasetSummary
 
 # One build at a time per worker process: builds are CPU- and memory-heavy, so two at once
 # gain little, and two at once race inside `datasets`' progress bars (tqdm deletes its
