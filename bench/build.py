@@ -28,7 +28,7 @@ TAKE = {"train": 1_000_000, "validation": 50_000, "test": 50_000}
 def make_source(directory: Path, scale: float) -> Path:
     import pyarrow.parquet as pq
 
-    from modfactory.synthetic import generate_split
+    from modfactory.data.synthetic import generate_split
 
     source = directory / f"civil_comments-x{scale:g}"
     if (source / "done").exists():

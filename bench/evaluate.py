@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from mistral_emulator import MistralEmulator, trained_model  # noqa: E402
 from modfactory.backends.mistral import MistralBackend  # noqa: E402
-from modfactory.classify import classify_texts  # noqa: E402
+from modfactory.data.synthetic import generate_split  # noqa: E402
+from modfactory.evaluation.classify import classify_texts  # noqa: E402
 from modfactory.settings import Settings  # noqa: E402
-from modfactory.synthetic import generate_split  # noqa: E402
 
 KEY = "bench-key"
 LATENCY, LIMIT = 0.4, 5

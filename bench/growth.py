@@ -24,13 +24,13 @@ from arq.connections import create_pool
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from modfactory import jobs  # noqa: E402
-from modfactory.embedded_redis import EmbeddedRedis  # noqa: E402
-from modfactory.monitoring import prometheus_text  # noqa: E402
 from modfactory.producer import Producer  # noqa: E402
-from modfactory.reconciler import reconcile_once  # noqa: E402
 from modfactory.settings import Settings  # noqa: E402
 from modfactory.stages.context import StageContext  # noqa: E402
+from modfactory.stages.reconciler import reconcile_once  # noqa: E402
+from modfactory.store import queue  # noqa: E402
+from modfactory.store.embedded_redis import EmbeddedRedis  # noqa: E402
+from modfactory.triggers.monitoring import prometheus_text  # noqa: E402
 from test_prune import stored_runs  # noqa: E402
 
 
@@ -46,7 +46,7 @@ async def timed(what, repeat: int = 5) -> float:
 
 async def measure(url: str, data: Path, runs: int) -> tuple[float, float]:
     settings = Settings(redis_url=url, data_dir=data, keep_runs=None)
-    pool = await create_pool(jobs.redis_settings(url))
+    pool = await create_pool(queue.redis_settings(url))
     await pool.flushdb()
     producer = Producer(pool, settings)
     await stored_runs(producer, runs, unfinished=3)
@@ -69,7 +69,7 @@ async def bench(url: str, data: Path, runs: int) -> None:
         startup, scrape = await measure(url, data, n)
         print(f"{n:>22,}{startup:>22.1f}{scrape:>16.1f}")
     settings = Settings(redis_url=url, data_dir=data)
-    pool = await create_pool(jobs.redis_settings(url))
+    pool = await create_pool(queue.redis_settings(url))
     start = time.perf_counter()
     pruned = await Producer(pool, settings).prune()
     took = time.perf_counter() - start

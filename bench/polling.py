@@ -23,11 +23,11 @@ from pathlib import Path
 from arq import func
 from arq.connections import create_pool
 
-from modfactory import jobs
 from modfactory.backends.mistral import MistralBackend
-from modfactory.embedded_redis import EmbeddedRedis
-from modfactory.runs import RunSpec, RunStore
 from modfactory.settings import Settings
+from modfactory.store import queue
+from modfactory.store.embedded_redis import EmbeddedRedis
+from modfactory.store.runs import RunSpec, RunStore
 from modfactory.values import RecipeParams
 from modfactory.worker import build_worker, stop_worker, worker_options
 
@@ -58,9 +58,9 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
         job_timeout=60,
     )
     pool = await create_pool(
-        jobs.redis_settings(redis_url),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
+        queue.redis_settings(redis_url),
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
         default_queue_name=settings.queue_name,
     )
     store = RunStore(pool, settings.queue_name)
@@ -94,7 +94,7 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
                 stage,
                 artifacts={"train_file_id": uploaded.id, "validation_file_id": uploaded.id},
             )
-        await jobs.enqueue_stage(pool, settings.queue_name, "train", run.id)
+        await queue.enqueue_stage(pool, settings.queue_name, "train", run.id)
         run_ids.append(run.id)
 
     options = worker_options(settings)

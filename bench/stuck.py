@@ -21,12 +21,12 @@ from pathlib import Path
 
 from arq.connections import create_pool
 
-from modfactory import jobs
-from modfactory.embedded_redis import EmbeddedRedis
-from modfactory.monitoring import worker_heartbeat
 from modfactory.producer import Producer
-from modfactory.runs import RunSpec
 from modfactory.settings import Settings
+from modfactory.store import queue
+from modfactory.store.embedded_redis import EmbeddedRedis
+from modfactory.store.runs import RunSpec
+from modfactory.triggers.monitoring import worker_heartbeat
 from modfactory.values import RecipeParams
 
 
@@ -43,9 +43,9 @@ async def queued_again(producer: Producer, run_id: str, since: float, timeout: f
 async def bench(url: str, data: Path) -> None:
     settings = Settings(redis_url=url, data_dir=data)
     pool = await create_pool(
-        jobs.redis_settings(url),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
+        queue.redis_settings(url),
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
         default_queue_name=settings.queue_name,
     )
     producer = Producer(pool, settings)

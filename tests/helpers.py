@@ -15,11 +15,11 @@ import pytest
 from arq.connections import create_pool
 from pydantic import SecretStr
 
-from modfactory import jobs
-from modfactory.embedded_redis import free_port
 from modfactory.producer import Producer
-from modfactory.runs import Run, RunStore
 from modfactory.settings import Settings
+from modfactory.store import queue
+from modfactory.store.embedded_redis import free_port
+from modfactory.store.runs import Run, RunStore
 
 
 def settings_for(redis_url: str, data_dir: Path, **more: object) -> Settings:
@@ -113,9 +113,9 @@ async def wait_until(
 
 async def producer_for(settings: Settings) -> Producer:
     pool = await create_pool(
-        jobs.redis_settings(settings.redis_url),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
+        queue.redis_settings(settings.redis_url),
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
         default_queue_name=settings.queue_name,
     )
     return Producer(pool, settings)

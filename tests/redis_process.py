@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis as sync_redis
 
-from modfactory.embedded_redis import free_port, redis_server_binary
+from modfactory.store.embedded_redis import free_port, redis_server_binary
 
 
 class RedisProcess:

@@ -24,7 +24,7 @@ from helpers import (
     worker_process,
 )
 from modfactory.settings import Settings
-from modfactory.webhook_auth import sign
+from modfactory.triggers.auth import sign
 
 SECRET = "whsec-test-0123456789abcdef0123456789"
 TOKEN = "bearer-test-token-xyz-0123456789abcdef"

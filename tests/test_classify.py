@@ -11,15 +11,15 @@ from arq.connections import create_pool
 
 from mistral_emulator import MistralEmulator
 from mistral_emulator import trained_model as train_on_emulator
-from modfactory import jobs
 from modfactory.backends.base import BackendError
 from modfactory.backends.mistral import MistralBackend
-from modfactory.classify import classify_texts
+from modfactory.evaluation.classify import classify_texts
 from modfactory.producer import Producer
-from modfactory.runs import RunSpec
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
+from modfactory.store import queue
+from modfactory.store.runs import RunSpec
 from modfactory.values import DatasetSummary, RecipeParams
 
 KEY = "sk-classify-test"
@@ -116,9 +116,9 @@ async def test_restarting_the_evaluate_stage_resends_no_finished_batch(
         mistral_rps=None,
     )
     pool = await create_pool(
-        jobs.redis_settings(redis_db),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
+        queue.redis_settings(redis_db),
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
     )
     producer = Producer(pool, settings)
     ctx = {

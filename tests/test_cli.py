@@ -16,8 +16,10 @@ import pytest
 from modfactory.settings import CIVIL_COMMENTS_LABELS
 
 
-def modfactory(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MODFACTORY_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+def modfactory(
+    *args: str, data_dir: Path, timeout: float = 300, columns: int = 200
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODFACTORY_DATA_DIR": str(data_dir), "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-m", "modfactory", *args],
         env=env,
@@ -51,6 +53,11 @@ def test_run_json_status_and_runs_agree_across_an_embedded_redis_restart(tmp_pat
     assert json.loads(status.stdout) == run
     listed = modfactory("runs", "--json", data_dir=data)
     assert [r["id"] for r in json.loads(listed.stdout)] == [run["id"]]
+    for columns in (80, 60):  # in a narrow terminal the other columns fold, never the id
+        for command in ("runs", "models"):
+            table = modfactory(command, data_dir=data, columns=columns).stdout
+            assert run["id"] in table, table
+            assert max(map(len, table.splitlines())) <= columns
 
     # The report: JSON for scripts, one self-contained HTML page for people.
     shown = modfactory("report", run["id"], "--json", data_dir=data)

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cookbook import cookbook_build
-from modfactory.dataset import build_dataset
+from modfactory.data.build import build_dataset
+from modfactory.data.sources import parse_source
+from modfactory.data.synthetic import generate_split
 from modfactory.settings import CIVIL_COMMENTS_LABELS
-from modfactory.sources import parse_source
-from modfactory.synthetic import generate_split
 from modfactory.values import RecipeParams
 
 ROWS = 100_000

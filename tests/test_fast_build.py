@@ -17,14 +17,14 @@ from datasets.iterable_dataset import BufferShuffledExamplesIterable
 
 from cookbook import cookbook_build
 from fake_hub import FakeHub
-from modfactory import shuffle_guard
-from modfactory.dataset import build_dataset
-from modfactory.embedded_redis import free_port
-from modfactory.recipe import RecipeError
+from modfactory.data import shuffle_guard
+from modfactory.data.build import build_dataset
+from modfactory.data.recipe import RecipeError
+from modfactory.data.shuffle_indices import shuffled_take
+from modfactory.data.sources import parse_source
+from modfactory.data.synthetic import generate_split
 from modfactory.settings import CIVIL_COMMENTS_LABELS
-from modfactory.shuffle_indices import shuffled_take
-from modfactory.sources import parse_source
-from modfactory.synthetic import generate_split
+from modfactory.store.embedded_redis import free_port
 from modfactory.values import RecipeParams
 
 
@@ -333,7 +333,7 @@ def test_the_data_libraries_log_lines_are_printed_once_in_our_format() -> None:
     script = (
         "import logging\n"
         "from modfactory.logs import configure_logging\n"
-        "from modfactory.sources import _import_datasets\n"
+        "from modfactory.data.sources import _import_datasets\n"
         "configure_logging('json')\n"
         "_import_datasets()\n"
         "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')\n"

@@ -12,8 +12,8 @@ import pytest
 
 from modfactory.backends.base import BackendError, JobRequest
 from modfactory.backends.local import LocalBackend
-from modfactory.dataset import build_dataset
-from modfactory.sources import parse_source
+from modfactory.data.build import build_dataset
+from modfactory.data.sources import parse_source
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from modfactory.metrics import bootstrap_aucs, evaluate_scores, tune_thresholds
+from modfactory.evaluation.metrics import bootstrap_aucs, evaluate_scores, tune_thresholds
 
 LABELS = ["toxicity", "insult", "threat"]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from arq.connections import create_pool
 
-from modfactory import jobs
 from modfactory.backends.base import Backend
 from modfactory.producer import Producer
-from modfactory.registry import RegistryError
-from modfactory.runs import RunSpec, RunStateError
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
+from modfactory.store import queue
+from modfactory.store.registry import RegistryError
+from modfactory.store.runs import RunSpec, RunStateError
 from modfactory.values import DatasetSummary, RecipeParams
 
 QUALITY = {"ft:a": 0.3, "ft:worse": 0.05, "ft:better": 0.8}
@@ -76,9 +76,9 @@ async def finished_training(producer: Producer, tmp_path: Path, model_id: str) -
 async def promotion_setup(redis_db: str, tmp_path: Path):
     settings = Settings(redis_url=redis_db, data_dir=tmp_path)
     pool = await create_pool(
-        jobs.redis_settings(redis_db),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
+        queue.redis_settings(redis_db),
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
     )
     producer = Producer(pool, settings)
     backend = ModelsOfKnownQuality()

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from arq.connections import create_pool
 
-from modfactory import jobs
 from modfactory.producer import Producer
-from modfactory.reconciler import reconcile_once
-from modfactory.registry import ModelRecord, Promotion
-from modfactory.runs import STAGES, Run, RunSpec, RunState, StageStatus
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
+from modfactory.stages.reconciler import reconcile_once
+from modfactory.store import queue
+from modfactory.store.registry import ModelRecord, Promotion
+from modfactory.store.runs import STAGES, Run, RunSpec, RunState, StageStatus
 from modfactory.values import RecipeParams
 
 
@@ -48,7 +48,7 @@ async def test_ten_thousand_finished_runs_are_pruned_to_the_limit_keeping_the_ch
     redis_db: str, tmp_path: Path
 ) -> None:
     settings = Settings(redis_url=redis_db, data_dir=tmp_path, keep_runs=500)
-    pool = await create_pool(jobs.redis_settings(redis_db))
+    pool = await create_pool(queue.redis_settings(redis_db))
     producer = Producer(pool, settings)
     ids = await stored_runs(producer, 10_000, unfinished=3)
     finished, unfinished = ids[:10_000], ids[10_000:]
@@ -97,7 +97,7 @@ async def test_ten_thousand_finished_runs_are_pruned_to_the_limit_keeping_the_ch
 async def test_young_runs_are_kept_by_age_and_the_reconciler_prunes_once_a_day(
     redis_db: str, tmp_path: Path
 ) -> None:
-    pool = await create_pool(jobs.redis_settings(redis_db))
+    pool = await create_pool(queue.redis_settings(redis_db))
     settings = Settings(redis_url=redis_db, data_dir=tmp_path, keep_runs=10, keep_days=30)
     producer = Producer(pool, settings)
     old = await stored_runs(producer, 40)  # made in January 2026: older than 30 days
@@ -118,7 +118,7 @@ async def test_young_runs_are_kept_by_age_and_the_reconciler_prunes_once_a_day(
 
 
 async def test_the_prune_command_lists_then_deletes(redis_db: str, tmp_path: Path) -> None:
-    pool = await create_pool(jobs.redis_settings(redis_db))
+    pool = await create_pool(queue.redis_settings(redis_db))
     ids = await stored_runs(Producer(pool, Settings(redis_url=redis_db)), 5)
     env = {**os.environ, "MODFACTORY_REDIS_URL": redis_db, "MODFACTORY_KEEP_RUNS": "2"}
 
@@ -144,7 +144,7 @@ async def test_the_prune_command_lists_then_deletes(redis_db: str, tmp_path: Pat
 async def test_a_run_promoted_while_prune_runs_is_kept(redis_db: str, tmp_path: Path) -> None:
     """prune reads which runs to keep, then deletes one by one; a run promoted by hand in
     between is checked again in the transaction that would delete it."""
-    pool = await create_pool(jobs.redis_settings(redis_db))
+    pool = await create_pool(queue.redis_settings(redis_db))
     producer = Producer(pool, Settings(redis_url=redis_db, data_dir=tmp_path, keep_runs=2))
     ids = await stored_runs(producer, 6)
     old = ids[0]

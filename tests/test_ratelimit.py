@@ -7,8 +7,8 @@ import time
 
 from redis.asyncio import Redis
 
-from modfactory.embedded_redis import free_port
-from modfactory.ratelimit import SPACING, RateLimiter, SharedRateLimiter
+from modfactory.backends.ratelimit import SPACING, RateLimiter, SharedRateLimiter
+from modfactory.store.embedded_redis import free_port
 
 
 def most_in_one_second(times: list[float]) -> int:

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import write_split_files
 from cookbook import cookbook_build
-from modfactory.dataset import build_dataset
+from modfactory.data.build import build_dataset
+from modfactory.data.recipe import RecipeError
+from modfactory.data.sources import parse_source
 from modfactory.fileio import atomic_output
-from modfactory.recipe import RecipeError
 from modfactory.settings import CIVIL_COMMENTS_LABELS
-from modfactory.sources import parse_source
 from modfactory.values import RecipeParams
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from modfactory.backends.base import BackendUnavailable
 from modfactory.producer import Producer
-from modfactory.reconciler import reconcile_once, requeue_lost_steps
-from modfactory.runs import RunSpec, RunState
 from modfactory.stages.context import StageContext
+from modfactory.stages.reconciler import reconcile_once, requeue_lost_steps
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
+from modfactory.store.runs import RunSpec, RunState
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 from test_stages import ScriptedBackend, job, setup
 

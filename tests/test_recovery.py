@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
 from mistral_emulator import MistralEmulator
-from modfactory.monitoring import worker_heartbeat
-from modfactory.runs import RunSpec, RunState
+from modfactory.store.runs import RunSpec, RunState
+from modfactory.triggers.monitoring import worker_heartbeat
 from modfactory.values import RecipeParams
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from modfactory.runs import (
+from modfactory.store.runs import (
     STAGES,
     ActiveRunExists,
     RunNotFound,

@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import producer_for, settings_for, wait_until, worker_process
-from modfactory import synthetic
 from modfactory.cli import app
-from modfactory.cron import CronError, parse_cron
-from modfactory.schedule import Decision, ScheduleLog
-from modfactory.sources import fingerprint, parse_source
+from modfactory.crontab import CronError, parse_cron
+from modfactory.data import synthetic
+from modfactory.data.sources import fingerprint, parse_source
+from modfactory.triggers.schedule import Decision, ScheduleLog
 
 
 def test_cron_fields_become_arq_sets_and_ticks() -> None:

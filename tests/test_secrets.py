@@ -31,10 +31,10 @@ from helpers import (
     worker_process,
 )
 from mistral_emulator import MistralEmulator
-from modfactory.embedded_redis import free_port
-from modfactory.runs import RunState
 from modfactory.settings import Settings
-from modfactory.webhook_auth import sign
+from modfactory.store.embedded_redis import free_port
+from modfactory.store.runs import RunState
+from modfactory.triggers.auth import sign
 from redis_process import RedisProcess
 
 API_KEY = "sk-mistral-live-" + "a1b2" * 6

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from arq.connections import create_pool
 
-from modfactory import jobs
 from modfactory.backends.base import Backend, BackendUnavailable, JobRequest, Scores
-from modfactory.metrics import tune_thresholds
-from modfactory.runs import RunSpec, RunState, RunStore
+from modfactory.evaluation.metrics import tune_thresholds
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
 from modfactory.stages.train import poll_training, train
+from modfactory.store import queue
+from modfactory.store.runs import RunSpec, RunState, RunStore
 from modfactory.values import (
     Checkpoint,
     DatasetSummary,
@@ -65,9 +65,9 @@ class ScriptedBackend(Backend):
 async def setup(redis_db: str, tmp_path: Path, script: list[TrainingJob]):
     settings = Settings(redis_url=redis_db, data_dir=tmp_path, poll_interval=60)
     pool = await create_pool(
-        jobs.redis_settings(redis_db),
-        job_serializer=jobs.serialize,
-        job_deserializer=jobs.deserialize,
+        queue.redis_settings(redis_db),
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
         default_queue_name=settings.queue_name,
     )
     store = RunStore(pool, settings.queue_name)

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,15 +25,15 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from modfactory import jobs
 from modfactory.backends import BackendError
-from modfactory.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from modfactory.data.recipe import RecipeError
 from modfactory.logs import configure_logging
-from modfactory.monitoring import queued_without_worker
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeError
-from modfactory.registry import ModelRecord, RegistryError
-from modfactory.runs import (
+from modfactory.settings import Settings, redact
+from modfactory.store import queue
+from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from modfactory.store.registry import ModelRecord, RegistryError
+from modfactory.store.runs import (
     STAGES,
     ActiveRunExists,
     Run,
@@ -43,7 +42,7 @@ from modfactory.runs import (
     RunStateError,
     RunStore,
 )
-from modfactory.settings import Settings, redact
+from modfactory.triggers.monitoring import queued_without_worker
 
 T = TypeVar("T")
 
@@ -172,9 +171,9 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
         url = await asyncio.to_thread(embedded.start)
     try:
         pool = await create_pool(
-            jobs.redis_settings(url, retries=0),  # someone is waiting: say so at once
-            job_serializer=jobs.serialize,
-            job_deserializer=jobs.deserialize,
+            queue.redis_settings(url, retries=0),  # someone is waiting: say so at once
+            job_serializer=queue.serialize,
+            job_deserializer=queue.deserialize,
             default_queue_name=settings.queue_name,
         )
     except Exception as exc:
@@ -182,7 +181,7 @@ async def _redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
             embedded.stop()
         why = f"{type(exc).__name__}: {exc}".rstrip(": ")
         raise CliError(
-            f"cannot reach Redis at {jobs.redacted(url)} (MODFACTORY_REDIS_URL): {why}"
+            f"cannot reach Redis at {queue.redacted(url)} (MODFACTORY_REDIS_URL): {why}"
         ) from None
     try:
         yield pool, embedded is not None
@@ -245,6 +244,7 @@ async def _run(
     as_json: bool,
     with_worker: bool | None,
 ) -> Run:
+    from modfactory.triggers.schedule import retrain_cron_jobs
     from modfactory.worker import build_worker, stop_worker
 
     async with _redis(settings) as (pool, embedded):
@@ -260,7 +260,8 @@ async def _run(
         worker_task = None
         in_process = embedded if with_worker is None else with_worker
         if in_process:
-            worker = build_worker(settings, redis=pool, handle_signals=False)
+            triggers = retrain_cron_jobs(settings)
+            worker = build_worker(settings, redis=pool, triggers=triggers, handle_signals=False)
             worker_task = asyncio.create_task(worker.async_run())
         elif not as_json:
             err.print("waiting for a worker (`modfactory worker`) to pick the run up…")
@@ -468,8 +469,8 @@ def dataset_build(
     """The cookbook's dataset recipe → train.jsonl, validation.jsonl, test.jsonl and a chart."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from modfactory.dataset import build_dataset
-    from modfactory.sources import parse_source
+    from modfactory.data.build import build_dataset
+    from modfactory.data.sources import parse_source
     from modfactory.values import RecipeParams
 
     settings = _settings(data_dir)
@@ -554,6 +555,7 @@ def dataset_build(
 @app.command("worker")
 def worker_command(data_dir: DataDirOpt = None) -> None:
     """Run a worker until interrupted (embedded Redis when MODFACTORY_REDIS_URL is unset)."""
+    from modfactory.triggers.schedule import retrain_cron_jobs
     from modfactory.worker import build_worker
 
     settings = _settings(data_dir)
@@ -561,7 +563,7 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
 
     def run_worker(settings: Settings) -> None:
         try:
-            build_worker(settings).run()
+            build_worker(settings, triggers=retrain_cron_jobs(settings)).run()
         except asyncio.CancelledError:  # arq re-raises the jobs it cancelled on SIGTERM
             logging.getLogger("modfactory.worker").info(
                 "stopped; the jobs it interrupted run again on the next worker"
@@ -591,7 +593,7 @@ def serve(
     """Serve the retrain webhook, the runs API, /healthz and /metrics (needs a shared Redis)."""
     import uvicorn
 
-    from modfactory.api import create_app
+    from modfactory.triggers.api import create_app
 
     settings = _settings()
     configure_logging(settings.log_format, logging.INFO, settings.secret_values())
@@ -618,8 +620,8 @@ def schedule(
     """The retrain schedule (MODFACTORY_RETRAIN_CRON): next ticks and recent decisions."""
     from datetime import datetime
 
-    from modfactory.cron import parse_cron
-    from modfactory.schedule import ScheduleLog
+    from modfactory.crontab import parse_cron
+    from modfactory.triggers.schedule import ScheduleLog
 
     settings = _settings(data_dir)
     decisions = _with_producer(
@@ -746,10 +748,18 @@ def models(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
         out.print("no model yet: a run that succeeds becomes the first champion")
 
 
+def _add_run_id_column(table: Table, run_ids: list[str]) -> None:
+    """A run id is never cut: the other columns fold first, however narrow the terminal."""
+    table.add_column("run", no_wrap=True, min_width=max(map(len, run_ids), default=3))
+
+
 def _print_model(record: ModelRecord) -> None:
     table = Table(title=f"model {record.name}", title_justify="left")
-    for column in ("role", "run", "model", "why"):
-        table.add_column(column)
+    table.add_column("role")
+    ids = [p.run_id for p in [*record.history, *filter(None, [record.champion])]]
+    _add_run_id_column(table, [*ids, *record.candidates])
+    for column in ("model", "why"):
+        table.add_column(column, overflow="fold")
     if record.champion:
         c = record.champion
         table.add_row("[green]champion[/green]", c.run_id, c.model_id, c.reason)
@@ -824,7 +834,7 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Write (again) and show RUN's report.json and self-contained report.html."""
-    from modfactory.report import report_data, write_report
+    from modfactory.evaluation.report import report_data, write_report
 
     run_ = _with_producer(data_dir, lambda p: p.store.get(run_id))
     directory = (_settings(data_dir).data_dir / "runs" / run_.id).resolve()
@@ -879,8 +889,9 @@ def runs(
         out.print_json(json.dumps([r.to_json_dict() for r in found]))
         return
     table = Table(title_justify="left")
-    for column in ("run", "state", "stage", "source", "backend", "macro F1", "created"):
-        table.add_column(column)
+    _add_run_id_column(table, [r.id for r in found])
+    for column in ("state", "stage", "source", "backend", "macro F1", "created"):
+        table.add_column(column, overflow="fold")
     for r in found:
         f1 = f"{r.metrics['macro']['f1']:.3f}" if r.metrics else ""
         table.add_row(
@@ -893,11 +904,3 @@ def runs(
             f"{r.created_at:%Y-%m-%d %H:%M:%S}",
         )
     out.print(table)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

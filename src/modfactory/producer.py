@@ -1,37 +1,35 @@
-"""The one way a run is created and its stages enqueued: the CLI, the webhook and cron
-all come through here, so one run at a time per model name holds for all of them."""
+"""Where runs begin and what people do to them: create and queue a run — the CLI, the
+webhook and the cron schedule all come through here, so one unfinished run per model name
+holds for all of them —, queue one stage again, approve, cancel, promote, roll back,
+prune. Each next stage is queued by the one before (``stages.context``) or, when that was
+lost, by the reconciler."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
 from redis.asyncio.client import Pipeline
 
-from modfactory import jobs
 from modfactory.backends import get_backend
-from modfactory.registry import ModelRecord, ModelRegistry
-from modfactory.runs import (
+from modfactory.data.sources import fingerprint, parse_source
+from modfactory.settings import Settings
+from modfactory.stages.context import StageContext, cancel_remote_job
+from modfactory.store import queue
+from modfactory.store.registry import ModelRecord, ModelRegistry
+from modfactory.store.retention import prune_runs
+from modfactory.store.runs import (
     STAGES,
     ActiveRunExists,
     Run,
-    RunNotFound,
     RunSpec,
     RunState,
     RunStateError,
     RunStore,
 )
-from modfactory.settings import Settings
-from modfactory.sources import fingerprint, parse_source
-from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.values import RecipeParams
-
-_SAFE_NAME = re.compile(r"[\w.-]+")  # a run or job id, never a path
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class Producer:
             except ActiveRunExists as exc:
                 active = exc.run
             else:
-                await jobs.enqueue_stage(self.redis, self.settings.queue_name, "build", run.id)
+                await queue.enqueue_stage(self.redis, self.settings.queue_name, "build", run.id)
                 return Submission(run, created=True)
         if self.settings.active_run_policy == "coalesce":
             return Submission(active, created=False)
@@ -102,13 +100,13 @@ class Producer:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         run = await self.store.reopen_stage(run_id, stage)
-        await jobs.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
+        await queue.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
         return run
 
     async def approve(self, run_id: str) -> Run:
         """Approve the quoted cost of a run awaiting approval; its training job starts."""
         run = await self.store.approve(run_id)
-        await jobs.enqueue_poll(
+        await queue.enqueue_poll(
             self.redis, self.settings.queue_name, run_id, run.training.poll_seq, 0
         )
         return run
@@ -156,40 +154,8 @@ class Producer:
         """Delete the finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS —
         document, index entries, run directory, local training job — except champions and
         the runs a rollback needs; returns their ids (with ``dry_run``: what would go)."""
-        settings = self.settings
-        protected = await self.registry.kept_runs()
-        doomed = await self.store.prunable(settings.keep_runs, settings.keep_days, protected)
-        if dry_run or not doomed:
-            return doomed
-
-        async def promoted_since(pipe: Pipeline, run: Run) -> bool:
-            return await self.registry.watch_kept(pipe, run.spec.model_name, run.id)
-
-        pruned = []
-        for run_id in doomed:
-            try:
-                run = await self.store.get(run_id)
-            except RunNotFound:
-                continue
-            if not await self.store.delete(run_id, keep=promoted_since):
-                continue
-            pruned.append(run_id)
-            await asyncio.to_thread(_remove_files, settings.data_dir, run)
-        for name in await self.registry.names():
-            await self.registry.forget_candidates(name, set(pruned))
-        return pruned
+        return await prune_runs(self.store, self.registry, self.settings, dry_run=dry_run)
 
     async def rollback(self, model_name: str | None = None) -> ModelRecord:
         """Restore the previous champion of ``model_name`` (default: MODFACTORY_MODEL_NAME)."""
         return await self.registry.rollback(model_name or self.settings.model_name)
-
-
-def _remove_files(data_dir: Path, run: Run) -> None:
-    """A pruned run's directory and, on the local backend, its training job's directory."""
-    places = [data_dir / "runs" / run.id]
-    if run.spec.backend == "local" and run.artifacts.training_job_id:
-        places.append(data_dir / "local" / "jobs" / run.artifacts.training_job_id)
-    for place in places:
-        root = place.parent.resolve()
-        if place.resolve().parent == root and _SAFE_NAME.fullmatch(place.name):
-            shutil.rmtree(place, ignore_errors=True)

@@ -272,7 +272,7 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
         """Reject a bad schedule when the settings load, naming the field at fault."""
-        from modfactory.cron import parse_cron
+        from modfactory.crontab import parse_cron
 
         if value is not None and value.strip():
             parse_cron(value)

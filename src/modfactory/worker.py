@@ -2,10 +2,11 @@
 
 Jobs: ``build``, ``upload``, ``train``, ``poll_training`` (one look at a training job,
 re-scheduled until it ends) and ``evaluate``; the cron job ``reconcile`` every
-MODFACTORY_RECONCILE_INTERVAL seconds on one worker (see ``reconciler``: it re-queues the
-lost step of any unfinished run and cancels training jobs of runs that are over); with
-MODFACTORY_RETRAIN_CRON, the cron job ``scheduled_retrain`` (see ``schedule``). A
-starting worker runs one reconcile round at once.
+MODFACTORY_RECONCILE_INTERVAL seconds on one worker (see ``stages.reconciler``: it
+re-queues the lost step of any unfinished run and cancels training jobs of runs that are
+over). Triggers that run inside the worker process — the retrain schedule — are passed in
+by whoever starts it (the CLI), so the worker knows no trigger. A starting worker runs one
+reconcile round at once.
 """
 
 from __future__ import annotations
@@ -13,24 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from arq import cron, func
 from arq.connections import ArqRedis
+from arq.cron import CronJob
 from arq.worker import Worker
 
-from modfactory import jobs
-from modfactory.cron import parse_cron
-from modfactory.reconciler import JOB_NAME as RECONCILE_JOB
-from modfactory.reconciler import reconcile, reconcile_once
-from modfactory.runs import RunStore
-from modfactory.schedule import JOB_NAME, scheduled_retrain
 from modfactory.settings import Settings
 from modfactory.stages.build import build
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
+from modfactory.stages.reconciler import JOB_NAME as RECONCILE_JOB
+from modfactory.stages.reconciler import reconcile, reconcile_once
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
+from modfactory.store import queue
+from modfactory.store.runs import RunStore
 
 log = logging.getLogger("modfactory.worker")
 
@@ -44,8 +45,9 @@ def _every(seconds: int) -> dict[str, set[int]]:
     return {"second": {0}, "minute": set(range(0, 60, seconds // 60))}
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
-    """arq Worker keyword arguments: the jobs, JSON serialization, timeouts, heartbeat."""
+def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict[str, Any]:
+    """arq Worker keyword arguments: the jobs, JSON serialization, timeouts, heartbeat;
+    ``triggers``: more cron jobs to run (e.g. ``triggers.schedule.retrain_cron_jobs``)."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         sc = StageContext(settings, RunStore(ctx["redis"], settings.queue_name), ctx["redis"])
@@ -68,19 +70,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             max_tries=1,
         )
     ]
-    if settings.retrain_cron:
-        cron_jobs.append(
-            cron(
-                scheduled_retrain,  # type: ignore[arg-type]
-                name=JOB_NAME,
-                **parse_cron(settings.retrain_cron).arq_fields(),  # type: ignore[arg-type]
-                unique=True,
-                run_at_startup=False,
-                timeout=settings.job_timeout,
-                keep_result=3600,  # with the unique id: a second worker cannot run a tick again
-                max_tries=1,
-            )
-        )
+    cron_jobs.extend(triggers)
     return {
         "cron_jobs": cron_jobs,
         "functions": [
@@ -88,22 +78,28 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             for f in STAGE_FUNCTIONS
         ],
         "queue_name": settings.queue_name,
-        "redis_settings": jobs.redis_settings(settings.redis_url or "redis://localhost:6379"),
+        "redis_settings": queue.redis_settings(settings.redis_url or "redis://localhost:6379"),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout,
         "keep_result": 0,
         "health_check_interval": settings.health_check_interval,
-        "job_serializer": jobs.serialize,
-        "job_deserializer": jobs.deserialize,
+        "job_serializer": queue.serialize,
+        "job_deserializer": queue.deserialize,
         "poll_delay": 0.2,
     }
 
 
-def build_worker(settings: Settings, redis: ArqRedis | None = None, **overrides: Any) -> Worker:
-    """An arq Worker for ``settings`` (``redis``: share an existing pool, as the CLI does)."""
-    options = worker_options(settings)
+def build_worker(
+    settings: Settings,
+    redis: ArqRedis | None = None,
+    triggers: Sequence[CronJob] = (),
+    **overrides: Any,
+) -> Worker:
+    """An arq Worker for ``settings`` (``redis``: share an existing pool, as the CLI does;
+    ``triggers``: as for ``worker_options``)."""
+    options = worker_options(settings, triggers)
     if redis is not None:
         del options["redis_settings"]
         options["redis_pool"] = redis
@@ -118,10 +114,3 @@ async def stop_worker(worker: Worker) -> None:
     await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
     worker.tasks.clear()
     await worker.close()
-
-
-def __getattr__(name: str) -> Any:
-    """``WorkerSettings`` for arq's own CLI (``arq modfactory.worker.WorkerSettings``)."""
-    if name == "WorkerSettings":
-        return type("WorkerSettings", (), worker_options(Settings()))
-    raise AttributeError(name)

@@ -1,4 +1,8 @@
-"""Training backends behind one interface: ``local`` (embedded) and ``mistral``."""
+"""Training backends behind one interface (``base``): ``local`` (embedded) and ``mistral``
+(with the shared request rate limit, ``ratelimit``).
+
+May import the data wing (the local backend reads its JSONL files) and the bottom.
+"""
 
 from __future__ import annotations
 

@@ -37,8 +37,8 @@ from modfactory.backends.local_trainer import (
     read_json,
     write_json,
 )
+from modfactory.data.recipe import TARGET, RecipeError, read_jsonl
 from modfactory.fileio import atomic_output
-from modfactory.recipe import TARGET, RecipeError, read_jsonl
 from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
 
 MODEL_PREFIX = "ft:classifier:local:"

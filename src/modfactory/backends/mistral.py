@@ -37,7 +37,7 @@ from modfactory.backends.base import (
     Scores,
     checked_hyperparameters,
 )
-from modfactory.ratelimit import Limiter, RateLimiter
+from modfactory.backends.ratelimit import Limiter, RateLimiter
 from modfactory.settings import Settings, redact
 from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
 

@@ -13,14 +13,14 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from modfactory import jobs
-from modfactory.api_errors import ApiErrorCounter
 from modfactory.backends import Backend, BackendError, BackendUnavailable, get_backend
 from modfactory.backends.mistral import MistralBackend, account_id, rate_buckets
-from modfactory.ratelimit import SharedRateLimiter
-from modfactory.recipe import RecipeError
-from modfactory.runs import Run, RunState, RunStore, StageName, StageStatus, next_stage
+from modfactory.backends.ratelimit import SharedRateLimiter
+from modfactory.data.recipe import RecipeError
 from modfactory.settings import Settings, redact
+from modfactory.store import queue
+from modfactory.store.api_errors import ApiErrorCounter
+from modfactory.store.runs import Run, RunState, RunStore, StageName, StageStatus, next_stage
 
 log = logging.getLogger("modfactory.stages")
 
@@ -46,7 +46,7 @@ class StageContext:
         return (self.settings.data_dir / "runs" / run_id).resolve()
 
     async def enqueue(self, stage: StageName, run_id: str) -> None:
-        await jobs.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
+        await queue.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
 
     async def enqueue_next(self, stage: StageName, run_id: str) -> None:
         """Queue the stage after ``stage`` (nothing after the last)."""
@@ -56,7 +56,7 @@ class StageContext:
 
     async def enqueue_poll(self, run_id: str, seq: int, delay: float | None = None) -> None:
         interval = self.settings.poll_interval if delay is None else delay
-        await jobs.enqueue_poll(self.redis, self.settings.queue_name, run_id, seq, interval)
+        await queue.enqueue_poll(self.redis, self.settings.queue_name, run_id, seq, interval)
 
     def progress_reporter(self, run_id: str, stage: StageName) -> Callable[[str, int, int], None]:
         """A thread-safe ``report(what, done, total)`` recording at most one update a second."""

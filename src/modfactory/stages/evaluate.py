@@ -11,9 +11,10 @@ from typing import Any
 
 from modfactory import charts
 from modfactory.backends.base import Backend, BackendError
-from modfactory.classify import classify_texts
-from modfactory.metrics import evaluate_scores, tune_thresholds
-from modfactory.promotion import (
+from modfactory.data.recipe import TARGET, read_jsonl
+from modfactory.evaluation.classify import classify_texts
+from modfactory.evaluation.metrics import evaluate_scores, tune_thresholds
+from modfactory.evaluation.promotion import (
     MODERATION_CATEGORIES,
     MODERATION_MODEL,
     decide,
@@ -21,11 +22,10 @@ from modfactory.promotion import (
     random_baseline,
     summary,
 )
-from modfactory.recipe import TARGET, read_jsonl
-from modfactory.registry import ModelRegistry
-from modfactory.report import write_report
-from modfactory.runs import ChampionChanged, Run, RunState, StageStatus, Verdict
+from modfactory.evaluation.report import write_report
 from modfactory.stages.context import StageContext, stage
+from modfactory.store.registry import ModelRegistry
+from modfactory.store.runs import ChampionChanged, Run, RunState, StageStatus, Verdict
 
 MEASURES = 3  # how often the champion is measured again if it changes meanwhile
 

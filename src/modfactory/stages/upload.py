@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modfactory.runs import Run
 from modfactory.stages.context import StageContext, stage
+from modfactory.store.runs import Run
 
 
 @stage("upload")

@@ -11,14 +11,18 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from arq import cron
+from arq.cron import CronJob
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from modfactory.crontab import parse_cron
+from modfactory.data.recipe import RecipeError
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeError
-from modfactory.runs import ActiveRunExists, RunNotFound, RunSpec
+from modfactory.settings import Settings
+from modfactory.store.runs import ActiveRunExists, RunNotFound, RunSpec
 
-log = logging.getLogger("modfactory.schedule")
+log = logging.getLogger("modfactory.triggers.schedule")
 DECISIONS_KEPT = 200
 CANDIDATES_CHECKED = 20  # the most recent candidates a tick compares its source with
 JOB_NAME = "scheduled_retrain"
@@ -136,3 +140,21 @@ async def scheduled_retrain(ctx: dict[str, Any]) -> dict[str, Any] | None:
         extra={"run_id": decision.run_id} if decision.run_id else None,
     )
     return decision.model_dump(mode="json")
+
+
+def retrain_cron_jobs(settings: Settings) -> list[CronJob]:
+    """The arq cron job of MODFACTORY_RETRAIN_CRON for a worker to run (none when unset)."""
+    if not settings.retrain_cron:
+        return []
+    return [
+        cron(
+            scheduled_retrain,  # type: ignore[arg-type]
+            name=JOB_NAME,
+            **parse_cron(settings.retrain_cron).arq_fields(),  # type: ignore[arg-type]
+            unique=True,
+            run_at_startup=False,
+            timeout=settings.job_timeout,
+            keep_result=3600,  # with the unique id: a second worker cannot run a tick again
+            max_tries=1,
+        )
+    ]

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-log = logging.getLogger("modfactory.ratelimit")
+log = logging.getLogger("modfactory.backends.ratelimit")
 SPACING = 1.1  # slots 10 % further apart than the rate: room for LATE plus transit
 LATE = 0.04  # a caller this late for its slot takes another
 

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from modfactory import recipe
-from modfactory.recipe import SPLITS, RecipeError, Row
-from modfactory.sources import Source, open_splits, parquet_split_files
+from modfactory.data import recipe
+from modfactory.data.recipe import SPLITS, RecipeError, Row
+from modfactory.data.sources import Source, open_splits, parquet_split_files
 from modfactory.values import DatasetSummary, RecipeParams, SplitSummary
 
-log = logging.getLogger("modfactory.dataset")
+log = logging.getLogger("modfactory.data.build")
 Engine = Literal["auto", "fast", "stream"]
 
 Progress = Callable[[str, int, int], None]
@@ -42,7 +42,7 @@ def build_dataset(
     files, note = choose_engine(source, data_dir, engine)
     filtered: dict[str, list[Row]] = {}
     if files is not None:
-        from modfactory.fast_build import take_filtered
+        from modfactory.data.fast_build import take_filtered
 
         for split in SPLITS:
             if progress:
@@ -119,7 +119,7 @@ def _fast_engine_files(
 ) -> tuple[dict[str, list[str]] | None, str | None, bool]:
     """Cheapest first: local files are looked at, then the guard is asked (its verdict is
     cached), and only then are a Hub dataset's files downloaded."""
-    from modfactory.shuffle_guard import mismatch
+    from modfactory.data.shuffle_guard import mismatch
 
     not_parquet = f"source {source} is not made of parquet files"
     files = None

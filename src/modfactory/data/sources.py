@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modfactory import synthetic
+from modfactory.data import synthetic
+from modfactory.data.recipe import SPLITS, RecipeError
 from modfactory.fileio import atomic_output
 from modfactory.logs import adopt_library_loggers
-from modfactory.recipe import SPLITS, RecipeError
 
-log = logging.getLogger("modfactory.sources")
+log = logging.getLogger("modfactory.data.sources")
 
 if TYPE_CHECKING:
     from datasets import IterableDataset

@@ -28,16 +28,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modfactory import jobs
 from modfactory.backends import BackendError
-from modfactory.monitoring import prometheus_text, queued_without_worker, worker_heartbeat
+from modfactory.data.recipe import RecipeError
+from modfactory.data.sources import allowed_source
 from modfactory.producer import Producer
-from modfactory.recipe import RecipeError
-from modfactory.runs import ActiveRunExists, RunNotFound
 from modfactory.settings import Settings
-from modfactory.sources import allowed_source
-from modfactory.values import RecipeParams
-from modfactory.webhook_auth import (
+from modfactory.store import queue
+from modfactory.store.runs import ActiveRunExists, RunNotFound
+from modfactory.triggers.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AuthError,
@@ -46,8 +44,10 @@ from modfactory.webhook_auth import (
     check_secrets,
     check_signature,
 )
+from modfactory.triggers.monitoring import prometheus_text, queued_without_worker, worker_heartbeat
+from modfactory.values import RecipeParams
 
-log = logging.getLogger("modfactory.api")
+log = logging.getLogger("modfactory.triggers.api")
 
 RecipeOverrides = create_model(  # every recipe number, optional; unknown names refused
     "RecipeOverrides",
@@ -93,14 +93,14 @@ def create_app(settings: Settings) -> Starlette:
         url = settings.redis_url or ""
         try:
             pool: ArqRedis = await create_pool(
-                jobs.redis_settings(url),
-                job_serializer=jobs.serialize,
-                job_deserializer=jobs.deserialize,
+                queue.redis_settings(url),
+                job_serializer=queue.serialize,
+                job_deserializer=queue.deserialize,
                 default_queue_name=settings.queue_name,
             )
         except (RedisError, OSError) as exc:
             log.error(
-                "cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", jobs.redacted(url), exc
+                "cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", queue.redacted(url), exc
             )
             raise
         state["producer"] = Producer(pool, settings)

@@ -23,28 +23,28 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, PrivateAttr
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from modfactory.redis_json import update_document
-from modfactory.registry import ModelRecord, load_record
+from modfactory.store.redis_json import update_document
+from modfactory.store.registry import ModelRecord, load_record
 from modfactory.values import Checkpoint, DatasetSummary, RecipeParams, TrainingJob
 
-log = logging.getLogger("modfactory.runs")
-STAGES: tuple[str, ...] = ("build", "upload", "train", "evaluate")
-STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
+log = logging.getLogger("modfactory.store.runs")
 StageName = Literal["build", "upload", "train", "evaluate"]
+STAGES: tuple[StageName, ...] = get_args(StageName)  # the pipeline, in order: declared once
+STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
 MAX_EVENTS = 500
 
 
 def next_stage(stage: str) -> StageName | None:
     """The stage that follows ``stage`` in the pipeline (None after the last)."""
     i = STAGES.index(stage) + 1
-    return STAGES[i] if i < len(STAGES) else None  # type: ignore[return-value]
+    return STAGES[i] if i < len(STAGES) else None
 
 
 def now() -> datetime:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from modfactory.metrics import Truth, evaluate_scores
+from modfactory.evaluation.metrics import Truth, evaluate_scores
 
 MODERATION_MODEL = "mistral-moderation-latest"
 MODERATION_CATEGORIES = {  # Mistral's moderation categories -> civil_comments labels

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from modfactory.recipe import RecipeError, Row, check_columns, filter_positions
-from modfactory.shuffle_indices import shuffled_take
+from modfactory.data.recipe import RecipeError, Row, check_columns, filter_positions
+from modfactory.data.shuffle_indices import shuffled_take
 from modfactory.values import RecipeParams
 
 

@@ -10,7 +10,7 @@ queue. Each stage has MODFACTORY_STAGE_MAX_ATTEMPTS attempts; then the run fails
 the stage and how its last attempt ended (see ``RunStore.start_stage``). Runs that ended
 failed or cancelled while their training job may still run have that job cancelled. The
 first round of each day prunes finished runs beyond MODFACTORY_KEEP_RUNS / _KEEP_DAYS
-(``Producer.prune``). A starting worker runs one round at once.
+(``store.retention``). A starting worker runs one round at once.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from modfactory import jobs
-from modfactory.producer import Producer
-from modfactory.runs import Run, RunNotFound, RunState, StageStatus
 from modfactory.stages.context import StageContext, cancel_remote_job
+from modfactory.store import queue
+from modfactory.store.registry import ModelRegistry
+from modfactory.store.retention import prune_runs
+from modfactory.store.runs import Run, RunNotFound, RunState, StageStatus
 
-log = logging.getLogger("modfactory.reconciler")
+log = logging.getLogger("modfactory.stages.reconciler")
 JOB_NAME = "reconcile"
 
 
@@ -51,17 +52,17 @@ def current_job(run: Run) -> tuple[str, str] | None:
     train = run.stages["train"]
     if stage == "train" and train.state == StageStatus.RUNNING and run.artifacts.training_job_id:
         seq = run.training.poll_seq
-        return jobs.poll_job_id(run.id, seq), f"look {seq} at the training job"
-    return jobs.stage_job_id(run.id, stage), stage
+        return queue.poll_job_id(run.id, seq), f"look {seq} at the training job"
+    return queue.stage_job_id(run.id, stage), stage
 
 
 async def requeue_lost_steps(sc: StageContext) -> list[str]:
     """Queue again the current step of every unfinished run that has no arq job."""
-    queue = sc.settings.queue_name
+    queue_name = sc.settings.queue_name
     requeued = []
     for run in await sc.store.active():
         wanted = current_job(run)
-        if wanted is None or await jobs.job_exists(sc.redis, wanted[0]):
+        if wanted is None or await queue.job_exists(sc.redis, wanted[0]):
             continue
         try:
             fresh = await sc.store.get(run.id)  # it may have moved on meanwhile
@@ -70,11 +71,13 @@ async def requeue_lost_steps(sc: StageContext) -> list[str]:
         if current_job(fresh) != wanted:
             continue
         job_id, what = wanted
-        await jobs.clear_stale_result(sc.redis, job_id)
-        if job_id == jobs.stage_job_id(run.id, fresh.current_stage or ""):
-            queued = await jobs.enqueue_stage(sc.redis, queue, fresh.current_stage, run.id)
+        await queue.clear_stale_result(sc.redis, job_id)
+        if job_id == queue.stage_job_id(run.id, fresh.current_stage or ""):
+            queued = await queue.enqueue_stage(sc.redis, queue_name, fresh.current_stage, run.id)
         else:
-            queued = await jobs.enqueue_poll(sc.redis, queue, run.id, fresh.training.poll_seq, 0)
+            queued = await queue.enqueue_poll(
+                sc.redis, queue_name, run.id, fresh.training.poll_seq, 0
+            )
         if queued:
             requeued.append(job_id)
             await sc.store.note(
@@ -100,7 +103,9 @@ async def reconcile_once(sc: StageContext) -> Round:
                 done.cancels.append(f"{run_id}: {said}")
         day = f"{sc.settings.queue_name}:pruned-on:{datetime.now(UTC):%Y-%m-%d}"
         if await sc.redis.set(day, 1, nx=True, ex=2 * 86_400):  # the first round of a day
-            done.pruned = await Producer(sc.redis, sc.settings).prune()
+            done.pruned = await prune_runs(
+                sc.store, ModelRegistry(sc.redis, sc.settings.queue_name), sc.settings
+            )
     finally:
         if (await sc.redis.get(lock)) == token.encode():
             await sc.redis.delete(lock)

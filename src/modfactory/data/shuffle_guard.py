@@ -18,10 +18,10 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from modfactory import shuffle_indices
+from modfactory.data import shuffle_indices
+from modfactory.data.shuffle_indices import shuffled_take
 from modfactory.fileio import atomic_output
 from modfactory.logs import adopt_library_loggers
-from modfactory.shuffle_indices import shuffled_take
 
 # (rows per shard, seed, buffer size, n)
 CASES: tuple[tuple[tuple[int, ...], int, int, int], ...] = (

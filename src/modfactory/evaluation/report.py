@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modfactory.evaluation.promotion import METRICS, metric_value
 from modfactory.fileio import atomic_output
-from modfactory.promotion import METRICS
-from modfactory.runs import Run
+from modfactory.store.runs import Run
 
 
 def report_data(run: Run) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def render_html(data: dict[str, Any]) -> str:
     quote = ""
     if meta.get("cost") is not None:
         quote = f" (quoted {meta['cost']} {e(str(meta.get('cost_currency', '')))})"
-    mine = "".join(f"<td>{_num(_headline(metrics, m))}</td>" for m in metric_names)
+    mine = "".join(f"<td>{_num(metric_value(metrics, m))}</td>" for m in metric_names)
     synthetic = (
         "<p class=warn>SYNTHETIC DATA — generated, not civil_comments.</p>"
         if data["synthetic"]
@@ -160,9 +160,3 @@ the threshold columns use each label's threshold tuned for F1 on the <b>validati
 <h2>Dataset</h2>{_image(data["charts"]["distribution"], "label distribution")}
 </body></html>
 """
-
-
-def _headline(metrics: dict[str, Any], name: str) -> float | None:
-    from modfactory.promotion import metric_value
-
-    return metric_value(metrics, name)

@@ -1,0 +1,58 @@
+"""Retention: finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS are deleted
+— document, index entries, run directory, local training job — except champions and the
+runs a rollback needs (``ModelRecord.kept_runs``), checked again in the transaction that
+deletes each one."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+
+from redis.asyncio.client import Pipeline
+
+from modfactory.settings import Settings
+from modfactory.store.registry import ModelRegistry
+from modfactory.store.runs import Run, RunNotFound, RunStore
+
+_SAFE_NAME = re.compile(r"[\w.-]+")  # a run or job id, never a path
+
+
+async def prune_runs(
+    store: RunStore, registry: ModelRegistry, settings: Settings, dry_run: bool = False
+) -> list[str]:
+    """Delete the finished runs beyond the retention settings; their ids (``dry_run``:
+    what would go, nothing deleted)."""
+    protected = await registry.kept_runs()
+    doomed = await store.prunable(settings.keep_runs, settings.keep_days, protected)
+    if dry_run or not doomed:
+        return doomed
+
+    async def promoted_since(pipe: Pipeline, run: Run) -> bool:
+        return await registry.watch_kept(pipe, run.spec.model_name, run.id)
+
+    pruned = []
+    for run_id in doomed:
+        try:
+            run = await store.get(run_id)
+        except RunNotFound:
+            continue
+        if not await store.delete(run_id, keep=promoted_since):
+            continue
+        pruned.append(run_id)
+        await asyncio.to_thread(_remove_files, settings.data_dir, run)
+    for name in await registry.names():
+        await registry.forget_candidates(name, set(pruned))
+    return pruned
+
+
+def _remove_files(data_dir: Path, run: Run) -> None:
+    """A pruned run's directory and, on the local backend, its training job's directory."""
+    places = [data_dir / "runs" / run.id]
+    if run.spec.backend == "local" and run.artifacts.training_job_id:
+        places.append(data_dir / "local" / "jobs" / run.artifacts.training_job_id)
+    for place in places:
+        root = place.parent.resolve()
+        if place.resolve().parent == root and _SAFE_NAME.fullmatch(place.name):
+            shutil.rmtree(place, ignore_errors=True)

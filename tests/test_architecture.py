@@ -1,0 +1,98 @@
+"""The structure the README draws is the one the imports draw: wings import only downward,
+and no module imports itself back through others (a walk of ``src/modfactory`` with ast)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "modfactory"
+
+# The bottom: the settings (and the grammar of one of them), value types, files, logging,
+# charts (drawn for the data set, the training curve and the evaluation alike).
+BASE = {"settings", "crontab", "values", "fileio", "logs", "charts"}
+# Each wing, and the wings it may import besides itself and BASE.
+MAY_IMPORT: dict[str, set[str]] = {
+    "store": set(),
+    "data": set(),
+    "backends": {"data"},  # the local backend reads the data wing's JSONL files
+    "evaluation": {"backends", "data", "store"},
+    "stages": {"backends", "data", "evaluation", "store"},
+    "producer": {"stages", "backends", "data", "evaluation", "store"},
+    "worker": {"stages", "backends", "data", "evaluation", "store"},
+    "triggers": {"producer", "stages", "backends", "data", "evaluation", "store"},
+    "cli": {"triggers", "worker", "producer", "stages", "backends", "data", "evaluation", "store"},
+    "__main__": {"cli"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """The modfactory modules ``path`` imports (lazily inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "modfactory":
+                found |= {a.name for a in node.names}
+            elif node.module.startswith("modfactory."):
+                module = node.module.removeprefix("modfactory.")
+                found.add(module)
+                found |= {f"{module}.{a.name}" for a in node.names}  # a sub-module, perhaps
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("modfactory.") for a in node.names}
+    return found
+
+
+MODULES = {module_name(p): p for p in SRC.rglob("*.py")}
+GRAPH = {
+    name: {dep for dep in imports_of(path) if dep in MODULES and dep != name}
+    for name, path in MODULES.items()
+}
+
+
+def wing(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_every_module_belongs_to_a_wing_with_a_docstring_saying_what_it_owns() -> None:
+    for name, path in MODULES.items():
+        if name == "":
+            continue
+        assert wing(name) in BASE | set(MAY_IMPORT), f"{name} is in no wing"
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{name} has no docstring"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m))
+def test_imports_point_only_down(module: str) -> None:
+    here = wing(module)
+    allowed = BASE | {here} | MAY_IMPORT.get(here, set())
+    upward = sorted(dep for dep in GRAPH[module] if wing(dep) not in allowed)
+    assert upward == [], f"{module} imports {upward}: {here} may import only {sorted(allowed)}"
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            pytest.fail("import cycle: " + " -> ".join([*path[path.index(module) :], module]))
+        if module in done:
+            return
+        for dep in sorted(GRAPH[module]):
+            visit(dep, [*path, module])
+        done.add(module)
+
+    for module in sorted(GRAPH):
+        visit(module, [])
+
+
+def test_the_rules_can_fail() -> None:
+    """The walk sees imports: the CLI's (the top) and the store's (none upward)."""
+    assert "producer" in GRAPH["cli"] and "values" in GRAPH["store.runs"]
+    assert not any(wing(dep) == "backends" for dep in GRAPH["store.runs"])
