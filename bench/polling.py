@@ -27,7 +27,8 @@ from modfactory.backends.mistral import MistralBackend
 from modfactory.settings import Settings
 from modfactory.store import queue
 from modfactory.store.embedded_redis import EmbeddedRedis
-from modfactory.store.runs import RunSpec, RunStore
+from modfactory.store.run import RunSpec
+from modfactory.store.runs import RunStore
 from modfactory.values import RecipeParams
 from modfactory.worker import build_worker, stop_worker, worker_options
 

@@ -25,7 +25,7 @@ from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
 from modfactory.store.embedded_redis import EmbeddedRedis
-from modfactory.store.runs import RunSpec
+from modfactory.store.run import RunSpec
 from modfactory.triggers.monitoring import worker_heartbeat
 from modfactory.values import RecipeParams
 

@@ -19,7 +19,8 @@ from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
 from modfactory.store.embedded_redis import free_port
-from modfactory.store.runs import Run, RunStore
+from modfactory.store.run import Run
+from modfactory.store.runs import RunStore
 
 
 def settings_for(redis_url: str, data_dir: Path, **more: object) -> Settings:

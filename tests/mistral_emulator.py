@@ -11,6 +11,9 @@ lost — a 5xx or a dropped connection, as a proxy timeout or a network cut does
 slow responses, FAILED_VALIDATION, FAILED, statuses the SDK does not know, a rejected
 key, and hooks that run just before a response is sent (to kill a worker between a
 request and its answer). ``counts`` tallies what cost money.
+
+This module is the server and its faults; the checks against the spec are in
+``emulator_spec``, the jobs' timeline and the models' answers in ``emulator_jobs``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import math
 import random
 import re
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,40 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import jsonschema
-import yaml
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+from emulator_jobs import Job, Timing, job_view, moderation_scores, naive_bayes
+from emulator_spec import SpecChecker
 
-SPEC_PATH = Path(__file__).with_name("mistral-openapi.yaml")
 _LOCK = threading.RLock()  # re-entrant: answers are sent (and counted) under it too
-_SPEC_CACHE: dict[str, Any] = {}
-
-
-def load_spec() -> dict[str, Any]:
-    """The spec, with the few numeric bounds it writes as strings turned into numbers."""
-    if "spec" not in _SPEC_CACHE:
-        spec = yaml.safe_load(SPEC_PATH.read_text())
-
-        def fix(node: Any) -> None:
-            if isinstance(node, dict):
-                for key, value in node.items():
-                    if key in (
-                        "minimum",
-                        "maximum",
-                        "exclusiveMinimum",
-                        "exclusiveMaximum",
-                    ) and isinstance(value, str):
-                        node[key] = float(value)
-                    else:
-                        fix(value)
-            elif isinstance(node, list):
-                for item in node:
-                    fix(item)
-
-        fix(spec)
-        _SPEC_CACHE["spec"] = spec
-    return _SPEC_CACHE["spec"]
 
 
 @dataclass
@@ -92,28 +64,6 @@ class Faults:
         self.rng = random.Random(self.seed)
 
 
-@dataclass
-class Timing:
-    """Seconds each phase of a job lasts."""
-
-    validating: float = 0.3
-    queued: float = 0.2
-    step: float = 0.15  # between two checkpoints
-    checkpoints: int = 4
-    steps_per_checkpoint: int = 50
-
-
-class _Job:
-    def __init__(self, body: dict[str, Any], labels: list[str], rows: int) -> None:
-        self.id = str(uuid.uuid4())
-        self.body = body
-        self.labels = labels
-        self.rows = rows
-        self.created = time.time()
-        self.started: float | None = None
-        self.cancelled: float | None = None
-
-
 class MistralEmulator:
     """``with MistralEmulator() as emulator:`` serves on ``emulator.url``."""
 
@@ -123,15 +73,13 @@ class MistralEmulator:
         self.faults = Faults()
         self.timing = Timing()
         self.files: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, _Job] = {}
+        self.jobs: dict[str, Job] = {}
         self.counts: Counter[str] = Counter()
         self.invalid_requests: list[str] = []
         self.hooks: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.request_times: list[float] = []
         self.classified_batches: Counter[tuple[str, ...]] = Counter()
-        spec = load_spec()
-        self._spec = spec
-        self._registry = Registry().with_resource("spec", Resource(spec, DRAFT202012))
+        self.spec = SpecChecker()
         self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -156,139 +104,17 @@ class MistralEmulator:
         return peak
 
     # --- validation against the spec ------------------------------------------------------
-    def check_body(self, schema_name: str, body: Any) -> list[str]:
-        """``path: message`` for each way ``body`` breaks the schema (the deepest cause)."""
-        validator = jsonschema.Draft202012Validator(
-            {"$ref": f"spec#/components/schemas/{schema_name}"},
-            registry=self._registry,
-            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
-        )
-        errors = []
-        for error in validator.iter_errors(body):
-            if error.context:
-                error = jsonschema.exceptions.best_match(error.context)
-            errors.append(f"{'.'.join(map(str, error.absolute_path)) or 'body'}: {error.message}")
-        return errors
-
-    def check_query(self, path: str, method: str, query: dict[str, list[str]]) -> list[str]:
-        operation = self._spec["paths"][path][method]
-        declared = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "query"}
-        errors = []
-        for name, values in query.items():
-            if name not in declared:
-                errors.append(f"query: unknown parameter {name!r}")
-                continue
-            schema = declared[name].get("schema", {})
-            for value in values:
-                if not _query_value_fits(value, schema):
-                    errors.append(f"query: {name}={value!r} does not fit {schema}")
-        return errors
-
     # --- state -------------------------------------------------------------------------------
-    def job_json(self, job: _Job, detailed: bool = True) -> dict[str, Any]:
-        now = time.time()
-        t, faults = self.timing, self.faults
-        if job.cancelled is not None:
-            now = min(now, job.cancelled)  # a cancelled job goes no further
-        events: list[dict[str, Any]] = []
-        checkpoints: list[dict[str, Any]] = []
-        status, fine_tuned = "QUEUED", None
-
-        def becomes(new: str, at: float, error: str | None = None) -> str:
-            """A status change, with its event (as the API lists them)."""
-            data = {"status": new, **({"error": error} if error else {})}
-            events.append({"name": "status-updated", "data": data, "created_at": int(at)})
-            return new
-
-        status = becomes("QUEUED", job.created)
-        if now >= job.created + t.validating / 2:
-            status = becomes("VALIDATING", job.created + t.validating / 2)
-        validated_at = job.created + t.validating
-        if now >= validated_at:
-            if faults.fail_validation:
-                status = becomes("FAILED_VALIDATION", validated_at, faults.fail_validation)
-            else:
-                status = becomes("VALIDATED", validated_at)
-        if job.started is not None:
-            status = becomes("QUEUED", job.started)
-            running_at = job.started + t.queued
-            if now >= running_at:
-                status = becomes("RUNNING", running_at)
-                done = min(t.checkpoints, int((now - running_at) / t.step))
-                for k in range(1, done + 1):
-                    loss = 0.7 * math.exp(-0.4 * k) + 0.05
-                    checkpoints.insert(
-                        0,
-                        {
-                            "metrics": {
-                                "train_loss": loss,
-                                "valid_loss": loss * 1.1,
-                                "valid_mean_token_accuracy": 1 - loss / 2,
-                            },
-                            "step_number": k * t.steps_per_checkpoint,
-                            "created_at": int(running_at + k * t.step),
-                        },
-                    )
-                ended_at = running_at + (t.checkpoints + 1) * t.step
-                if now >= ended_at and faults.fail_training:
-                    status = becomes("FAILED", ended_at, faults.fail_training)
-                elif now >= ended_at:
-                    status = becomes("SUCCESS", ended_at)
-                    suffix = job.body.get("suffix") or "x"
-                    fine_tuned = f"ft:classifier:{job.body['model']}:{job.id[:8]}:{suffix}"
-        if job.cancelled is not None:
-            status = becomes("CANCELLED", job.cancelled)
-            fine_tuned = None
-        hyper = dict(job.body["hyperparameters"])
-        hyper.setdefault("weight_decay", 0.1)
-        hyper.setdefault("warmup_fraction", 0.05)
-        hyper.setdefault(
-            "epochs", round(hyper.get("training_steps", 100) * 16 / max(job.rows, 1), 4)
+    def job_json(self, job: Job, detailed: bool = True) -> dict[str, Any]:
+        """The job as the API shows it now."""
+        return job_view(
+            job,
+            self.timing,
+            quote=self.quote,
+            fail_validation=self.faults.fail_validation,
+            fail_training=self.faults.fail_training,
+            detailed=detailed,
         )
-        out: dict[str, Any] = {
-            "id": job.id,
-            "auto_start": job.body.get("auto_start", True),
-            "model": job.body["model"],
-            "status": status,
-            "created_at": int(job.created),
-            "modified_at": int(now),
-            "training_files": [f["file_id"] for f in job.body.get("training_files", [])],
-            "validation_files": job.body.get("validation_files") or [],
-            "object": "job",
-            "fine_tuned_model": fine_tuned,
-            "suffix": job.body.get("suffix"),
-            "integrations": [
-                {"type": "wandb", "project": i["project"]}
-                for i in job.body.get("integrations") or []
-            ]
-            or None,
-            "trained_tokens": None,
-            "metadata": {
-                "expected_duration_seconds": 3400,
-                "cost": self.quote,
-                "cost_currency": "EUR",
-                "train_tokens_per_step": 131072,
-                "train_tokens": 131072 * hyper.get("training_steps", 100),
-                "data_tokens": 40 * job.rows,
-                "estimated_start_time": None,
-            }
-            if status not in ("QUEUED", "VALIDATING", "FAILED_VALIDATION")
-            else None,
-            "job_type": "classifier",
-            "hyperparameters": hyper,
-            "classifier_targets": [
-                {
-                    "name": "moderation",
-                    "labels": job.labels,
-                    "weight": 1.0,
-                    "loss_function": "multi_class",
-                }
-            ],
-        }
-        if detailed:
-            out["events"] = events
-            out["checkpoints"] = checkpoints
-        return out
 
     def classify(self, model: str, texts: list[str]) -> list[dict[str, Any]] | None:
         """Naive Bayes over the job's training file: a real, if small, classifier."""
@@ -299,7 +125,7 @@ class MistralEmulator:
         if job is None:
             return None
         nb = self.files[job.body["training_files"][0]["file_id"]].setdefault(
-            "nb", _naive_bayes(self.files[job.body["training_files"][0]["file_id"]]["content"])
+            "nb", naive_bayes(self.files[job.body["training_files"][0]["file_id"]]["content"])
         )
         return [{"moderation": {"scores": nb(text)}} for text in texts]
 
@@ -315,48 +141,28 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def _query_value_fits(value: str, schema: dict[str, Any]) -> bool:
-    options = schema.get("anyOf", [schema])
-    for option in options:
-        kind = option.get("type")
-        if kind == "integer" and re.fullmatch(r"-?\d+", value):
-            return True
-        if kind == "boolean" and value in ("true", "false"):
-            return True
-        if kind == "string":
-            return "enum" not in option or value in option["enum"]
-        if kind == "array" or "$ref" in option or kind is None:
-            return True
-    return False
-
-
-def _naive_bayes(content: bytes) -> Callable[[str], dict[str, float]]:
-    rows = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
-    labels = sorted({label for r in rows for label in r["labels"]["moderation"]})
-    word_counts: dict[str, Counter[str]] = defaultdict(Counter)
-    docs: Counter[str] = Counter()
-    vocabulary: set[str] = set()
-    for r in rows:
-        words = set(r["text"].lower().split())
-        vocabulary |= words
-        for label in r["labels"]["moderation"]:
-            docs[label] += 1
-            word_counts[label].update(words)
-
-    def score(text: str) -> dict[str, float]:
-        words = set(text.lower().split()) & vocabulary
-        out = {}
-        for label in labels:
-            pos, neg = docs[label], len(rows) - docs[label]
-            logit = math.log((pos + 1) / (neg + 1))
-            for w in words:
-                in_pos = word_counts[label][w]
-                in_neg = sum(word_counts[o][w] for o in labels if o != label)
-                logit += math.log((in_pos + 1) / (pos + 2)) - math.log((in_neg + 1) / (neg + 2))
-            out[label] = 1 / (1 + math.exp(-max(-30, min(30, logit))))
-        return out
-
-    return score
+ROUTES = [  # (method, path pattern, the spec's path, handler: ``_<name>``)
+    ("post", r"/v1/files", "/v1/files", "upload"),
+    ("get", r"/v1/files", "/v1/files", "list_files"),
+    ("get", r"/v1/files/(?P<id>[^/]+)", "/v1/files/{file_id}", "get_file"),
+    ("get", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", "list_jobs"),
+    ("post", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", "create_job"),
+    ("get", r"/v1/fine_tuning/jobs/(?P<id>[^/]+)", "/v1/fine_tuning/jobs/{job_id}", "get_job"),
+    (
+        "post",
+        r"/v1/fine_tuning/jobs/(?P<id>[^/]+)/start",
+        "/v1/fine_tuning/jobs/{job_id}/start",
+        "start_job",
+    ),
+    (
+        "post",
+        r"/v1/fine_tuning/jobs/(?P<id>[^/]+)/cancel",
+        "/v1/fine_tuning/jobs/{job_id}/cancel",
+        "cancel_job",
+    ),
+    ("post", r"/v1/classifications", "/v1/classifications", "classify"),
+    ("post", r"/v1/moderations", "/v1/moderations", "moderate"),
+]
 
 
 def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
@@ -414,95 +220,80 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             if len(raw) < length:  # the client gave up mid-request (a cancelled call)
                 self.close_connection = True
                 return
+            if self._refused_up_front(arrived):
+                return
             url = urlparse(self.path)
             query = parse_qs(url.query)
+            for verb, pattern, spec_path, name in ROUTES:
+                match = re.fullmatch(pattern, url.path)
+                if verb == method and match:
+                    errors = emulator.spec.check_query(spec_path, method, query)
+                    if errors:
+                        return self._invalid(errors)
+                    if self._echoed_or_marked_lost(name, raw):
+                        return
+                    return getattr(self, f"_{name}")(raw, query, **match.groupdict())
+            self._send(404, {"message": f"no route {method.upper()} {url.path}"})
+
+        def _refused_up_front(self, arrived: float) -> bool:
+            """Answer what is refused before any work: the rate limit, a wrong key,
+            injected 429s and 503s. True when answered."""
+            faults = emulator.faults
             with _LOCK:
                 emulator.counts["requests"] += 1
                 emulator.request_times.append(arrived)
-                limit = emulator.faults.rate_limit
-                over = (
-                    limit is not None
-                    and sum(
-                        1 for t in emulator.request_times[-int(limit) - 2 :] if arrived - t < 1.0
-                    )
-                    > limit
+                recent = emulator.request_times[-int(faults.rate_limit or 0) - 2 :]
+                over = faults.rate_limit is not None and (
+                    sum(1 for t in recent if arrived - t < 1.0) > faults.rate_limit
                 )
             if over:
                 emulator.counts["rate_limited"] += 1
-                return self._send(429, {"message": "rate limit"}, {"retry-after": "1"})
-            if emulator.faults.latency:
-                time.sleep(emulator.faults.latency)
+                self._send(429, {"message": "rate limit"}, {"retry-after": "1"})
+                return True
+            if faults.latency:
+                time.sleep(faults.latency)
             if self.headers.get("authorization") != f"Bearer {emulator.api_key}":
                 emulator.counts["unauthorized"] += 1
-                return self._send(401, {"message": "Unauthorized", "request_id": uuid.uuid4().hex})
+                self._send(401, {"message": "Unauthorized", "request_id": uuid.uuid4().hex})
+                return True
             with _LOCK:
-                roll = emulator.faults.rng.random()
-                forced = (
-                    emulator.faults.next_statuses.pop(0) if emulator.faults.next_statuses else None
-                )
+                roll = faults.rng.random()
+                forced = faults.next_statuses.pop(0) if faults.next_statuses else None
+            retry_after = {"retry-after": str(faults.retry_after)}
             if forced is not None:
                 emulator.counts["faults"] += 1
-                headers = {"retry-after": str(emulator.faults.retry_after)} if forced == 429 else {}
-                return self._send(forced, {"message": f"injected {forced}"}, headers)
-            if roll < emulator.faults.rate:
+                self._send(
+                    forced, {"message": f"injected {forced}"}, retry_after if forced == 429 else {}
+                )
+                return True
+            if roll < faults.rate:
                 emulator.counts["faults"] += 1
-                if roll < emulator.faults.rate / 2:
-                    return self._send(
-                        429,
-                        {"message": "Requests rate limit exceeded"},
-                        {"retry-after": str(emulator.faults.retry_after)},
-                    )
-                return self._send(503, {"message": "Service unavailable"})
-            routes = [
-                ("post", r"/v1/files", "/v1/files", self._upload),
-                ("get", r"/v1/files", "/v1/files", self._list_files),
-                ("get", r"/v1/files/(?P<id>[^/]+)", "/v1/files/{file_id}", self._get_file),
-                ("get", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", self._list_jobs),
-                ("post", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", self._create_job),
-                (
-                    "get",
-                    r"/v1/fine_tuning/jobs/(?P<id>[^/]+)",
-                    "/v1/fine_tuning/jobs/{job_id}",
-                    self._get_job,
-                ),
-                (
-                    "post",
-                    r"/v1/fine_tuning/jobs/(?P<id>[^/]+)/start",
-                    "/v1/fine_tuning/jobs/{job_id}/start",
-                    self._start_job,
-                ),
-                (
-                    "post",
-                    r"/v1/fine_tuning/jobs/(?P<id>[^/]+)/cancel",
-                    "/v1/fine_tuning/jobs/{job_id}/cancel",
-                    self._cancel_job,
-                ),
-                ("post", r"/v1/classifications", "/v1/classifications", self._classify),
-                ("post", r"/v1/moderations", "/v1/moderations", self._moderate),
-            ]
-            for verb, pattern, spec_path, action in routes:
-                match = re.fullmatch(pattern, url.path)
-                if verb == method and match:
-                    errors = emulator.check_query(spec_path, method, query)
-                    if errors:
-                        return self._invalid(errors)
-                    name = action.__name__.lstrip("_")
-                    with _LOCK:
-                        faults = emulator.faults
-                        if faults.echo_next[name] > 0:  # a careless API or proxy's error page
-                            faults.echo_next[name] -= 1
-                            quoted = {
-                                "authorization": self.headers.get("authorization"),
-                                "body": raw.decode(errors="replace")[:4000],
-                            }
-                            return self._send(400, {"message": f"bad request {quoted}"})
-                        if faults.lose_next[name] > 0:
-                            faults.lose_next[name] -= 1
-                            self._lose = True
-                        elif faults.lose_rate and faults.rng.random() < faults.lose_rate:
-                            self._lose = True
-                    return action(raw, query, **match.groupdict())
-            self._send(404, {"message": f"no route {method.upper()} {url.path}"})
+                if roll < faults.rate / 2:
+                    self._send(429, {"message": "Requests rate limit exceeded"}, retry_after)
+                else:
+                    self._send(503, {"message": "Service unavailable"})
+                return True
+            return False
+
+        def _echoed_or_marked_lost(self, name: str, raw: bytes) -> bool:
+            """An error page quoting the request (answered: True), or this request's answer
+            marked to be lost once it is carried out."""
+            with _LOCK:
+                faults = emulator.faults
+                if faults.echo_next[name] > 0:  # a careless API or proxy's error page
+                    faults.echo_next[name] -= 1
+                    quoted = {
+                        "authorization": self.headers.get("authorization"),
+                        "body": raw.decode(errors="replace")[:4000],
+                    }
+                    self._send(400, {"message": f"bad request {quoted}"})
+                    return True
+                if faults.lose_next[name] > 0:
+                    faults.lose_next[name] -= 1
+                    self._lose = True
+                elif faults.lose_rate and faults.rng.random() < faults.lose_rate:
+                    self._lose = True
+            return False
 
         def _json_body(self, raw: bytes, schema: str) -> Any:
             try:
@@ -510,7 +301,7 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self._invalid(["body is not JSON"])
                 return None
-            errors = emulator.check_body(schema, body)
+            errors = emulator.spec.check_body(schema, body)
             if errors:
                 self._invalid(errors)
                 return None
@@ -541,13 +332,10 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
                         else part.get_content().decode()
                     )
             errors = [] if file_part is not None else ["file: required"]
-            schema = emulator._spec["paths"]["/v1/files"]["post"]["requestBody"]["content"][
-                "multipart/form-data"
-            ]["schema"]
-            unknown = set(fields) - set(schema["properties"])
+            unknown = set(fields) - emulator.spec.upload_fields()
             errors += [f"{name}: unknown field" for name in unknown]
             if "purpose" in fields:
-                errors += emulator.check_body("FilePurpose", fields["purpose"])
+                errors += emulator.spec.check_body("FilePurpose", fields["purpose"])
             if errors:
                 return self._invalid(errors)
             content = file_part.get_payload(decode=True)
@@ -615,14 +403,14 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             content = emulator.files[body["training_files"][0]["file_id"]]["content"]
             rows = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
             labels = sorted({label for r in rows for label in r["labels"]["moderation"]})
-            job = _Job(body, labels, len(rows))
+            job = Job(body, labels, len(rows))
             with _LOCK:
                 emulator.jobs[job.id] = job
                 emulator.counts["jobs_created"] += 1
             self._hook("create_job", {"id": job.id})
             self._send(200, emulator.job_json(job, detailed=False))
 
-        def _job_or_404(self, id: str) -> _Job | None:
+        def _job_or_404(self, id: str) -> Job | None:
             job = emulator.jobs.get(id)
             if job is None:
                 self._send(404, {"message": f"job {id} not found"})
@@ -688,11 +476,7 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
             results = []
             for text in texts:
-                words = set(text.lower().split())
-                scores = {
-                    category: 0.9 if words & cues else 0.02
-                    for category, cues in MODERATION_CUES.items()
-                }
+                scores = moderation_scores(text)
                 categories = {category: score > 0.5 for category, score in scores.items()}
                 results.append({"categories": categories, "category_scores": scores})
             with _LOCK:
@@ -700,19 +484,6 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             self._send(200, {"id": uuid.uuid4().hex, "model": body["model"], "results": results})
 
     return Handler
-
-
-MODERATION_CUES = {  # the moderation endpoint's categories, and words that trip them
-    "sexual": {"nude", "sexy", "naked", "erotic", "lewd"},
-    "hate_and_discrimination": {"foreigners", "immigrants", "heathens", "invaders"},
-    "violence_and_threats": {"hurt", "destroy", "punish", "attack", "smash"},
-    "dangerous_and_criminal_content": set(),
-    "selfharm": set(),
-    "health": set(),
-    "financial": set(),
-    "law": set(),
-    "pii": set(),
-}
 
 
 async def trained_model(backend: Any, work: Path, suffix: str = "mftest") -> str:

@@ -19,7 +19,7 @@ from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
 from modfactory.store import queue
-from modfactory.store.runs import RunSpec
+from modfactory.store.run import RunSpec
 from modfactory.values import DatasetSummary, RecipeParams
 
 KEY = "sk-classify-test"

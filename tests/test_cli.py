@@ -228,3 +228,43 @@ def test_a_second_trigger_for_a_busy_model_exits_4_or_coalesces(tmp_path: Path) 
     assert json.loads(coalesced.stdout)["id"] == run_id
     listed = modfactory("runs", "--json", data_dir=data)
     assert [r["id"] for r in json.loads(listed.stdout)] == [run_id]
+
+
+def test_the_recipe_options_come_from_the_recipe_itself(tmp_path: Path) -> None:
+    from modfactory.values import RecipeParams
+
+    shown = modfactory("dataset", "build", "--help", data_dir=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    for name in RecipeParams.model_fields:  # every number of the recipe, and its variable
+        assert f"--{name.replace('_', '-')}" in shown.stdout
+    assert "MODFACTORY_N_TRAIN" in shown.stdout and "1,000,000" in shown.stdout
+    built = modfactory(
+        "dataset",
+        "build",
+        "--source",
+        "synthetic:500",
+        "--out",
+        str(tmp_path / "o"),
+        "--n-train",
+        "200",
+        "--label-columns",
+        "toxicity, insult",
+        "--json",
+        data_dir=tmp_path,
+    )
+    assert built.returncode == 0, built.stderr
+    summary = json.loads(built.stdout)
+    assert set(summary["labels"]) <= {"toxicity", "insult"} and summary["splits"]["train"]["rows"]
+    refused = modfactory(
+        "dataset",
+        "build",
+        "--source",
+        "synthetic:500",
+        "--out",
+        str(tmp_path / "p"),
+        "--n-train",
+        "0",
+        data_dir=tmp_path,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "error: n_train: Input should be greater than or equal to 1"

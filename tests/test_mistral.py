@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from helpers import producer_for, settings_env, settings_for, wait_until, worker_process
 from mistral_emulator import MistralEmulator
 from modfactory.store.embedded_redis import EmbeddedRedis
-from modfactory.store.runs import RunState
+from modfactory.store.run import RunState
 from modfactory.triggers.monitoring import prometheus_text
 
 pytestmark = pytest.mark.slow

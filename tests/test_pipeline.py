@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
-from modfactory.store.runs import STAGES, RunState
+from modfactory.store.run import STAGES, RunState
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
 from modfactory.store import queue
 from modfactory.store.registry import RegistryError
-from modfactory.store.runs import RunSpec, RunStateError
+from modfactory.store.run import RunSpec, RunStateError
 from modfactory.values import DatasetSummary, RecipeParams
 
 QUALITY = {"ft:a": 0.3, "ft:worse": 0.05, "ft:better": 0.8}

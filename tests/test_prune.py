@@ -18,7 +18,7 @@ from modfactory.stages.context import StageContext
 from modfactory.stages.reconciler import reconcile_once
 from modfactory.store import queue
 from modfactory.store.registry import ModelRecord, Promotion
-from modfactory.store.runs import STAGES, Run, RunSpec, RunState, StageStatus
+from modfactory.store.run import STAGES, Run, RunSpec, RunState, StageStatus
 from modfactory.values import RecipeParams
 
 

@@ -13,7 +13,7 @@ from modfactory.stages.context import StageContext
 from modfactory.stages.reconciler import reconcile_once, requeue_lost_steps
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
-from modfactory.store.runs import RunSpec, RunState
+from modfactory.store.run import RunSpec, RunState
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 from test_stages import ScriptedBackend, job, setup
 

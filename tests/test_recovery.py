@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
 from mistral_emulator import MistralEmulator
-from modfactory.store.runs import RunSpec, RunState
+from modfactory.store.run import RunSpec, RunState
 from modfactory.triggers.monitoring import worker_heartbeat
 from modfactory.values import RecipeParams
 

@@ -8,16 +8,16 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from modfactory.store.runs import (
+from modfactory.store.run import (
     STAGES,
     ActiveRunExists,
     RunNotFound,
     RunSpec,
     RunState,
     RunStateError,
-    RunStore,
     StageStatus,
 )
+from modfactory.store.runs import RunStore
 from modfactory.values import Checkpoint, JobStatus, RecipeParams, TrainingJob
 
 
@@ -208,3 +208,43 @@ async def test_metric_indexes_follow_every_change_and_old_runs_are_reindexed(
     assert {k: v for k, v in again.items() if b"|local|" in k} == histogram
     assert await store.reindex() == 0
     assert await store.redis.hgetall(store.stage_histogram_key) == again
+
+
+def test_the_rules_of_a_run_hold_on_the_document_alone() -> None:
+    """Each state change is a method of the document: no Redis needed to check its rule."""
+    from modfactory.store.run import Run
+
+    run = Run(id="run-1", spec=spec())
+    assert run.start_stage("build", max_attempts=2) and run.stages["build"].attempts == 1
+    assert run.interrupt_stage("build", "Hub unreachable")
+    assert run.start_stage("build", max_attempts=2)  # a second attempt
+    assert run.start_stage("build", max_attempts=2)  # a third is refused: the stage fails
+    assert run.state == RunState.FAILED
+    assert run.error == "build: gave up after 2 attempts; the last: Hub unreachable"
+    assert not run.start_stage("build") and not run.fail_stage("build", "again")
+    assert run.reopen_stage("build") and run.state == RunState.QUEUED
+    assert run.stages["build"].attempts == 0  # a fresh budget
+
+    for stage in STAGES:
+        assert run.start_stage(stage)
+        assert run.finish_stage(stage, artifacts={"model_id": "m"} if stage == "train" else None)
+        assert not run.finish_stage(stage)  # once only
+    assert run.state == RunState.SUCCEEDED and run.artifacts.model_id == "m"
+    assert not run.cancel("late", strict=False)
+    with pytest.raises(RunStateError, match="run run-1 is succeeded already"):
+        run.cancel("late")
+    with pytest.raises(RunStateError, match="not awaiting approval"):
+        run.approve()
+
+    looked = Run(id="run-2", spec=spec())
+    looked.artifacts.training_job_id = "job-1"
+    job = TrainingJob(id="job-1", status="RUNNING", model="m", checkpoints=[Checkpoint(step=1)])
+    assert looked.record_training(job, advance_poll_from=0)
+    assert looked.record_training(job, advance_poll_from=0)  # the same look again
+    assert [c.step for c in looked.training.checkpoints] == [1]
+    assert looked.training.quiet_looks == 1 and looked.training.poll_seq == 1
+    with pytest.raises(RunStateError, match="job-1 of run run-2 may still be running"):
+        looked.new_training_generation()
+    looked.record_training(job.model_copy(update={"status": "FAILED"}))
+    assert looked.new_training_generation() and looked.training.previous_jobs == ["job-1"]
+    assert looked.artifacts.training_job_id is None and looked.training.generation == 1

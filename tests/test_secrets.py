@@ -33,7 +33,7 @@ from helpers import (
 from mistral_emulator import MistralEmulator
 from modfactory.settings import Settings
 from modfactory.store.embedded_redis import free_port
-from modfactory.store.runs import RunState
+from modfactory.store.run import RunState
 from modfactory.triggers.auth import sign
 from redis_process import RedisProcess
 

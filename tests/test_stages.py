@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from arq.connections import create_pool
 
-from modfactory.backends.base import Backend, BackendUnavailable, JobRequest, Scores
+from modfactory.backends.base import Backend, BackendUnavailable, JobRequest, TargetScores
 from modfactory.evaluation.metrics import tune_thresholds
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.evaluate import evaluate
 from modfactory.stages.train import poll_training, train
 from modfactory.store import queue
-from modfactory.store.runs import RunSpec, RunState, RunStore
+from modfactory.store.run import RunSpec, RunState
+from modfactory.store.runs import RunStore
 from modfactory.values import (
     Checkpoint,
     DatasetSummary,
@@ -58,7 +59,7 @@ class ScriptedBackend(Backend):
     async def cancel_job(self, job_id: str) -> TrainingJob:
         raise AssertionError("not used")
 
-    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+    async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         raise AssertionError("not used")
 
 

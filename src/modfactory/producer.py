@@ -20,15 +20,8 @@ from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
 from modfactory.store.registry import ModelRecord, ModelRegistry
 from modfactory.store.retention import prune_runs
-from modfactory.store.runs import (
-    STAGES,
-    ActiveRunExists,
-    Run,
-    RunSpec,
-    RunState,
-    RunStateError,
-    RunStore,
-)
+from modfactory.store.run import STAGES, ActiveRunExists, Run, RunSpec, RunState, RunStateError
+from modfactory.store.runs import RunStore
 from modfactory.values import RecipeParams
 
 
@@ -49,6 +42,28 @@ class Producer:
         self.store = RunStore(redis, settings.queue_name)
         self.registry = ModelRegistry(redis, settings.queue_name)
 
+    # --- reads ----------------------------------------------------------------------------
+    async def run(self, run_id: str) -> Run:
+        """One run (RunNotFound if there is none)."""
+        return await self.store.get(run_id)
+
+    async def runs(self, limit: int = 50) -> list[Run]:
+        """The newest runs first."""
+        return await self.store.list(limit)
+
+    async def active_run(self, model_name: str) -> Run | None:
+        """The unfinished run of ``model_name``, if there is one."""
+        return await self.store.active_run(model_name)
+
+    async def model(self, name: str) -> ModelRecord:
+        """``name``'s record (empty if it has none yet)."""
+        return await self.registry.get(name)
+
+    async def models(self) -> list[ModelRecord]:
+        """Every model name's record: champion, earlier champions, candidates."""
+        return [await self.registry.get(name) for name in await self.registry.names()]
+
+    # --- changes ----------------------------------------------------------------------------
     def spec(
         self,
         *,

@@ -29,7 +29,7 @@ class JobRequest(BaseModel):
     suffix: str
 
 
-Scores = dict[str, dict[str, dict[str, float]]]
+TargetScores = dict[str, dict[str, dict[str, float]]]
 """One classify result: ``{target: {"scores": {label: probability}}}``."""
 
 
@@ -106,7 +106,7 @@ class Backend(ABC):
         """Cancel a job; cancelling a job that is over already changes nothing."""
 
     @abstractmethod
-    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+    async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         """One result per input, in input order."""
 
     async def moderate(self, model: str, inputs: list[str]) -> list[dict[str, float]]:

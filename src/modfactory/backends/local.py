@@ -26,7 +26,7 @@ from modfactory.backends.base import (
     BackendError,
     HyperRanges,
     JobRequest,
-    Scores,
+    TargetScores,
     checked_hyperparameters,
 )
 from modfactory.backends.local_trainer import (
@@ -302,10 +302,10 @@ class LocalBackend(Backend):
         self._trainers = [p for p in self._trainers if p.poll() is None]
 
     # --- inference -----------------------------------------------------------------------
-    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+    async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         return await asyncio.to_thread(self._classify, model, inputs)
 
-    def _classify(self, model: str, inputs: list[str]) -> list[Scores]:
+    def _classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         if model not in self._models:
             if not model.startswith(MODEL_PREFIX):
                 raise BackendError(f"local backend: {model!r} is not a local model id")

@@ -34,7 +34,7 @@ from modfactory.backends.base import (
     BackendUnavailable,
     HyperRanges,
     JobRequest,
-    Scores,
+    TargetScores,
     checked_hyperparameters,
 )
 from modfactory.backends.ratelimit import Limiter, RateLimiter
@@ -293,7 +293,7 @@ class MistralBackend(Backend):
 
         return await self._call(f"cancel job {job_id}", cancel, recover=over_already)
 
-    async def classify(self, model: str, inputs: list[str]) -> list[Scores]:
+    async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         response = await self._call(
             f"classify {len(inputs)} texts with {model}",
             lambda: self.client.classifiers.classify_async(model=model, inputs=inputs),

@@ -24,7 +24,7 @@ from modfactory.values import DatasetSummary, RecipeParams, SplitSummary
 log = logging.getLogger("modfactory.data.build")
 Engine = Literal["auto", "fast", "stream"]
 
-Progress = Callable[[str, int, int], None]
+BuildProgress = Callable[[str, int, int], None]
 """Called as ``progress(split, rows_done, rows_wanted)`` while a split streams."""
 
 _PROGRESS_EVERY = 5_000
@@ -35,7 +35,7 @@ def build_dataset(
     params: RecipeParams,
     out_dir: Path,
     data_dir: Path,
-    progress: Progress | None = None,
+    progress: BuildProgress | None = None,
     engine: Engine = "auto",
 ) -> DatasetSummary:
     """Run the recipe on ``source`` and write the three JSONL files under ``out_dir``."""
@@ -136,7 +136,7 @@ def _fast_engine_files(
 
 
 def _take(
-    stream, split: str, source: Source, params: RecipeParams, progress: Progress | None
+    stream, split: str, source: Source, params: RecipeParams, progress: BuildProgress | None
 ) -> list[Row]:
     """``stream.shuffle(seed, buffer_size=n).take(n)``, binarized row by row."""
     where = f"source {source}, split {split!r}"

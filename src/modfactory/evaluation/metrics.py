@@ -25,10 +25,12 @@ from sklearn.metrics import (
 PLAIN_THRESHOLD = 0.5
 BOOTSTRAP_SAMPLES = 200
 Truth = Sequence[Sequence[str]]
-Scores = Sequence[Mapping[str, float]]
+LabelScores = Sequence[Mapping[str, float]]
 
 
-def matrices(truth: Truth, scores: Scores, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def matrices(
+    truth: Truth, scores: LabelScores, labels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """(y, s): 0/1 truth and scores, one row per text, one column per label."""
     if len(truth) != len(scores):
         raise ValueError(f"{len(truth)} rows but {len(scores)} scores")
@@ -38,7 +40,7 @@ def matrices(truth: Truth, scores: Scores, labels: Sequence[str]) -> tuple[np.nd
     return y, s.reshape(shape)
 
 
-def tune_thresholds(truth: Truth, scores: Scores, labels: Sequence[str]) -> dict[str, float]:
+def tune_thresholds(truth: Truth, scores: LabelScores, labels: Sequence[str]) -> dict[str, float]:
     """Per label, the score threshold with the best F1 on these rows (0.5 without positives)."""
     y, s = matrices(truth, scores, labels)
     thresholds = {}
@@ -54,7 +56,7 @@ def tune_thresholds(truth: Truth, scores: Scores, labels: Sequence[str]) -> dict
 
 def evaluate_scores(
     truth: Truth,
-    scores: Scores,
+    scores: LabelScores,
     labels: Sequence[str],
     thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:

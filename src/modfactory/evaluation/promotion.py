@@ -47,7 +47,7 @@ def random_baseline(truth: Truth, labels: Sequence[str], seed: int = 0) -> dict[
     return summary(evaluate_scores(truth, scores, labels))
 
 
-def decide(
+def decide_promotion(
     challenger: dict[str, Any],
     champion: dict[str, Any] | None,
     metric: str,

@@ -14,7 +14,7 @@ from typing import Any
 
 from modfactory.evaluation.promotion import METRICS, metric_value
 from modfactory.fileio import atomic_output
-from modfactory.store.runs import Run
+from modfactory.store.run import Run
 
 
 def report_data(run: Run) -> dict[str, Any]:

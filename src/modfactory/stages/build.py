@@ -9,7 +9,7 @@ from typing import Any
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.stages.context import StageContext, stage
-from modfactory.store.runs import Run
+from modfactory.store.run import Run
 from modfactory.values import DatasetSummary
 
 # One build at a time per worker process: builds are CPU- and memory-heavy, so two at once

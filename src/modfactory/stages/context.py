@@ -20,7 +20,8 @@ from modfactory.data.recipe import RecipeError
 from modfactory.settings import Settings, redact
 from modfactory.store import queue
 from modfactory.store.api_errors import ApiErrorCounter
-from modfactory.store.runs import Run, RunState, RunStore, StageName, StageStatus, next_stage
+from modfactory.store.run import Run, RunState, StageName, StageStatus, next_stage
+from modfactory.store.runs import RunStore
 
 log = logging.getLogger("modfactory.stages")
 

@@ -17,7 +17,7 @@ from modfactory.evaluation.metrics import evaluate_scores, tune_thresholds
 from modfactory.evaluation.promotion import (
     MODERATION_CATEGORIES,
     MODERATION_MODEL,
-    decide,
+    decide_promotion,
     metric_value,
     random_baseline,
     summary,
@@ -25,7 +25,7 @@ from modfactory.evaluation.promotion import (
 from modfactory.evaluation.report import write_report
 from modfactory.stages.context import StageContext, stage
 from modfactory.store.registry import ModelRegistry
-from modfactory.store.runs import ChampionChanged, Run, RunState, StageStatus, Verdict
+from modfactory.store.run import ChampionChanged, Run, RunState, StageStatus, Verdict
 
 MEASURES = 3  # how often the champion is measured again if it changes meanwhile
 
@@ -191,7 +191,7 @@ async def _promote(
         scores = await _classify(sc, run, backend, champion.model_id, texts, "champion")
         champion_metrics = await asyncio.to_thread(evaluate_scores, truth, scores, labels)
         metrics["baselines"]["champion"] = {"run_id": champion.run_id, **summary(champion_metrics)}
-    promoted, reason = decide(
+    promoted, reason = decide_promotion(
         metrics, champion_metrics, settings.promotion_metric, settings.promotion_margin
     )
     champion_value = (

@@ -25,7 +25,7 @@ from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
 from modfactory.store.registry import ModelRegistry
 from modfactory.store.retention import prune_runs
-from modfactory.store.runs import Run, RunNotFound, RunState, StageStatus
+from modfactory.store.run import Run, RunNotFound, RunState, StageStatus
 
 log = logging.getLogger("modfactory.stages.reconciler")
 JOB_NAME = "reconcile"

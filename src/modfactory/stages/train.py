@@ -19,7 +19,7 @@ from typing import Any
 from modfactory import charts
 from modfactory.backends.base import BackendUnavailable, JobRequest
 from modfactory.stages.context import StageContext, cancel_remote_job, guarded, stage
-from modfactory.store.runs import Run, RunState, StageStatus
+from modfactory.store.run import Run, RunState, StageStatus
 from modfactory.values import JobStatus, TrainingJob
 
 LOOK_TIMEOUT = 0.5  # share of MODFACTORY_JOB_TIMEOUT one look may take before it is retried

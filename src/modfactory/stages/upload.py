@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modfactory.stages.context import StageContext, stage
-from modfactory.store.runs import Run
+from modfactory.store.run import Run
 
 
 @stage("upload")

@@ -1,7 +1,8 @@
-"""The store: everything kept in Redis — the run document and the run store (``runs``),
-the model registry (``registry``), atomic JSON updates (``redis_json``), arq plumbing (job
-ids, queuing, serialization: ``queue``), backend API error counters (``api_errors``),
-retention (``retention``) and the embedded redis-server (``embedded_redis``).
+"""The store: everything kept in Redis — the run document with the rule of each of its
+changes (``run``), the run store applying them atomically (``runs``), the model registry
+(``registry``), atomic JSON updates (``redis_json``), arq plumbing (job ids, queuing,
+serialization: ``queue``), backend API error counters (``api_errors``), retention
+(``retention``) and the embedded redis-server (``embedded_redis``).
 
 May import only the settings and the shared value types (``values``): the store knows no
 backend, no build code and no stage.

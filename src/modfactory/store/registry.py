@@ -2,8 +2,8 @@
 
 One JSON document per model name in Redis (``<prefix>:model:<name>``), changed only here,
 atomically (``redis_json.update_document``, as the run store does). A run becomes champion
-when it beats the champion on the same test file (``promotion.decide``), or by force;
-``rollback`` restores the champion before the current one. The evaluate stage records its
+when it beats the champion on the same test file (``promotion.decide_promotion``), or by
+force; ``rollback`` restores the champion before the current one. The evaluate stage records its
 verdict in the transaction that finishes the run (``RunStore.finish_evaluation``), so a
 run cancelled meanwhile, or measured against a champion that was replaced meanwhile, is
 never promoted.

@@ -14,7 +14,8 @@ from redis.asyncio.client import Pipeline
 
 from modfactory.settings import Settings
 from modfactory.store.registry import ModelRegistry
-from modfactory.store.runs import Run, RunNotFound, RunStore
+from modfactory.store.run import Run, RunNotFound
+from modfactory.store.runs import RunStore
 
 _SAFE_NAME = re.compile(r"[\w.-]+")  # a run or job id, never a path
 

@@ -1,9 +1,10 @@
-"""Runs and the run store: every change of a run's state happens here, atomically.
+"""The run store: every change of a run's state is applied here, atomically.
 
 A run is one JSON document in Redis (``<prefix>:run:<id>``), listed newest first in a
-sorted set (``<prefix>:runs``). Each change reads, edits and writes the document inside a
-WATCH/MULTI transaction, retried on conflict, so concurrent workers never lose an update.
-The store knows nothing of arq or of the backends' clients.
+sorted set (``<prefix>:runs``). Each change is one of ``Run``'s methods (``run.py``),
+applied inside a WATCH/MULTI transaction retried on conflict (``redis_json``), so
+concurrent workers never lose an update. The store knows nothing of arq or of the
+backends' clients.
 
 One run at a time per model name: ``<prefix>:active:<model>`` names the run holding the
 model's slot, claimed in the same transaction that creates (or reopens) a run, so two
@@ -16,235 +17,34 @@ reconciler cancels).
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Literal, get_args
+from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from modfactory.store.redis_json import update_document
 from modfactory.store.registry import ModelRecord, load_record
-from modfactory.values import Checkpoint, DatasetSummary, RecipeParams, TrainingJob
-
-log = logging.getLogger("modfactory.store.runs")
-StageName = Literal["build", "upload", "train", "evaluate"]
-STAGES: tuple[StageName, ...] = get_args(StageName)  # the pipeline, in order: declared once
-STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
-MAX_EVENTS = 500
-
-
-def next_stage(stage: str) -> StageName | None:
-    """The stage that follows ``stage`` in the pipeline (None after the last)."""
-    i = STAGES.index(stage) + 1
-    return STAGES[i] if i < len(STAGES) else None
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-class RunState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    AWAITING_APPROVAL = "awaiting_approval"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
-
-
-class StageStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class StageState(BaseModel):
-    state: StageStatus = StageStatus.PENDING
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
-    attempts: int = 0
-    last_error: str | None = None  # why the latest attempt ended without a result
-
-
-class Event(BaseModel):
-    at: datetime
-    stage: str | None = None
-    message: str
-
-
-class RunSpec(BaseModel):
-    """What to build and train; fixed when the run is created."""
-
-    source: str
-    backend: Literal["local", "mistral"]
-    recipe: RecipeParams
-    hyperparameters: dict[str, float | int] = Field(default_factory=dict)
-    model_name: str = "moderation"
-    max_cost: float | None = None  # a quote above it waits for approval
-    source_fingerprint: str | None = None  # what the source was when the run was created
-
-
-class Artifacts(BaseModel):
-    """Where a run's outputs are: files on disk and ids at the backend."""
-
-    dataset_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    distribution_chart: str | None = None
-    train_file_id: str | None = None
-    validation_file_id: str | None = None
-    training_job_id: str | None = None
-    model_id: str | None = None
-    loss_chart: str | None = None
-    metrics_file: str | None = None
-    pr_chart: str | None = None
-    report_html: str | None = None
-    report_json: str | None = None
-
-
-class StatusChange(BaseModel):
-    status: str
-    at: datetime
-
-
-class Training(BaseModel):
-    """What the train stage has seen of the backend's job."""
-
-    status: str | None = None
-    history: list[StatusChange] = Field(default_factory=list)
-    checkpoints: list[Checkpoint] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    classifier_targets: list[dict[str, Any]] = Field(default_factory=list)
-    poll_seq: int = 0
-    generation: int = 0  # bumped when a failed training is tried again with a new job
-    quiet_looks: int = 0  # looks in a row that saw nothing new (the poll interval backs off)
-    approved: bool = False  # the quoted cost was approved by `modfactory approve`
-    events: list[dict[str, Any]] = Field(default_factory=list)  # the backend job's own events
-    previous_jobs: list[str] = Field(default_factory=list)  # ended jobs of earlier generations
-
-    @property
-    def job_over(self) -> bool:
-        """The job was last seen in a final status (which never changes again)."""
-        return self.status in _JOB_OVER
-
-    def job_suffix(self, run_id: str, prefix: str) -> str:
-        """Tags the backend job with the run (18 characters at most, the API's limit)."""
-        digest = hashlib.sha256(f"{run_id}/{self.generation}".encode()).hexdigest()
-        return f"{prefix}{digest[: 18 - len(prefix)]}"
-
-
-_JOB_OVER = {"SUCCESS", "FAILED", "FAILED_VALIDATION", "CANCELLED"}
-
-
-class Progress(BaseModel):
-    """How far the running stage is through its long work (rows streamed, texts classified)."""
-
-    stage: str
-    what: str
-    done: int
-    total: int
-    at: datetime
-
-
-class Run(BaseModel):
-    id: str
-    state: RunState = RunState.QUEUED
-    spec: RunSpec
-    stages: dict[str, StageState] = Field(default_factory=lambda: {s: StageState() for s in STAGES})
-    artifacts: Artifacts = Field(default_factory=Artifacts)
-    dataset: DatasetSummary | None = None
-    training: Training = Field(default_factory=Training)
-    metrics: dict[str, Any] | None = None
-    progress: Progress | None = None
-    error: str | None = None
-    created_at: datetime = Field(default_factory=now)
-    updated_at: datetime = Field(default_factory=now)
-    finished_at: datetime | None = None
-    events: list[Event] = Field(default_factory=list)
-    _unlogged: list[Event] = PrivateAttr(default_factory=list)
-
-    @property
-    def current_stage(self) -> str | None:
-        """The first stage not yet succeeded (None once all have)."""
-        return next((s for s in STAGES if self.stages[s].state != StageStatus.SUCCEEDED), None)
-
-    @property
-    def live_remote_job(self) -> str | None:
-        """The id of a training job that may still be running at the backend."""
-        job_id = self.artifacts.training_job_id
-        return job_id if job_id and not self.training.job_over else None
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The document ``status --json`` and ``run --json`` print."""
-        return self.model_dump(mode="json")
-
-    def _event(self, message: str, stage: str | None = None) -> None:
-        event = Event(at=now(), stage=stage, message=message)
-        self.events.append(event)
-        self._unlogged.append(event)
-        del self.events[:-MAX_EVENTS]
-
-    def _log_events(self) -> None:
-        """One log line per event, once it is stored."""
-        for event in self._unlogged:
-            log.info(event.message, extra={"run_id": self.id, "stage": event.stage})
-        self._unlogged.clear()
-
-
-class RunStateError(ValueError):
-    """The run is not in a state where that can be done; the message says which it is in."""
-
-
-class ActiveRunExists(RunStateError):
-    """Another run of the same model name is unfinished; only one runs at a time."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        where = f" at {run.current_stage}" if run.current_stage else ""
-        super().__init__(
-            f"model {run.spec.model_name!r} already has an unfinished run: {run.id} "
-            f"({run.state}{where}); follow it with `modfactory status {run.id}` "
-            f"or stop it with `modfactory cancel {run.id}`"
-        )
-
-
-class ChampionChanged(RunStateError):
-    """The champion is no longer the one the challenger was measured against."""
-
-
-class Verdict(BaseModel):
-    """The evaluate stage's promotion decision, as it is to be recorded."""
-
-    promoted: bool
-    reason: str
-    measured_against: str | None  # the champion's run id when the decision was made
-    model_id: str | None = None
-
-
-class RunNotFound(LookupError):
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run {run_id!r}")
-
-
-def new_run_id() -> str:
-    """Sortable by creation time, unique, safe in file names and arq job ids."""
-    return f"run-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+from modfactory.store.run import (
+    STAGE_BUCKETS,
+    STAGES,
+    ActiveRunExists,
+    ChampionChanged,
+    Run,
+    RunNotFound,
+    RunSpec,
+    RunState,
+    RunStateError,
+    StageName,
+    StageStatus,
+    Verdict,
+    new_run_id,
+    now,
+)
+from modfactory.values import DatasetSummary, TrainingJob
 
 
 class RunStore:
@@ -605,44 +405,14 @@ class RunStore:
     async def start_stage(
         self, run_id: str, stage: StageName, max_attempts: int | None = None
     ) -> Run | None:
-        """Mark ``stage`` running for one more attempt; None when it must not run (done
-        already, or the run is over). An attempt beyond ``max_attempts`` fails the stage
-        instead (and returns None), naming why the last one ended."""
-
-        def change(run: Run) -> bool:
-            state = run.stages[stage]
-            if run.state.terminal or state.state in (StageStatus.SUCCEEDED, StageStatus.FAILED):
-                return False
-            if max_attempts is not None and state.attempts >= max_attempts:
-                last = state.last_error or "it ended without a result (the worker was lost)"
-                _fail(run, stage, f"gave up after {state.attempts} attempts; the last: {last}")
-                return True
-            state.state = StageStatus.RUNNING
-            state.started_at = state.started_at or now()
-            state.attempts += 1
-            run.state = RunState.RUNNING
-            run._event(
-                "started" if state.attempts == 1 else f"resumed (attempt {state.attempts})", stage
-            )
-            return True
-
-        run, changed = await self._update(run_id, change)
+        """``Run.start_stage``: the run, or None when the stage must not run (done
+        already, the run over, or its attempts used up — then it failed)."""
+        run, changed = await self._update(run_id, lambda r: r.start_stage(stage, max_attempts))
         return run if changed and run.stages[stage].state == StageStatus.RUNNING else None
 
     async def interrupt_stage(self, run_id: str, stage: StageName, error: str) -> Run:
-        """The attempt ended without a result for a reason that may pass (the backend was
-        unreachable): the stage stays running, to be attempted again (see ``reconcile``)."""
-
-        def change(run: Run) -> bool:
-            state = run.stages[stage]
-            if run.state.terminal or state.state != StageStatus.RUNNING:
-                return False
-            state.last_error = error
-            run.progress = None
-            run._event(f"attempt {state.attempts} did not finish: {error}; trying again", stage)
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.interrupt_stage`` (the reconciler queues the stage again)."""
+        return (await self._update(run_id, lambda r: r.interrupt_stage(stage, error)))[0]
 
     async def finish_stage(
         self,
@@ -654,10 +424,10 @@ class RunStore:
         metrics: dict[str, Any] | None = None,
         message: str = "succeeded",
     ) -> Run:
-        """Mark ``stage`` succeeded with what it produced; the last stage ends the run."""
+        """``Run.finish_stage``, counting the stage's duration."""
 
         def change(run: Run) -> bool:
-            return _finish(run, stage, artifacts, dataset, metrics, message)
+            return run.finish_stage(stage, artifacts, dataset, metrics, message)
 
         def counted(pipe: Pipeline, run: Run) -> None:
             self._count_duration(pipe, run, stage)
@@ -681,7 +451,7 @@ class RunStore:
         decided: list[ModelRecord] = []
 
         def change(run: Run) -> bool:
-            return _finish(run, "evaluate", artifacts, None, metrics, message)
+            return run.finish_stage("evaluate", artifacts, None, metrics, message)
 
         async def champion_unchanged(pipe: Pipeline, run: Run) -> None:
             await pipe.watch(registry_key)
@@ -701,9 +471,8 @@ class RunStore:
             pipe.set(registry_key, decided[0].model_dump_json())
             self._count_duration(pipe, run, "evaluate")
 
-        return (await self._update(run_id, change, guard=champion_unchanged, also=record_verdict))[
-            0
-        ]
+        run, _ = await self._update(run_id, change, guard=champion_unchanged, also=record_verdict)
+        return run
 
     async def watch_succeeded(self, pipe: Pipeline, run_id: str) -> Run:
         """WATCH the run in ``pipe`` and return it; RunStateError unless it succeeded."""
@@ -717,219 +486,52 @@ class RunStore:
         return run
 
     async def reopen_stage(self, run_id: str, stage: StageName) -> Run:
-        """Let ``stage`` run again after a failure, with a fresh budget of attempts; a
-        finished run is reopened for it (it takes its model name's slot again:
-        ActiveRunExists if another run holds it). A training job is kept: the train stage
-        follows it again if it is still alive, and replaces it only once it is over."""
-
-        def change(run: Run) -> bool:
-            state = run.stages[stage]
-            if state.state != StageStatus.FAILED:
-                return False
-            run.stages[stage] = StageState()
-            run.state, run.error, run.finished_at = RunState.QUEUED, None, None
-            run._event("queued again", stage)
-            return True
-
-        return (await self._update(run_id, change, claim=True))[0]
+        """``Run.reopen_stage``; the run takes its model name's slot again
+        (ActiveRunExists if another run holds it)."""
+        return (await self._update(run_id, lambda r: r.reopen_stage(stage), claim=True))[0]
 
     async def new_training_generation(self, run_id: str) -> Run:
-        """Set the run's ended training job aside, so that the train stage creates another
-        (with a new suffix). Refused while the job may still be alive."""
-
-        def change(run: Run) -> bool:
-            job_id = run.artifacts.training_job_id
-            if job_id is None:
-                return False
-            if run.live_remote_job:
-                raise RunStateError(f"training job {job_id} of run {run_id} may still be running")
-            previous, ended = [*run.training.previous_jobs, job_id], run.training.status
-            run.training = Training(
-                generation=run.training.generation + 1,
-                poll_seq=run.training.poll_seq,  # looks keep counting: old ids stay unique
-                approved=False,
-                previous_jobs=previous,
-            )
-            run.artifacts.training_job_id = None
-            run._event(f"job {job_id} ended {ended}: training with a new job", "train")
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.new_training_generation``."""
+        return (await self._update(run_id, Run.new_training_generation))[0]
 
     async def fail_stage(self, run_id: str, stage: StageName, error: str) -> Run:
-        """Mark ``stage`` and the run failed, keeping the reason."""
-
-        def change(run: Run) -> bool:
-            if run.state.terminal:
-                return False
-            _fail(run, stage, error)
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.fail_stage``."""
+        return (await self._update(run_id, lambda r: r.fail_stage(stage, error)))[0]
 
     async def note(self, run_id: str, stage: StageName, message: str) -> None:
-        """Add an event: what is about to be done (an intent), or why nothing was."""
-
-        def change(run: Run) -> bool:
-            run._event(message, stage)
-            return True
-
-        await self._update(run_id, change)
+        """``Run.note``."""
+        await self._update(run_id, lambda r: r.note(message, stage))
 
     async def record_artifacts(
         self, run_id: str, message: str | None = None, **artifacts: Any
     ) -> Run:
-        """Record outputs as soon as they exist (an uploaded file id, a job id)."""
-
-        def change(run: Run) -> bool:
-            run.artifacts = run.artifacts.model_copy(update=artifacts)
-            if message:
-                run._event(message, run.current_stage)
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.record_artifacts``."""
+        return (await self._update(run_id, lambda r: r.record_artifacts(message, **artifacts)))[0]
 
     async def record_training(
         self, run_id: str, job: TrainingJob, advance_poll_from: int | None = None
     ) -> Run:
-        """Record a look at the training job: status changes and new checkpoints, once each.
-
-        Counts the looks in a row that saw nothing new, for the poll interval's backoff,
-        and, with ``advance_poll_from=n``, moves the poll sequence from n to n + 1 in the
-        same transaction (see ``advance_poll``).
-        """
-
-        def change(run: Run) -> bool:
-            training, changed = run.training, False
-            if job.status != training.status:
-                training.status = job.status
-                training.history.append(StatusChange(status=job.status, at=now()))
-                run._event(f"job {job.id} is {job.status}", "train")
-                changed = True
-            seen = {c.step for c in training.checkpoints}
-            fresh = sorted((c for c in job.checkpoints if c.step not in seen), key=lambda c: c.step)
-            if fresh:
-                training.checkpoints.extend(fresh)
-                training.checkpoints.sort(key=lambda c: c.step)
-                changed = True
-            if job.metadata and job.metadata != training.metadata:
-                training.metadata = job.metadata
-                changed = True
-            targets = [t.model_dump() for t in job.classifier_targets]
-            if targets and targets != training.classifier_targets:
-                training.classifier_targets = targets
-            if job.events and job.events != training.events:
-                training.events = job.events
-            training.quiet_looks = 0 if changed else training.quiet_looks + 1
-            if advance_poll_from is not None and training.poll_seq == advance_poll_from:
-                training.poll_seq += 1
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.record_training`` (see ``advance_poll``)."""
+        return (await self._update(run_id, lambda r: r.record_training(job, advance_poll_from)))[0]
 
     async def await_approval(self, run_id: str, reason: str) -> Run:
-        """Park the run until ``approve`` (or ``cancel``): nothing is started meanwhile."""
-
-        def change(run: Run) -> bool:
-            if run.state.terminal or run.training.approved:
-                return False
-            run.state = RunState.AWAITING_APPROVAL
-            run._event(f"awaiting approval: {reason}", "train")
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.await_approval``."""
+        return (await self._update(run_id, lambda r: r.await_approval(reason)))[0]
 
     async def approve(self, run_id: str) -> Run:
-        """Approve the quoted cost of a run awaiting approval."""
-
-        def change(run: Run) -> bool:
-            if run.state != RunState.AWAITING_APPROVAL:
-                raise RunStateError(f"run {run_id} is {run.state}, not awaiting approval")
-            run.training.approved = True
-            run.state = RunState.RUNNING
-            run._event("cost approved", "train")
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.approve``."""
+        return (await self._update(run_id, Run.approve))[0]
 
     async def cancel(self, run_id: str, reason: str, *, strict: bool = True) -> Run:
-        """End an unfinished run as cancelled; its current stage is marked cancelled.
-        A run that is over already raises RunStateError (``strict=False``: is left as is)."""
-
-        def change(run: Run) -> bool:
-            if run.state.terminal:
-                if not strict:
-                    return False
-                raise RunStateError(f"run {run_id} is {run.state} already")
-            stage = run.current_stage
-            if stage is not None:
-                state = run.stages[stage]
-                state.state, state.finished_at, state.error = StageStatus.CANCELLED, now(), reason
-            run.state, run.finished_at, run.error, run.progress = (
-                RunState.CANCELLED,
-                now(),
-                reason,
-                None,
-            )
-            run._event(f"cancelled: {reason}", stage)
-            return True
-
-        return (await self._update(run_id, change))[0]
+        """``Run.cancel``."""
+        return (await self._update(run_id, lambda r: r.cancel(reason, strict=strict)))[0]
 
     async def record_progress(
         self, run_id: str, stage: StageName, what: str, done: int, total: int
     ) -> None:
-        """Note how far a running stage is (no event: progress is not history)."""
-
-        def change(run: Run) -> bool:
-            if run.stages[stage].state != StageStatus.RUNNING:
-                return False
-            run.progress = Progress(stage=stage, what=what, done=done, total=total, at=now())
-            return True
-
-        await self._update(run_id, change)
+        """``Run.record_progress``."""
+        await self._update(run_id, lambda r: r.record_progress(stage, what, done, total))
 
     async def advance_poll(self, run_id: str, seq: int) -> bool:
-        """Move the poll sequence from ``seq`` to ``seq + 1``; False if already moved."""
-
-        def change(run: Run) -> bool:
-            if run.training.poll_seq != seq:
-                return False
-            run.training.poll_seq = seq + 1
-            return True
-
-        return (await self._update(run_id, change))[1]
-
-
-def _fail(run: Run, stage: str, error: str) -> None:
-    """``stage`` and the run end failed with ``error``."""
-    state = run.stages[stage]
-    state.state, state.finished_at, state.error = StageStatus.FAILED, now(), error
-    run.progress = None
-    run.state, run.finished_at, run.error = RunState.FAILED, now(), f"{stage}: {error}"
-    run._event(f"failed: {error}", stage)
-
-
-def _finish(
-    run: Run,
-    stage: str,
-    artifacts: dict[str, Any] | None,
-    dataset: DatasetSummary | None,
-    metrics: dict[str, Any] | None,
-    message: str,
-) -> bool:
-    """``stage`` succeeded with what it produced (the last stage ends the run); False when
-    it had already, or the run is over (cancelled meanwhile)."""
-    state = run.stages[stage]
-    if state.state == StageStatus.SUCCEEDED or run.state.terminal:
-        return False
-    state.state, state.finished_at, state.error = StageStatus.SUCCEEDED, now(), None
-    run.progress = None
-    run.artifacts = run.artifacts.model_copy(update=artifacts or {})
-    run.dataset = dataset or run.dataset
-    run.metrics = metrics or run.metrics
-    run._event(message, stage)
-    if run.current_stage is None:
-        run.state, run.finished_at = RunState.SUCCEEDED, now()
-        run._event("run succeeded")
-    return True
+        """``Run.advance_poll``: False if the sequence had moved already."""
+        return (await self._update(run_id, lambda r: r.advance_poll(seq)))[1]

@@ -2,7 +2,7 @@
 
 Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<message>"}``):
 
-- ``POST /v1/retrain`` — signed (see ``webhook_auth``) or bearer; optional JSON body
+- ``POST /v1/retrain`` — signed (see ``auth``) or bearer; optional JSON body
   (``RetrainRequest``); 202 with the new run, 409 while the model name has an unfinished
   run (200 with that run when MODFACTORY_ACTIVE_RUN_POLICY=coalesce).
 - ``GET /v1/runs``, ``GET /v1/runs/{id}`` — same authentication; the documents
@@ -34,7 +34,7 @@ from modfactory.data.sources import allowed_source
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
-from modfactory.store.runs import ActiveRunExists, RunNotFound
+from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 from modfactory.triggers.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -82,211 +82,12 @@ def _field_error(exc: ValidationError, prefix: str = "") -> ApiError:
 
 
 def create_app(settings: Settings) -> Starlette:
-    """The ASGI app; it connects to MODFACTORY_REDIS_URL when it starts."""
+    """The ASGI app; it connects to MODFACTORY_REDIS_URL when it starts. Refused (ValueError,
+    one line naming the setting) without a shared Redis or with a weak secret or token."""
     if not settings.redis_url:
         raise ValueError("modfactory serve needs a shared Redis: set MODFACTORY_REDIS_URL")
     check_secrets(settings.webhook_secret, settings.webhook_token)
-    state: dict[str, Any] = {}
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        url = settings.redis_url or ""
-        try:
-            pool: ArqRedis = await create_pool(
-                queue.redis_settings(url),
-                job_serializer=queue.serialize,
-                job_deserializer=queue.deserialize,
-                default_queue_name=settings.queue_name,
-            )
-        except (RedisError, OSError) as exc:
-            log.error(
-                "cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", queue.redacted(url), exc
-            )
-            raise
-        state["producer"] = Producer(pool, settings)
-        state["replays"] = ReplayGuard(pool, settings.queue_name, settings.webhook_tolerance)
-        try:
-            yield
-        finally:
-            await pool.aclose()
-
-    def producer() -> Producer:
-        return state["producer"]
-
-    async def read_body(request: Request) -> bytes:
-        limit = settings.webhook_max_body
-        too_large = ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
-
-    async def authenticate(request: Request, body: bytes) -> None:
-        try:
-            authorization = request.headers.get("authorization")
-            if authorization and settings.webhook_token:
-                check_bearer(settings.webhook_token, authorization)
-                return
-            if settings.webhook_secret is None:
-                raise AuthError("send Authorization: Bearer <MODFACTORY_WEBHOOK_TOKEN>")
-            if not (request.headers.get(SIGNATURE_HEADER) or request.headers.get(TIMESTAMP_HEADER)):
-                raise AuthError(
-                    f"unauthenticated: send {TIMESTAMP_HEADER} and {SIGNATURE_HEADER}"
-                    + (" (or Authorization: Bearer <token>)" if settings.webhook_token else "")
-                )
-            signature = request.headers.get(SIGNATURE_HEADER, "")
-            check_signature(
-                settings.webhook_secret,
-                request.headers.get(TIMESTAMP_HEADER),
-                signature,
-                body,
-                time.time(),
-                settings.webhook_tolerance,
-            )
-            if not await state["replays"].first_use(signature):
-                raise AuthError("this signature was accepted before: a replayed request")
-        except AuthError as exc:
-            raise ApiError(401, str(exc)) from None
-
-    def run_url(request: Request, run_id: str) -> str:
-        base = settings.public_url or str(request.base_url)
-        return f"{base.rstrip('/')}/v1/runs/{run_id}"
-
-    async def retrain(request: Request) -> Response:
-        body = await read_body(request)
-        await authenticate(request, body)
-        try:
-            wanted = RetrainRequest.model_validate_json(body) if body.strip() else RetrainRequest()
-        except ValidationError as exc:
-            if exc.errors()[0]["type"] == "json_invalid":
-                raise ApiError(422, f"body is not valid JSON: {exc.errors()[0]['msg']}") from None
-            raise _field_error(exc) from None
-        recipe = wanted.recipe.model_dump(exclude_none=True) if wanted.recipe else {}
-        if wanted.source is not None:
-            try:
-                allowed_source(wanted.source, settings.webhook_allowed_sources)
-            except RecipeError as exc:
-                raise ApiError(422, f"body field 'source': {exc}", field="source") from None
-        try:
-            spec = producer().spec(
-                source=wanted.source,
-                backend=wanted.backend,
-                hyperparameters=wanted.hyperparameters,
-                model_name=wanted.model_name,
-                **recipe,
-            )
-        except ValidationError as exc:
-            raise _field_error(exc, "recipe.") from None
-        except (RecipeError, BackendError) as exc:
-            raise ApiError(422, str(exc)) from None
-        try:
-            submission = await producer().submit(spec)
-        except RecipeError as exc:  # e.g. the source directory has no split files
-            raise ApiError(422, str(exc)) from None
-        except ActiveRunExists as exc:
-            raise ApiError(
-                409,
-                str(exc),
-                active_run_id=exc.run.id,
-                url=run_url(request, exc.run.id),
-            ) from None
-        run = submission.run
-        url = run_url(request, run.id)
-        answer = {
-            "run_id": run.id,
-            "url": url,
-            "state": run.state,
-            "created": submission.created,
-        }
-        log.info(
-            "retrain requested over HTTP%s: %s",
-            f" (request {wanted.request_id})" if wanted.request_id else "",
-            "created" if submission.created else "coalesced",
-            extra={"run_id": run.id},
-        )
-        return JSONResponse(
-            answer, status_code=202 if submission.created else 200, headers={"Location": url}
-        )
-
-    async def list_runs(request: Request) -> Response:
-        await authenticate(request, await read_body(request))
-        limit = request.query_params.get("limit", "50")
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-            raise ApiError(422, f"query parameter 'limit': {limit!r} is not a number in 1-1000")
-        runs = await producer().store.list(int(limit))
-        return JSONResponse([r.to_json_dict() for r in runs])
-
-    async def get_run(request: Request) -> Response:
-        await authenticate(request, await read_body(request))
-        run_id = request.path_params["run_id"]
-        try:
-            run = await producer().store.get(run_id)
-        except RunNotFound as exc:
-            raise ApiError(404, str(exc)) from None
-        return JSONResponse(run.to_json_dict())
-
-    async def healthz(request: Request) -> Response:
-        redis = producer().redis
-        try:
-            await redis.ping()
-        except (RedisError, OSError) as exc:
-            return JSONResponse(
-                {"ok": False, "redis": f"unreachable: {type(exc).__name__}", "worker": None},
-                status_code=503,
-            )
-        heartbeat = await worker_heartbeat(redis, settings.queue_name)
-        ok = heartbeat is not None
-        body: dict[str, Any] = {
-            "ok": ok,
-            "redis": "ok",
-            "worker": heartbeat
-            or f"no worker heartbeat in the last {settings.health_check_interval + 1} s",
-        }
-        if not ok:
-            waiting = await queued_without_worker(
-                redis, settings.queue_name, settings.queued_alert_after
-            )
-            body["queued_without_worker"] = [
-                {"run_id": run_id, "queued_seconds": round(seconds)} for run_id, seconds in waiting
-            ]
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    async def metrics(request: Request) -> Response:
-        text = await prometheus_text(producer().redis, settings.queue_name)
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        headers = (
-            {"WWW-Authenticate": 'Bearer, HMAC realm="modfactory"'} if exc.status == 401 else None
-        )
-        if exc.status == 401:
-            log.warning("refused %s %s: %s", request.method, request.url.path, exc.message)
-        return JSONResponse({"error": exc.message, **exc.extra}, exc.status, headers=headers)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        message = {404: f"no route {request.url.path}", 405: f"{request.method} not allowed"}
-        return JSONResponse(
-            {"error": message.get(exc.status_code, exc.detail)},
-            exc.status_code,
-            headers=exc.headers,
-        )
-
-    async def redis_down(request: Request, exc: Exception) -> Response:
-        log.warning("Redis unreachable: %s", type(exc).__name__)
-        return JSONResponse({"error": "Redis is unreachable (MODFACTORY_REDIS_URL)"}, 503)
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": "internal error; the server log has the details"}, 500)
-
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/retrain", retrain, methods=["POST"]),
             Route("/v1/runs", list_runs, methods=["GET"]),
@@ -303,3 +104,235 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Open the Redis pool: the producer and the replay guard work on it."""
+    settings: Settings = app.state.settings
+    url = settings.redis_url or ""
+    try:
+        pool: ArqRedis = await create_pool(
+            queue.redis_settings(url),
+            job_serializer=queue.serialize,
+            job_deserializer=queue.deserialize,
+            default_queue_name=settings.queue_name,
+        )
+    except (RedisError, OSError) as exc:
+        log.error("cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", queue.redacted(url), exc)
+        raise
+    app.state.producer = Producer(pool, settings)
+    app.state.replays = ReplayGuard(pool, settings.queue_name, settings.webhook_tolerance)
+    try:
+        yield
+    finally:
+        await pool.aclose()
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _producer(request: Request) -> Producer:
+    return request.app.state.producer
+
+
+# --- requests --------------------------------------------------------------------------
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused (413) beyond MODFACTORY_WEBHOOK_MAX_BODY as soon as it is."""
+    limit = _settings(request).webhook_max_body
+    too_large = ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+async def authenticate(request: Request, body: bytes) -> None:
+    """The bearer token, or a fresh signature of this body (never seen before); else 401."""
+    settings = _settings(request)
+    try:
+        authorization = request.headers.get("authorization")
+        if authorization and settings.webhook_token:
+            check_bearer(settings.webhook_token, authorization)
+            return
+        if settings.webhook_secret is None:
+            raise AuthError("send Authorization: Bearer <MODFACTORY_WEBHOOK_TOKEN>")
+        if not (request.headers.get(SIGNATURE_HEADER) or request.headers.get(TIMESTAMP_HEADER)):
+            raise AuthError(
+                f"unauthenticated: send {TIMESTAMP_HEADER} and {SIGNATURE_HEADER}"
+                + (" (or Authorization: Bearer <token>)" if settings.webhook_token else "")
+            )
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        check_signature(
+            settings.webhook_secret,
+            request.headers.get(TIMESTAMP_HEADER),
+            signature,
+            body,
+            time.time(),
+            settings.webhook_tolerance,
+        )
+        if not await request.app.state.replays.first_use(signature):
+            raise AuthError("this signature was accepted before: a replayed request")
+    except AuthError as exc:
+        raise ApiError(401, str(exc)) from None
+
+
+def run_url(request: Request, run_id: str) -> str:
+    base = _settings(request).public_url or str(request.base_url)
+    return f"{base.rstrip('/')}/v1/runs/{run_id}"
+
+
+def parse_retrain_request(body: bytes) -> RetrainRequest:
+    """The body as a RetrainRequest (empty: all defaults); 422 naming the field at fault."""
+    try:
+        return RetrainRequest.model_validate_json(body) if body.strip() else RetrainRequest()
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise ApiError(422, f"body is not valid JSON: {exc.errors()[0]['msg']}") from None
+        raise _field_error(exc) from None
+
+
+def spec_of(request: Request, wanted: RetrainRequest) -> RunSpec:
+    """The run ``wanted`` asks for, checked before anything is created: a source the
+    webhook may name, a valid recipe, hyperparameters in range; else 422."""
+    settings = _settings(request)
+    if wanted.source is not None:
+        try:
+            allowed_source(wanted.source, settings.webhook_allowed_sources)
+        except RecipeError as exc:
+            raise ApiError(422, f"body field 'source': {exc}", field="source") from None
+    try:
+        return _producer(request).spec(
+            source=wanted.source,
+            backend=wanted.backend,
+            hyperparameters=wanted.hyperparameters,
+            model_name=wanted.model_name,
+            **(wanted.recipe.model_dump(exclude_none=True) if wanted.recipe else {}),
+        )
+    except ValidationError as exc:
+        raise _field_error(exc, "recipe.") from None
+    except (RecipeError, BackendError) as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+# --- routes ------------------------------------------------------------------------------
+async def retrain(request: Request) -> Response:
+    """``POST /v1/retrain``: 202 with the new run; 409 (or 200, coalescing) while the model
+    name has an unfinished run."""
+    body = await read_body(request)
+    await authenticate(request, body)
+    wanted = parse_retrain_request(body)
+    spec = spec_of(request, wanted)
+    try:
+        submission = await _producer(request).submit(spec)
+    except RecipeError as exc:  # e.g. the source directory has no split files
+        raise ApiError(422, str(exc)) from None
+    except ActiveRunExists as exc:
+        url = run_url(request, exc.run.id)
+        raise ApiError(409, str(exc), active_run_id=exc.run.id, url=url) from None
+    run = submission.run
+    url = run_url(request, run.id)
+    log.info(
+        "retrain requested over HTTP%s: %s",
+        f" (request {wanted.request_id})" if wanted.request_id else "",
+        "created" if submission.created else "coalesced",
+        extra={"run_id": run.id},
+    )
+    return JSONResponse(
+        {"run_id": run.id, "url": url, "state": run.state, "created": submission.created},
+        status_code=202 if submission.created else 200,
+        headers={"Location": url},
+    )
+
+
+async def list_runs(request: Request) -> Response:
+    """``GET /v1/runs?limit=N``: the newest runs, as ``modfactory runs --json``."""
+    await authenticate(request, await read_body(request))
+    limit = request.query_params.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise ApiError(422, f"query parameter 'limit': {limit!r} is not a number in 1-1000")
+    runs = await _producer(request).runs(int(limit))
+    return JSONResponse([r.to_json_dict() for r in runs])
+
+
+async def get_run(request: Request) -> Response:
+    """``GET /v1/runs/{id}``: one run, as ``modfactory status --json``."""
+    await authenticate(request, await read_body(request))
+    run_id = request.path_params["run_id"]
+    try:
+        run = await _producer(request).run(run_id)
+    except RunNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    return JSONResponse(run.to_json_dict())
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: 200 with Redis reachable and a worker heartbeat, else 503 (naming
+    the runs queued with no worker alive)."""
+    settings, redis = _settings(request), _producer(request).redis
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        return JSONResponse(
+            {"ok": False, "redis": f"unreachable: {type(exc).__name__}", "worker": None},
+            status_code=503,
+        )
+    heartbeat = await worker_heartbeat(redis, settings.queue_name)
+    ok = heartbeat is not None
+    body: dict[str, Any] = {
+        "ok": ok,
+        "redis": "ok",
+        "worker": heartbeat
+        or f"no worker heartbeat in the last {settings.health_check_interval + 1} s",
+    }
+    if not ok:
+        waiting = await queued_without_worker(
+            redis, settings.queue_name, settings.queued_alert_after
+        )
+        body["queued_without_worker"] = [
+            {"run_id": run_id, "queued_seconds": round(seconds)} for run_id, seconds in waiting
+        ]
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text."""
+    text = await prometheus_text(_producer(request).redis, _settings(request).queue_name)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# --- errors: always {"error": ...} JSON ----------------------------------------------------
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": 'Bearer, HMAC realm="modfactory"'} if exc.status == 401 else None
+    if exc.status == 401:
+        log.warning("refused %s %s: %s", request.method, request.url.path, exc.message)
+    return JSONResponse({"error": exc.message, **exc.extra}, exc.status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} not allowed"}
+    return JSONResponse(
+        {"error": message.get(exc.status_code, exc.detail)},
+        exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def redis_down(request: Request, exc: Exception) -> Response:
+    log.warning("Redis unreachable: %s", type(exc).__name__)
+    return JSONResponse({"error": "Redis is unreachable (MODFACTORY_REDIS_URL)"}, 503)
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"error": "internal error; the server log has the details"}, 500)

@@ -24,7 +24,8 @@ from prometheus_client.core import (
 from redis.asyncio import Redis
 
 from modfactory.store.api_errors import api_errors_key
-from modfactory.store.runs import STAGE_BUCKETS, RunState, RunStore
+from modfactory.store.run import STAGE_BUCKETS, RunState
+from modfactory.store.runs import RunStore
 from modfactory.triggers.schedule import ScheduleLog
 
 HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key for a worker's heartbeat

@@ -20,7 +20,7 @@ from modfactory.crontab import parse_cron
 from modfactory.data.recipe import RecipeError
 from modfactory.producer import Producer
 from modfactory.settings import Settings
-from modfactory.store.runs import ActiveRunExists, RunNotFound, RunSpec
+from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 
 log = logging.getLogger("modfactory.triggers.schedule")
 DECISIONS_KEPT = 200
@@ -74,14 +74,14 @@ def _unchanged(spec: RunSpec, champion: RunSpec) -> bool:
     return spec.model_dump(exclude=ignored) == champion.model_dump(exclude=ignored)
 
 
-async def decide(producer: Producer) -> Decision:
+async def decide_tick(producer: Producer) -> Decision:
     """Start a retrain of MODFACTORY_MODEL_NAME from the settings, or say why not."""
     model = producer.settings.model_name
 
     def skipped(reason: str) -> Decision:
         return Decision(at=datetime.now(UTC), action="skipped", reason=reason)
 
-    active = await producer.store.active_run(model)
+    active = await producer.active_run(model)
     if active is not None:
         return skipped(f"run {active.id} of model {model!r} is unfinished ({active.state})")
     try:
@@ -89,7 +89,7 @@ async def decide(producer: Producer) -> Decision:
     except (RecipeError, ValueError) as exc:
         return skipped(f"the settings do not make a run: {exc}")
     spec.source_fingerprint = await producer.source_fingerprint(spec.source)
-    record = await producer.registry.get(model)
+    record = await producer.model(model)
     if record.champion is None:
         why = "no champion yet"
     elif spec.source_fingerprint is None:
@@ -103,7 +103,7 @@ async def decide(producer: Producer) -> Decision:
         ]
         for run_id, role in trained:
             try:
-                earlier = (await producer.store.get(run_id)).spec
+                earlier = (await producer.run(run_id)).spec
             except RunNotFound:
                 continue
             if _unchanged(spec, earlier):
@@ -130,7 +130,7 @@ async def scheduled_retrain(ctx: dict[str, Any]) -> dict[str, Any] | None:
     tick = str(ctx.get("job_id") or ctx["enqueue_time"])
     if not await schedule_log.first_for_tick(tick):
         return None
-    decision = await decide(Producer(sc.redis, sc.settings))
+    decision = await decide_tick(Producer(sc.redis, sc.settings))
     decision.tick = tick
     await schedule_log.record(decision)
     log.info(

@@ -1,0 +1,16 @@
+"""``modfactory``: build, train and evaluate a moderation classifier from the command line.
+
+Entry point only: parse, call the producer / worker / dataset builder, print. Progress goes
+to stderr; ``--json`` prints one JSON document on stdout. Exit codes: 0 done, 1 the run
+failed or was cancelled, 2 bad input or setting, 3 awaiting approval, 4 the model name
+has an unfinished run (MODFACTORY_ACTIVE_RUN_POLICY=refuse), 130 interrupted.
+"""
+
+# The command modules register their commands on import, in the order --help lists them.
+# isort: off
+from modfactory.cli import runs, services, models, dataset  # noqa: F401
+from modfactory.cli.app import app
+
+# isort: on
+
+__all__ = ["app"]

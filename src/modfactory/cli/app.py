@@ -1,0 +1,194 @@
+"""The CLI's common parts: the typer apps, shared options, settings loading, one-line
+errors and exit codes, the Redis pool (configured or embedded) and the producer on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from arq.connections import ArqRedis, create_pool
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from modfactory.backends import BackendError
+from modfactory.data.recipe import RecipeError
+from modfactory.logs import configure_logging
+from modfactory.producer import Producer
+from modfactory.settings import Settings, redact
+from modfactory.store import queue
+from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from modfactory.store.registry import RegistryError
+from modfactory.store.run import ActiveRunExists, Run, RunNotFound, RunStateError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Train and keep fresh your own content-moderation classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+dataset_app = typer.Typer(
+    help="Build the training set on its own (no Redis needed).", no_args_is_help=True
+)
+enqueue_app = typer.Typer(
+    help="Queue a new run, or one stage of an existing run.", no_args_is_help=True
+)
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(enqueue_app, name="enqueue")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+SourceOpt = Annotated[
+    str | None, typer.Option("--source", help="hf:<dataset>, a directory, or synthetic[:N].")
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend", help="local or mistral (default: mistral if MISTRAL_API_KEY is set)."
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where datasets, models and metrics go.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+HyperOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--hyperparameter", "-H", help="KEY=VALUE, repeatable (local: epochs, alpha, seed)."
+    ),
+]
+
+
+EXIT_ACTIVE_RUN = 4
+
+
+class CliError(Exception):
+    """An error worth one line to the user, and exit code 2."""
+
+
+def load_settings(data_dir: Path | None = None) -> Settings:
+    """Settings from the environment and .env; a bad value is named by its variable."""
+    try:
+        settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        variable = name if name.isupper() else f"MODFACTORY_{name.upper()}"
+        print_error(f"setting {variable}: {first['msg']}")
+        raise typer.Exit(2) from None
+    _SECRETS[:] = settings.secret_values()
+    configure_logging(settings.log_format, secrets=_SECRETS)
+    return settings
+
+
+_SECRETS: list[str] = []  # the loaded settings' secrets, taken out of every error printed
+
+
+def print_error(problem: object) -> None:
+    """``error: <problem>`` on stderr, one line as given (no markup), secrets redacted."""
+    err.print(f"[red]error:[/red] {escape(redact(str(problem), _SECRETS))}", highlight=False)
+
+
+def parse_hyperparameters(values: list[str] | None) -> dict[str, float | int]:
+    parsed: dict[str, float | int] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--hyperparameter {item!r}: expected KEY=VALUE")
+        try:
+            parsed[key] = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+        except ValueError:
+            raise CliError(f"--hyperparameter {key}: {raw!r} is not a number") from None
+    return parsed
+
+
+def run_command(coro: Any) -> Any:
+    """Run a command's coroutine, turning known errors into one line and exit code 2.
+
+    Ctrl-C and SIGTERM cancel it cleanly (the in-process worker and the embedded Redis are
+    stopped); unfinished runs are resumed by the next worker.
+    """
+
+    async def cancellable() -> Any:
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coro
+
+    try:
+        return asyncio.run(cancellable())
+    except ActiveRunExists as exc:
+        print_error(exc)
+        raise typer.Exit(EXIT_ACTIVE_RUN) from None
+    except (
+        CliError,
+        RecipeError,
+        BackendError,
+        EmbeddedRedisError,
+        RunNotFound,
+        RunStateError,
+        RegistryError,
+    ) as exc:
+        print_error(exc)
+        raise typer.Exit(2) from None
+    except ValidationError as exc:  # a recipe number out of range: one line naming it
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or exc.title
+        print_error(f"{where}: {first['msg']}")
+        raise typer.Exit(2) from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        err.print("interrupted — unfinished runs resume when a worker starts (`modfactory worker`)")
+        raise typer.Exit(130) from None
+
+
+@asynccontextmanager
+async def open_redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
+    """A pool on MODFACTORY_REDIS_URL, or on an embedded server (then ``embedded`` is True)."""
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        url = await asyncio.to_thread(embedded.start)
+    try:
+        pool = await create_pool(
+            queue.redis_settings(url, retries=0),  # someone is waiting: say so at once
+            job_serializer=queue.serialize,
+            job_deserializer=queue.deserialize,
+            default_queue_name=settings.queue_name,
+        )
+    except Exception as exc:
+        if embedded:
+            embedded.stop()
+        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        raise CliError(
+            f"cannot reach Redis at {queue.redacted(url)} (MODFACTORY_REDIS_URL): {why}"
+        ) from None
+    try:
+        yield pool, embedded is not None
+    finally:
+        await pool.aclose()
+        if embedded:
+            embedded.stop()
+
+
+def with_producer(data_dir: Path | None, action: Callable[[Producer], Awaitable[T]]) -> T:
+    """Run ``action`` with a producer on the configured (or embedded) Redis."""
+    settings = load_settings(data_dir)
+
+    async def act() -> T:
+        async with open_redis(settings) as (pool, _):
+            return await action(Producer(pool, settings))
+
+    return run_command(act())
+
+
+def print_run_json(run: Run) -> None:
+    out.print_json(json.dumps(run.to_json_dict()))

@@ -1,0 +1,420 @@
+"""A run: one pydantic document — what was asked (``spec``), each stage's state, the
+training job's history, artifacts, metrics, events — and the rules of every change of its
+state, as methods that edit the document and say whether it changed. They know no Redis:
+``runs.RunStore`` applies each one atomically and keeps the indexes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from modfactory.values import Checkpoint, DatasetSummary, RecipeParams, TrainingJob
+
+log = logging.getLogger("modfactory.store.run")
+StageName = Literal["build", "upload", "train", "evaluate"]
+STAGES: tuple[StageName, ...] = get_args(StageName)  # the pipeline, in order: declared once
+STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
+MAX_EVENTS = 500
+
+
+def next_stage(stage: str) -> StageName | None:
+    """The stage that follows ``stage`` in the pipeline (None after the last)."""
+    i = STAGES.index(stage) + 1
+    return STAGES[i] if i < len(STAGES) else None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+
+
+class StageStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StageState(BaseModel):
+    state: StageStatus = StageStatus.PENDING
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    attempts: int = 0
+    last_error: str | None = None  # why the latest attempt ended without a result
+
+
+class Event(BaseModel):
+    at: datetime
+    stage: str | None = None
+    message: str
+
+
+class RunSpec(BaseModel):
+    """What to build and train; fixed when the run is created."""
+
+    source: str
+    backend: Literal["local", "mistral"]
+    recipe: RecipeParams
+    hyperparameters: dict[str, float | int] = Field(default_factory=dict)
+    model_name: str = "moderation"
+    max_cost: float | None = None  # a quote above it waits for approval
+    source_fingerprint: str | None = None  # what the source was when the run was created
+
+
+class Artifacts(BaseModel):
+    """Where a run's outputs are: files on disk and ids at the backend."""
+
+    dataset_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    distribution_chart: str | None = None
+    train_file_id: str | None = None
+    validation_file_id: str | None = None
+    training_job_id: str | None = None
+    model_id: str | None = None
+    loss_chart: str | None = None
+    metrics_file: str | None = None
+    pr_chart: str | None = None
+    report_html: str | None = None
+    report_json: str | None = None
+
+
+class StatusChange(BaseModel):
+    status: str
+    at: datetime
+
+
+class Training(BaseModel):
+    """What the train stage has seen of the backend's job."""
+
+    status: str | None = None
+    history: list[StatusChange] = Field(default_factory=list)
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    classifier_targets: list[dict[str, Any]] = Field(default_factory=list)
+    poll_seq: int = 0
+    generation: int = 0  # bumped when a failed training is tried again with a new job
+    quiet_looks: int = 0  # looks in a row that saw nothing new (the poll interval backs off)
+    approved: bool = False  # the quoted cost was approved by `modfactory approve`
+    events: list[dict[str, Any]] = Field(default_factory=list)  # the backend job's own events
+    previous_jobs: list[str] = Field(default_factory=list)  # ended jobs of earlier generations
+
+    @property
+    def job_over(self) -> bool:
+        """The job was last seen in a final status (which never changes again)."""
+        return self.status in _JOB_OVER
+
+    def job_suffix(self, run_id: str, prefix: str) -> str:
+        """Tags the backend job with the run (18 characters at most, the API's limit)."""
+        digest = hashlib.sha256(f"{run_id}/{self.generation}".encode()).hexdigest()
+        return f"{prefix}{digest[: 18 - len(prefix)]}"
+
+
+_JOB_OVER = {"SUCCESS", "FAILED", "FAILED_VALIDATION", "CANCELLED"}
+
+
+class Progress(BaseModel):
+    """How far the running stage is through its long work (rows streamed, texts classified)."""
+
+    stage: str
+    what: str
+    done: int
+    total: int
+    at: datetime
+
+
+class Run(BaseModel):
+    id: str
+    state: RunState = RunState.QUEUED
+    spec: RunSpec
+    stages: dict[str, StageState] = Field(default_factory=lambda: {s: StageState() for s in STAGES})
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    dataset: DatasetSummary | None = None
+    training: Training = Field(default_factory=Training)
+    metrics: dict[str, Any] | None = None
+    progress: Progress | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None
+    events: list[Event] = Field(default_factory=list)
+    _unlogged: list[Event] = PrivateAttr(default_factory=list)
+
+    @property
+    def current_stage(self) -> str | None:
+        """The first stage not yet succeeded (None once all have)."""
+        return next((s for s in STAGES if self.stages[s].state != StageStatus.SUCCEEDED), None)
+
+    @property
+    def live_remote_job(self) -> str | None:
+        """The id of a training job that may still be running at the backend."""
+        job_id = self.artifacts.training_job_id
+        return job_id if job_id and not self.training.job_over else None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The document ``status --json`` and ``run --json`` print."""
+        return self.model_dump(mode="json")
+
+    # --- state changes: each one rule; True when the run changed (then it is stored) -----
+    def start_stage(self, stage: StageName, max_attempts: int | None = None) -> bool:
+        """``stage`` runs for one more attempt, unless it is done or the run is over; an
+        attempt beyond ``max_attempts`` fails the stage instead, naming how the last ended."""
+        state = self.stages[stage]
+        if self.state.terminal or state.state in (StageStatus.SUCCEEDED, StageStatus.FAILED):
+            return False
+        if max_attempts is not None and state.attempts >= max_attempts:
+            last = state.last_error or "it ended without a result (the worker was lost)"
+            self._fail(stage, f"gave up after {state.attempts} attempts; the last: {last}")
+            return True
+        state.state = StageStatus.RUNNING
+        state.started_at = state.started_at or now()
+        state.attempts += 1
+        self.state = RunState.RUNNING
+        self._event(
+            "started" if state.attempts == 1 else f"resumed (attempt {state.attempts})", stage
+        )
+        return True
+
+    def interrupt_stage(self, stage: StageName, error: str) -> bool:
+        """The attempt ended without a result for a reason that may pass: the stage stays
+        running, to be attempted again."""
+        state = self.stages[stage]
+        if self.state.terminal or state.state != StageStatus.RUNNING:
+            return False
+        state.last_error = error
+        self.progress = None
+        self._event(f"attempt {state.attempts} did not finish: {error}; trying again", stage)
+        return True
+
+    def finish_stage(
+        self,
+        stage: str,
+        artifacts: dict[str, Any] | None = None,
+        dataset: DatasetSummary | None = None,
+        metrics: dict[str, Any] | None = None,
+        message: str = "succeeded",
+    ) -> bool:
+        """``stage`` succeeded with what it produced (the last stage ends the run); not
+        when it had already, or the run is over (cancelled meanwhile)."""
+        state = self.stages[stage]
+        if state.state == StageStatus.SUCCEEDED or self.state.terminal:
+            return False
+        state.state, state.finished_at, state.error = StageStatus.SUCCEEDED, now(), None
+        self.progress = None
+        self.artifacts = self.artifacts.model_copy(update=artifacts or {})
+        self.dataset = dataset or self.dataset
+        self.metrics = metrics or self.metrics
+        self._event(message, stage)
+        if self.current_stage is None:
+            self.state, self.finished_at = RunState.SUCCEEDED, now()
+            self._event("run succeeded")
+        return True
+
+    def fail_stage(self, stage: StageName, error: str) -> bool:
+        """``stage`` and the run end failed with ``error`` (not a run that is over)."""
+        if self.state.terminal:
+            return False
+        self._fail(stage, error)
+        return True
+
+    def reopen_stage(self, stage: StageName) -> bool:
+        """A failed ``stage`` may run again, with a fresh budget of attempts; a finished
+        run is reopened for it. A training job is kept."""
+        if self.stages[stage].state != StageStatus.FAILED:
+            return False
+        self.stages[stage] = StageState()
+        self.state, self.error, self.finished_at = RunState.QUEUED, None, None
+        self._event("queued again", stage)
+        return True
+
+    def new_training_generation(self) -> bool:
+        """Set the ended training job aside, so that the train stage creates another (with
+        a new suffix); RunStateError while the job may still be alive."""
+        job_id = self.artifacts.training_job_id
+        if job_id is None:
+            return False
+        if self.live_remote_job:
+            raise RunStateError(f"training job {job_id} of run {self.id} may still be running")
+        previous, ended = [*self.training.previous_jobs, job_id], self.training.status
+        self.training = Training(
+            generation=self.training.generation + 1,
+            poll_seq=self.training.poll_seq,  # looks keep counting: old ids stay unique
+            approved=False,
+            previous_jobs=previous,
+        )
+        self.artifacts.training_job_id = None
+        self._event(f"job {job_id} ended {ended}: training with a new job", "train")
+        return True
+
+    def note(self, message: str, stage: str | None) -> bool:
+        """An event: what is about to be done (an intent), or why nothing was."""
+        self._event(message, stage)
+        return True
+
+    def record_artifacts(self, message: str | None = None, **artifacts: Any) -> bool:
+        """Outputs, as soon as they exist (an uploaded file id, a job id)."""
+        self.artifacts = self.artifacts.model_copy(update=artifacts)
+        if message:
+            self._event(message, self.current_stage)
+        return True
+
+    def record_training(self, job: TrainingJob, advance_poll_from: int | None = None) -> bool:
+        """A look at the training job: status changes and new checkpoints, once each; the
+        looks in a row that saw nothing new (for the poll backoff); with
+        ``advance_poll_from=n``, the poll sequence moves from n to n + 1."""
+        training, changed = self.training, False
+        if job.status != training.status:
+            training.status = job.status
+            training.history.append(StatusChange(status=job.status, at=now()))
+            self._event(f"job {job.id} is {job.status}", "train")
+            changed = True
+        seen = {c.step for c in training.checkpoints}
+        fresh = sorted((c for c in job.checkpoints if c.step not in seen), key=lambda c: c.step)
+        if fresh:
+            training.checkpoints.extend(fresh)
+            training.checkpoints.sort(key=lambda c: c.step)
+            changed = True
+        if job.metadata and job.metadata != training.metadata:
+            training.metadata = job.metadata
+            changed = True
+        targets = [t.model_dump() for t in job.classifier_targets]
+        if targets and targets != training.classifier_targets:
+            training.classifier_targets = targets
+        if job.events and job.events != training.events:
+            training.events = job.events
+        training.quiet_looks = 0 if changed else training.quiet_looks + 1
+        if advance_poll_from is not None and training.poll_seq == advance_poll_from:
+            training.poll_seq += 1
+        return True
+
+    def await_approval(self, reason: str) -> bool:
+        """Parked until approved (or cancelled): nothing is started meanwhile."""
+        if self.state.terminal or self.training.approved:
+            return False
+        self.state = RunState.AWAITING_APPROVAL
+        self._event(f"awaiting approval: {reason}", "train")
+        return True
+
+    def approve(self) -> bool:
+        """The quoted cost is approved; RunStateError unless the run awaits approval."""
+        if self.state != RunState.AWAITING_APPROVAL:
+            raise RunStateError(f"run {self.id} is {self.state}, not awaiting approval")
+        self.training.approved = True
+        self.state = RunState.RUNNING
+        self._event("cost approved", "train")
+        return True
+
+    def cancel(self, reason: str, *, strict: bool = True) -> bool:
+        """The run ends cancelled, its current stage too. A run over already raises
+        RunStateError (``strict=False``: is left as it is)."""
+        if self.state.terminal:
+            if not strict:
+                return False
+            raise RunStateError(f"run {self.id} is {self.state} already")
+        stage = self.current_stage
+        if stage is not None:
+            state = self.stages[stage]
+            state.state, state.finished_at, state.error = StageStatus.CANCELLED, now(), reason
+        self.state, self.finished_at, self.error, self.progress = (
+            RunState.CANCELLED,
+            now(),
+            reason,
+            None,
+        )
+        self._event(f"cancelled: {reason}", stage)
+        return True
+
+    def record_progress(self, stage: StageName, what: str, done: int, total: int) -> bool:
+        """How far a running stage is (no event: progress is not history)."""
+        if self.stages[stage].state != StageStatus.RUNNING:
+            return False
+        self.progress = Progress(stage=stage, what=what, done=done, total=total, at=now())
+        return True
+
+    def advance_poll(self, seq: int) -> bool:
+        """The poll sequence moves from ``seq`` to ``seq + 1``; not if it has already."""
+        if self.training.poll_seq != seq:
+            return False
+        self.training.poll_seq = seq + 1
+        return True
+
+    def _fail(self, stage: str, error: str) -> None:
+        state = self.stages[stage]
+        state.state, state.finished_at, state.error = StageStatus.FAILED, now(), error
+        self.progress = None
+        self.state, self.finished_at, self.error = RunState.FAILED, now(), f"{stage}: {error}"
+        self._event(f"failed: {error}", stage)
+
+    def _event(self, message: str, stage: str | None = None) -> None:
+        event = Event(at=now(), stage=stage, message=message)
+        self.events.append(event)
+        self._unlogged.append(event)
+        del self.events[:-MAX_EVENTS]
+
+    def _log_events(self) -> None:
+        """One log line per event, once it is stored."""
+        for event in self._unlogged:
+            log.info(event.message, extra={"run_id": self.id, "stage": event.stage})
+        self._unlogged.clear()
+
+
+class RunStateError(ValueError):
+    """The run is not in a state where that can be done; the message says which it is in."""
+
+
+class ActiveRunExists(RunStateError):
+    """Another run of the same model name is unfinished; only one runs at a time."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        where = f" at {run.current_stage}" if run.current_stage else ""
+        super().__init__(
+            f"model {run.spec.model_name!r} already has an unfinished run: {run.id} "
+            f"({run.state}{where}); follow it with `modfactory status {run.id}` "
+            f"or stop it with `modfactory cancel {run.id}`"
+        )
+
+
+class ChampionChanged(RunStateError):
+    """The champion is no longer the one the challenger was measured against."""
+
+
+class Verdict(BaseModel):
+    """The evaluate stage's promotion decision, as it is to be recorded."""
+
+    promoted: bool
+    reason: str
+    measured_against: str | None  # the champion's run id when the decision was made
+    model_id: str | None = None
+
+
+class RunNotFound(LookupError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r}")
+
+
+def new_run_id() -> str:
+    """Sortable by creation time, unique, safe in file names and arq job ids."""
+    return f"run-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
