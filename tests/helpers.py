@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from arq.connections import create_pool
 from pydantic import SecretStr
 
 from modfactory.producer import Producer
@@ -113,10 +112,5 @@ async def wait_until(
 
 
 async def producer_for(settings: Settings) -> Producer:
-    pool = await create_pool(
-        queue.redis_settings(settings.redis_url),
-        job_serializer=queue.serialize,
-        job_deserializer=queue.deserialize,
-        default_queue_name=settings.queue_name,
-    )
+    pool = await queue.open_pool(settings.redis_url or "", settings.queue_name)
     return Producer(pool, settings)

@@ -81,3 +81,57 @@ def test_vectorised_bootstrap_aucs_equal_sklearns_ties_included() -> None:
             else:
                 assert np.isnan(roc[b]) and np.isnan(ap[b])
     assert checked > 300
+
+
+def test_the_cli_and_the_report_show_one_metrics_table() -> None:
+    """One builder (``evaluation.tables``): the report's HTML holds every cell of it, the
+    CLI's table every cell but the support and confusion counts."""
+    import html
+
+    from rich.console import Console
+
+    from modfactory.cli.render import metrics_table as cli_table
+    from modfactory.evaluation.metrics import evaluate_scores
+    from modfactory.evaluation.report import render_html
+    from modfactory.evaluation.tables import COUNT_COLUMNS, metrics_table
+
+    truth = [["insult"], [], ["toxicity", "insult"], []] * 10
+    scores = [
+        {"insult": 0.8, "toxicity": 0.3},
+        {"insult": 0.1, "toxicity": 0.7},
+        {"insult": 0.6, "toxicity": 0.9},
+        {"insult": 0.4, "toxicity": 0.2},
+    ] * 10
+    metrics = evaluate_scores(
+        truth, scores, ["insult", "toxicity"], {"insult": 0.5, "toxicity": 0.5}
+    )
+    built = metrics_table(metrics)
+    assert [cells[0] for _, cells in built.rows] == [
+        "insult",
+        "toxicity",
+        "micro",
+        "macro",
+        "flagged vs safe",
+    ]
+    assert built.rows[1][1][-4:] == ("10", "10", "0", "20")  # toxicity: TP FP FN TN
+    page = render_html(
+        {
+            "run": "run-1",
+            "state": "succeeded",
+            "synthetic": False,
+            "spec": {"source": "s", "backend": "local"},
+            "training": {"model_id": "m", "metadata": {}},
+            "metrics": metrics,
+            "charts": {"precision_recall": None, "loss": None, "distribution": None},
+        }
+    )
+    for _, cells in built.rows:  # an interval on its own line
+        shown_cells = [html.escape(c).replace(" (", "<br><small>(") for c in cells]
+        assert "".join(f"<td>{c}{'</small>' * ('(' in c)}</td>" for c in shown_cells) in page
+    console = Console(width=300, record=True)
+    console.print(cli_table(metrics, synthetic=False))
+    shown = console.export_text()
+    assert built.caption in shown and not any(c in shown for c in COUNT_COLUMNS)
+    support = built.columns.index("support")
+    for _, cells in built.rows:
+        assert all(c in shown for i, c in enumerate(cells[: -len(COUNT_COLUMNS)]) if i != support)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -158,12 +158,7 @@ async def open_redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         url = await asyncio.to_thread(embedded.start)
     try:
-        pool = await create_pool(
-            queue.redis_settings(url, retries=0),  # someone is waiting: say so at once
-            job_serializer=queue.serialize,
-            job_deserializer=queue.deserialize,
-            default_queue_name=settings.queue_name,
-        )
+        pool = await queue.open_pool(url, settings.queue_name, retries=0)  # say so at once
     except Exception as exc:
         if embedded:
             embedded.stop()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from modfactory.cli.app import (
     CliError,
@@ -18,13 +17,13 @@ from modfactory.cli.app import (
     JsonOpt,
     SourceOpt,
     dataset_app,
-    err,
     load_settings,
     out,
     run_command,
 )
+from modfactory.cli.render import dataset_table, split_progress
 from modfactory.settings import Settings
-from modfactory.values import RecipeParams
+from modfactory.values import DatasetSummary, RecipeParams
 
 
 def with_recipe_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -84,70 +83,31 @@ def dataset_build(
     recipe: dict[str, Any] | None = None,
 ) -> None:
     """The cookbook's dataset recipe → train.jsonl, validation.jsonl, test.jsonl and a chart."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from modfactory.data.build import build_dataset
     from modfactory.data.sources import parse_source
-    from modfactory.values import RecipeParams
 
     settings = load_settings(data_dir)
-    overrides = recipe or {}
+    chosen = engine or settings.build_engine
 
-    async def build() -> Any:
-        params = RecipeParams.from_settings(settings, **overrides)
+    async def build() -> tuple[DatasetSummary, RecipeParams]:
+        params = RecipeParams.from_settings(settings, **(recipe or {}))  # refused: one line
+        if chosen not in ("auto", "fast", "stream"):
+            raise CliError(f"--engine {chosen!r}: choose auto, fast or stream")
         parsed = parse_source(source or settings.source)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            disable=as_json,
-        ) as bar:
-            tasks: dict[str, Any] = {}
-
-            def progress(split: str, done: int, wanted: int) -> None:
-                if split not in tasks:
-                    tasks[split] = bar.add_task(f"streaming {split}", total=wanted)
-                bar.update(
-                    tasks[split],
-                    completed=done,
-                    total=max(done, wanted) if done == wanted else wanted,
-                )
-
-            chosen = engine or settings.build_engine
-            if chosen not in ("auto", "fast", "stream"):
-                raise CliError(f"--engine {chosen!r}: choose auto, fast or stream")
-            return await asyncio.to_thread(
+        with split_progress(quiet=as_json) as progress:
+            summary = await asyncio.to_thread(
                 build_dataset, parsed, params, out_dir, settings.data_dir, progress, chosen
             )
+        return summary, params
 
-    summary = run_command(build())
+    summary, params = run_command(build())
     if as_json:
         out.print_json(summary.model_dump_json())
         return
-    table = Table(
-        title=f"{summary.source}" + (" — SYNTHETIC DATA" if summary.synthetic else ""),
-        title_justify="left",
-    )
-    table.add_column("split")
-    table.add_column("rows", justify="right")
-    table.add_column("safe", justify="right")
-    for label in summary.labels:
-        table.add_column(label, justify="right")
-    for split, s in summary.splits.items():
-        table.add_row(
-            split,
-            f"{s.rows:,}",
-            f"{s.safe:,}",
-            *(f"{s.labels[label]:,}" for label in summary.labels),
-        )
-    out.print(table)
+    out.print(dataset_table(summary))
     if summary.dropped_labels:
-        out.print(
-            f"dropped (under {settings.min_label_fraction:.0%}): "
-            + ", ".join(summary.dropped_labels)
-        )
+        dropped = ", ".join(summary.dropped_labels)
+        out.print(f"dropped (under {params.min_label_fraction:.0%}): {dropped}")
     out.print(
         f"files in {out_dir}; chart: {summary.chart}; {summary.engine} engine"
         + (f" ({summary.engine_note})" if summary.engine_note else ""),

@@ -4,13 +4,17 @@ comparison with baselines and champion, a run's outcome.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.table import Table
 
-from modfactory.cli.app import out, print_run_json
+from modfactory.cli.app import err, out, print_run_json
+from modfactory.evaluation import tables
 from modfactory.store.registry import ModelRecord
 from modfactory.store.run import STAGES, Run, RunState
+from modfactory.values import DatasetSummary
 
 
 def progress_table(run: Run) -> Table:
@@ -47,54 +51,21 @@ def progress_table(run: Run) -> Table:
 
 
 def metrics_table(metrics: dict[str, Any], synthetic: bool) -> Table:
-    """Per label: prevalence, F1 at 0.5, then precision / recall / F1 at the threshold tuned
-    on validation, and the AUCs with their bootstrap 95 % intervals."""
+    """The test metrics (``evaluation.tables``), without the support and confusion counts
+    (the report has them); label names are never cut."""
+    built = tables.metrics_table(metrics, counts=False)
     title = f"test metrics ({metrics['rows']:,} rows); thresholds tuned on validation"
     table = Table(title=title + (" — SYNTHETIC DATA" if synthetic else ""), title_justify="left")
-    columns = (
-        "label",
-        "prevalence",
-        "F1 @0.5",
-        "threshold",
-        "precision",
-        "recall",
-        "F1",
-        "ROC-AUC (95% CI)",
-        "PR-AUC (95% CI)",
-    )
-    for column in columns:
-        table.add_column(column, justify="left" if column == "label" else "right")
-
-    def fmt(value: float | None) -> str:
-        return "—" if value is None else f"{value:.3f}"
-
-    def auc(m: dict[str, Any], key: str) -> str:
-        ci = m.get(f"{key}_ci")
-        return fmt(m.get(key)) + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
-
-    rows = [
-        (label, m, f"{m['prevalence']:.1%}", fmt(m.get("tuned_threshold")))
-        for label, m in metrics["labels"].items()
-    ]
-    rows += [(f"[bold]{avg}[/bold]", metrics[avg], "", "") for avg in ("micro", "macro")]
-    flagged = metrics["flagged"]
-    rows.append(("[bold]flagged vs safe[/bold]", flagged, f"{flagged['prevalence']:.1%}", ""))
-    for name, m, prevalence, threshold in rows:
-        table.add_row(
-            name,
-            prevalence,
-            fmt(m["f1"]),
-            threshold,
-            fmt(m.get("tuned_precision")),
-            fmt(m.get("tuned_recall")),
-            fmt(m.get("tuned_f1")),
-            auc(m, "roc_auc"),
-            auc(m, "pr_auc"),
-        )
-    table.caption = (
-        f"subset accuracy {metrics['subset_accuracy']:.3f} at 0.5, "
-        f"{metrics.get('tuned_subset_accuracy', float('nan')):.3f} at the tuned thresholds"
-    )
+    shown = [i for i, column in enumerate(built.columns) if column != "support"]  # room
+    names = [cells[0] for _, cells in built.rows]
+    table.add_column("label", no_wrap=True, min_width=max(map(len, names), default=5))
+    for i in shown[1:]:  # numbers are never cut either; intervals wrap below them
+        widest = max((len(cells[i].split(" (")[0]) for _, cells in built.rows), default=1)
+        table.add_column(built.columns[i], justify="right", min_width=widest, overflow="fold")
+    for kind, cells in built.rows:
+        first = cells[0] if kind == "label" else f"[bold]{cells[0]}[/bold]"
+        table.add_row(first, *(cells[i] for i in shown[1:]))
+    table.caption = built.caption
     return table
 
 
@@ -176,3 +147,34 @@ def show_model(record: ModelRecord, as_json: bool) -> None:
         out.print_json(record.model_dump_json())
     else:
         print_model(record)
+
+
+def dataset_table(summary: DatasetSummary) -> Table:
+    """Rows, safe rows and each label's count, per split."""
+    title = f"{summary.source}" + (" — SYNTHETIC DATA" if summary.synthetic else "")
+    table = Table(title=title, title_justify="left")
+    table.add_column("split")
+    for column in ("rows", "safe", *summary.labels):
+        table.add_column(column, justify="right")
+    for split, s in summary.splits.items():
+        counts = (s.rows, s.safe, *(s.labels[label] for label in summary.labels))
+        table.add_row(split, *(f"{n:,}" for n in counts))
+    return table
+
+
+@contextmanager
+def split_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per split on stderr while a data set builds; yields the callback
+    ``build_dataset`` reports to (``quiet``: no bars)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, disable=quiet) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(split: str, done: int, wanted: int) -> None:
+            if split not in tasks:
+                tasks[split] = bar.add_task(f"streaming {split}", total=wanted)
+            bar.update(tasks[split], completed=done, total=max(done, wanted))
+
+        yield progress

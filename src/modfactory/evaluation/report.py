@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modfactory.evaluation import tables
 from modfactory.evaluation.promotion import METRICS, metric_value
 from modfactory.fileio import atomic_output
 from modfactory.store.run import Run
@@ -59,40 +60,24 @@ def _image(path: str | None, alt: str) -> str:
     return f'<figure><img alt="{alt}" src="data:image/png;base64,{encoded}"></figure>'
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(m: dict[str, Any], key: str) -> str:
-    ci = m.get(f"{key}_ci")
-    return _num(m.get(key)) + (f" <small>({ci[0]:.2f}&ndash;{ci[1]:.2f})</small>" if ci else "")
+def _cell(text: str) -> str:
+    """A table cell's text, escaped; an interval goes on its own line, small."""
+    value, _, interval = html.escape(text).partition(" (")
+    return f"{value}<br><small>({interval}</small>" if interval else value
 
 
 def render_html(data: dict[str, Any]) -> str:
     """The page: headline, verdict, metrics table, confusion counts, charts."""
     e = html.escape
     metrics = data["metrics"] or {}
-    rows = []
-    for label, m in metrics.get("labels", {}).items():
-        c = m.get("confusion", {})
-        rows.append(
-            f"<tr><td>{e(label)}</td><td>{m['prevalence']:.1%}</td><td>{m['support']:,}</td>"
-            f"<td>{_num(m['f1'])}</td><td>{_num(m.get('tuned_threshold'))}</td>"
-            f"<td>{_num(m.get('tuned_precision'))}</td><td>{_num(m.get('tuned_recall'))}</td>"
-            f"<td>{_num(m.get('tuned_f1'))}</td>"
-            f"<td>{_ci(m, 'roc_auc')}</td><td>{_ci(m, 'pr_auc')}</td>"
-            f"<td>{c.get('tp', '')}</td><td>{c.get('fp', '')}</td><td>{c.get('fn', '')}</td>"
-            f"<td>{c.get('tn', '')}</td></tr>"
-        )
-    for name in ("micro", "macro"):
-        m = metrics.get(name)
-        if m:
-            rows.append(
-                f"<tr class=avg><td>{name}</td><td></td><td></td><td>{_num(m['f1'])}</td><td></td>"
-                f"<td>{_num(m.get('tuned_precision'))}</td><td>{_num(m.get('tuned_recall'))}</td>"
-                f"<td>{_num(m.get('tuned_f1'))}</td><td>{_num(m.get('roc_auc'))}</td>"
-                f"<td>{_num(m.get('pr_auc'))}</td><td colspan=4></td></tr>"
-            )
+    table = tables.metrics_table(metrics) if metrics.get("labels") else None
+    header = "".join(f"<th>{e(c)}</th>" for c in table.columns) if table else ""
+    rows = [
+        f"<tr{' class=avg' if kind != 'label' else ''}>"
+        + "".join(f"<td>{_cell(cell)}</td>" for cell in cells)
+        + "</tr>"
+        for kind, cells in (table.rows if table else [])
+    ]
     promotion = metrics.get("promotion") or {}
     metric_names = list(METRICS)
     comparison = "".join(
@@ -103,7 +88,7 @@ def render_html(data: dict[str, Any]) -> str:
             else ""
         )
         + "</td>"
-        + "".join(f"<td>{_num(values.get(m))}</td>" for m in metric_names)
+        + "".join(f"<td>{tables.number(values.get(m))}</td>" for m in metric_names)
         + "</tr>"
         for name, values in (metrics.get("baselines") or {}).items()
     )
@@ -118,7 +103,7 @@ def render_html(data: dict[str, Any]) -> str:
     quote = ""
     if meta.get("cost") is not None:
         quote = f" (quoted {meta['cost']} {e(str(meta.get('cost_currency', '')))})"
-    mine = "".join(f"<td>{_num(metric_value(metrics, m))}</td>" for m in metric_names)
+    mine = "".join(f"<td>{tables.number(metric_value(metrics, m))}</td>" for m in metric_names)
     synthetic = (
         "<p class=warn>SYNTHETIC DATA — generated, not civil_comments.</p>"
         if data["synthetic"]
@@ -145,12 +130,9 @@ model <code>{e(str(data["training"]["model_id"]))}</code>{quote}.</p>
 <p>{metrics.get("rows", 0):,} test rows. "F1 @0.5" predicts a label when its score is above 0.5;
 the threshold columns use each label's threshold tuned for F1 on the <b>validation</b> split
 (never on test). Confusion counts are at the tuned thresholds. Intervals: bootstrap 95 %.</p>
-<table><tr><th>label</th><th>prevalence</th><th>support</th><th>F1 @0.5</th><th>threshold</th>
-<th>precision</th><th>recall</th><th>F1</th><th>ROC-AUC</th><th>PR-AUC</th>
-<th>TP</th><th>FP</th><th>FN</th><th>TN</th></tr>
+<table><tr>{header}</tr>
 {"".join(rows)}</table>
-<p>Subset accuracy {_num(metrics.get("subset_accuracy"))} at 0.5,
-{_num(metrics.get("tuned_subset_accuracy"))} at the tuned thresholds.</p>
+<p>{e(table.caption if table else "")}.</p>
 <h2>Compared with</h2>
 <table><tr><th>baseline</th>{"".join(f"<th>{e(m)}</th>" for m in metric_names)}</tr>
 <tr><td><b>this run</b></td>{mine}</tr>

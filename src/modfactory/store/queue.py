@@ -13,7 +13,7 @@ import random
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
 POLL_JOB = "poll_training"
@@ -34,6 +34,18 @@ def redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def open_pool(url: str, queue_name: str, retries: int = 5) -> ArqRedis:
+    """The one way to connect: an arq pool on ``url`` with JSON jobs on ``queue_name``
+    (the CLI, ``serve`` and the tests open theirs here; the worker gives arq the same
+    ``redis_settings``)."""
+    return await create_pool(
+        redis_settings(url, retries),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=queue_name,
+    )
 
 
 def redis_settings(url: str, retries: int = 5) -> RedisSettings:

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from arq.connections import ArqRedis, create_pool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -114,12 +113,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     url = settings.redis_url or ""
     try:
-        pool: ArqRedis = await create_pool(
-            queue.redis_settings(url),
-            job_serializer=queue.serialize,
-            job_deserializer=queue.deserialize,
-            default_queue_name=settings.queue_name,
-        )
+        pool = await queue.open_pool(url, settings.queue_name)
     except (RedisError, OSError) as exc:
         log.error("cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", queue.redacted(url), exc)
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -54,69 +55,90 @@ async def queued_without_worker(
     return waiting
 
 
-async def prometheus_text(redis: Redis, queue_name: str) -> bytes:
-    """The Prometheus text exposition of everything above."""
+@dataclass
+class _Readings:
+    """What one scrape read from Redis."""
+
+    states: dict[str, int]
+    histogram: dict[tuple[str, str], dict[str, float]]
+    ready: int
+    deferred: int
+    errors: dict[tuple[str, ...], int]
+    decisions: dict[str, int]
+    worker_up: bool
+
+
+async def _read(redis: Redis, queue_name: str) -> _Readings:
     store = RunStore(redis, queue_name)
     await store.reindex()
-    states = await store.state_counts()
     histogram: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for field, value in (await redis.hgetall(store.stage_histogram_key)).items():
         stage, backend, what = field.decode().split("|")
         histogram[(stage, backend)][what] = float(value)
-    now_ms = int(time.time() * 1000)
     queued = await redis.zcard(queue_name)
-    ready = await redis.zcount(queue_name, "-inf", now_ms)
+    ready = await redis.zcount(queue_name, "-inf", int(time.time() * 1000))
     errors = {
         tuple(k.decode().split("|", 1)): int(v)
         for k, v in (await redis.hgetall(api_errors_key(queue_name))).items()
     }
-    decisions = await ScheduleLog(redis, queue_name).counts()
-    heartbeat = await worker_heartbeat(redis, queue_name)
+    return _Readings(
+        states=await store.state_counts(),
+        histogram=histogram,
+        ready=ready,
+        deferred=queued - ready,
+        errors=errors,
+        decisions=await ScheduleLog(redis, queue_name).counts(),
+        worker_up=bool(await worker_heartbeat(redis, queue_name)),
+    )
 
-    def families() -> Iterator[Metric]:
-        runs = GaugeMetricFamily("modfactory_runs", "Runs by state.", labels=["state"])
-        for state in RunState:
-            runs.add_metric([state.value], states.get(state.value, 0))
-        yield runs
-        stages = HistogramMetricFamily(
-            "modfactory_stage_duration_seconds",
-            "How long succeeded stages took.",
-            labels=["stage", "backend"],
-        )
-        for (stage, backend), counts in sorted(histogram.items()):
-            buckets = [
-                (str(b) if b != float("inf") else "+Inf", counts.get(f"{b:g}", 0.0))
-                for b in STAGE_BUCKETS
-            ]
-            stages.add_metric([stage, backend], buckets, counts.get("sum", 0.0))
-        yield stages
-        queue = GaugeMetricFamily(
-            "modfactory_queue_jobs", "Jobs in the arq queue.", labels=["when"]
-        )
-        queue.add_metric(["ready"], ready)
-        queue.add_metric(["deferred"], queued - ready)
-        yield queue
-        api = CounterMetricFamily(
-            "modfactory_backend_api_errors",
-            "Failed backend API requests, retried or not.",
-            labels=["backend", "kind"],
-        )
-        for (backend, kind), count in sorted(errors.items()):
-            api.add_metric([backend, kind], count)
-        yield api
-        ticks = CounterMetricFamily(
-            "modfactory_scheduled_retrains", "Cron ticks by decision.", labels=["action"]
-        )
-        for action in ("started", "skipped"):
-            ticks.add_metric([action], decisions.get(action, 0))
-        yield ticks
-        yield GaugeMetricFamily(
-            "modfactory_worker_up", "1 if a worker heartbeat is recent.", value=int(bool(heartbeat))
-        )
+
+def _families(read: _Readings) -> Iterator[Metric]:
+    runs = GaugeMetricFamily("modfactory_runs", "Runs by state.", labels=["state"])
+    for state in RunState:
+        runs.add_metric([state.value], read.states.get(state.value, 0))
+    yield runs
+    stages = HistogramMetricFamily(
+        "modfactory_stage_duration_seconds",
+        "How long succeeded stages took.",
+        labels=["stage", "backend"],
+    )
+    for (stage, backend), counts in sorted(read.histogram.items()):
+        buckets = [
+            (str(b) if b != float("inf") else "+Inf", counts.get(f"{b:g}", 0.0))
+            for b in STAGE_BUCKETS
+        ]
+        stages.add_metric([stage, backend], buckets, counts.get("sum", 0.0))
+    yield stages
+    queue = GaugeMetricFamily("modfactory_queue_jobs", "Jobs in the arq queue.", labels=["when"])
+    queue.add_metric(["ready"], read.ready)
+    queue.add_metric(["deferred"], read.deferred)
+    yield queue
+    api = CounterMetricFamily(
+        "modfactory_backend_api_errors",
+        "Failed backend API requests, retried or not.",
+        labels=["backend", "kind"],
+    )
+    for (backend, kind), count in sorted(read.errors.items()):
+        api.add_metric([backend, kind], count)
+    yield api
+    ticks = CounterMetricFamily(
+        "modfactory_scheduled_retrains", "Cron ticks by decision.", labels=["action"]
+    )
+    for action in ("started", "skipped"):
+        ticks.add_metric([action], read.decisions.get(action, 0))
+    yield ticks
+    yield GaugeMetricFamily(
+        "modfactory_worker_up", "1 if a worker heartbeat is recent.", value=int(read.worker_up)
+    )
+
+
+async def prometheus_text(redis: Redis, queue_name: str) -> bytes:
+    """The Prometheus text exposition of everything above."""
+    read = await _read(redis, queue_name)
 
     class Snapshot:
         def collect(self) -> Iterator[Metric]:
-            return families()
+            return _families(read)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot())
