@@ -268,3 +268,16 @@ def test_the_recipe_options_come_from_the_recipe_itself(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert refused.stderr.strip() == "error: n_train: Input should be greater than or equal to 1"
+    for empty in ("", " , "):
+        none = modfactory(
+            "dataset",
+            "build",
+            "--source",
+            "synthetic:500",
+            "--out",
+            str(tmp_path / "q"),
+            "--label-columns",
+            empty,
+            data_dir=tmp_path,
+        )
+        assert none.returncode == 2 and "name at least one score column" in none.stderr

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from arq import cron, func
+from arq import func
 from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Worker
@@ -58,19 +58,11 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
         if "modfactory" in ctx:
             await ctx["modfactory"].close()
 
-    cron_jobs = [
-        cron(
-            reconcile,  # type: ignore[arg-type]
-            name=RECONCILE_JOB,
-            **_every(settings.reconcile_interval),  # type: ignore[arg-type]
-            unique=True,
-            run_at_startup=False,
-            timeout=settings.job_timeout,
-            keep_result=settings.reconcile_interval,  # with the unique id: one round a tick
-            max_tries=1,
-        )
-    ]
-    cron_jobs.extend(triggers)
+    every = _every(settings.reconcile_interval)
+    reconciling = queue.once_per_tick(
+        reconcile, RECONCILE_JOB, every, settings.job_timeout, settings.reconcile_interval
+    )
+    cron_jobs = [reconciling, *triggers]
     return {
         "cron_jobs": cron_jobs,
         "functions": [

@@ -53,8 +53,13 @@ def with_recipe_options(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def wrapped(**values: Any) -> None:
         given = {n: values.pop(n) for n in recipe_names}
-        if given.get("label_columns"):
-            given["label_columns"] = tuple(c.strip() for c in given["label_columns"].split(","))
+        if given["label_columns"] is not None:
+            columns = tuple(c.strip() for c in given["label_columns"].split(",") if c.strip())
+            if not columns:
+                raise typer.BadParameter(
+                    "name at least one score column", param_hint="--label-columns"
+                )
+            given["label_columns"] = columns
         command(**values, recipe={k: v for k, v in given.items() if v is not None})
 
     wrapped.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

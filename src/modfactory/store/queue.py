@@ -13,8 +13,10 @@ import random
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from arq import cron
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.cron import CronJob
 
 POLL_JOB = "poll_training"
 
@@ -94,3 +96,21 @@ async def enqueue_poll(redis: ArqRedis, queue: str, run_id: str, seq: int, delay
         _defer_by=delay * random.uniform(0.9, 1.1) if delay else None,
     )
     return job is not None
+
+
+def once_per_tick(
+    job: Any, name: str, fields: dict[str, Any], timeout: int, keep_result: float
+) -> CronJob:
+    """An arq cron job that runs once per tick however many workers there are: a unique
+    job id per tick, its result kept ``keep_result`` seconds so that no other worker runs
+    the tick again, never retried, never at start-up."""
+    return cron(
+        job,
+        name=name,
+        **fields,
+        unique=True,
+        run_at_startup=False,
+        timeout=timeout,
+        keep_result=keep_result,
+        max_tries=1,
+    )

@@ -11,7 +11,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from arq import cron
 from arq.cron import CronJob
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -20,6 +19,7 @@ from modfactory.crontab import parse_cron
 from modfactory.data.recipe import RecipeError
 from modfactory.producer import Producer
 from modfactory.settings import Settings
+from modfactory.store import queue
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 
 log = logging.getLogger("modfactory.triggers.schedule")
@@ -146,15 +146,5 @@ def retrain_cron_jobs(settings: Settings) -> list[CronJob]:
     """The arq cron job of MODFACTORY_RETRAIN_CRON for a worker to run (none when unset)."""
     if not settings.retrain_cron:
         return []
-    return [
-        cron(
-            scheduled_retrain,  # type: ignore[arg-type]
-            name=JOB_NAME,
-            **parse_cron(settings.retrain_cron).arq_fields(),  # type: ignore[arg-type]
-            unique=True,
-            run_at_startup=False,
-            timeout=settings.job_timeout,
-            keep_result=3600,  # with the unique id: a second worker cannot run a tick again
-            max_tries=1,
-        )
-    ]
+    fields = parse_cron(settings.retrain_cron).arq_fields()
+    return [queue.once_per_tick(scheduled_retrain, JOB_NAME, fields, settings.job_timeout, 3600)]
