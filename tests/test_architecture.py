@@ -96,3 +96,22 @@ def test_the_rules_can_fail() -> None:
     """The walk sees imports: the CLI's (the top) and the store's (none upward)."""
     assert "producer" in GRAPH["cli.runs"] and "values" in GRAPH["store.runs"]
     assert not any(wing(dep) == "backends" for dep in GRAPH["store.runs"])
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 62
+
+
+def test_modules_and_functions_stay_small_enough_to_read() -> None:
+    """The sizes the README promises: no module over 400 lines, no function over 62."""
+    too_long = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"module {name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert not too_long, too_long

@@ -33,7 +33,7 @@ def data(n: int = 400, seed: int = 1):
 def test_numbers_match_their_definitions() -> None:
     truth, scores = data()
     thresholds = tune_thresholds(*data(seed=2), LABELS)
-    report = evaluate_scores(truth, scores, LABELS, thresholds)
+    report = evaluate_scores(truth, scores, LABELS, thresholds).model_dump()
     y = np.array([[label in row for label in LABELS] for row in truth], dtype=int)
     s = np.array([[row[label] for label in LABELS] for row in scores])
     tox = report["labels"]["toxicity"]
@@ -121,7 +121,7 @@ def test_the_cli_and_the_report_show_one_metrics_table() -> None:
             "synthetic": False,
             "spec": {"source": "s", "backend": "local"},
             "training": {"model_id": "m", "metadata": {}},
-            "metrics": metrics,
+            "metrics": metrics.model_dump(mode="json"),
             "charts": {"precision_recall": None, "loss": None, "distribution": None},
         }
     )
@@ -135,3 +135,28 @@ def test_the_cli_and_the_report_show_one_metrics_table() -> None:
     support = built.columns.index("support")
     for _, cells in built.rows:
         assert all(c in shown for i, c in enumerate(cells[: -len(COUNT_COLUMNS)]) if i != support)
+
+
+def test_typed_metrics_keep_the_documents_keys_absent_or_null_as_measured() -> None:
+    """A number never measured is absent from the JSON, an undefined one is null, and a
+    run's metrics read back from the store are the same document."""
+    from modfactory.values import SplitMetrics
+
+    truth, scores = data()
+    plain = evaluate_scores(truth, scores, LABELS).model_dump(mode="json")
+    assert not any(k.startswith("tuned_") for k in plain["labels"]["toxicity"])
+    assert "tuned_subset_accuracy" not in plain and plain["thresholds_from"] is None
+    threat = plain["labels"]["threat"]  # no positive: AUCs undefined, written as null
+    assert threat["roc_auc"] is None and threat["pr_auc_ci"] is None
+    assert "roc_auc_ci" not in plain["micro"] and "support" not in plain["macro"]
+    assert "baselines" not in plain and "promotion" not in plain
+
+    tuned = evaluate_scores(truth, scores, LABELS, tune_thresholds(truth, scores, LABELS))
+    document = tuned.model_dump(mode="json")
+    assert set(document["labels"]["insult"]["confusion"]) == {"tp", "fp", "fn", "tn"}
+    assert (
+        SplitMetrics.model_validate_json(tuned.model_dump_json()).model_dump(mode="json")
+        == document
+    )
+    before_flagged = {k: v for k, v in document.items() if k != "flagged"}  # an older run
+    assert "flagged" not in SplitMetrics.model_validate(before_flagged).model_dump()

@@ -50,9 +50,9 @@ async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path)
         assert Path(path).stat().st_size > 0
     assert json.loads(Path(final.artifacts.report_json).read_text())["state"] == "succeeded"
     metrics = final.metrics
-    assert set(metrics["labels"]) == set(final.dataset.labels)
-    assert 0.5 < metrics["macro"]["roc_auc"] <= 1 and metrics["micro"]["f1"] > 0.3
-    assert metrics["rows"] == final.dataset.splits["test"].rows
+    assert set(metrics.labels) == set(final.dataset.labels)
+    assert 0.5 < metrics.macro.roc_auc <= 1 and metrics.micro.f1 > 0.3
+    assert metrics.rows == final.dataset.splits["test"].rows
 
 
 async def test_a_bad_source_fails_the_run_with_the_reason(redis_db: str, tmp_path: Path) -> None:

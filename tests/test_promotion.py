@@ -97,9 +97,9 @@ async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollba
 
     worse = await finished_training(producer, tmp_path, "ft:worse")
     await evaluate(ctx, worse)
-    decision = (await producer.store.get(worse)).metrics["promotion"]
-    assert decision["promoted"] is False and decision["champion_run"] == first
-    assert decision["challenger"] < decision["champion"]
+    decision = (await producer.store.get(worse)).metrics.promotion
+    assert decision.promoted is False and decision.champion_run == first
+    assert decision.challenger < decision.champion
     assert backend.calls["ft:a"] == 400 + 200  # its own run, then worse's test file
     record = await producer.registry.get("moderation")
     assert record.champion.run_id == first and worse in record.candidates
@@ -107,12 +107,9 @@ async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollba
     better = await finished_training(producer, tmp_path, "ft:better")
     await evaluate(ctx, better)
     metrics = (await producer.store.get(better)).metrics
-    assert metrics["promotion"]["promoted"] is True
-    assert metrics["baselines"]["champion"]["run_id"] == first
-    assert (
-        metrics["baselines"]["random"]["macro_pr_auc"]
-        < metrics["baselines"]["champion"]["macro_pr_auc"]
-    )
+    assert metrics.promotion.promoted is True
+    assert metrics.baselines["champion"].run_id == first
+    assert metrics.baselines["random"].macro_pr_auc < metrics.baselines["champion"].macro_pr_auc
     record = await producer.registry.get("moderation")
     assert record.champion.run_id == better and [p.run_id for p in record.history] == [first]
 
@@ -173,10 +170,10 @@ async def test_a_champion_replaced_during_the_measurement_is_measured_again(
     backend.classify = champion_swapped_meanwhile
     await evaluate(ctx, challenger)
     run = await producer.store.get(challenger)
-    decision = run.metrics["promotion"]
+    decision = run.metrics.promotion
     # It beat `first`, but `replacement` is champion now: measured against it, it loses.
-    assert swapped and decision["champion_run"] == replacement
-    assert decision["promoted"] is False
+    assert swapped and decision.champion_run == replacement
+    assert decision.promoted is False
     assert any("measuring again" in e.message for e in run.events)
     record = await producer.registry.get("moderation")
     assert record.champion.run_id == replacement and challenger in record.candidates

@@ -216,15 +216,13 @@ async def test_thresholds_come_from_validation_never_from_test(
     await evaluate(ctx, run_id)
     run = await store.get(run_id)
     assert run.state == RunState.SUCCEEDED, run.error
-    insult = run.metrics["labels"]["insult"]
-    assert run.metrics["thresholds_from"] == "validation"
-    assert insult["tuned_threshold"] == 0.3
+    insult = run.metrics.labels["insult"]
+    assert run.metrics.thresholds_from == "validation"
+    assert insult.tuned_threshold == 0.3
     test_truth = [lbl for _, lbl, _ in rows["test"]]
     test_scores = [{"insult": s} for _, _, s in rows["test"]]
     assert (
         tune_thresholds(test_truth, test_scores, ["insult"])["insult"] == 0.7
     )  # what test would pick
-    assert (
-        insult["tuned_recall"] == 1.0 and insult["tuned_precision"] == 0.25
-    )  # 0.3 flags all of test
-    assert insult["f1"] == 1.0  # at 0.5, test is separated perfectly
+    assert insult.tuned_recall == 1.0 and insult.tuned_precision == 0.25  # 0.3 flags all of test
+    assert insult.f1 == 1.0  # at 0.5, test is separated perfectly

@@ -144,16 +144,16 @@ class Producer:
         run = await self.store.get(run_id)
         if run.state != RunState.SUCCEEDED or not run.artifacts.model_id:
             raise RunStateError(f"run {run_id} is {run.state}; only a succeeded run has a model")
-        decision = (run.metrics or {}).get("promotion", {})
-        if not force and not decision.get("promoted"):
-            why = decision.get("reason", "not compared")
+        decision = run.metrics.promotion if run.metrics else None
+        if not force and not (decision and decision.promoted):
+            why = decision.reason if decision else "not compared"
             raise RunStateError(
                 f"run {run_id} did not beat the champion ({why}); use --force to promote it anyway"
             )
 
         async def still_valid(pipe: Pipeline, champion_before: str | None) -> None:
             await self.store.watch_succeeded(pipe, run_id)
-            measured = decision.get("champion_run")
+            measured = decision.champion_run if decision else None
             if not force and champion_before not in (measured, run_id):
                 raise RunStateError(
                     f"run {run_id} was measured against champion {measured}, but the champion "

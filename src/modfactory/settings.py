@@ -26,6 +26,7 @@ CIVIL_COMMENTS_LABELS: tuple[str, ...] = (
 )
 
 BackendChoice = Literal["auto", "local", "mistral"]
+HeadlineMetric = Literal["macro_pr_auc", "macro_roc_auc", "macro_f1", "macro_tuned_f1", "micro_f1"]
 
 
 class Settings(BaseSettings):
@@ -165,9 +166,9 @@ class Settings(BaseSettings):
     model_name: str = Field(
         "moderation", pattern=r"^[\w.-]+$", description="Registry name the runs compete under."
     )
-    promotion_metric: Literal[
-        "macro_pr_auc", "macro_roc_auc", "macro_f1", "macro_tuned_f1", "micro_f1"
-    ] = Field("macro_pr_auc", description="Test metric a challenger must beat the champion on.")
+    promotion_metric: HeadlineMetric = Field(
+        "macro_pr_auc", description="Test metric a challenger must beat the champion on."
+    )
     promotion_margin: float = Field(
         0.0, ge=0, description="By how much it must beat the champion to be promoted."
     )

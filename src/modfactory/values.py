@@ -1,18 +1,18 @@
 """The value types every wing shares: a training job as a backend reports it, a built
-data set's summary, the recipe's numbers. Plain pydantic models with no behaviour beyond
-their own fields, at the bottom with the settings, so the run store can hold them without
-importing a backend or the build code.
+data set's summary, the recipe's numbers, a model's test metrics. Plain pydantic models
+with no behaviour beyond their own fields, at the bottom with the settings, so the run
+store can hold them without importing a backend, the build code or the evaluation.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
-from modfactory.settings import CIVIL_COMMENTS_LABELS, Settings
+from modfactory.settings import CIVIL_COMMENTS_LABELS, HeadlineMetric, Settings
 
 # --- training jobs (the shape of Mistral's fine-tuning API) ---------------------------
 
@@ -129,3 +129,110 @@ class DatasetSummary(BaseModel):
     chart: str | None = None
     engine: Literal["fast", "stream"] = "stream"
     engine_note: str | None = None  # why ``auto`` streamed
+
+
+# --- test metrics (``evaluation.metrics`` measures them; the run records them) -----------
+
+
+class _Measured(BaseModel):
+    """A record whose JSON holds the keys it was given, and only those: a number that was
+    not measured is absent, one that is undefined (no positive to rank) is null."""
+
+    @model_serializer(mode="wrap")
+    def _given_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+Interval = tuple[float, float]  # a bootstrap 95 % interval
+
+
+class DecisionScores(_Measured):
+    """One yes/no decision measured: precision / recall / F1 at 0.5 and (``tuned_*``) at
+    the thresholds tuned on validation; ROC-AUC and PR-AUC (None when a class is missing)."""
+
+    precision: float
+    recall: float
+    f1: float
+    tuned_precision: float | None = None
+    tuned_recall: float | None = None
+    tuned_f1: float | None = None
+    roc_auc: float | None = None
+    roc_auc_ci: Interval | None = None
+    pr_auc: float | None = None
+    pr_auc_ci: Interval | None = None
+
+
+class Confusion(_Measured):
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+class FlaggedScores(DecisionScores):
+    """Flagged (any label) vs safe; also the base of one label's numbers."""
+
+    support: int
+    prevalence: float
+
+
+class LabelMetrics(FlaggedScores):
+    tuned_threshold: float | None = None
+    confusion: Confusion | None = None  # at the tuned thresholds (0.5 without)
+
+
+HEADLINE_METRICS: dict[HeadlineMetric, tuple[Literal["macro", "micro"], str]] = {
+    name: (name.split("_", 1)[0], name.split("_", 1)[1])  # type: ignore[misc]
+    for name in get_args(HeadlineMetric)
+}
+
+
+class Headline(_Measured):
+    """The numbers a comparison table shows for one model (``run_id``: a champion's run;
+    ``labels``: the labels a baseline is measured on, when not all of them)."""
+
+    run_id: str | None = None
+    labels: list[str] | None = None
+    macro_pr_auc: float | None = None
+    macro_roc_auc: float | None = None
+    macro_f1: float | None = None
+    macro_tuned_f1: float | None = None
+    micro_f1: float | None = None
+
+    def value(self, name: HeadlineMetric) -> float | None:
+        return getattr(self, name)
+
+
+class PromotionDecision(_Measured):
+    model_name: str
+    metric: HeadlineMetric
+    margin: float
+    challenger: float | None
+    champion_run: str | None
+    champion: float | None = None  # its value of ``metric`` on this test file
+    promoted: bool
+    reason: str
+
+
+class SplitMetrics(_Measured):
+    """A model measured on one split: per label, micro and macro averages, subset accuracy,
+    flagged vs safe; for a finished run also the baselines beside it and the promotion."""
+
+    rows: int
+    threshold: float
+    thresholds_from: Literal["validation"] | None
+    labels: dict[str, LabelMetrics]
+    micro: DecisionScores
+    macro: DecisionScores
+    subset_accuracy: float
+    tuned_subset_accuracy: float | None = None
+    flagged: FlaggedScores | None = None  # absent from runs measured before it was
+    baselines: dict[str, Headline] = Field(default_factory=dict)
+    promotion: PromotionDecision | None = None
+
+    def value(self, name: HeadlineMetric) -> float | None:
+        group, key = HEADLINE_METRICS[name]
+        return getattr(getattr(self, group), key)
+
+    def headline(self, **about: Any) -> Headline:
+        return Headline(**about, **{name: self.value(name) for name in HEADLINE_METRICS})

@@ -1,5 +1,6 @@
-"""Training backends behind one interface (``base``): ``local`` (embedded) and ``mistral``
-(with the shared request rate limit, ``ratelimit``).
+"""Training backends behind one interface (``base``): ``local`` (embedded; its training
+process in ``local_trainer``) and ``mistral`` (the SDK's answers read by
+``mistral_answers``; the shared request rate limit in ``ratelimit``).
 
 May import the data wing (the local backend reads its JSONL files) and the bottom.
 """

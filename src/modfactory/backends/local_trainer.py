@@ -59,10 +59,8 @@ def train(job_dir: Path) -> None:
     import joblib
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import SGDClassifier
     from sklearn.metrics import log_loss
-    from sklearn.pipeline import FeatureUnion
 
     job = read_json(job_dir / JOB_FILE)
     target = job["target"]
@@ -79,26 +77,7 @@ def train(job_dir: Path) -> None:
 
     train_texts, train_labels = _load(job["training_file"], target)
     valid_texts, valid_labels = _load(job["validation_file"], target)
-    features = FeatureUnion(
-        [
-            (
-                "words",
-                TfidfVectorizer(
-                    ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True
-                ),
-            ),
-            (
-                "chars",
-                TfidfVectorizer(
-                    analyzer="char_wb",
-                    ngram_range=(2, 5),
-                    min_df=2,
-                    max_features=200_000,
-                    sublinear_tf=True,
-                ),
-            ),
-        ]
-    )
+    features = _features()
     x_train = features.fit_transform(train_texts)
     x_valid = features.transform(valid_texts) if valid_texts else None
     y_train = np.array([[label in row for label in labels] for row in train_labels], dtype=int)
@@ -114,14 +93,7 @@ def train(job_dir: Path) -> None:
         return float(np.mean(losses))
 
     for epoch in range(1, epochs + 1):
-        current = read_json(job_dir / JOB_FILE)
-        if current["status"] == "CANCELLED":
-            progress.update(state="cancelled", finished_at=datetime.now(UTC).isoformat())
-            write_json(job_dir / PROGRESS_FILE, progress)
-            return
-        if time.time() > current.get("deadline", float("inf")):
-            progress.update(state="failed", error=overdue(current["deadline_seconds"]))
-            write_json(job_dir / PROGRESS_FILE, progress)
+        if _stopped(job_dir, progress):
             return
         order = rng.permutation(x_train.shape[0])
         with warnings.catch_warnings():
@@ -143,6 +115,33 @@ def train(job_dir: Path) -> None:
         joblib.dump(bundle, tmp)
     progress.update(state="succeeded", finished_at=datetime.now(UTC).isoformat())
     write_json(job_dir / PROGRESS_FILE, progress)
+
+
+def _features() -> Any:
+    """Word 1-2-grams and character 2-5-grams, TF-IDF weighted (sublinear)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    common = {"min_df": 2, "max_features": 200_000, "sublinear_tf": True}
+    return FeatureUnion(
+        [
+            ("words", TfidfVectorizer(ngram_range=(1, 2), **common)),
+            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), **common)),
+        ]
+    )
+
+
+def _stopped(job_dir: Path, progress: dict[str, Any]) -> bool:
+    """The job was cancelled or ran past its deadline: say so in the progress file."""
+    current = read_json(job_dir / JOB_FILE)
+    if current["status"] == "CANCELLED":
+        progress.update(state="cancelled", finished_at=datetime.now(UTC).isoformat())
+    elif time.time() > current.get("deadline", float("inf")):
+        progress.update(state="failed", error=overdue(current["deadline_seconds"]))
+    else:
+        return False
+    write_json(job_dir / PROGRESS_FILE, progress)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

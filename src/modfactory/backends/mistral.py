@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,9 +35,10 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
+from modfactory.backends.mistral_answers import error_detail, job_of
 from modfactory.backends.ratelimit import Limiter, RateLimiter
 from modfactory.settings import Settings, redact
-from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
+from modfactory.values import JobStatus, TrainingJob, UploadedFile
 
 log = logging.getLogger("modfactory.mistral")
 T = TypeVar("T")
@@ -120,7 +119,7 @@ class MistralBackend(Backend):
 
     def _job(self, out: Any) -> TrainingJob:
         """The SDK's job as a TrainingJob, with no secret in what the API wrote into it."""
-        job = _job_of(out)
+        job = job_of(out)
         return TrainingJob.model_validate_json(self._redacted(job.model_dump_json()))
 
     # --- calls with retries ---------------------------------------------------------------
@@ -157,7 +156,7 @@ class MistralBackend(Backend):
                     if found is not None:
                         log.info("%s: HTTP %d, but it is done already", what, status)
                         return found
-                    detail = _detail(self._redacted(exc.body))  # redacted before cut short
+                    detail = error_detail(self._redacted(exc.body))  # redacted before cut short
                     raise BackendError(
                         f"Mistral rejected the request to {what} (HTTP {status}): {detail}"
                     ) from None
@@ -331,68 +330,6 @@ def account_id(settings: Settings) -> str:
     key = settings.mistral_api_key.get_secret_value() if settings.mistral_api_key else ""
     server = settings.mistral_server_url or "https://api.mistral.ai"
     return hashlib.sha256(f"{server}\n{key}".encode()).hexdigest()[:16]
-
-
-def _job_of(out: Any) -> TrainingJob:
-    """The SDK's job object, as the backend interface describes jobs."""
-    events = [
-        {"name": e.name, "data": e.data, "created_at": e.created_at}
-        for e in (getattr(out, "events", None) or [])
-    ]
-    error = None
-    if out.status in ("FAILED", "FAILED_VALIDATION", "CANCELLED"):
-        error = next(
-            (
-                str(e["data"].get("error") or e["data"].get("message"))
-                for e in reversed(events)
-                if isinstance(e["data"], dict)
-                and (e["data"].get("error") or e["data"].get("message"))
-            ),
-            None,
-        )
-    metadata = out.metadata.model_dump() if getattr(out, "metadata", None) else {}
-    hyper = out.hyperparameters.model_dump() if getattr(out, "hyperparameters", None) else {}
-    if hyper.get("epochs") is not None:
-        metadata["epochs"] = hyper["epochs"]
-    return TrainingJob(
-        id=out.id,
-        status=str(out.status),
-        model=out.model,
-        fine_tuned_model=out.fine_tuned_model,
-        checkpoints=[
-            Checkpoint(
-                step=c.step_number,
-                train_loss=c.metrics.train_loss,
-                valid_loss=c.metrics.valid_loss,
-                valid_mean_token_accuracy=c.metrics.valid_mean_token_accuracy,
-                created_at=datetime.fromtimestamp(c.created_at, UTC),
-            )
-            for c in (getattr(out, "checkpoints", None) or [])
-        ],
-        classifier_targets=[
-            ClassifierTarget(name=t.name, labels=list(t.labels))
-            for t in (getattr(out, "classifier_targets", None) or [])
-        ],
-        metadata={k: v for k, v in metadata.items() if v is not None},
-        error=error,
-        events=events,
-    )
-
-
-def _detail(body: str) -> str:
-    """The API's validation message, e.g. ``hyperparameters.learning_rate: ...``."""
-    try:
-        detail = json.loads(body).get("detail", body)
-    except (ValueError, AttributeError):
-        return body[:500]
-    if isinstance(detail, list):
-        parts = []
-        for d in detail:
-            if isinstance(d, dict):
-                where = ".".join(str(p) for p in d.get("loc", []) if p != "body")
-                parts.append(f"{where}: {d.get('msg')}" if where else str(d.get("msg")))
-        return "; ".join(parts)
-    return str(detail)[:500]
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:

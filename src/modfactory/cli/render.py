@@ -8,13 +8,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from modfactory.cli.app import err, out, print_run_json
 from modfactory.evaluation import tables
 from modfactory.store.registry import ModelRecord
 from modfactory.store.run import STAGES, Run, RunState
-from modfactory.values import DatasetSummary
+from modfactory.values import DatasetSummary, SplitMetrics
 
 
 def progress_table(run: Run) -> Table:
@@ -50,11 +51,11 @@ def progress_table(run: Run) -> Table:
     return table
 
 
-def metrics_table(metrics: dict[str, Any], synthetic: bool) -> Table:
+def metrics_table(metrics: SplitMetrics, synthetic: bool) -> Table:
     """The test metrics (``evaluation.tables``), without the support and confusion counts
     (the report has them); label names are never cut."""
     built = tables.metrics_table(metrics, counts=False)
-    title = f"test metrics ({metrics['rows']:,} rows); thresholds tuned on validation"
+    title = f"test metrics ({metrics.rows:,} rows); thresholds tuned on validation"
     table = Table(title=title + (" — SYNTHETIC DATA" if synthetic else ""), title_justify="left")
     shown = [i for i, column in enumerate(built.columns) if column != "support"]  # room
     names = [cells[0] for _, cells in built.rows]
@@ -69,19 +70,19 @@ def metrics_table(metrics: dict[str, Any], synthetic: bool) -> Table:
     return table
 
 
-def print_comparison(metrics: dict[str, Any]) -> None:
+def print_comparison(metrics: SplitMetrics) -> None:
     """The baselines and the champion/challenger verdict, one line each."""
-    promotion = metrics.get("promotion")
+    promotion = metrics.promotion
     if not promotion:
         return
-    metric = promotion["metric"]
-    for name, values in metrics.get("baselines", {}).items():
-        value = values.get(metric)
-        shown = "—" if value is None else f"{value:.3f}"
+    metric = promotion.metric
+    for name, values in metrics.baselines.items():
+        shown = tables.number(values.value(metric))
         out.print(f"{name} baseline {metric}: {shown}", highlight=False)
-    verdict = "[green]promoted[/green]" if promotion["promoted"] else "kept as a candidate"
+    verdict = "[green]promoted[/green]" if promotion.promoted else "kept as a candidate"
     out.print(
-        f"model {promotion['model_name']}: {verdict} — {promotion['reason']}", highlight=False
+        f"model {escape(promotion.model_name)}: {verdict} — {escape(promotion.reason)}",
+        highlight=False,
     )
 
 

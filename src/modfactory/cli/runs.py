@@ -262,7 +262,7 @@ def runs(
     for column in ("state", "stage", "source", "backend", "macro F1", "created"):
         table.add_column(column, overflow="fold")
     for r in found:
-        f1 = f"{r.metrics['macro']['f1']:.3f}" if r.metrics else ""
+        f1 = f"{r.metrics.macro.f1:.3f}" if r.metrics else ""
         table.add_row(
             r.id,
             str(r.state),

@@ -40,29 +40,7 @@ def build_dataset(
 ) -> DatasetSummary:
     """Run the recipe on ``source`` and write the three JSONL files under ``out_dir``."""
     files, note = choose_engine(source, data_dir, engine)
-    filtered: dict[str, list[Row]] = {}
-    if files is not None:
-        from modfactory.data.fast_build import take_filtered
-
-        for split in SPLITS:
-            if progress:
-                progress(split, 0, params.take(split))
-            where = f"source {source}, split {split!r}"
-            filtered[split] = take_filtered(files[split], split, params, where)
-            if progress:
-                progress(split, params.take(split), params.take(split))
-    else:
-        streams = open_splits(source, data_dir)
-        for split in SPLITS:
-            rows = _take(streams[split], split, source, params, progress)
-            filtered[split] = recipe.filter_split(rows, params, len(params.label_columns))
-    empty = [split for split, rows in filtered.items() if not rows]
-    if empty:
-        raise RecipeError(
-            f"source {source}: split {empty[0]!r} has no row left after filtering — it has no "
-            f"row flagged above the threshold {params.threshold} among the "
-            f"{params.take(empty[0]):,} taken (labels: {', '.join(params.label_columns)})"
-        )
+    filtered = _filtered_splits(source, params, data_dir, files, progress)
 
     dropped = recipe.labels_to_drop(filtered, params)
     kept = [label for label in params.label_columns if label not in dropped]
@@ -93,6 +71,41 @@ def build_dataset(
     )
     (out_dir / "dataset.json").write_text(summary.model_dump_json(indent=2))
     return summary
+
+
+def _filtered_splits(
+    source: Source,
+    params: RecipeParams,
+    data_dir: Path,
+    files: dict[str, list[str]] | None,
+    progress: BuildProgress | None,
+) -> dict[str, list[Row]]:
+    """Each split's rows taken and filtered by the recipe: from ``files`` by the fast
+    engine, else streamed; a split left empty is refused, naming why."""
+    filtered: dict[str, list[Row]] = {}
+    if files is not None:
+        from modfactory.data.fast_build import take_filtered
+
+        for split in SPLITS:
+            if progress:
+                progress(split, 0, params.take(split))
+            where = f"source {source}, split {split!r}"
+            filtered[split] = take_filtered(files[split], split, params, where)
+            if progress:
+                progress(split, params.take(split), params.take(split))
+    else:
+        streams = open_splits(source, data_dir)
+        for split in SPLITS:
+            rows = _take(streams[split], split, source, params, progress)
+            filtered[split] = recipe.filter_split(rows, params, len(params.label_columns))
+    empty = [split for split, rows in filtered.items() if not rows]
+    if empty:
+        raise RecipeError(
+            f"source {source}: split {empty[0]!r} has no row left after filtering — it has no "
+            f"row flagged above the threshold {params.threshold} among the "
+            f"{params.take(empty[0]):,} taken (labels: {', '.join(params.label_columns)})"
+        )
+    return filtered
 
 
 def choose_engine(

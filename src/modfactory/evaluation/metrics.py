@@ -22,6 +22,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from modfactory.values import SplitMetrics
+
 PLAIN_THRESHOLD = 0.5
 BOOTSTRAP_SAMPLES = 200
 Truth = Sequence[Sequence[str]]
@@ -59,7 +61,7 @@ def evaluate_scores(
     scores: LabelScores,
     labels: Sequence[str],
     thresholds: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
+) -> SplitMetrics:
     """The full report for one split; ``thresholds`` (tuned elsewhere) adds ``tuned_*``."""
     y, s = matrices(truth, scores, labels)
     plain = (s > PLAIN_THRESHOLD).astype(int)
@@ -109,7 +111,7 @@ def evaluate_scores(
     if tuned is not None:
         report["tuned_subset_accuracy"] = float((tuned == y).all(axis=1).mean()) if len(y) else 0.0
     report["flagged"] = _flagged(y, s, plain, tuned, resamples)
-    return report
+    return SplitMetrics.model_validate(report)
 
 
 def _flagged(

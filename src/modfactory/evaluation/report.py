@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from modfactory.evaluation import tables
-from modfactory.evaluation.promotion import METRICS, metric_value
 from modfactory.fileio import atomic_output
+from modfactory.settings import HeadlineMetric
 from modfactory.store.run import Run
+from modfactory.values import HEADLINE_METRICS, Headline, PromotionDecision, SplitMetrics
 
 
 def report_data(run: Run) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def report_data(run: Run) -> dict[str, Any]:
             "metadata": run.training.metadata,
             "checkpoints": [c.model_dump(mode="json") for c in run.training.checkpoints],
         },
-        "metrics": run.metrics,
+        "metrics": run.metrics.model_dump(mode="json") if run.metrics else None,
         "charts": {
             "distribution": run.artifacts.distribution_chart,
             "loss": run.artifacts.loss_chart,
@@ -66,44 +67,57 @@ def _cell(text: str) -> str:
     return f"{value}<br><small>({interval}</small>" if interval else value
 
 
-def render_html(data: dict[str, Any]) -> str:
-    """The page: headline, verdict, metrics table, confusion counts, charts."""
-    e = html.escape
-    metrics = data["metrics"] or {}
-    table = tables.metrics_table(metrics) if metrics.get("labels") else None
-    header = "".join(f"<th>{e(c)}</th>" for c in table.columns) if table else ""
-    rows = [
+def _metrics_table(metrics: SplitMetrics | None) -> str:
+    if not metrics or not metrics.labels:
+        return ""
+    table = tables.metrics_table(metrics)
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    rows = "".join(
         f"<tr{' class=avg' if kind != 'label' else ''}>"
         + "".join(f"<td>{_cell(cell)}</td>" for cell in cells)
         + "</tr>"
-        for kind, cells in (table.rows if table else [])
-    ]
-    promotion = metrics.get("promotion") or {}
-    metric_names = list(METRICS)
-    comparison = "".join(
-        f"<tr><td>{e(name)}"
-        + (
-            f" <small>(over {e(', '.join(values['labels']))})</small>"
-            if values.get("labels")
-            else ""
-        )
-        + "</td>"
-        + "".join(f"<td>{tables.number(values.get(m))}</td>" for m in metric_names)
+        for kind, cells in table.rows
+    )
+    return f"<table><tr>{header}</tr>\n{rows}</table>\n<p>{html.escape(table.caption)}.</p>"
+
+
+def _comparison_table(metrics: SplitMetrics | None) -> str:
+    """This run's headline numbers above each baseline's (the champion's among them)."""
+    e = html.escape
+    names: list[HeadlineMetric] = list(HEADLINE_METRICS)
+    ours = metrics.headline() if metrics else Headline()
+    rows = [("<b>this run</b>", ours)]
+    for name, values in (metrics.baselines if metrics else {}).items():
+        over = f" <small>(over {e(', '.join(values.labels))})</small>" if values.labels else ""
+        rows.append((e(name) + over, values))
+    body = "".join(
+        f"<tr><td>{title}</td>"
+        + "".join(f"<td>{tables.number(values.value(m))}</td>" for m in names)
         + "</tr>"
-        for name, values in (metrics.get("baselines") or {}).items()
+        for title, values in rows
     )
-    verdict = (
-        f"<p class=verdict><b>{'Promoted' if promotion.get('promoted') else 'Kept as a candidate'}"
-        f"</b> under <code>{e(str(promotion.get('model_name')))}</code>: "
-        f"{e(str(promotion.get('reason')))}</p>"
-        if promotion
-        else ""
+    header = "".join(f"<th>{e(m)}</th>" for m in names)
+    return f"<table><tr><th>baseline</th>{header}</tr>\n{body}</table>"
+
+
+def _verdict(promotion: PromotionDecision | None) -> str:
+    if not promotion:
+        return ""
+    outcome = "Promoted" if promotion.promoted else "Kept as a candidate"
+    return (
+        f"<p class=verdict><b>{outcome}</b> under <code>{html.escape(promotion.model_name)}"
+        f"</code>: {html.escape(promotion.reason)}</p>"
     )
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The page: headline, verdict, metrics table with confusion counts, baselines, charts."""
+    e = html.escape
+    metrics = SplitMetrics.model_validate(data["metrics"]) if data["metrics"] else None
     meta = data["training"]["metadata"] or {}
     quote = ""
     if meta.get("cost") is not None:
         quote = f" (quoted {meta['cost']} {e(str(meta.get('cost_currency', '')))})"
-    mine = "".join(f"<td>{tables.number(metric_value(metrics, m))}</td>" for m in metric_names)
     synthetic = (
         "<p class=warn>SYNTHETIC DATA — generated, not civil_comments.</p>"
         if data["synthetic"]
@@ -125,18 +139,15 @@ img {{ max-width: 100% }}
 <p>Source <code>{e(data["spec"]["source"])}</code>,
 backend <code>{e(data["spec"]["backend"])}</code>,
 model <code>{e(str(data["training"]["model_id"]))}</code>{quote}.</p>
-{verdict}
+{_verdict(metrics.promotion if metrics else None)}
 <h2>Test metrics</h2>
-<p>{metrics.get("rows", 0):,} test rows. "F1 @0.5" predicts a label when its score is above 0.5;
-the threshold columns use each label's threshold tuned for F1 on the <b>validation</b> split
-(never on test). Confusion counts are at the tuned thresholds. Intervals: bootstrap 95 %.</p>
-<table><tr>{header}</tr>
-{"".join(rows)}</table>
-<p>{e(table.caption if table else "")}.</p>
+<p>{metrics.rows if metrics else 0:,} test rows. "F1 @0.5" predicts a label when its score is
+above 0.5; the threshold columns use each label's threshold tuned for F1 on the
+<b>validation</b> split (never on test). Confusion counts are at the tuned thresholds.
+Intervals: bootstrap 95 %.</p>
+{_metrics_table(metrics)}
 <h2>Compared with</h2>
-<table><tr><th>baseline</th>{"".join(f"<th>{e(m)}</th>" for m in metric_names)}</tr>
-<tr><td><b>this run</b></td>{mine}</tr>
-{comparison}</table>
+{_comparison_table(metrics)}
 <h2>Precision-recall</h2>{_image(data["charts"]["precision_recall"], "precision-recall curves")}
 <h2>Training</h2>{_image(data["charts"]["loss"], "loss curves")}
 <h2>Dataset</h2>{_image(data["charts"]["distribution"], "label distribution")}

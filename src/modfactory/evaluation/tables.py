@@ -4,7 +4,9 @@ report as HTML. Cells are plain text, formatted here; readers only lay them out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from modfactory.values import DecisionScores, FlaggedScores, LabelMetrics, SplitMetrics
 
 RowKind = Literal["label", "average", "flagged"]
 COUNT_COLUMNS = ("TP", "FP", "FN", "TN")  # at the tuned thresholds
@@ -21,13 +23,12 @@ def number(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def with_interval(m: dict[str, Any], key: str) -> str:
+def with_interval(value: float | None, ci: tuple[float, float] | None) -> str:
     """``0.912 (0.90-0.93)``: the value and its bootstrap 95 % interval, when there is one."""
-    ci = m.get(f"{key}_ci")
-    return number(m.get(key)) + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+    return number(value) + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
 
 
-def metrics_table(metrics: dict[str, Any], counts: bool = True) -> MetricsTable:
+def metrics_table(metrics: SplitMetrics, counts: bool = True) -> MetricsTable:
     """Per label: prevalence, support, F1 at 0.5, then the threshold tuned on validation
     with precision / recall / F1 at it, the AUCs with their intervals and (``counts``) the
     confusion counts; then micro and macro averages, and flagged (any label) vs safe."""
@@ -44,33 +45,34 @@ def metrics_table(metrics: dict[str, Any], counts: bool = True) -> MetricsTable:
         "PR-AUC (95% CI)",
     )
 
-    def cells(name: str, m: dict[str, Any], kind: RowKind) -> tuple[str, ...]:
-        share = "" if kind == "average" else f"{m['prevalence']:.1%}"
-        support = "" if kind == "average" else f"{m['support']:,}"
-        threshold = number(m.get("tuned_threshold")) if kind == "label" else ""
+    def cells(name: str, m: DecisionScores, kind: RowKind) -> tuple[str, ...]:
+        counted = isinstance(m, FlaggedScores)
+        label = m if isinstance(m, LabelMetrics) else None
+        confusion = label.confusion if label and label.confusion else None
         row = (
             name,
-            share,
-            support,
-            number(m["f1"]),
-            threshold,
-            number(m.get("tuned_precision")),
-            number(m.get("tuned_recall")),
-            number(m.get("tuned_f1")),
-            with_interval(m, "roc_auc"),
-            with_interval(m, "pr_auc"),
+            f"{m.prevalence:.1%}" if counted else "",
+            f"{m.support:,}" if counted else "",
+            number(m.f1),
+            number(label.tuned_threshold) if label else "",
+            number(m.tuned_precision),
+            number(m.tuned_recall),
+            number(m.tuned_f1),
+            with_interval(m.roc_auc, m.roc_auc_ci),
+            with_interval(m.pr_auc, m.pr_auc_ci),
         )
-        confusion = m.get("confusion") or {}
-        return row + tuple(str(confusion.get(k.lower(), "")) for k in COUNT_COLUMNS) * counts
+        tally = [getattr(confusion, k.lower()) if confusion else "" for k in COUNT_COLUMNS]
+        return row + tuple(map(str, tally)) * counts
 
     rows: list[tuple[RowKind, tuple[str, ...]]] = [
-        ("label", cells(label, m, "label")) for label, m in metrics["labels"].items()
+        ("label", cells(label, m, "label")) for label, m in metrics.labels.items()
     ]
-    rows += [("average", cells(avg, metrics[avg], "average")) for avg in ("micro", "macro")]
-    if "flagged" in metrics:
-        rows.append(("flagged", cells("flagged vs safe", metrics["flagged"], "flagged")))
+    rows += [("average", cells("micro", metrics.micro, "average"))]
+    rows += [("average", cells("macro", metrics.macro, "average"))]
+    if metrics.flagged:
+        rows.append(("flagged", cells("flagged vs safe", metrics.flagged, "flagged")))
     caption = (
-        f"subset accuracy {number(metrics.get('subset_accuracy'))} at 0.5, "
-        f"{number(metrics.get('tuned_subset_accuracy'))} at the tuned thresholds"
+        f"subset accuracy {number(metrics.subset_accuracy)} at 0.5, "
+        f"{number(metrics.tuned_subset_accuracy)} at the tuned thresholds"
     )
     return MetricsTable(columns + COUNT_COLUMNS * counts, rows, caption)

@@ -4,7 +4,6 @@ resumable, within the backend's rate limit); thresholds from validation, metrics
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,14 @@ from modfactory.evaluation.promotion import (
     MODERATION_CATEGORIES,
     MODERATION_MODEL,
     decide_promotion,
-    metric_value,
     random_baseline,
-    summary,
 )
 from modfactory.evaluation.report import write_report
+from modfactory.evaluation.tables import number
 from modfactory.stages.context import StageContext, stage
 from modfactory.store.registry import ModelRegistry
 from modfactory.store.run import ChampionChanged, Run, RunState, StageStatus, Verdict
+from modfactory.values import Headline, PromotionDecision, SplitMetrics
 
 MEASURES = 3  # how often the champion is measured again if it changes meanwhile
 
@@ -50,11 +49,7 @@ async def evaluate(sc: StageContext, run: Run) -> None:
     test_texts, truth, test_scores = splits["test"]
     thresholds = await asyncio.to_thread(tune_thresholds, val_truth, val_scores, labels)
     metrics = await asyncio.to_thread(evaluate_scores, truth, test_scores, labels, thresholds)
-    metrics["baselines"] = {"random": await asyncio.to_thread(random_baseline, truth, labels)}
-    if sc.settings.mistral_api_key:
-        moderation = await _moderation_baseline(sc, run, test_texts, truth, labels)
-        if moderation:
-            metrics["baselines"]["mistral_moderation"] = moderation
+    metrics.baselines = await _baselines(sc, run, test_texts, truth, labels)
     out = sc.run_dir(run.id)
     pr_chart = await asyncio.to_thread(
         charts.pr_curves, truth, test_scores, labels, thresholds, out / "precision_recall.png"
@@ -65,13 +60,10 @@ async def evaluate(sc: StageContext, run: Run) -> None:
         "report_json": str(out / "report.json"),
         "report_html": str(out / "report.html"),
     }
-    registry = ModelRegistry(sc.redis, sc.settings.queue_name)
     for _ in range(MEASURES):
-        metrics["baselines"].pop("champion", None)
-        metrics["promotion"], verdict = await _promote(
-            sc, run, backend, metrics, test_texts, truth, labels
-        )
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics.baselines.pop("champion", None)
+        metrics.promotion, verdict = await _promote(sc, run, backend, metrics, test_texts, truth)
+        (out / "metrics.json").write_text(metrics.model_dump_json(indent=2))
         # The report is written before the stage is recorded as done: a worker stopped in
         # between re-runs the stage, instead of leaving a succeeded run without its report.
         await asyncio.to_thread(write_report, _as_finished(run, metrics, artifacts), out)
@@ -79,14 +71,10 @@ async def evaluate(sc: StageContext, run: Run) -> None:
             await sc.store.finish_evaluation(
                 run.id,
                 verdict,
-                registry.key(run.spec.model_name),
+                ModelRegistry(sc.redis, sc.settings.queue_name).key(run.spec.model_name),
                 metrics=metrics,
                 artifacts=artifacts,
-                message=f"macro F1 {metrics['macro']['f1']:.3f} at 0.5, "
-                f"{metrics['macro']['tuned_f1']:.3f} at thresholds tuned on validation "
-                f"({metrics['rows']:,} test rows); "
-                + ("promoted" if verdict.promoted else "kept as a candidate")
-                + f": {verdict.reason}",
+                message=_headline(metrics, verdict),
             )
             return
         except ChampionChanged as exc:
@@ -94,7 +82,30 @@ async def evaluate(sc: StageContext, run: Run) -> None:
     raise BackendError(f"the champion kept changing while this run was measured ({MEASURES}x)")
 
 
-def _as_finished(run: Run, metrics: dict[str, Any], artifacts: dict[str, str]) -> Run:
+def _headline(metrics: SplitMetrics, verdict: Verdict) -> str:
+    """The evaluate stage's event: the numbers and what became of the model."""
+    return (
+        f"macro F1 {metrics.macro.f1:.3f} at 0.5, "
+        f"{number(metrics.macro.tuned_f1)} at thresholds tuned on validation "
+        f"({metrics.rows:,} test rows); "
+        + ("promoted" if verdict.promoted else "kept as a candidate")
+        + f": {verdict.reason}"
+    )
+
+
+async def _baselines(
+    sc: StageContext, run: Run, texts: list[str], truth: list[list[str]], labels: list[str]
+) -> dict[str, Headline]:
+    """A random score per label and, with a Mistral key, Mistral's moderation model."""
+    found = {"random": await asyncio.to_thread(random_baseline, truth, labels)}
+    if sc.settings.mistral_api_key:
+        moderation = await _moderation_baseline(sc, run, texts, truth, labels)
+        if moderation:
+            found["mistral_moderation"] = moderation
+    return found
+
+
+def _as_finished(run: Run, metrics: SplitMetrics, artifacts: dict[str, str]) -> Run:
     """The run as it will be once evaluate is recorded (what its report shows)."""
     finished = run.model_copy(deep=True)
     finished.metrics = metrics
@@ -125,7 +136,7 @@ async def _classify(
 
 async def _moderation_baseline(
     sc: StageContext, run: Run, texts: list[str], truth: list[list[str]], labels: list[str]
-) -> dict[str, Any] | None:
+) -> Headline | None:
     """Mistral's moderation endpoint on the same test file, its categories mapped onto ours
     where they correspond (the other labels are left out of its numbers)."""
     mapped = {theirs: ours for theirs, ours in MODERATION_CATEGORIES.items() if ours in labels}
@@ -144,62 +155,54 @@ async def _moderation_baseline(
     scores = [{mapped[k]: v for k, v in row.items() if k in mapped} for row in results]
     ours = sorted(set(mapped.values()))
     report = await asyncio.to_thread(evaluate_scores, truth, scores, ours)
-    return {"labels": ours, **summary(report)}
+    return report.headline(labels=ours)
 
 
 async def _promote(
     sc: StageContext,
     run: Run,
     backend: Backend,
-    metrics: dict[str, Any],
+    metrics: SplitMetrics,
     texts: list[str],
     truth: list[list[str]],
-    labels: list[str],
-) -> tuple[dict[str, Any], Verdict]:
-    """Measure the current champion on this test file and decide (recorded by the caller)."""
+) -> tuple[PromotionDecision, Verdict]:
+    """Measure the current champion on this test file (its numbers join ``metrics``'s
+    baselines) and decide; the caller records the decision."""
     settings = sc.settings
-    name = run.spec.model_name
+    name, metric = run.spec.model_name, settings.promotion_metric
     champion = (await ModelRegistry(sc.redis, settings.queue_name).get(name)).champion
-    decision: dict[str, Any] = {
-        "model_name": name,
-        "metric": settings.promotion_metric,
-        "margin": settings.promotion_margin,
-        "challenger": metric_value(metrics, settings.promotion_metric),
-        "champion_run": champion.run_id if champion else None,
-    }
+    champion_run = champion.run_id if champion else None
 
-    def verdict(promoted: bool, reason: str) -> Verdict:
-        return Verdict(
+    def decided(promoted: bool, reason: str, **measured: Any) -> tuple[PromotionDecision, Verdict]:
+        decision = PromotionDecision(
+            model_name=name,
+            metric=metric,
+            margin=settings.promotion_margin,
+            challenger=metrics.value(metric),
+            champion_run=champion_run,
+            **measured,
             promoted=promoted,
             reason=reason,
-            measured_against=decision["champion_run"],
+        )
+        verdict = Verdict(
+            promoted=promoted,
+            reason=reason,
+            measured_against=champion_run,
             model_id=run.artifacts.model_id,
         )
+        return decision, verdict
 
     if champion and champion.run_id == run.id:  # decided before a crash
-        return {**decision, "promoted": True, "reason": "already the champion"}, verdict(
-            True, "already the champion"
-        )
-    champion_metrics = None
-    if champion:
-        champion_run = await sc.store.get(champion.run_id)
-        if champion_run.spec.backend != run.spec.backend:
-            reason = (
-                f"the champion {champion.run_id} runs on the {champion_run.spec.backend} backend"
-            )
-            return {**decision, "promoted": False, "reason": reason}, verdict(False, reason)
-        scores = await _classify(sc, run, backend, champion.model_id, texts, "champion")
-        champion_metrics = await asyncio.to_thread(evaluate_scores, truth, scores, labels)
-        metrics["baselines"]["champion"] = {"run_id": champion.run_id, **summary(champion_metrics)}
-    promoted, reason = decide_promotion(
-        metrics, champion_metrics, settings.promotion_metric, settings.promotion_margin
-    )
-    champion_value = (
-        metric_value(champion_metrics, settings.promotion_metric) if champion_metrics else None
-    )
-    return {
-        **decision,
-        "champion": champion_value,
-        "promoted": promoted,
-        "reason": reason,
-    }, verdict(promoted, reason)
+        return decided(True, "already the champion")
+    if champion is None:
+        first = decide_promotion(metrics, None, metric, settings.promotion_margin)
+        return decided(*first, champion=None)
+    their_backend = (await sc.store.get(champion.run_id)).spec.backend
+    if their_backend != run.spec.backend:
+        return decided(False, f"the champion {champion.run_id} runs on the {their_backend} backend")
+    scores = await _classify(sc, run, backend, champion.model_id, texts, "champion")
+    labels = list(metrics.labels)
+    theirs = await asyncio.to_thread(evaluate_scores, truth, scores, labels)
+    metrics.baselines["champion"] = theirs.headline(run_id=champion.run_id)
+    promoted, reason = decide_promotion(metrics, theirs, metric, settings.promotion_margin)
+    return decided(promoted, reason, champion=theirs.value(metric))

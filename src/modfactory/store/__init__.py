@@ -1,7 +1,7 @@
 """The store: everything kept in Redis — the run document with the rule of each of its
-changes (``run``), the run store applying them atomically (``runs``) with the indexes
-it keeps in the same transactions (``run_indexes``), the model registry
-(``registry``), atomic JSON updates (``redis_json``), arq plumbing (job ids, queuing,
+changes (``run``; its fields in ``run_parts``), the run store applying them atomically
+(``runs``) with the indexes it keeps in the same transactions (``run_indexes``), the
+model registry (``registry``), atomic JSON updates (``redis_json``), arq plumbing (job ids, queuing,
 serialization: ``queue``), backend API error counters (``api_errors``), retention
 (``retention``) and the embedded redis-server (``embedded_redis``).
 

@@ -6,16 +6,25 @@ state, as methods that edit the document and say whether it changed. They know n
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from modfactory.values import Checkpoint, DatasetSummary, RecipeParams, TrainingJob
+from modfactory.store.run_parts import (
+    Artifacts,
+    Event,
+    Progress,
+    RunSpec,
+    RunState,
+    StageState,
+    StageStatus,
+    StatusChange,
+    Training,
+)
+from modfactory.values import DatasetSummary, SplitMetrics, TrainingJob
 
 log = logging.getLogger("modfactory.store.run")
 StageName = Literal["build", "upload", "train", "evaluate"]
@@ -34,117 +43,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class RunState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    AWAITING_APPROVAL = "awaiting_approval"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
-
-
-class StageStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class StageState(BaseModel):
-    state: StageStatus = StageStatus.PENDING
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
-    attempts: int = 0
-    last_error: str | None = None  # why the latest attempt ended without a result
-
-
-class Event(BaseModel):
-    at: datetime
-    stage: str | None = None
-    message: str
-
-
-class RunSpec(BaseModel):
-    """What to build and train; fixed when the run is created."""
-
-    source: str
-    backend: Literal["local", "mistral"]
-    recipe: RecipeParams
-    hyperparameters: dict[str, float | int] = Field(default_factory=dict)
-    model_name: str = "moderation"
-    max_cost: float | None = None  # a quote above it waits for approval
-    source_fingerprint: str | None = None  # what the source was when the run was created
-
-
-class Artifacts(BaseModel):
-    """Where a run's outputs are: files on disk and ids at the backend."""
-
-    dataset_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    distribution_chart: str | None = None
-    train_file_id: str | None = None
-    validation_file_id: str | None = None
-    training_job_id: str | None = None
-    model_id: str | None = None
-    loss_chart: str | None = None
-    metrics_file: str | None = None
-    pr_chart: str | None = None
-    report_html: str | None = None
-    report_json: str | None = None
-
-
-class StatusChange(BaseModel):
-    status: str
-    at: datetime
-
-
-class Training(BaseModel):
-    """What the train stage has seen of the backend's job."""
-
-    status: str | None = None
-    history: list[StatusChange] = Field(default_factory=list)
-    checkpoints: list[Checkpoint] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    classifier_targets: list[dict[str, Any]] = Field(default_factory=list)
-    poll_seq: int = 0
-    generation: int = 0  # bumped when a failed training is tried again with a new job
-    quiet_looks: int = 0  # looks in a row that saw nothing new (the poll interval backs off)
-    approved: bool = False  # the quoted cost was approved by `modfactory approve`
-    events: list[dict[str, Any]] = Field(default_factory=list)  # the backend job's own events
-    previous_jobs: list[str] = Field(default_factory=list)  # ended jobs of earlier generations
-
-    @property
-    def job_over(self) -> bool:
-        """The job was last seen in a final status (which never changes again)."""
-        return self.status in _JOB_OVER
-
-    def job_suffix(self, run_id: str, prefix: str) -> str:
-        """Tags the backend job with the run (18 characters at most, the API's limit)."""
-        digest = hashlib.sha256(f"{run_id}/{self.generation}".encode()).hexdigest()
-        return f"{prefix}{digest[: 18 - len(prefix)]}"
-
-
-_JOB_OVER = {"SUCCESS", "FAILED", "FAILED_VALIDATION", "CANCELLED"}
-
-
-class Progress(BaseModel):
-    """How far the running stage is through its long work (rows streamed, texts classified)."""
-
-    stage: str
-    what: str
-    done: int
-    total: int
-    at: datetime
-
-
 class Run(BaseModel):
     id: str
     state: RunState = RunState.QUEUED
@@ -153,7 +51,7 @@ class Run(BaseModel):
     artifacts: Artifacts = Field(default_factory=Artifacts)
     dataset: DatasetSummary | None = None
     training: Training = Field(default_factory=Training)
-    metrics: dict[str, Any] | None = None
+    metrics: SplitMetrics | None = None
     progress: Progress | None = None
     error: str | None = None
     created_at: datetime = Field(default_factory=now)
@@ -213,7 +111,7 @@ class Run(BaseModel):
         stage: str,
         artifacts: dict[str, Any] | None = None,
         dataset: DatasetSummary | None = None,
-        metrics: dict[str, Any] | None = None,
+        metrics: SplitMetrics | None = None,
         message: str = "succeeded",
     ) -> bool:
         """``stage`` succeeded with what it produced (the last stage ends the run); not

@@ -41,7 +41,7 @@ from modfactory.store.run import (
     now,
 )
 from modfactory.store.run_indexes import RunIndexes
-from modfactory.values import DatasetSummary, TrainingJob
+from modfactory.values import DatasetSummary, SplitMetrics, TrainingJob
 
 
 class RunStore(RunIndexes):
@@ -261,7 +261,7 @@ class RunStore(RunIndexes):
         *,
         artifacts: dict[str, Any] | None = None,
         dataset: DatasetSummary | None = None,
-        metrics: dict[str, Any] | None = None,
+        metrics: SplitMetrics | None = None,
         message: str = "succeeded",
     ) -> Run:
         """``Run.finish_stage``, counting the stage's duration."""
@@ -280,7 +280,7 @@ class RunStore(RunIndexes):
         verdict: Verdict,
         registry_key: str,
         *,
-        metrics: dict[str, Any],
+        metrics: SplitMetrics,
         artifacts: dict[str, Any],
         message: str,
     ) -> Run:
