@@ -187,6 +187,12 @@ def test_a_bad_request_is_refused_with_a_json_reason(
         ({"MODFACTORY_WEBHOOK_SECRET": ""}, "MODFACTORY_WEBHOOK_SECRET is empty"),
         ({"MODFACTORY_WEBHOOK_TOKEN": "short-token-0123"}, "MODFACTORY_WEBHOOK_TOKEN has 16"),
         ({"MODFACTORY_WEBHOOK_SECRET": SECRET, "MODFACTORY_WEBHOOK_TOKEN": SECRET}, "same value"),
+        ({"MODFACTORY_SERVE_TOKEN": ""}, "MODFACTORY_SERVE_TOKEN is empty"),
+        ({"MODFACTORY_SERVE_TOKEN": "short-token-0123"}, "MODFACTORY_SERVE_TOKEN has 16"),
+        (
+            {"MODFACTORY_WEBHOOK_SECRET": SECRET, "MODFACTORY_SERVE_TOKEN": SECRET},
+            "MODFACTORY_WEBHOOK_SECRET and MODFACTORY_SERVE_TOKEN are the same value",
+        ),
         ({}, "set MODFACTORY_WEBHOOK_SECRET (signed requests) or MODFACTORY_WEBHOOK_TOKEN"),
     ],
 )
@@ -204,6 +210,32 @@ def test_serve_refuses_to_start_with_an_empty_short_or_shared_secret(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert "short-token-0123" not in done.stderr and SECRET not in done.stderr
+
+
+def test_the_serve_token_scores_but_cannot_retrain_and_the_webhook_token_does_both(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """MODFACTORY_SERVE_TOKEN is for scoring clients: /v1/retrain and the runs API refuse
+    it; the webhook token is accepted by the serving endpoints too (no champion yet: 404)."""
+    serve_token = "serve-only-token-0123456789abcdef0123"
+    env = {"MODFACTORY_WEBHOOK_TOKEN": TOKEN, "MODFACTORY_SERVE_TOKEN": serve_token}
+    with serve_process(settings, tmp_path / "serve.log", **env) as (_, url):
+        as_scorer = {"Authorization": f"Bearer {serve_token}"}
+        refused = httpx.post(f"{url}/v1/retrain", content=b"", headers=as_scorer)
+        assert refused.status_code == 401
+        assert "not MODFACTORY_WEBHOOK_TOKEN" in refused.json()["error"]
+        assert httpx.get(f"{url}/v1/runs", headers=as_scorer).status_code == 401
+        for token in (serve_token, TOKEN):
+            answer = httpx.post(
+                f"{url}/v1/moderations",
+                json={"input": "hello"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert answer.status_code == 404 and "has no champion yet" in answer.json()["error"]
+        signed_only = httpx.post(f"{url}/v1/moderations", json={"input": "a"}, headers=signed(b""))
+        assert signed_only.status_code == 401  # signatures are for webhooks
+    log = (tmp_path / "serve.log").read_text()
+    assert serve_token not in log and TOKEN not in log
 
 
 def test_a_replayed_request_is_refused_and_a_bearer_token_works(server: str) -> None:

@@ -19,11 +19,22 @@ MAY_IMPORT: dict[str, set[str]] = {
     "data": set(),
     "backends": {"data"},  # the local backend reads the data wing's JSONL files
     "evaluation": {"backends", "data", "store"},
+    "serving": {"backends", "data", "evaluation", "store"},
     "stages": {"backends", "data", "evaluation", "store"},
     "producer": {"stages", "backends", "data", "evaluation", "store"},
     "worker": {"stages", "backends", "data", "evaluation", "store"},
-    "triggers": {"producer", "stages", "backends", "data", "evaluation", "store"},
-    "cli": {"triggers", "worker", "producer", "stages", "backends", "data", "evaluation", "store"},
+    "triggers": {"producer", "serving", "stages", "backends", "data", "evaluation", "store"},
+    "cli": {
+        "triggers",
+        "worker",
+        "producer",
+        "serving",
+        "stages",
+        "backends",
+        "data",
+        "evaluation",
+        "store",
+    },
     "__main__": {"cli"},
 }
 

@@ -42,6 +42,7 @@ WANDB_KEY = "wandbkey" + "c3d4" * 8  # 40 characters, as W&B keys are
 WEBHOOK_SECRET = "whsec-live-" + "e5f6" * 8
 WEBHOOK_TOKEN = "tok-live-" + "g7h8" * 8
 REDIS_PASSWORD = "redis-pw-" + "i9j0" * 6
+SERVE_TOKEN = "serve-live-" + "u1v2" * 8
 # Wrong or refused values: an error about them must not repeat them either.
 WRONG_API_KEY = "sk-mistral-wrong-" + "k1l2" * 6
 WRONG_REDIS_PASSWORD = "redis-pw-wrong-" + "m3n4" * 5
@@ -54,6 +55,7 @@ SECRETS = {
     "webhook secret": WEBHOOK_SECRET,
     "webhook token": WEBHOOK_TOKEN,
     "Redis password": REDIS_PASSWORD,
+    "serve token": SERVE_TOKEN,
     "wrong Mistral API key": WRONG_API_KEY,
     "wrong Redis password": WRONG_REDIS_PASSWORD,
     "wrong webhook token": WRONG_TOKEN,
@@ -153,6 +155,7 @@ async def test_no_secret_appears_in_any_output(
         wandb_api_key=WANDB_KEY,
         webhook_secret=WEBHOOK_SECRET,
         webhook_token=WEBHOOK_TOKEN,
+        serve_token=SERVE_TOKEN,
         webhook_sources=("synthetic",),
         backend="mistral",
         mistral_training_steps=5,
@@ -228,6 +231,16 @@ async def test_no_secret_appears_in_any_output(
         out.http("GET /v1/runs", httpx.get(f"{url}/v1/runs", headers=bearer))
         for run in (good, quoted, failing):
             out.http(f"GET /v1/runs/{run.id}", httpx.get(f"{url}/v1/runs/{run.id}", headers=bearer))
+        # the champion served (a Mistral model: the emulator answers), and refused
+        scoring = {"Authorization": f"Bearer {SERVE_TOKEN}"}
+        for route in ("/v1/moderations", "/v1/classifications"):
+            answer = out.http(
+                f"POST {route}", httpx.post(f"{url}{route}", json={"input": "hi"}, headers=scoring)
+            )
+            assert answer.status_code == 200, answer.text
+        wrong = {"Authorization": f"Bearer {WRONG_TOKEN}"}
+        refused = httpx.post(f"{url}/v1/moderations", json={"input": "hi"}, headers=wrong)
+        assert out.http("POST /v1/moderations (wrong token)", refused).status_code == 401
         out.http("GET /metrics", httpx.get(f"{url}/metrics"))
         out.http("GET /healthz", httpx.get(f"{url}/healthz"))
 
@@ -243,6 +256,8 @@ async def test_no_secret_appears_in_any_output(
             ("schedule", "--json"),
             ("prune", "--dry-run", "--json"),
             ("report", good.id),
+            ("classify", "some text", "--json"),
+            ("classify", "some text"),
         ):
             out.cli(" ".join(args), *args, env=env, cwd=tmp_path)
     out.add("worker log", worker_log.read_bytes())
@@ -312,8 +327,9 @@ def test_redaction_takes_every_configured_secret_out_of_a_text() -> None:
         wandb_api_key=WANDB_KEY,
         webhook_secret=WEBHOOK_SECRET,
         webhook_token=WEBHOOK_TOKEN,
+        serve_token=SERVE_TOKEN,
         webhook_sources=("synthetic",),
     )
-    text = " / ".join((API_KEY, WANDB_KEY, WEBHOOK_SECRET, WEBHOOK_TOKEN, REDIS_PASSWORD))
-    assert redact(text, settings.secret_values()) == " / ".join(["***"] * 5)
+    keys = (API_KEY, WANDB_KEY, WEBHOOK_SECRET, WEBHOOK_TOKEN, SERVE_TOKEN, REDIS_PASSWORD)
+    assert redact(" / ".join(keys), settings.secret_values()) == " / ".join(["***"] * 6)
     assert Settings(redis_url="redis://cache:6379/0").secret_values() == ()

@@ -22,6 +22,7 @@ from modfactory.store.registry import ModelRecord, ModelRegistry
 from modfactory.store.retention import prune_runs
 from modfactory.store.run import STAGES, ActiveRunExists, Run, RunSpec, RunState, RunStateError
 from modfactory.store.runs import RunStore
+from modfactory.store.shadow import ShadowLog, ShadowTally
 from modfactory.values import RecipeParams
 
 
@@ -62,6 +63,10 @@ class Producer:
     async def models(self) -> list[ModelRecord]:
         """Every model name's record: champion, earlier champions, candidates."""
         return [await self.registry.get(name) for name in await self.registry.names()]
+
+    async def shadows(self) -> list[ShadowTally]:
+        """How candidates shadowing their champion on served traffic agreed with it."""
+        return await ShadowLog(self.redis, self.settings.queue_name).tallies()
 
     # --- changes ----------------------------------------------------------------------------
     def spec(

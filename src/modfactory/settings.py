@@ -211,6 +211,44 @@ class Settings(BaseSettings):
         description="Base URL of run links in webhook answers (unset: the request's own).",
     )
 
+    # --- serving the champion (`modfactory serve`: /v1/moderations, /v1/classifications)
+    serve_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the serving endpoints (secret; MODFACTORY_WEBHOOK_TOKEN "
+        "is accepted too). Give scoring clients this one: it cannot trigger retrains.",
+    )
+    serve_thresholds: Literal["tuned", "0.5"] = Field(
+        "tuned",
+        description="Flag a label at its threshold tuned on validation (tuned) or above 0.5.",
+    )
+    serve_max_inputs: int = Field(
+        128, ge=1, le=10_000, description="Most texts in one serving request (422 beyond)."
+    )
+    serve_max_chars: int = Field(
+        20_000, ge=1, le=1_000_000, description="Most characters in one text (422 beyond)."
+    )
+    serve_max_body: int = Field(
+        2_000_000, ge=1, description="Largest serving request body (bytes; 413 beyond)."
+    )
+    serve_max_batch: int = Field(
+        256,
+        ge=1,
+        le=10_000,
+        description="Most texts scored in one call, gathered across concurrent requests.",
+    )
+    shadow: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Model names whose newest candidate also scores every request served, "
+        "off the request path, its agreement with the champion recorded per label "
+        "(comma-separated; 1 or all: every name; unset: none).",
+    )
+    serve_refresh_interval: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often `modfactory serve` reads the registry for a new champion (s).",
+    )
+
     # --- retention ---------------------------------------------------------------------
     keep_runs: int | None = Field(
         500,
@@ -259,7 +297,7 @@ class Settings(BaseSettings):
         "text", description="Log lines as text or as JSON objects (one per line)."
     )
 
-    @field_validator("label_columns", "webhook_sources", mode="before")
+    @field_validator("label_columns", "webhook_sources", "shadow", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
         """Accept a comma-separated list as well as JSON."""
@@ -303,7 +341,13 @@ class Settings(BaseSettings):
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this configuration holds: the API and W&B keys, the webhook secret
         and token, the Redis URL's password — what ``redact`` takes out of any text."""
-        keys = (self.mistral_api_key, self.wandb_api_key, self.webhook_secret, self.webhook_token)
+        keys = (
+            self.mistral_api_key,
+            self.wandb_api_key,
+            self.webhook_secret,
+            self.webhook_token,
+            self.serve_token,
+        )
         values = [k.get_secret_value() for k in keys if k is not None]
         if self.redis_url:
             values.append(unquote(urlsplit(self.redis_url).password or ""))
@@ -313,6 +357,12 @@ class Settings(BaseSettings):
     def webhook_allowed_sources(self) -> tuple[str, ...]:
         """What a webhook caller may name as its source (default: the configured one)."""
         return self.webhook_sources or (self.source,)
+
+    @property
+    def shadowed(self) -> tuple[str, ...]:
+        """The model names MODFACTORY_SHADOW names ("*": all of them)."""
+        every = {"1", "all", "true", "*"}
+        return ("*",) if any(name.lower() in every for name in self.shadow) else self.shadow
 
     @property
     def default_backend(self) -> Literal["local", "mistral"]:

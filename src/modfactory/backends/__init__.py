@@ -7,11 +7,21 @@ May import the data wing (the local backend reads its JSONL files) and the botto
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+
+from modfactory.backends.api_errors import ApiErrorCounter
 from modfactory.backends.base import Backend, BackendError, BackendUnavailable
 from modfactory.settings import Settings
 
 BACKENDS = ("local", "mistral")
-__all__ = ["BACKENDS", "Backend", "BackendError", "BackendUnavailable", "get_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "connected_backend",
+    "get_backend",
+]
 
 
 def get_backend(name: str, settings: Settings) -> Backend:
@@ -30,3 +40,17 @@ def get_backend(name: str, settings: Settings) -> Backend:
 
         return MistralBackend(settings)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def connected_backend(name: str, settings: Settings, redis: Redis) -> Backend:
+    """The backend ``name``, counting its API errors in Redis and, for Mistral, sharing one
+    rate limit with every process on this Redis (Mistral's limits are per API key)."""
+    backend = get_backend(name, settings)
+    backend.error_counter = ApiErrorCounter(redis, settings.queue_name)
+    if name == "mistral":
+        from modfactory.backends.mistral import account_id, rate_buckets
+        from modfactory.backends.ratelimit import SharedRateLimiter
+
+        namespace = f"{settings.queue_name}:rate:{account_id(settings)}"
+        backend.limiter = SharedRateLimiter(redis, namespace, rate_buckets(settings))  # type: ignore[attr-defined]
+    return backend

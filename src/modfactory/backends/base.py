@@ -32,6 +32,9 @@ class JobRequest(BaseModel):
 TargetScores = dict[str, dict[str, dict[str, float]]]
 """One classify result: ``{target: {"scores": {label: probability}}}``."""
 
+Scorer = Callable[[list[str]], Awaitable[list[TargetScores]]]
+"""Classifies with one model, again and again: one result per input, in input order."""
+
 
 class BackendError(Exception):
     """A backend refused or failed; the message says what to fix and is safe to store."""
@@ -108,6 +111,15 @@ class Backend(ABC):
     @abstractmethod
     async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         """One result per input, in input order."""
+
+    async def scorer(self, model: str) -> Scorer:
+        """A way to classify with ``model`` again and again (what serving keeps). Here:
+        ``classify`` each time, for a model that lives at the backend."""
+
+        async def score(inputs: list[str]) -> list[TargetScores]:
+            return await self.classify(model, inputs)
+
+        return score
 
     async def moderate(self, model: str, inputs: list[str]) -> list[dict[str, float]]:
         """Scores of a general-purpose moderation model, by its own categories."""

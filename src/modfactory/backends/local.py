@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +27,7 @@ from modfactory.backends.base import (
     BackendError,
     HyperRanges,
     JobRequest,
+    Scorer,
     TargetScores,
     checked_hyperparameters,
 )
@@ -69,6 +71,7 @@ class LocalBackend(Backend):
         self.train_timeout = train_timeout
         self.defaults: dict[str, float | int] = {"epochs": epochs, "alpha": alpha, "seed": 42}
         self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
+        self._models_lock = threading.Lock()  # classify runs in worker threads
         self._trainers: list[subprocess.Popen[bytes]] = []
 
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
@@ -305,30 +308,41 @@ class LocalBackend(Backend):
     async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         return await asyncio.to_thread(self._classify, model, inputs)
 
-    def _classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
-        if model not in self._models:
-            if not model.startswith(MODEL_PREFIX):
-                raise BackendError(f"local backend: {model!r} is not a local model id")
-            path = self._job_dir(model.removeprefix(MODEL_PREFIX)) / MODEL_FILE
-            if not path.exists():
-                raise BackendError(f"local backend: model {model!r} not found at {path}")
-            import joblib
+    async def scorer(self, model: str) -> Scorer:
+        """The model loaded once (off the event loop) and kept by the scorer itself, never
+        evicted by other models; each call scores in a worker thread."""
+        bundle = await asyncio.to_thread(self._load, model)
 
-            self._models[model] = joblib.load(path)
-            while len(self._models) > CACHED_MODELS:
-                self._models.popitem(last=False)
-        self._models.move_to_end(model)
-        bundle = self._models[model]
-        x = bundle["features"].transform(inputs)
-        columns = [m.predict_proba(x)[:, 1] for m in bundle["models"]]
-        return [
-            {
-                bundle["target"]: {
-                    "scores": {
-                        label: float(col[i])
-                        for label, col in zip(bundle["labels"], columns, strict=True)
-                    }
-                }
-            }
-            for i in range(len(inputs))
-        ]
+        async def score(inputs: list[str]) -> list[TargetScores]:
+            return await asyncio.to_thread(scores_of, bundle, inputs)
+
+        return score
+
+    def _load(self, model: str) -> dict[str, Any]:
+        if not model.startswith(MODEL_PREFIX):
+            raise BackendError(f"local backend: {model!r} is not a local model id")
+        path = self._job_dir(model.removeprefix(MODEL_PREFIX)) / MODEL_FILE
+        if not path.exists():
+            raise BackendError(f"local backend: model {model!r} not found at {path}")
+        import joblib
+
+        return joblib.load(path)
+
+    def _classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
+        with self._models_lock:
+            if model not in self._models:
+                self._models[model] = self._load(model)
+                while len(self._models) > CACHED_MODELS:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(model)
+            bundle = self._models[model]
+        return scores_of(bundle, inputs)
+
+
+def scores_of(bundle: dict[str, Any], inputs: list[str]) -> list[TargetScores]:
+    """A saved model's scores of ``inputs``: per text, each label's probability."""
+    x = bundle["features"].transform(inputs)
+    columns = [m.predict_proba(x)[:, 1].tolist() for m in bundle["models"]]
+    labels, target = bundle["labels"], bundle["target"]
+    rows = zip(*columns, strict=True)
+    return [{target: {"scores": dict(zip(labels, row, strict=True))}} for row in rows]

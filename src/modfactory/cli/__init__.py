@@ -8,7 +8,7 @@ has an unfinished run (MODFACTORY_ACTIVE_RUN_POLICY=refuse), 130 interrupted.
 
 # The command modules register their commands on import, in the order --help lists them.
 # isort: off
-from modfactory.cli import runs, services, models, dataset  # noqa: F401
+from modfactory.cli import runs, services, models, classify, dataset  # noqa: F401
 from modfactory.cli.app import app
 
 # isort: on

@@ -20,18 +20,30 @@ from modfactory.cli.render import (
     show_model,
 )
 from modfactory.producer import Producer
+from modfactory.store.registry import ModelRecord
+from modfactory.store.shadow import ShadowTally
 
 
 @app.command()
 def models(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """Model names with their champion, earlier champions and candidates."""
 
-    records = with_producer(data_dir, Producer.models)
+    async def read(producer: Producer) -> tuple[list[ModelRecord], list[ShadowTally]]:
+        return await producer.models(), await producer.shadows()
+
+    records, shadows = with_producer(data_dir, read)
     if as_json:
-        out.print_json(json.dumps([r.model_dump(mode="json") for r in records]))
+        shown = [
+            {
+                **r.model_dump(mode="json"),
+                "shadow": [t.model_dump() for t in shadows if t.model_name == r.name],
+            }
+            for r in records
+        ]
+        out.print_json(json.dumps(shown))
         return
     for record in records:
-        print_model(record)
+        print_model(record, [t for t in shadows if t.model_name == record.name])
     if not records:
         out.print("no model yet: a run that succeeds becomes the first champion")
 

@@ -15,6 +15,7 @@ from modfactory.cli.app import err, out, print_run_json
 from modfactory.evaluation import tables
 from modfactory.store.registry import ModelRecord
 from modfactory.store.run import STAGES, Run, RunState
+from modfactory.store.shadow import ShadowTally
 from modfactory.values import DatasetSummary, SplitMetrics
 
 
@@ -126,7 +127,9 @@ def add_run_id_column(table: Table, run_ids: list[str]) -> None:
     table.add_column("run", no_wrap=True, min_width=max(map(len, run_ids), default=3))
 
 
-def print_model(record: ModelRecord) -> None:
+def print_model(record: ModelRecord, shadows: list[ShadowTally] | None = None) -> None:
+    """The champion, earlier champions, candidates; then how shadowing candidates agreed
+    with the champion on served traffic."""
     table = Table(title=f"model {record.name}", title_justify="left")
     table.add_column("role")
     ids = [p.run_id for p in [*record.history, *filter(None, [record.champion])]]
@@ -141,6 +144,13 @@ def print_model(record: ModelRecord) -> None:
     for run_id, reason in record.candidates.items():
         table.add_row("candidate", run_id, "", reason)
     out.print(table)
+    for tally in shadows or []:
+        agreement = ", ".join(f"{k} {v:.1%}" for k, v in sorted(tally.agreement().items()))
+        out.print(
+            f"shadow: {tally.candidate} vs champion {tally.champion} on {tally.texts:,} "
+            f"served texts — flags agree: {agreement or 'no label'}",
+            highlight=False,
+        )
 
 
 def show_model(record: ModelRecord, as_json: bool) -> None:

@@ -13,13 +13,10 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from modfactory.backends import Backend, BackendError, BackendUnavailable, get_backend
-from modfactory.backends.mistral import MistralBackend, account_id, rate_buckets
-from modfactory.backends.ratelimit import SharedRateLimiter
+from modfactory.backends import Backend, BackendError, BackendUnavailable, connected_backend
 from modfactory.data.recipe import RecipeError
 from modfactory.settings import Settings, redact
 from modfactory.store import queue
-from modfactory.store.api_errors import ApiErrorCounter
 from modfactory.store.run import Run, RunState, StageName, StageStatus, next_stage
 from modfactory.store.runs import RunStore
 
@@ -77,18 +74,6 @@ class StageContext:
     async def close(self) -> None:
         for backend in self.backends.values():
             await backend.close()
-
-
-def connected_backend(name: str, settings: Settings, redis: ArqRedis) -> Backend:
-    """The backend ``name``, counting its API errors in Redis and, for Mistral, sharing one
-    rate limit with every process on this Redis (Mistral's limits are per API key)."""
-    backend = get_backend(name, settings)
-    backend.error_counter = ApiErrorCounter(redis, settings.queue_name)
-    if isinstance(backend, MistralBackend):
-        backend.limiter = SharedRateLimiter(
-            redis, f"{settings.queue_name}:rate:{account_id(settings)}", rate_buckets(settings)
-        )
-    return backend
 
 
 async def guarded(

@@ -7,12 +7,16 @@ Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<mess
   run (200 with that run when MODFACTORY_ACTIVE_RUN_POLICY=coalesce).
 - ``GET /v1/runs``, ``GET /v1/runs/{id}`` — same authentication; the documents
   ``modfactory runs --json`` / ``status --json`` print.
+- ``POST /v1/moderations``, ``POST /v1/classifications`` — the champion's answers, in the
+  shape of Mistral's API (see ``moderation_api``); bearer token only.
 - ``GET /healthz`` — Redis reachable and a worker heartbeat seen recently (200, else 503).
-- ``GET /metrics`` — Prometheus text (see ``monitoring``).
+- ``GET /metrics`` — Prometheus text (see ``monitoring``; the serving counters of this
+  process after them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,13 +31,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modfactory.backends import BackendError
+from modfactory.backends import Backend, BackendError, connected_backend
 from modfactory.data.recipe import RecipeError
 from modfactory.data.sources import allowed_source
 from modfactory.producer import Producer
+from modfactory.serving.champions import ChampionServer
+from modfactory.serving.meter import ServeMeter
+from modfactory.serving.shadow import Shadow
 from modfactory.settings import Settings
 from modfactory.store import queue
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
+from modfactory.store.shadow import ShadowLog
 from modfactory.triggers.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -43,6 +51,16 @@ from modfactory.triggers.auth import (
     check_secrets,
     check_signature,
 )
+from modfactory.triggers.errors import (
+    ApiError,
+    api_error,
+    field_error,
+    http_error,
+    read_body,
+    redis_down,
+    unexpected,
+)
+from modfactory.triggers.moderation_api import classifications, moderations
 from modfactory.triggers.monitoring import prometheus_text, queued_without_worker, worker_heartbeat
 from modfactory.values import RecipeParams
 
@@ -68,29 +86,19 @@ class RetrainRequest(BaseModel):
     recipe: RecipeOverrides | None = None  # type: ignore[valid-type]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
-
-
-def _field_error(exc: ValidationError, prefix: str = "") -> ApiError:
-    first = exc.errors()[0]
-    field = prefix + ".".join(str(part) for part in first["loc"])
-    return ApiError(422, f"body field {field!r}: {first['msg']}", field=field)
-
-
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app; it connects to MODFACTORY_REDIS_URL when it starts. Refused (ValueError,
     one line naming the setting) without a shared Redis or with a weak secret or token."""
     if not settings.redis_url:
         raise ValueError("modfactory serve needs a shared Redis: set MODFACTORY_REDIS_URL")
-    check_secrets(settings.webhook_secret, settings.webhook_token)
+    check_secrets(settings.webhook_secret, settings.webhook_token, settings.serve_token)
     app = Starlette(
         routes=[
             Route("/v1/retrain", retrain, methods=["POST"]),
             Route("/v1/runs", list_runs, methods=["GET"]),
             Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+            Route("/v1/moderations", moderations, methods=["POST"]),
+            Route("/v1/classifications", classifications, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
@@ -119,9 +127,32 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         raise
     app.state.producer = Producer(pool, settings)
     app.state.replays = ReplayGuard(pool, settings.queue_name, settings.webhook_tolerance)
+    backends: dict[str, Backend] = {}
+
+    def backend(name: str) -> Backend:
+        if name not in backends:
+            backends[name] = connected_backend(name, settings, pool)
+        return backends[name]
+
+    app.state.serve_meter = meter = ServeMeter()
+    app.state.champions = champions = ChampionServer(
+        pool,
+        settings.queue_name,
+        backend,
+        settings.serve_thresholds,
+        settings.serve_max_batch,
+        settings.shadowed,
+        on_call=meter.batch.observe,
+    )
+    app.state.shadow = Shadow(champions, ShadowLog(pool, settings.queue_name))
+    refreshing = asyncio.create_task(champions.refresh_forever(settings.serve_refresh_interval))
     try:
         yield
     finally:
+        refreshing.cancel()
+        await app.state.shadow.drain()
+        for each in backends.values():
+            await each.close()
         await pool.aclose()
 
 
@@ -134,19 +165,8 @@ def _producer(request: Request) -> Producer:
 
 
 # --- requests --------------------------------------------------------------------------
-async def read_body(request: Request) -> bytes:
-    """The raw body, refused (413) beyond MODFACTORY_WEBHOOK_MAX_BODY as soon as it is."""
-    limit = _settings(request).webhook_max_body
-    too_large = ApiError(413, f"body larger than {limit} bytes (MODFACTORY_WEBHOOK_MAX_BODY)")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+async def _body(request: Request) -> bytes:
+    return await read_body(request, _settings(request).webhook_max_body, "WEBHOOK")
 
 
 async def authenticate(request: Request, body: bytes) -> None:
@@ -155,7 +175,7 @@ async def authenticate(request: Request, body: bytes) -> None:
     try:
         authorization = request.headers.get("authorization")
         if authorization and settings.webhook_token:
-            check_bearer(settings.webhook_token, authorization)
+            check_bearer({"MODFACTORY_WEBHOOK_TOKEN": settings.webhook_token}, authorization)
             return
         if settings.webhook_secret is None:
             raise AuthError("send Authorization: Bearer <MODFACTORY_WEBHOOK_TOKEN>")
@@ -191,7 +211,7 @@ def parse_retrain_request(body: bytes) -> RetrainRequest:
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "json_invalid":
             raise ApiError(422, f"body is not valid JSON: {exc.errors()[0]['msg']}") from None
-        raise _field_error(exc) from None
+        raise field_error(exc) from None
 
 
 def spec_of(request: Request, wanted: RetrainRequest) -> RunSpec:
@@ -212,7 +232,7 @@ def spec_of(request: Request, wanted: RetrainRequest) -> RunSpec:
             **(wanted.recipe.model_dump(exclude_none=True) if wanted.recipe else {}),
         )
     except ValidationError as exc:
-        raise _field_error(exc, "recipe.") from None
+        raise field_error(exc, "recipe.") from None
     except (RecipeError, BackendError) as exc:
         raise ApiError(422, str(exc)) from None
 
@@ -221,7 +241,7 @@ def spec_of(request: Request, wanted: RetrainRequest) -> RunSpec:
 async def retrain(request: Request) -> Response:
     """``POST /v1/retrain``: 202 with the new run; 409 (or 200, coalescing) while the model
     name has an unfinished run."""
-    body = await read_body(request)
+    body = await _body(request)
     await authenticate(request, body)
     wanted = parse_retrain_request(body)
     spec = spec_of(request, wanted)
@@ -249,7 +269,7 @@ async def retrain(request: Request) -> Response:
 
 async def list_runs(request: Request) -> Response:
     """``GET /v1/runs?limit=N``: the newest runs, as ``modfactory runs --json``."""
-    await authenticate(request, await read_body(request))
+    await authenticate(request, await _body(request))
     limit = request.query_params.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise ApiError(422, f"query parameter 'limit': {limit!r} is not a number in 1-1000")
@@ -259,7 +279,7 @@ async def list_runs(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     """``GET /v1/runs/{id}``: one run, as ``modfactory status --json``."""
-    await authenticate(request, await read_body(request))
+    await authenticate(request, await _body(request))
     run_id = request.path_params["run_id"]
     try:
         run = await _producer(request).run(run_id)
@@ -300,33 +320,5 @@ async def healthz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """``GET /metrics``: Prometheus text."""
     text = await prometheus_text(_producer(request).redis, _settings(request).queue_name)
+    text += request.app.state.serve_meter.exposition()
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-# --- errors: always {"error": ...} JSON ----------------------------------------------------
-async def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": 'Bearer, HMAC realm="modfactory"'} if exc.status == 401 else None
-    if exc.status == 401:
-        log.warning("refused %s %s: %s", request.method, request.url.path, exc.message)
-    return JSONResponse({"error": exc.message, **exc.extra}, exc.status, headers=headers)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = {404: f"no route {request.url.path}", 405: f"{request.method} not allowed"}
-    return JSONResponse(
-        {"error": message.get(exc.status_code, exc.detail)},
-        exc.status_code,
-        headers=exc.headers,
-    )
-
-
-async def redis_down(request: Request, exc: Exception) -> Response:
-    log.warning("Redis unreachable: %s", type(exc).__name__)
-    return JSONResponse({"error": "Redis is unreachable (MODFACTORY_REDIS_URL)"}, 503)
-
-
-async def unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("%s %s failed", request.method, request.url.path)
-    return JSONResponse({"error": "internal error; the server log has the details"}, 500)

@@ -22,10 +22,18 @@ MIN_SECRET_LENGTH = 32
 _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")  # ASCII digits only: "²" is a digit to str.isdigit
 
 
-def check_secrets(secret: SecretStr | None, token: SecretStr | None) -> None:
+def check_secrets(
+    secret: SecretStr | None, token: SecretStr | None, serve_token: SecretStr | None = None
+) -> None:
     """Raise ValueError (one line, naming the setting, never the value) unless each secret
-    set is at least MIN_SECRET_LENGTH characters, at least one is set, and they differ."""
-    for name, value in (("MODFACTORY_WEBHOOK_SECRET", secret), ("MODFACTORY_WEBHOOK_TOKEN", token)):
+    set is at least MIN_SECRET_LENGTH characters, at least one is set, and no token is the
+    signing secret."""
+    named = (
+        ("MODFACTORY_WEBHOOK_SECRET", secret),
+        ("MODFACTORY_WEBHOOK_TOKEN", token),
+        ("MODFACTORY_SERVE_TOKEN", serve_token),
+    )
+    for name, value in named:
         if value is None:
             continue
         length = len(value.get_secret_value())
@@ -35,21 +43,23 @@ def check_secrets(secret: SecretStr | None, token: SecretStr | None) -> None:
                 f"{name} {what}: it needs at least {MIN_SECRET_LENGTH} "
                 "(e.g. `openssl rand -hex 32`), or leave it unset"
             )
-    if secret is None and token is None:
+    if secret is None and token is None and serve_token is None:
         raise ValueError(
             "set MODFACTORY_WEBHOOK_SECRET (signed requests) or MODFACTORY_WEBHOOK_TOKEN "
-            "(bearer): modfactory serve does not take unauthenticated retrains"
+            "(bearer), or MODFACTORY_SERVE_TOKEN to serve only: modfactory serve takes no "
+            "unauthenticated request"
         )
-    same = (
-        secret is not None
-        and token is not None
-        and hmac.compare_digest(secret.get_secret_value(), token.get_secret_value())
-    )
-    if same:
-        raise ValueError(
-            "MODFACTORY_WEBHOOK_SECRET and MODFACTORY_WEBHOOK_TOKEN are the same value: "
-            "a bearer token sent with every request would then also sign requests"
+    for name, value in named[1:]:
+        same = (
+            secret is not None
+            and value is not None
+            and hmac.compare_digest(secret.get_secret_value(), value.get_secret_value())
         )
+        if same:
+            raise ValueError(
+                f"MODFACTORY_WEBHOOK_SECRET and {name} are the same value: "
+                "a bearer token sent with every request would then also sign requests"
+            )
 
 
 class AuthError(Exception):
@@ -91,13 +101,17 @@ def check_signature(
         )
 
 
-def check_bearer(token: SecretStr, authorization: str) -> None:
-    """Raise AuthError unless ``authorization`` is ``Bearer <token>``."""
+def check_bearer(tokens: dict[str, SecretStr], authorization: str) -> None:
+    """Raise AuthError unless ``authorization`` is ``Bearer <one of tokens>`` (named by
+    their settings; each compared in constant time)."""
     scheme, _, offered = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        offered.strip().encode(), token.get_secret_value().encode()
-    ):
-        raise AuthError("the bearer token is not MODFACTORY_WEBHOOK_TOKEN")
+    given = offered.strip().encode()
+    matches = [hmac.compare_digest(given, t.get_secret_value().encode()) for t in tokens.values()]
+    if scheme.lower() != "bearer" or not any(matches):
+        names = " or ".join(tokens)
+        if not authorization:
+            raise AuthError(f"unauthenticated: send Authorization: Bearer <{names}>")
+        raise AuthError(f"the bearer token is not {names}")
 
 
 class ReplayGuard:

@@ -3,8 +3,9 @@
 Runs by state and stage durations come from the two small indexes the run store keeps in
 the same transactions as the runs; queue depth from arq's queue; backend API errors from a
 counter the backends bump on every failed request (retried or not); scheduled-retrain
-decisions from the schedule log. Nothing here is process-local, so any number of
-``modfactory serve`` replicas report the same numbers.
+decisions from the schedule log; shadow agreement from the shadow log. Nothing here is
+process-local, so any number of ``modfactory serve`` replicas report the same numbers
+(the serving counters each process adds after these are its own).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from prometheus_client.core import (
 )
 from redis.asyncio import Redis
 
-from modfactory.store.api_errors import api_errors_key
+from modfactory.backends.api_errors import api_errors_key
 from modfactory.store.run import STAGE_BUCKETS, RunState
 from modfactory.store.runs import RunStore
+from modfactory.store.shadow import ShadowLog, ShadowTally
 from modfactory.triggers.schedule import ScheduleLog
 
 HEALTH_CHECK_SUFFIX = ":health-check"  # arq's key for a worker's heartbeat
@@ -66,6 +68,7 @@ class _Readings:
     errors: dict[tuple[str, ...], int]
     decisions: dict[str, int]
     worker_up: bool
+    shadows: list[ShadowTally]
 
 
 async def _read(redis: Redis, queue_name: str) -> _Readings:
@@ -89,6 +92,7 @@ async def _read(redis: Redis, queue_name: str) -> _Readings:
         errors=errors,
         decisions=await ScheduleLog(redis, queue_name).counts(),
         worker_up=bool(await worker_heartbeat(redis, queue_name)),
+        shadows=await ShadowLog(redis, queue_name).tallies(),
     )
 
 
@@ -130,6 +134,26 @@ def _families(read: _Readings) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "modfactory_worker_up", "1 if a worker heartbeat is recent.", value=int(read.worker_up)
     )
+    yield from _shadow_families(read.shadows)
+
+
+def _shadow_families(shadows: list[ShadowTally]) -> Iterator[Metric]:
+    pair = ["model_name", "champion", "candidate"]
+    texts = CounterMetricFamily(
+        "modfactory_shadow_texts", "Texts scored by both a champion and its shadow.", labels=pair
+    )
+    agreement = GaugeMetricFamily(
+        "modfactory_shadow_agreement",
+        "Share of shadowed texts the candidate flags as the champion does, per label.",
+        labels=[*pair, "label"],
+    )
+    for tally in shadows:
+        key = [tally.model_name, tally.champion, tally.candidate]
+        texts.add_metric(key, tally.texts)
+        for label, share in sorted(tally.agreement().items()):
+            agreement.add_metric([*key, label], share)
+    yield texts
+    yield agreement
 
 
 async def prometheus_text(redis: Redis, queue_name: str) -> bytes:

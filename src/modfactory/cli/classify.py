@@ -1,0 +1,146 @@
+"""``modfactory classify``: score texts from the command line with the champion (or a
+run's model), exactly as ``modfactory serve`` would answer them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from modfactory.backends import Backend, connected_backend
+from modfactory.cli.app import (
+    CliError,
+    DataDirOpt,
+    JsonOpt,
+    app,
+    err,
+    load_settings,
+    open_redis,
+    out,
+    run_command,
+)
+from modfactory.data.texts import file_format, read_texts, write_scores
+from modfactory.producer import Producer
+from modfactory.serving.champions import ChampionServer, NoChampion, ServedModel
+from modfactory.settings import Settings
+
+Scored = dict[str, Any]  # {"text", "categories", "category_scores"}
+
+
+@app.command()
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to score.")] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", "-i", help="A .jsonl, .csv or .parquet file of texts."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the scores there (.jsonl, .csv, .parquet)."),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="The input's text column (default MODFACTORY_TEXT_COLUMN).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name whose champion scores (MODFACTORY_MODEL_NAME).")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Score with this run's model instead.")
+    ] = None,
+    thresholds: Annotated[
+        Literal["tuned", "0.5"] | None,
+        typer.Option(help="Flag at the thresholds tuned on validation, or above 0.5."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score texts with the champion (or --run RUN): per label, a score and a flag."""
+    settings = load_settings(data_dir)
+
+    async def act() -> tuple[ServedModel, list[Scored]]:
+        if bool(texts) == (input_file is not None):
+            raise CliError("give texts to score, or --input FILE (not both)")
+        if output is not None:
+            file_format(output)  # an unknown format is refused before any work
+        column = text_column or settings.text_column
+        wanted = texts or await asyncio.to_thread(read_texts, input_file, column)
+        async with open_redis(settings) as (pool, _):
+            backends: dict[str, Backend] = {}
+
+            def backend(name: str) -> Backend:
+                return backends.setdefault(name, connected_backend(name, settings, pool))
+
+            rule = thresholds or settings.serve_thresholds
+            server = ChampionServer(pool, settings.queue_name, backend, rule)
+            try:
+                if run_id:
+                    served = await server.model_of(await Producer(pool, settings).run(run_id))
+                else:
+                    served = await server.champion(model or settings.model_name)
+                rows = await _score(served, wanted, settings, quiet=as_json or not input_file)
+            except NoChampion as exc:
+                raise CliError(str(exc)) from None
+            finally:
+                for each in backends.values():
+                    await each.close()
+        return served, rows
+
+    served, rows = run_command(act())
+    if output is not None:
+        write_scores(output, rows)
+    _report(served, rows, output, as_json)
+
+
+async def _score(
+    served: ServedModel, texts: list[str], settings: Settings, quiet: bool
+) -> list[Scored]:
+    """Score in batches, with a progress bar on stderr (not for a few texts or --json)."""
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    rows: list[Scored] = []
+    with Progress(*columns, console=err, disable=quiet) as bar:
+        task = bar.add_task("scoring", total=len(texts))
+        for start in range(0, len(texts), settings.serve_max_batch):
+            chunk = texts[start : start + settings.serve_max_batch]
+            for text, scores in zip(chunk, await served.scores(chunk), strict=True):
+                categories, shown = served.moderation(scores)
+                rows.append({"text": text, "categories": categories, "category_scores": shown})
+            bar.update(task, advance=len(chunk))
+    return rows
+
+
+def _report(served: ServedModel, rows: list[Scored], output: Path | None, as_json: bool) -> None:
+    about = {
+        "model": served.model_name,
+        "champion": {"run_id": served.run_id, "model_id": served.model_id},
+        "thresholds": served.thresholds,
+    }
+    if as_json:
+        found = {"output": str(output), "texts": len(rows)} if output else {"results": rows}
+        out.print_json(json.dumps({**about, **found}))
+        return
+    summary = (
+        f"{len(rows):,} texts scored by {served.run_id} ({served.model_id}) of "
+        f"{served.model_name}" + (f" → {output}" if output else "")
+    )
+    if output:
+        err.print(summary, highlight=False)
+        return
+    table = Table(title_justify="left")
+    table.add_column("text", overflow="fold", ratio=3)
+    for label in served.thresholds:
+        table.add_column(label, justify="right", overflow="fold")
+    for row in rows:
+        cells = [
+            f"[bold red]{score:.2f}[/bold red]" if row["categories"][label] else f"{score:.2f}"
+            for label, score in row["category_scores"].items()
+        ]
+        table.add_row(escape(row["text"]), *cells)
+    out.print(table)
+    at = "the thresholds tuned on validation" if served.rule == "tuned" else "scores above 0.5"
+    err.print(f"{summary}; flagged (red) at {at}", highlight=False)
