@@ -170,7 +170,7 @@ def _wait_for(predicate, timeout: float = 120) -> None:
 @pytest.mark.slow
 def test_an_interrupted_run_stops_cleanly_and_the_next_worker_finishes_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = {**os.environ, "MODFACTORY_DATA_DIR": str(data)}
+    env = {**os.environ, "MODFACTORY_DATA_DIR": str(data), "MODFACTORY_LOCAL_GRID": "off"}
     command = [sys.executable, "-m", "modfactory"]
     run = subprocess.Popen(
         [*command, "run", "--source", "synthetic:30000", "-H", "epochs=60"],

@@ -48,7 +48,7 @@ async def submit(backend: LocalBackend, dataset: Path, suffix: str, **hyper) -> 
 
 
 async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, epochs=3)
+    backend = LocalBackend(tmp_path, epochs=3, grid="off")
     first = await backend.upload_file(dataset / "train.jsonl", tag="a")
     again = await backend.upload_file(dataset / "train.jsonl", tag="b")
     assert first.id == again.id and len(list((tmp_path / "local" / "files").iterdir())) == 1
@@ -84,7 +84,7 @@ async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
 
 
 async def test_a_killed_trainer_is_started_again(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, epochs=40)
+    backend = LocalBackend(tmp_path, epochs=40, grid="off")
     job = await submit(backend, dataset, "run-2")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
@@ -97,6 +97,28 @@ async def test_a_killed_trainer_is_started_again(tmp_path: Path, dataset: Path) 
     job_file = json.loads((tmp_path / "local" / "jobs" / job.id / "job.json").read_text())
     assert job_file["trainer_starts"] == 2
     assert len(restarted.checkpoints) == 40
+
+
+async def test_the_default_grid_chooses_and_records_a_model_per_label(
+    tmp_path: Path, dataset: Path
+) -> None:
+    """MODFACTORY_LOCAL_GRID=small: a checkpoint per candidate fitted, the choice per
+    label in the job's metadata, calibrated probabilities from classify."""
+    backend = LocalBackend(tmp_path)
+    job = await submit(backend, dataset, "run-grid")
+    await backend.start_job(job.id)
+    done = await wait_for(backend, job.id, lambda j: j.terminal, timeout=180)
+    assert done.status == JobStatus.SUCCESS, done.error
+    chosen = done.metadata["selection"]
+    assert set(chosen) == set(done.classifier_targets[0].labels)
+    for label, choice in chosen.items():
+        assert choice["weighting"] in ("plain", "nb") and choice["C"] > 0, label
+        assert choice["candidates"] in (1, 6)  # the fallback, or the small grid
+    assert len(done.checkpoints) == sum(c["candidates"] for c in chosen.values())
+    assert all(c.valid_loss is not None for c in done.checkpoints)
+    [result] = await backend.classify(done.fine_tuned_model, ["you are a stupid idiot"])
+    assert set(result["moderation"]["scores"]) == set(chosen)
+    assert all(0 <= p <= 1 for p in result["moderation"]["scores"].values())
 
 
 async def test_a_malformed_file_fails_validation_naming_the_line(
@@ -138,7 +160,7 @@ def trainer_alive(backend: LocalBackend, job_id: str) -> bool:
 
 
 async def test_cancelling_a_job_kills_its_trainer_at_once(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, epochs=1000)
+    backend = LocalBackend(tmp_path, epochs=1000, grid="off")
     job = await submit(backend, dataset, "run-cancel")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
@@ -153,12 +175,15 @@ async def test_cancelling_a_job_kills_its_trainer_at_once(tmp_path: Path, datase
 async def test_a_trainer_past_its_timeout_is_stopped_and_the_job_fails_naming_it(
     tmp_path: Path, dataset: Path
 ) -> None:
-    backend = LocalBackend(tmp_path, epochs=1000, train_timeout=3)
+    backend = LocalBackend(tmp_path, epochs=1000, train_timeout=3, grid="off")
     job = await submit(backend, dataset, "run-slow")
     await backend.start_job(job.id)
     failed = await wait_for(backend, job.id, lambda j: j.terminal, timeout=120)
     assert failed.status == JobStatus.FAILED
     assert "MODFACTORY_LOCAL_TRAIN_TIMEOUT (3 s)" in failed.error
     assert len(failed.checkpoints) < 1000
-    await asyncio.sleep(0.5)
+    for _ in range(50):  # it stops itself at its deadline; exiting may take a moment
+        if not trainer_alive(backend, job.id):
+            break
+        await asyncio.sleep(0.1)
     assert not trainer_alive(backend, job.id)

@@ -39,7 +39,9 @@ async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path)
     assert final.dataset.synthetic and final.dataset.splits["train"].rows > 500
     assert final.artifacts.model_id.startswith("ft:classifier:local:")
     assert [h.status for h in final.training.history][-1] == "SUCCESS"
-    assert len(final.training.checkpoints) == settings.local_epochs
+    chosen = final.training.metadata["selection"]  # MODFACTORY_LOCAL_GRID=small
+    assert set(chosen) == set(final.training.classifier_targets[0]["labels"])
+    assert len(final.training.checkpoints) == sum(c["candidates"] for c in chosen.values())
     for path in (  # all there as soon as the run is recorded succeeded
         final.artifacts.distribution_chart,
         final.artifacts.loss_chart,
@@ -74,7 +76,7 @@ async def test_a_bad_source_fails_the_run_with_the_reason(redis_db: str, tmp_pat
 async def test_a_killed_worker_is_replaced_and_the_model_not_retrained(
     redis_db: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(redis_db, tmp_path / "data")
+    settings = settings_for(redis_db, tmp_path / "data", local_grid="off")  # 40 epochs
     producer = await producer_for(settings)
     run = (
         await producer.submit(

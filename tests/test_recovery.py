@@ -40,7 +40,12 @@ async def test_a_run_never_queued_and_a_deleted_job_run_again_without_a_worker_r
     redis_db: str, tmp_path: Path
 ) -> None:
     settings = settings_for(
-        redis_db, tmp_path / "data", reconcile_interval=2, poll_interval=3, health_check_interval=5
+        redis_db,
+        tmp_path / "data",
+        reconcile_interval=2,
+        poll_interval=3,
+        health_check_interval=5,
+        local_grid="off",  # 30 epochs: training lasts long enough to lose a look
     )
     producer = await producer_for(settings)
     redis = producer.redis

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         le=1000,
         description="Local backend: L2 regularisation of the logistic model.",
     )
+    local_grid: Literal["small", "full", "off"] = Field(
+        "small",
+        description="Local backend: candidates per label, chosen on validation — small "
+        "(plain and NB-weighted n-grams x 3 strengths), full (2 n-gram sets x 7 strengths) "
+        "or off (one SGD logistic model, trained in epochs).",
+    )
     local_train_timeout: float = Field(
         3600.0,
         ge=1,

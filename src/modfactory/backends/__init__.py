@@ -34,6 +34,7 @@ def get_backend(name: str, settings: Settings) -> Backend:
             epochs=settings.local_epochs,
             alpha=settings.local_alpha,
             train_timeout=settings.local_train_timeout,
+            grid=settings.local_grid,
         )
     if name == "mistral":
         from modfactory.backends.mistral import MistralBackend

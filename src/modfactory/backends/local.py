@@ -31,6 +31,8 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
+from modfactory.backends.local_selection import Grid
+from modfactory.backends.local_selection import scores as selection_scores
 from modfactory.backends.local_trainer import (
     JOB_FILE,
     MODEL_FILE,
@@ -66,8 +68,10 @@ class LocalBackend(Backend):
         epochs: int = 8,
         alpha: float = 2e-5,
         train_timeout: float = 3600.0,
+        grid: Grid = "small",
     ) -> None:
         self.root = data_dir / "local"
+        self.grid: Grid = grid
         self.train_timeout = train_timeout
         self.defaults: dict[str, float | int] = {"epochs": epochs, "alpha": alpha, "seed": 42}
         self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
@@ -119,6 +123,7 @@ class LocalBackend(Backend):
                     if request.validation_file_ids
                     else None,
                     "hyperparameters": self.hyperparameters(request.hyperparameters),
+                    "grid": self.grid,
                     "trainer_starts": 0,
                 },
             )
@@ -183,7 +188,7 @@ class LocalBackend(Backend):
             fine_tuned_model=fine_tuned,
             checkpoints=[Checkpoint(**c) for c in progress.get("checkpoints", [])],
             classifier_targets=[ClassifierTarget(name=job["target"], labels=job.get("labels", []))],
-            metadata=job.get("metadata", {}),
+            metadata={**job.get("metadata", {}), **_chosen(progress)},
             error=error,
         )
 
@@ -339,10 +344,20 @@ class LocalBackend(Backend):
         return scores_of(bundle, inputs)
 
 
+def _chosen(progress: dict[str, Any]) -> dict[str, Any]:
+    """What the trainer chose per label, and the candidate it is fitting, as metadata."""
+    found = {k: progress[k] for k in ("selection",) if k in progress}
+    if "candidate" in progress and progress.get("state") == "running":
+        found["fitting"] = progress["candidate"]
+    return found
+
+
 def scores_of(bundle: dict[str, Any], inputs: list[str]) -> list[TargetScores]:
     """A saved model's scores of ``inputs``: per text, each label's probability."""
+    target = bundle["target"]
+    if bundle.get("version") == 2:  # chosen on validation (local_selection)
+        return [{target: {"scores": s}} for s in selection_scores(bundle, inputs)]
     x = bundle["features"].transform(inputs)
     columns = [m.predict_proba(x)[:, 1].tolist() for m in bundle["models"]]
-    labels, target = bundle["labels"], bundle["target"]
     rows = zip(*columns, strict=True)
-    return [{target: {"scores": dict(zip(labels, row, strict=True))}} for row in rows]
+    return [{target: {"scores": dict(zip(bundle["labels"], row, strict=True))}} for row in rows]

@@ -55,6 +55,62 @@ def overdue(timeout: float) -> str:
 
 
 def train(job_dir: Path) -> None:
+    """Fit (a grid chosen on validation, or the plain SGD model with ``grid`` off), save
+    the model; stop early if the job is cancelled or runs out of time."""
+    if read_json(job_dir / JOB_FILE).get("grid", "off") != "off":
+        select(job_dir)
+        return
+    train_sgd(job_dir)
+
+
+def select(job_dir: Path) -> None:
+    """The grid of ``local_selection``: one checkpoint per candidate fitted (its
+    validation loss), the choice per label recorded in the progress file."""
+    import joblib
+
+    from modfactory.backends.local_selection import Stopped, choices_json, fit_all
+
+    job = read_json(job_dir / JOB_FILE)
+    labels: list[str] = job["labels"]
+    progress: dict[str, Any] = {
+        "state": "running",
+        "pid": os.getpid(),
+        "started_at": datetime.now(UTC).isoformat(),
+        "checkpoints": [],
+    }
+    write_json(job_dir / PROGRESS_FILE, progress)
+    train_data = _load(job["training_file"], job["target"])
+    valid_data = (
+        _load(job["validation_file"], job["target"]) if job["validation_file"] else ([], [])
+    )
+
+    def fitted(done: int, total: int, candidate: dict[str, Any]) -> None:
+        point = {"step": done, "valid_loss": candidate.pop("valid_loss")}
+        progress["checkpoints"].append({**point, "created_at": datetime.now(UTC).isoformat()})
+        progress["candidate"] = {**candidate, "done": done, "total": total}
+        write_json(job_dir / PROGRESS_FILE, progress)
+
+    try:
+        bundle, choices = fit_all(
+            train_data,
+            valid_data,
+            labels,
+            job["grid"],
+            int(job["hyperparameters"]["seed"]),
+            fitted,
+            should_stop=lambda: _stopped(job_dir, progress),
+        )
+    except Stopped:
+        return
+    bundle["target"] = job["target"]
+    with atomic_output(job_dir / MODEL_FILE) as tmp:
+        joblib.dump(bundle, tmp)
+    progress["selection"] = choices_json(choices)
+    progress.update(state="succeeded", finished_at=datetime.now(UTC).isoformat())
+    write_json(job_dir / PROGRESS_FILE, progress)
+
+
+def train_sgd(job_dir: Path) -> None:
     """Fit, checkpoint each epoch, save the model; stop early if the job is cancelled."""
     import joblib
     import numpy as np

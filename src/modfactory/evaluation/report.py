@@ -110,13 +110,36 @@ def _verdict(promotion: PromotionDecision | None) -> str:
     )
 
 
+def _selection_table(metadata: dict[str, Any]) -> str:
+    """The local model chosen per label on validation (``local_selection``), if any."""
+    chosen = metadata.get("selection") or {}
+    if not chosen:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(label)}</td><td>{e(str(c['features']))}</td><td>{e(str(c['weighting']))}"
+        f"</td><td>{c['C']:g}</td><td>{tables.number(c.get('validation_pr_auc'))}</td>"
+        f"<td>{c['candidates']}</td><td>{e(str(c['calibration']))}</td>"
+        f"<td>{e(c.get('note') or '')}</td></tr>"
+        for label, c in chosen.items()
+    )
+    return (
+        "<h2>Model selection</h2><p>Per label, the candidate with the best PR-AUC on the "
+        "<b>validation</b> split (plain or naive-Bayes-weighted n-grams, a logistic "
+        "regression at strength C); its scores calibrated on validation.</p>"
+        "<table><tr><th>label</th><th>features</th><th>weighting</th><th>C</th>"
+        "<th>validation PR-AUC</th><th>candidates</th><th>calibration</th><th>note</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def render_html(data: dict[str, Any]) -> str:
     """The page: headline, verdict, metrics table with confusion counts, baselines, charts."""
     e = html.escape
     metrics = SplitMetrics.model_validate(data["metrics"]) if data["metrics"] else None
     meta = data["training"]["metadata"] or {}
     quote = ""
-    if meta.get("cost") is not None:
+    if meta.get("cost"):  # a local job is quoted nothing: no quote shown
         quote = f" (quoted {meta['cost']} {e(str(meta.get('cost_currency', '')))})"
     synthetic = (
         "<p class=warn>SYNTHETIC DATA — generated, not civil_comments.</p>"
@@ -149,6 +172,7 @@ Intervals: bootstrap 95 %.</p>
 <h2>Compared with</h2>
 {_comparison_table(metrics)}
 <h2>Precision-recall</h2>{_image(data["charts"]["precision_recall"], "precision-recall curves")}
+{_selection_table(meta)}
 <h2>Training</h2>{_image(data["charts"]["loss"], "loss curves")}
 <h2>Dataset</h2>{_image(data["charts"]["distribution"], "label distribution")}
 </body></html>
