@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger("modfactory.backends.ratelimit")
-SPACING = 1.1  # slots 10 % further apart than the rate: room for LATE plus transit
+SPACING = 1.2  # slots 20 % further apart than the rate: room for LATE plus transit under load
 LATE = 0.04  # a caller this late for its slot takes another
 
 
