@@ -74,7 +74,6 @@ async def run_chaos(
         poll_max_interval=1.0,
         job_timeout=20,  # a killed worker's job runs again after 30 s
         reconcile_interval=2,
-        stage_max_attempts=50,  # a kill every few seconds is far beyond what 5 allow for
         mistral_rps=50,
         classify_rps=None,
         mistral_max_retries=10,

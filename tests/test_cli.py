@@ -75,10 +75,16 @@ def test_run_json_status_and_runs_agree_across_an_embedded_redis_restart(tmp_pat
 
 
 def test_run_human_output_prints_the_metrics_table(tmp_path: Path) -> None:
-    done = modfactory("run", "--source", "synthetic:2000", data_dir=tmp_path / "data")
+    """At 80 columns, piped: every header and number whole, a blank line before each table."""
+    done = modfactory("run", "--source", "synthetic:2000", data_dir=tmp_path / "data", columns=80)
     assert done.returncode == 0, done.stderr
-    for word in ("precision", "recall", "ROC-AUC", "insult", "micro", "macro", "succeeded"):
+    for word in ("prec.", "recall", "ROC-AUC", "PR-AUC", "insult", "micro", "macro", "succeeded"):
         assert word in done.stdout
+    tables = done.stdout.split("random baseline")[0]  # then one line each, and paths
+    assert max(map(len, tables.splitlines())) <= 80
+    assert (
+        done.stdout.startswith("\ntest metrics") and "\n\nbootstrap 95 % intervals" in done.stdout
+    )
 
 
 def test_dataset_build_needs_no_redis_and_prints_json(tmp_path: Path) -> None:

@@ -129,12 +129,17 @@ def test_the_cli_and_the_report_show_one_metrics_table() -> None:
         shown_cells = [html.escape(c).replace(" (", "<br><small>(") for c in cells]
         assert "".join(f"<td>{c}{'</small>' * ('(' in c)}</td>" for c in shown_cells) in page
     console = Console(width=300, record=True)
-    console.print(cli_table(metrics, synthetic=False))
+    for table in cli_table(metrics, synthetic=False, width=300):
+        console.print(table)
     shown = console.export_text()
     assert built.caption in shown and not any(c in shown for c in COUNT_COLUMNS)
     support = built.columns.index("support")
-    for _, cells in built.rows:
-        assert all(c in shown for i, c in enumerate(cells[: -len(COUNT_COLUMNS)]) if i != support)
+    for _, cells in built.rows:  # the value, and its interval in the table below
+        for i, cell in enumerate(cells[: -len(COUNT_COLUMNS)]):
+            value, _, interval = cell.partition(" (")
+            assert i == support or value in shown
+            low, _, high = interval.rstrip(")").partition("-")
+            assert not interval or (f"{float(low):.2f}" in shown and f"{float(high):.2f}" in shown)
 
 
 def test_typed_metrics_keep_the_documents_keys_absent_or_null_as_measured() -> None:

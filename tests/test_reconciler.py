@@ -5,16 +5,19 @@ scripted backend behind the interface."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from pathlib import Path
 
 from modfactory.backends.base import BackendUnavailable
 from modfactory.producer import Producer
 from modfactory.stages.context import StageContext
+from modfactory.stages.evaluate import evaluate
 from modfactory.stages.reconciler import reconcile_once, requeue_lost_steps
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
 from modfactory.store.run import RunSpec, RunState
-from modfactory.values import JobStatus, RecipeParams, TrainingJob
+from modfactory.values import DatasetSummary, JobStatus, RecipeParams, TrainingJob
 from test_stages import ScriptedBackend, job, setup
 
 UNREACHABLE = "Mistral did not answer the request to upload x after 7 attempts (HTTP 503)"
@@ -106,7 +109,10 @@ async def test_a_stage_interrupted_five_times_ends_the_run_failed_naming_it(
     failed = await store.get(run.id)
     assert len(attempts) == 5
     assert failed.state == RunState.FAILED
-    assert failed.error == f"upload: gave up after 5 attempts; the last: {UNREACHABLE}"
+    assert failed.error == (
+        "upload: gave up after 5 attempts that made no progress (5 in all; "
+        f"MODFACTORY_STAGE_MAX_ATTEMPTS); the last: {UNREACHABLE}"
+    )
     await pool.aclose()
 
 
@@ -209,4 +215,113 @@ async def test_reconcile_rounds_never_overlap(redis_db: str, tmp_path: Path) -> 
     rounds = await asyncio.gather(*(reconcile_once(context(ctx)) for _ in range(5)))
     assert any(r.skipped for r in rounds) and not all(r.skipped for r in rounds)
     assert [q for r in rounds for q in r.requeued] == [f"{run_id}:train"]
+    await pool.aclose()
+
+
+async def evaluating_run(redis_db: str, tmp_path: Path, texts: int):
+    """A run at its evaluate stage, classifying 10 texts a batch, one batch at a time."""
+    tmp_path.mkdir()
+    ctx, store, backend, pool, run_id = await setup(redis_db, tmp_path, [job(JobStatus.RUNNING)])
+    sc = context(ctx)
+    sc.settings = sc.settings.model_copy(
+        update={"classify_batch_size": 10, "classify_concurrency": 1}
+    )
+    sc.progress_every = 0  # every batch recorded: the attempts here last milliseconds
+    files = {}
+    for split in ("validation", "test"):
+        files[f"{split}_file"] = str(tmp_path / f"{split}.jsonl")
+        Path(files[f"{split}_file"]).write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "text": f"{split} {i}",
+                        "labels": {"moderation": ["insult"] if i % 3 else ["safe"]},
+                    }
+                )
+                + "\n"
+                for i in range(texts)
+            )
+        )
+    await store.start_stage(run_id, "train")
+    await store.finish_stage(
+        run_id,
+        "train",
+        artifacts={**files, "model_id": "ft:m"},
+        dataset=DatasetSummary(
+            source="x", synthetic=True, labels=["insult"], dropped_labels=[], splits={}
+        ),
+    )
+    return ctx, store, backend, pool, run_id
+
+
+class Killer:
+    """A backend's ``classify`` that answers ``answers`` batches per attempt, then hangs — where
+    the test kills the attempt, as a SIGKILLed worker dies: nothing more is recorded."""
+
+    def __init__(self, answers: int) -> None:
+        self.answers = answers
+        self.answered = 0
+        self.hung = asyncio.Event()
+        self.left = answers
+
+    async def classify(self, model: str, inputs: list[str]) -> list:
+        if self.left == 0:
+            self.hung.set()
+            await asyncio.Event().wait()  # until killed
+        self.left -= 1
+        self.answered += 1
+        return [
+            {"moderation": {"scores": {"insult": 0.9 if int(t.split()[1]) % 3 else 0.1}}}
+            for t in inputs
+        ]
+
+    async def attempt(self, ctx: dict, run_id: str) -> None:
+        """One attempt of evaluate, killed when it hangs (or done when it does not)."""
+        self.left, self.hung = self.answers, asyncio.Event()
+        attempt = asyncio.create_task(evaluate(ctx, run_id))
+        hung = asyncio.create_task(self.hung.wait())
+        await asyncio.wait({attempt, hung}, return_when=asyncio.FIRST_COMPLETED)
+        hung.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attempt
+        # The progress records the attempt sent before it died land (with a real kill
+        # they may be lost: at most a progress interval's worth, here none).
+        records = [t for t in asyncio.all_tasks() if "record_progress" in t.get_coro().__qualname__]
+        await asyncio.gather(*records)
+
+
+async def test_a_stage_killed_at_the_same_point_fails_one_killed_while_progressing_succeeds(
+    redis_db: str, tmp_path: Path
+) -> None:
+    """MODFACTORY_STAGE_MAX_ATTEMPTS (5) counts the attempts that made no progress."""
+    ctx, store, backend, pool, run_id = await evaluating_run(redis_db, tmp_path / "a", texts=80)
+    poison = Killer(answers=0)  # every attempt dies before its first batch comes back
+    backend.classify = poison.classify
+    for _ in range(5):
+        await poison.attempt(ctx, run_id)
+        assert (await store.get(run_id)).state == RunState.RUNNING
+    await poison.attempt(ctx, run_id)  # the sixth is not made: five made no progress
+    failed = await store.get(run_id)
+    assert failed.state == RunState.FAILED
+    assert failed.error == (
+        "evaluate: gave up after 5 attempts that made no progress (5 in all; "
+        "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: it ended without a result (the worker was lost)"
+    )
+    await pool.aclose()
+
+    ctx, store, backend, pool, run_id = await evaluating_run(redis_db, tmp_path / "b", texts=100)
+    progressing = Killer(answers=2)  # each attempt checkpoints two more batches, then dies
+    backend.classify = progressing.classify
+    for kill in range(8):
+        await progressing.attempt(ctx, run_id)
+        run = await store.get(run_id)
+        assert run.state == RunState.RUNNING, (kill, run.error)
+    assert run.stages["evaluate"].attempts == 8 and run.stages["evaluate"].stalled == 0
+    progressing.answers = 100  # the ninth attempt is let finish
+    await progressing.attempt(ctx, run_id)
+    done = await store.get(run_id)
+    assert done.state == RunState.SUCCEEDED, done.error
+    assert progressing.answered == 20  # 10 + 10 batches of validation and test: each paid once
     await pool.aclose()

@@ -115,7 +115,10 @@ async def test_a_stage_that_keeps_failing_ends_the_run_after_its_attempts(
         final = await wait_until(producer.store, run.id, lambda r: r.state.terminal, timeout=120)
     assert final.state == RunState.FAILED
     assert final.stages["upload"].attempts == 5
-    assert final.error.startswith("upload: gave up after 5 attempts; the last: Mistral did not ")
+    assert final.error.startswith(
+        "upload: gave up after 5 attempts that made no progress (5 in all; "
+        "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: Mistral did not "
+    )
     assert emulator.counts["uploads"] == 0
 
 

@@ -220,7 +220,10 @@ def test_the_rules_of_a_run_hold_on_the_document_alone() -> None:
     assert run.start_stage("build", max_attempts=2)  # a second attempt
     assert run.start_stage("build", max_attempts=2)  # a third is refused: the stage fails
     assert run.state == RunState.FAILED
-    assert run.error == "build: gave up after 2 attempts; the last: Hub unreachable"
+    assert run.error == (
+        "build: gave up after 2 attempts that made no progress (2 in all; "
+        "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: Hub unreachable"
+    )
     assert not run.start_stage("build") and not run.fail_stage("build", "again")
     assert run.reopen_stage("build") and run.state == RunState.QUEUED
     assert run.stages["build"].attempts == 0  # a fresh budget

@@ -283,8 +283,10 @@ class Settings(BaseSettings):
         5,
         ge=1,
         le=100,
-        description="Attempts of one stage (a lost worker, an unreachable backend…) before "
-        "the run fails naming the stage and how its last attempt ended.",
+        description="Attempts of one stage that make no progress (a lost worker, an "
+        "unreachable backend, a timeout, each at the same point) before the run fails naming "
+        "the stage and how its last attempt ended; attempts that moved the stage on do not "
+        "count.",
     )
     reconcile_interval: int = Field(
         60,

@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_seri
 
 from modfactory.settings import CIVIL_COMMENTS_LABELS, HeadlineMetric, Settings
 
+PLAIN_THRESHOLD = 0.5  # a label is flagged above this score unless a tuned threshold says
+
 # --- training jobs (the shape of Mistral's fine-tuning API) ---------------------------
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from modfactory.cli.app import err, out, print_run_json
+from modfactory.cli.fit import Column, fitted_table
 from modfactory.evaluation import tables
 from modfactory.store.registry import ModelRecord
 from modfactory.store.run import STAGES, Run, RunState
@@ -52,23 +54,88 @@ def progress_table(run: Run) -> Table:
     return table
 
 
-def metrics_table(metrics: SplitMetrics, synthetic: bool) -> Table:
-    """The test metrics (``evaluation.tables``), without the support and confusion counts
-    (the report has them); label names are never cut."""
-    built = tables.metrics_table(metrics, counts=False)
+def metrics_table(metrics: SplitMetrics, synthetic: bool, width: int) -> list[Table]:
+    """The test metrics (``evaluation.tables``) fitted to ``width``, without the support and
+    confusion counts (the report has them), then their bootstrap intervals; label names and
+    numbers are never cut."""
+    built = tables.metrics_table(metrics, counts=False, intervals=False)
     title = f"test metrics ({metrics.rows:,} rows); thresholds tuned on validation"
-    table = Table(title=title + (" — SYNTHETIC DATA" if synthetic else ""), title_justify="left")
-    shown = [i for i, column in enumerate(built.columns) if column != "support"]  # room
-    names = [cells[0] for _, cells in built.rows]
-    table.add_column("label", no_wrap=True, min_width=max(map(len, names), default=5))
-    for i in shown[1:]:  # numbers are never cut either; intervals wrap below them
-        widest = max((len(cells[i].split(" (")[0]) for _, cells in built.rows), default=1)
-        table.add_column(built.columns[i], justify="right", min_width=widest, overflow="fold")
-    for kind, cells in built.rows:
-        first = cells[0] if kind == "label" else f"[bold]{cells[0]}[/bold]"
-        table.add_row(first, *(cells[i] for i in shown[1:]))
-    table.caption = built.caption
-    return table
+    columns = [
+        Column(_SHORT_HEADERS.get(c, c), _METRIC_PRIORITY.get(c, 0), justify="right")
+        for c in built.columns
+        if c != "support"
+    ]
+    columns[0] = Column(columns[0].header)
+    keep = [i for i, c in enumerate(built.columns) if c != "support"]
+    rows = [
+        [
+            escape(cells[0]) if kind == "label" else f"[bold]{cells[0]}[/bold]",
+            *(cells[i] for i in keep[1:]),
+        ]
+        for kind, cells in built.rows
+    ]
+    table = fitted_table(columns, rows, width, title + (" — SYNTHETIC DATA" if synthetic else ""))
+    table.caption = "\n".join(filter(None, [built.caption, table.caption]))
+    intervals = tables.interval_table(metrics)
+    bounds = fitted_table(
+        [Column(c, justify="left" if i == 0 else "right") for i, c in enumerate(intervals.columns)],
+        [list(cells) for _, cells in intervals.rows],
+        width,
+        "bootstrap 95 % intervals on test",
+    )
+    return [table, bounds]
+
+
+_SHORT_HEADERS = {
+    "prevalence": "prev.",
+    "F1 @0.5": "F1@.5",
+    "threshold": "thresh",
+    "precision": "prec.",
+}
+# shown first at a narrow width: the lowest; always: 0 (the default)
+_METRIC_PRIORITY = {
+    "prevalence": 4,
+    "F1 @0.5": 3,
+    "ROC-AUC": 2,
+    "threshold": 1,
+    "precision": 1,
+    "recall": 1,
+}
+
+
+def runs_table(runs: list[Run], width: int) -> Table:
+    """Runs, one a line: id, state and headline never cut; the rest by priority."""
+    columns = [
+        Column("run"),
+        Column("state"),
+        Column("stage", 3),
+        Column("source", 2, fit="shorten", least=12),
+        Column("backend", 5),
+        Column("F1", 1, justify="right"),
+        Column("age", 4, justify="right"),
+    ]
+    rows = [
+        [
+            r.id,
+            str(r.state),
+            r.current_stage or "",
+            escape(r.spec.source),
+            r.spec.backend,
+            f"{r.metrics.macro.f1:.3f}" if r.metrics else "",
+            age(r.created_at),
+        ]
+        for r in runs
+    ]
+    return fitted_table(columns, rows, width)
+
+
+def age(at: datetime, now: datetime | None = None) -> str:
+    """How long ago, in the largest whole unit: ``45 s``, ``12 min``, ``3 h``, ``9 d``."""
+    seconds = max(0, ((now or datetime.now(UTC)) - at).total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def print_comparison(metrics: SplitMetrics) -> None:
@@ -92,7 +159,11 @@ def print_run(run: Run, as_json: bool) -> None:
         print_run_json(run)
         return
     if run.metrics:
-        out.print(metrics_table(run.metrics, bool(run.dataset and run.dataset.synthetic)))
+        for table in metrics_table(
+            run.metrics, bool(run.dataset and run.dataset.synthetic), out.width
+        ):
+            out.line()
+            out.print(table)
         print_comparison(run.metrics)
     for label, path in (
         ("distribution chart", run.artifacts.distribution_chart),
@@ -122,28 +193,28 @@ def print_run(run: Run, as_json: bool) -> None:
     )
 
 
-def add_run_id_column(table: Table, run_ids: list[str]) -> None:
-    """A run id is never cut: the other columns fold first, however narrow the terminal."""
-    table.add_column("run", no_wrap=True, min_width=max(map(len, run_ids), default=3))
-
-
 def print_model(record: ModelRecord, shadows: list[ShadowTally] | None = None) -> None:
     """The champion, earlier champions, candidates; then how shadowing candidates agreed
     with the champion on served traffic."""
-    table = Table(title=f"model {record.name}", title_justify="left")
-    table.add_column("role")
-    ids = [p.run_id for p in [*record.history, *filter(None, [record.champion])]]
-    add_run_id_column(table, [*ids, *record.candidates])
-    for column in ("model", "why"):
-        table.add_column(column, overflow="fold")
+    rows = []
     if record.champion:
         c = record.champion
-        table.add_row("[green]champion[/green]", c.run_id, c.model_id, c.reason)
+        rows.append(["[green]champion[/green]", c.run_id, c.model_id, escape(c.reason)])
     for earlier in reversed(record.history):
-        table.add_row("earlier", earlier.run_id, earlier.model_id, earlier.reason)
+        rows.append(["earlier", earlier.run_id, earlier.model_id, escape(earlier.reason)])
     for run_id, reason in record.candidates.items():
-        table.add_row("candidate", run_id, "", reason)
+        rows.append(["candidate", run_id, "", escape(reason)])
+    columns = [
+        Column("role"),
+        Column("run"),
+        Column("model", 2, fit="shorten", least=12),
+        Column("why", 1, fit="wrap"),
+    ]
+    table = fitted_table(columns, rows, out.width, f"model {escape(record.name)}")
     out.print(table)
+    if "why" not in {c.header for c in table.columns}:  # too narrow: the reasons below it
+        for _, run_id, _, reason in rows:
+            out.print(f"{run_id}: {reason}", highlight=False)
     for tally in shadows or []:
         agreement = ", ".join(f"{k} {v:.1%}" for k, v in sorted(tally.agreement().items()))
         out.print(

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
-from rich.table import Table
 
 from modfactory.cli.app import (
     BackendOpt,
@@ -30,9 +29,9 @@ from modfactory.cli.app import (
     with_producer,
 )
 from modfactory.cli.render import (
-    add_run_id_column,
     print_run,
     progress_table,
+    runs_table,
 )
 from modfactory.producer import Producer
 from modfactory.settings import Settings
@@ -257,19 +256,4 @@ def runs(
     if as_json:
         out.print_json(json.dumps([r.to_json_dict() for r in found]))
         return
-    table = Table(title_justify="left")
-    add_run_id_column(table, [r.id for r in found])
-    for column in ("state", "stage", "source", "backend", "macro F1", "created"):
-        table.add_column(column, overflow="fold")
-    for r in found:
-        f1 = f"{r.metrics.macro.f1:.3f}" if r.metrics else ""
-        table.add_row(
-            r.id,
-            str(r.state),
-            r.current_stage or "",
-            r.spec.source,
-            r.spec.backend,
-            f1,
-            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
-        )
-    out.print(table)
+    out.print(runs_table(found, out.width))

@@ -16,12 +16,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from modfactory.fileio import atomic_output
 from modfactory.values import RecipeParams
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SAFE_LABEL = "safe"
@@ -84,6 +85,8 @@ def check_columns(columns: Sequence[str] | None, params: RecipeParams, where: st
 
 def filter_split(rows: Sequence[Row], params: RecipeParams, n_labels: int) -> list[Row]:
     """The cookbook's ``filter_dataset`` on binarized rows (see ``filter_positions``)."""
+    import numpy as np
+
     flags = np.array([row.flags for row in rows], dtype=bool).reshape(len(rows), n_labels)
     return [rows[i] for i in filter_positions(flags, params)]
 
@@ -96,6 +99,8 @@ def filter_positions(flags: np.ndarray, params: RecipeParams) -> list[int]:
     arithmetic is the cookbook's, step for step; its final shuffle is seeded here, so builds
     are reproducible.
     """
+    import numpy as np
+
     flagged = flags.any(axis=1)
     non_zero = np.flatnonzero(flagged)
     zero = np.flatnonzero(~flagged)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from modfactory.fileio import atomic_output
 from modfactory.settings import CIVIL_COMMENTS_LABELS
+
+if TYPE_CHECKING:  # numpy and pyarrow are imported when data is generated
+    import pyarrow as pa
 
 DEFAULT_ROWS = 30_000
 # Share of rows carrying each label (the real data's are lower; these keep demos small).
@@ -61,6 +61,9 @@ def generate_split(
     rows: int, seed: int, labels: tuple[str, ...] = CIVIL_COMMENTS_LABELS
 ) -> pa.Table:
     """One split as an Arrow table: ``text`` plus a float score column per label."""
+    import numpy as np
+    import pyarrow as pa
+
     rng = np.random.default_rng(seed)
     raters = rng.integers(4, 11, size=rows)
     scores: dict[str, np.ndarray] = {}
@@ -101,6 +104,8 @@ def write_source(
 
     JSONL is the default: ``datasets`` pauses 5 s after streaming each parquet split.
     """
+    import pyarrow.parquet as pq
+
     directory.mkdir(parents=True, exist_ok=True)
     for offset, (split, rows) in enumerate(split_rows(total).items()):
         path = directory / f"{split}.{fmt}"

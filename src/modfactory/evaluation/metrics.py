@@ -22,9 +22,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from modfactory.values import SplitMetrics
+from modfactory.values import PLAIN_THRESHOLD, SplitMetrics
 
-PLAIN_THRESHOLD = 0.5
 BOOTSTRAP_SAMPLES = 200
 Truth = Sequence[Sequence[str]]
 LabelScores = Sequence[Mapping[str, float]]

@@ -22,11 +22,11 @@ from redis.exceptions import RedisError
 from modfactory.backends import Backend, BackendError
 from modfactory.backends.base import TargetScores
 from modfactory.data.recipe import TARGET
-from modfactory.evaluation.metrics import PLAIN_THRESHOLD
 from modfactory.serving.batching import MicroBatcher
 from modfactory.store.registry import ModelRegistry
 from modfactory.store.run import Run, RunNotFound, RunState
 from modfactory.store.runs import RunStore
+from modfactory.values import PLAIN_THRESHOLD
 
 log = logging.getLogger("modfactory.serving")
 ThresholdRule = Literal["tuned", "0.5"]

@@ -29,6 +29,7 @@ class StageContext:
     store: RunStore
     redis: ArqRedis
     backends: dict[str, Backend] = field(default_factory=dict)  # by name, made on first use
+    progress_every: float = 1.0  # seconds between two progress records of a stage
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> StageContext:
@@ -57,12 +58,13 @@ class StageContext:
         await queue.enqueue_poll(self.redis, self.settings.queue_name, run_id, seq, interval)
 
     def progress_reporter(self, run_id: str, stage: StageName) -> Callable[[str, int, int], None]:
-        """A thread-safe ``report(what, done, total)`` recording at most one update a second."""
+        """A thread-safe ``report(what, done, total)`` recording at most one update every
+        ``progress_every`` seconds (and the last)."""
         loop = asyncio.get_running_loop()
         last = [0.0]
 
         def report(what: str, done: int, total: int) -> None:
-            if time.monotonic() - last[0] < 1 and done < total:
+            if time.monotonic() - last[0] < self.progress_every and done < total:
                 return
             last[0] = time.monotonic()
             asyncio.run_coroutine_threadsafe(
@@ -80,9 +82,9 @@ async def guarded(
     sc: StageContext, stage: StageName, run_id: str, step: Callable[[], Awaitable[None]]
 ) -> None:
     """Run ``step``; a failure fails the stage (and the run) with a reason worth reading,
-    unless it may pass: an unreachable backend, or a stage other than build timing out
-    (its work so far is kept). Then the attempt is recorded as interrupted and the
-    reconciler queues the stage again, up to MODFACTORY_STAGE_MAX_ATTEMPTS attempts. A
+    unless it may pass: an unreachable backend, or the step timing out (its work so far is
+    kept). Then the attempt is recorded as interrupted and the reconciler queues the stage
+    again, until MODFACTORY_STAGE_MAX_ATTEMPTS attempts have made no progress. A
     Redis error is raised as it is: with the run store away nothing can be recorded, and
     the stage, still running, is queued again once Redis is back.
 
@@ -106,13 +108,10 @@ async def guarded(
     except (RecipeError, BackendError) as exc:
         log.warning("run %s: %s failed: %s", run_id, stage, told(exc))
         await sc.store.fail_stage(run_id, stage, told(exc))
-    except TimeoutError:
+    except TimeoutError:  # an overloaded machine may be quicker next time
         log.warning("run %s: %s timed out", run_id, stage)
         reason = f"timed out after {limit} s (MODFACTORY_JOB_TIMEOUT)"
-        if stage == "build":  # the same work would take as long again
-            await sc.store.fail_stage(run_id, stage, reason)
-        else:
-            await sc.store.interrupt_stage(run_id, stage, reason)
+        await sc.store.interrupt_stage(run_id, stage, reason)
     except Exception as exc:
         log.exception("run %s: %s failed unexpectedly", run_id, stage)
         await sc.store.fail_stage(run_id, stage, f"{type(exc).__name__}: {told(exc)}")

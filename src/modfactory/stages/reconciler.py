@@ -6,11 +6,11 @@ step — its stage job, or the next look at its training job — is neither queu
 nor in progress in arq has that step queued again: a job arq dropped after its tries, a
 stage that could not record its end (Redis away), a run created but never queued, a
 worker lost between finishing a stage and queuing the next, a Redis restarted without its
-queue. Each stage has MODFACTORY_STAGE_MAX_ATTEMPTS attempts; then the run fails naming
-the stage and how its last attempt ended (see ``RunStore.start_stage``). Runs that ended
-failed or cancelled while their training job may still run have that job cancelled. The
-first round of each day prunes finished runs beyond MODFACTORY_KEEP_RUNS / _KEEP_DAYS
-(``store.retention``). A starting worker runs one round at once.
+queue. A stage whose attempts keep ending without progress fails after
+MODFACTORY_STAGE_MAX_ATTEMPTS of them, naming how the last ended (``Run.start_stage``).
+Runs that ended failed or cancelled while their training job may still run have that job
+cancelled. The first round of each day prunes finished runs beyond MODFACTORY_KEEP_RUNS /
+_KEEP_DAYS (``store.retention``). A starting worker runs one round at once.
 """
 
 from __future__ import annotations

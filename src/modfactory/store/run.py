@@ -77,18 +77,28 @@ class Run(BaseModel):
 
     # --- state changes: each one rule; True when the run changed (then it is stored) -----
     def start_stage(self, stage: StageName, max_attempts: int | None = None) -> bool:
-        """``stage`` runs for one more attempt, unless it is done or the run is over; an
-        attempt beyond ``max_attempts`` fails the stage instead, naming how the last ended."""
+        """``stage`` runs for one more attempt, unless it is done or the run is over. The
+        attempt before, if it ended without moving the stage further (no file uploaded, no
+        batch classified, no new training status or checkpoint, no further in its rows),
+        counts as stalled: a stage stalled ``max_attempts`` times fails instead, naming how
+        the last attempt ended. Attempts that made progress never use the budget up."""
         state = self.stages[stage]
         if self.state.terminal or state.state in (StageStatus.SUCCEEDED, StageStatus.FAILED):
             return False
-        if max_attempts is not None and state.attempts >= max_attempts:
+        if state.attempts and not state.moved:
+            state.stalled += 1
+        if max_attempts is not None and state.stalled >= max_attempts:
             last = state.last_error or "it ended without a result (the worker was lost)"
-            self._fail(stage, f"gave up after {state.attempts} attempts; the last: {last}")
+            self._fail(
+                stage,
+                f"gave up after {state.stalled} attempts that made no progress "
+                f"({state.attempts} in all; MODFACTORY_STAGE_MAX_ATTEMPTS); the last: {last}",
+            )
             return True
         state.state = StageStatus.RUNNING
         state.started_at = state.started_at or now()
         state.attempts += 1
+        state.moved = False
         self.state = RunState.RUNNING
         self._event(
             "started" if state.attempts == 1 else f"resumed (attempt {state.attempts})", stage
@@ -172,10 +182,13 @@ class Run(BaseModel):
         return True
 
     def record_artifacts(self, message: str | None = None, **artifacts: Any) -> bool:
-        """Outputs, as soon as they exist (an uploaded file id, a job id)."""
+        """Outputs, as soon as they exist (an uploaded file id, a job id): progress."""
         self.artifacts = self.artifacts.model_copy(update=artifacts)
+        stage = self.current_stage
+        if stage is not None:
+            self.stages[stage].moved = True
         if message:
-            self._event(message, self.current_stage)
+            self._event(message, stage)
         return True
 
     def record_training(self, job: TrainingJob, advance_poll_from: int | None = None) -> bool:
@@ -203,6 +216,7 @@ class Run(BaseModel):
         if job.events and job.events != training.events:
             training.events = job.events
         training.quiet_looks = 0 if changed else training.quiet_looks + 1
+        self.stages["train"].moved |= changed
         if advance_poll_from is not None and training.poll_seq == advance_poll_from:
             training.poll_seq += 1
         return True
@@ -245,10 +259,15 @@ class Run(BaseModel):
         return True
 
     def record_progress(self, stage: StageName, what: str, done: int, total: int) -> bool:
-        """How far a running stage is (no event: progress is not history)."""
-        if self.stages[stage].state != StageStatus.RUNNING:
+        """How far a running stage is (no event: progress is not history); further than
+        any attempt got before, the attempt moved the stage."""
+        state = self.stages[stage]
+        if state.state != StageStatus.RUNNING:
             return False
         self.progress = Progress(stage=stage, what=what, done=done, total=total, at=now())
+        if done > state.reached.get(what, 0):
+            state.reached[what] = done
+            state.moved = True
         return True
 
     def advance_poll(self, seq: int) -> bool:

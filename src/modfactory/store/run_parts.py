@@ -43,6 +43,9 @@ class StageState(BaseModel):
     error: str | None = None
     attempts: int = 0
     last_error: str | None = None  # why the latest attempt ended without a result
+    stalled: int = 0  # ended attempts that moved the stage no further (what max attempts counts)
+    moved: bool = False  # the current attempt moved the stage further
+    reached: dict[str, int] = Field(default_factory=dict)  # the furthest each progress got
 
 
 class Event(BaseModel):
