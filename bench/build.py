@@ -62,7 +62,7 @@ def measured(
 def cookbook_child(source: str, out: str, scale: float) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from cookbook import cookbook_build
-    from modfactory.settings import CIVIL_COMMENTS_LABELS
+    from modfactory.values import CIVIL_COMMENTS_LABELS
 
     files = {s: sorted(str(p) for p in Path(source).glob(f"{s}-*.parquet")) for s in SPLITS}
     take = {s: max(1, int(n * scale)) for s, n in TAKE.items()}

@@ -26,6 +26,8 @@ from helpers import (
 from modfactory.settings import Settings
 from modfactory.triggers.auth import sign
 
+pytestmark = pytest.mark.slow  # each test runs `modfactory serve` in a process
+
 SECRET = "whsec-test-0123456789abcdef0123456789"
 TOKEN = "bearer-test-token-xyz-0123456789abcdef"
 

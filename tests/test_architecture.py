@@ -126,3 +126,34 @@ def test_modules_and_functions_stay_small_enough_to_read() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{name}.{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+# What the CLI may not load before a command needs it (`modfactory --help` answers at once).
+HEAVY = ("scipy", "sklearn", "matplotlib", "datasets", "pyarrow", "pandas", "numpy", "uvicorn")
+HEAVY += ("mistralai", "starlette", "arq", "redis", "huggingface_hub", "prometheus_client")
+
+
+def test_the_cli_starts_without_loading_a_heavy_library() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = "import json, sys, modfactory.cli; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    heavy = sorted({m.split(".")[0] for m in loaded} & set(HEAVY))
+    assert heavy == [], f"imported at CLI start-up: {heavy}"
+    assert "modfactory.cli.classify" in loaded  # the probe did load the commands
+    assert "pydantic" not in loaded  # `dataset`'s options (the recipe's fields) wait
+    build = subprocess.run(
+        [sys.executable, "-m", "modfactory", "dataset", "build", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert "--n-train" in build and "Rows taken from the shuffled train split" in build

@@ -22,6 +22,8 @@ from modfactory.store import queue
 from modfactory.store.run import RunSpec
 from modfactory.values import DatasetSummary, RecipeParams
 
+pytestmark = pytest.mark.slow  # real classification with trained models
+
 KEY = "sk-classify-test"
 TEXTS = [
     f"comment {i} {'you stupid idiot' if i % 3 == 0 else 'the council met'}" for i in range(300)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from modfactory.settings import CIVIL_COMMENTS_LABELS
+from modfactory.values import CIVIL_COMMENTS_LABELS
+
+pytestmark = pytest.mark.slow  # the `modfactory` command in processes
 
 
 def modfactory(
@@ -30,7 +32,6 @@ def modfactory(
     )
 
 
-@pytest.mark.slow
 def test_run_json_status_and_runs_agree_across_an_embedded_redis_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
     done = modfactory("run", "--source", "synthetic:3000", "--json", data_dir=data)
@@ -173,7 +174,6 @@ def _wait_for(predicate, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.slow
 def test_an_interrupted_run_stops_cleanly_and_the_next_worker_finishes_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {**os.environ, "MODFACTORY_DATA_DIR": str(data), "MODFACTORY_LOCAL_GRID": "off"}

@@ -13,8 +13,7 @@ from cookbook import cookbook_build
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.data.synthetic import generate_split
-from modfactory.settings import CIVIL_COMMENTS_LABELS
-from modfactory.values import RecipeParams
+from modfactory.values import CIVIL_COMMENTS_LABELS, RecipeParams
 
 ROWS = 100_000
 

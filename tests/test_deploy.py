@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from modfactory.settings import Settings
+
+pytestmark = pytest.mark.slow  # every service's command is run for its --help
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {

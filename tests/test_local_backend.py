@@ -16,6 +16,8 @@ from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 
+pytestmark = pytest.mark.slow  # trainer processes
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:

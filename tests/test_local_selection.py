@@ -12,6 +12,8 @@ from sklearn.pipeline import FeatureUnion
 
 from modfactory.backends.local_selection import MIN_POSITIVES, fit_all, scores
 
+pytestmark = pytest.mark.slow  # trains the selection grid on generated data
+
 LABELS = ["toxicity", "insult", "threat"]
 CUES = {
     "toxicity": ["awful", "disgusting", "garbage", "trash", "pathetic", "vile"],

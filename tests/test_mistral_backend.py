@@ -194,6 +194,7 @@ async def test_cancel_is_idempotent_even_when_its_answer_is_lost(
     await backend.close()
 
 
+@pytest.mark.slow
 async def test_twenty_runs_worth_of_side_effects_at_30_percent_lost_answers_happen_once_each(
     emulator: MistralEmulator, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from arq.connections import create_pool
 
 from modfactory.producer import Producer
@@ -44,6 +45,7 @@ async def stored_runs(producer: Producer, n: int, unfinished: int = 0) -> list[s
     return ids
 
 
+@pytest.mark.slow
 async def test_ten_thousand_finished_runs_are_pruned_to_the_limit_keeping_the_champion_chain(
     redis_db: str, tmp_path: Path
 ) -> None:

@@ -14,8 +14,7 @@ from modfactory.data.build import build_dataset
 from modfactory.data.recipe import RecipeError
 from modfactory.data.sources import parse_source
 from modfactory.fileio import atomic_output
-from modfactory.settings import CIVIL_COMMENTS_LABELS
-from modfactory.values import RecipeParams
+from modfactory.values import CIVIL_COMMENTS_LABELS, RecipeParams
 
 
 def comment(text: str, **scores: float) -> dict:
@@ -143,6 +142,7 @@ def test_unknown_source_is_a_clear_error(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_two_builds_of_one_synthetic_source_at_once(tmp_path: Path) -> None:
     """Runs may generate the same synthetic source together; every one must succeed."""
     from concurrent.futures import ThreadPoolExecutor

@@ -89,6 +89,7 @@ async def _decision(
     pytest.fail(f"no such scheduled decision; latest: {recent}")
 
 
+@pytest.mark.slow
 async def test_two_workers_on_a_fast_cron_decide_once_per_tick(
     redis_db: str, tmp_path: Path
 ) -> None:

@@ -37,6 +37,8 @@ from modfactory.store.run import RunState
 from modfactory.triggers.auth import sign
 from redis_process import RedisProcess
 
+pytestmark = pytest.mark.slow  # a whole deployment in processes
+
 API_KEY = "sk-mistral-live-" + "a1b2" * 6
 WANDB_KEY = "wandbkey" + "c3d4" * 8  # 40 characters, as W&B keys are
 WEBHOOK_SECRET = "whsec-live-" + "e5f6" * 8

@@ -40,6 +40,8 @@ from modfactory.store.registry import ModelRegistry
 from modfactory.store.run import RunSpec, RunState
 from modfactory.values import DatasetSummary, RecipeParams
 
+pytestmark = pytest.mark.slow  # serve, worker and trained champions
+
 TOKEN = "serve-test-token-0123456789abcdef0123"
 TEXTS = [
     "you are a stupid idiot and everyone hates you",

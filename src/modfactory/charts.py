@@ -1,4 +1,5 @@
-"""PNG charts people would rather look at than read (matplotlib, Agg backend)."""
+"""PNG charts people would rather look at than read (matplotlib's object API on the Agg
+canvas: no pyplot, no global figure state, safe in threads)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from modfactory.fileio import atomic_output
 
@@ -24,7 +22,8 @@ def distribution_chart(
     splits: Mapping[str, _SplitCounts], labels: Sequence[str], path: Path, synthetic: bool
 ) -> Path:
     """The cookbook's 3 x 3 figure: category pie, flagged-vs-safe pie, stacked bars per split."""
-    fig, axes = plt.subplots(len(splits), 3, figsize=(24, 6 * len(splits)), squeeze=False)
+    fig = Figure(figsize=(24, 6 * len(splits)))
+    axes = fig.subplots(len(splits), 3, squeeze=False)
     for row, (split, counts) in enumerate(splits.items()):
         name = split.capitalize()
         categories = sorted(
@@ -68,7 +67,8 @@ def distribution_chart(
 def loss_chart(checkpoints: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
     """Train and valid loss over steps, from the training job's checkpoints."""
     points = sorted(checkpoints, key=lambda c: c["step"])
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
     for key, label in (("train_loss", "train loss"), ("valid_loss", "valid loss")):
         series = [(c["step"], c[key]) for c in points if c.get(key) is not None]
         if series:
@@ -92,7 +92,8 @@ def pr_curves(
     """Precision-recall curve per label on test, with each tuned threshold marked."""
     from sklearn.metrics import precision_recall_curve
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig = Figure(figsize=(9, 6))
+    ax = fig.subplots()
     for label in labels:
         y = [label in row for row in truth]
         if not any(y):
@@ -111,9 +112,8 @@ def pr_curves(
     return _save(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
     return path

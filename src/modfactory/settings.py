@@ -9,24 +9,24 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-CIVIL_COMMENTS_LABELS: tuple[str, ...] = (
-    "toxicity",
-    "severe_toxicity",
-    "obscene",
-    "threat",
-    "insult",
-    "identity_attack",
-    "sexual_explicit",
-)
+from modfactory.values import CIVIL_COMMENTS_LABELS, HeadlineMetric, RecipeParams
+
+__all__ = ["CIVIL_COMMENTS_LABELS", "HeadlineMetric", "Settings"]
+
+
+def _recipe(name: str) -> Any:
+    """The recipe number ``name`` as a setting: its field in ``RecipeParams`` (default,
+    range, description), declared there once."""
+    return RecipeParams.model_fields[name]
+
 
 BackendChoice = Literal["auto", "local", "mistral"]
-HeadlineMetric = Literal["macro_pr_auc", "macro_roc_auc", "macro_f1", "macro_tuned_f1", "micro_f1"]
 
 
 class Settings(BaseSettings):
@@ -39,6 +39,7 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         hide_input_in_errors=True,  # an error must never echo a secret it was given
+        defer_build=True,  # validators are built on first use: `--help` answers at once
     )
 
     # --- where things live -------------------------------------------------------
@@ -59,25 +60,16 @@ class Settings(BaseSettings):
         "hf:google/civil_comments",
         description="hf:<dataset>, a local directory of split files, or synthetic[:N].",
     )
-    text_column: str = Field("text", description="Column holding the text.")
-    label_columns: Annotated[tuple[str, ...], NoDecode] = Field(
-        CIVIL_COMMENTS_LABELS,
-        description="Score columns in [0, 1]: comma-separated, or a JSON list.",
-    )
-    n_train: int = Field(1_000_000, ge=1, description="Rows taken from the shuffled train split.")
-    n_validation: int = Field(50_000, ge=1, description="Rows taken from the validation split.")
-    n_test: int = Field(50_000, ge=1, description="Rows taken from the test split.")
-    seed: int = Field(42, description="Shuffle seed (datasets' IterableDataset.shuffle).")
-    threshold: float = Field(0.5, ge=0, le=1, description="A label is set when score > this.")
-    zero_flags_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of unflagged ('safe') rows kept in each split."
-    )
-    max_label_fraction: float = Field(
-        0.2, gt=0, le=1, description="Cap on each label's share of the flagged rows."
-    )
-    min_label_fraction: float = Field(
-        0.01, ge=0, le=1, description="Labels rarer than this over all splits are dropped."
-    )
+    text_column: str = _recipe("text_column")
+    label_columns: Annotated[tuple[str, ...], NoDecode] = _recipe("label_columns")
+    n_train: int = _recipe("n_train")
+    n_validation: int = _recipe("n_validation")
+    n_test: int = _recipe("n_test")
+    seed: int = _recipe("seed")
+    threshold: float = _recipe("threshold")
+    zero_flags_fraction: float = _recipe("zero_flags_fraction")
+    max_label_fraction: float = _recipe("max_label_fraction")
+    min_label_fraction: float = _recipe("min_label_fraction")
 
     build_engine: Literal["auto", "fast", "stream"] = Field(
         "auto",

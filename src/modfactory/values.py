@@ -1,7 +1,9 @@
 """The value types every wing shares: a training job as a backend reports it, a built
 data set's summary, the recipe's numbers, a model's test metrics. Plain pydantic models
-with no behaviour beyond their own fields, at the bottom with the settings, so the run
-store can hold them without importing a backend, the build code or the evaluation.
+with no behaviour beyond their own fields, at the very bottom (below the settings, which
+take the recipe's fields from here), so the run store can hold them without importing a
+backend, the build code or the evaluation, and the CLI can read them without loading the
+settings machinery.
 """
 
 from __future__ import annotations
@@ -12,8 +14,16 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
-from modfactory.settings import CIVIL_COMMENTS_LABELS, HeadlineMetric, Settings
-
+CIVIL_COMMENTS_LABELS: tuple[str, ...] = (
+    "toxicity",
+    "severe_toxicity",
+    "obscene",
+    "threat",
+    "insult",
+    "identity_attack",
+    "sexual_explicit",
+)
+HeadlineMetric = Literal["macro_pr_auc", "macro_roc_auc", "macro_f1", "macro_tuned_f1", "micro_f1"]
 PLAIN_THRESHOLD = 0.5  # a label is flagged above this score unless a tuned threshold says
 
 # --- training jobs (the shape of Mistral's fine-tuning API) ---------------------------
@@ -90,21 +100,32 @@ class UploadedFile(BaseModel):
 
 
 class RecipeParams(BaseModel):
-    """Every number of the cookbook's recipe (defaults: the cookbook's)."""
+    """Every number of the cookbook's recipe (defaults: the cookbook's), declared once: the
+    settings (MODFACTORY_N_TRAIN…) and the CLI's options are made from these fields."""
 
-    text_column: str = "text"
-    label_columns: tuple[str, ...] = CIVIL_COMMENTS_LABELS
-    n_train: int = Field(1_000_000, ge=1)
-    n_validation: int = Field(50_000, ge=1)
-    n_test: int = Field(50_000, ge=1)
-    seed: int = 42
-    threshold: float = Field(0.5, ge=0, le=1)
-    zero_flags_fraction: float = Field(0.1, ge=0, lt=1)
-    max_label_fraction: float = Field(0.2, gt=0, le=1)
-    min_label_fraction: float = Field(0.01, ge=0, le=1)
+    text_column: str = Field("text", description="Column holding the text.")
+    label_columns: tuple[str, ...] = Field(
+        CIVIL_COMMENTS_LABELS,
+        description="Score columns in [0, 1]: comma-separated, or a JSON list.",
+    )
+    n_train: int = Field(1_000_000, ge=1, description="Rows taken from the shuffled train split.")
+    n_validation: int = Field(50_000, ge=1, description="Rows taken from the validation split.")
+    n_test: int = Field(50_000, ge=1, description="Rows taken from the test split.")
+    seed: int = Field(42, description="Shuffle seed (datasets' IterableDataset.shuffle).")
+    threshold: float = Field(0.5, ge=0, le=1, description="A label is set when score > this.")
+    zero_flags_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of unflagged ('safe') rows kept in each split."
+    )
+    max_label_fraction: float = Field(
+        0.2, gt=0, le=1, description="Cap on each label's share of the flagged rows."
+    )
+    min_label_fraction: float = Field(
+        0.01, ge=0, le=1, description="Labels rarer than this over all splits are dropped."
+    )
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> RecipeParams:
+    def from_settings(cls, settings: Any, **overrides: Any) -> RecipeParams:
+        """The recipe ``settings`` (a ``Settings``) name, with ``overrides`` given."""
         values = {name: getattr(settings, name) for name in cls.model_fields}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

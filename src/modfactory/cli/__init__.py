@@ -6,11 +6,13 @@ failed or was cancelled, 2 bad input or setting, 3 awaiting approval, 4 the mode
 has an unfinished run (MODFACTORY_ACTIVE_RUN_POLICY=refuse), 130 interrupted.
 """
 
-# The command modules register their commands on import, in the order --help lists them.
+# The command modules register their commands on import, in the order --help lists them;
+# ``dataset``'s options are made from the recipe's fields (pydantic): imported when used.
 # isort: off
-from modfactory.cli import runs, services, models, classify, dataset  # noqa: F401
-from modfactory.cli.app import app
+from modfactory.cli import runs, services, models, classify  # noqa: F401
+from modfactory.cli.app import app, dataset_app, lazy_group
 
 # isort: on
+lazy_group(dataset_app, "modfactory.cli.dataset")
 
 __all__ = ["app"]

@@ -5,44 +5,67 @@ errors and exit codes, the Redis pool (configured or embedded) and the producer 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from arq.connections import ArqRedis
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from modfactory.backends import BackendError
-from modfactory.data.recipe import RecipeError
-from modfactory.logs import configure_logging
-from modfactory.producer import Producer
-from modfactory.settings import Settings, redact
-from modfactory.store import queue
-from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from modfactory.store.registry import RegistryError
-from modfactory.store.run import ActiveRunExists, Run, RunNotFound, RunStateError
+if TYPE_CHECKING:  # the rest is imported when a command runs: `--help` answers at once
+    from arq.connections import ArqRedis
+
+    from modfactory.producer import Producer
+    from modfactory.settings import Settings
+    from modfactory.store.run import Run
 
 T = TypeVar("T")
 
+# Plain help (click's): rich-drawn help costs a fifth of a second at every --help.
+PLAIN_HELP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
 app = typer.Typer(
     help="Train and keep fresh your own content-moderation classifier.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
+    **PLAIN_HELP,
 )
-dataset_app = typer.Typer(
-    help="Build the training set on its own (no Redis needed).", no_args_is_help=True
-)
-enqueue_app = typer.Typer(
-    help="Queue a new run, or one stage of an existing run.", no_args_is_help=True
-)
+dataset_app = typer.Typer(help="Build the training set on its own (no Redis needed).", **PLAIN_HELP)
+enqueue_app = typer.Typer(help="Queue a new run, or one stage of an existing run.", **PLAIN_HELP)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(enqueue_app, name="enqueue")
+
+
+def lazy_group(group: typer.Typer, module: str) -> None:
+    """``group``'s commands are defined in ``module``, imported only when one of them is
+    asked for (click's lazy loading): ``modfactory --help`` does not pay for its imports."""
+    from typer.core import TyperGroup
+    from typer.main import get_command_from_info
+
+    class Lazy(TyperGroup):
+        def _load(self) -> None:
+            if self.commands:
+                return
+            importlib.import_module(module)  # registers its commands on ``group``
+            for info in group.registered_commands:
+                command = get_command_from_info(
+                    info, pretty_exceptions_short=True, rich_markup_mode=None
+                )
+                self.commands[command.name or ""] = command
+
+        def list_commands(self, ctx: Any) -> list[str]:
+            self._load()
+            return super().list_commands(ctx)
+
+        def get_command(self, ctx: Any, name: str) -> Any:
+            self._load()
+            return super().get_command(ctx, name)
+
+    group.info.cls = Lazy
+
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -77,6 +100,11 @@ class CliError(Exception):
 
 def load_settings(data_dir: Path | None = None) -> Settings:
     """Settings from the environment and .env; a bad value is named by its variable."""
+    from pydantic import ValidationError
+
+    from modfactory.logs import configure_logging
+    from modfactory.settings import Settings
+
     try:
         settings = Settings(**({"data_dir": data_dir} if data_dir else {}))
     except ValidationError as exc:
@@ -95,6 +123,8 @@ _SECRETS: list[str] = []  # the loaded settings' secrets, taken out of every err
 
 def print_error(problem: object) -> None:
     """``error: <problem>`` on stderr, one line as given (no markup), secrets redacted."""
+    from modfactory.settings import redact
+
     err.print(f"[red]error:[/red] {escape(redact(str(problem), _SECRETS))}", highlight=False)
 
 
@@ -117,6 +147,14 @@ def run_command(coro: Any) -> Any:
     Ctrl-C and SIGTERM cancel it cleanly (the in-process worker and the embedded Redis are
     stopped); unfinished runs are resumed by the next worker.
     """
+
+    from pydantic import ValidationError
+
+    from modfactory.backends import BackendError
+    from modfactory.data.recipe import RecipeError
+    from modfactory.store.embedded_redis import EmbeddedRedisError
+    from modfactory.store.registry import RegistryError
+    from modfactory.store.run import ActiveRunExists, RunNotFound, RunStateError
 
     async def cancellable() -> Any:
         task = asyncio.current_task()
@@ -152,6 +190,9 @@ def run_command(coro: Any) -> Any:
 @asynccontextmanager
 async def open_redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
     """A pool on MODFACTORY_REDIS_URL, or on an embedded server (then ``embedded`` is True)."""
+    from modfactory.store import queue
+    from modfactory.store.embedded_redis import EmbeddedRedis
+
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -176,6 +217,8 @@ async def open_redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]
 
 def with_producer(data_dir: Path | None, action: Callable[[Producer], Awaitable[T]]) -> T:
     """Run ``action`` with a producer on the configured (or embedded) Redis."""
+    from modfactory.producer import Producer
+
     settings = load_settings(data_dir)
 
     async def act() -> T:

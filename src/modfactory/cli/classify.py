@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from modfactory.backends import Backend, connected_backend
 from modfactory.cli.app import (
     CliError,
     DataDirOpt,
@@ -25,10 +22,13 @@ from modfactory.cli.app import (
     out,
     run_command,
 )
-from modfactory.data.texts import file_format, read_texts, write_scores
-from modfactory.producer import Producer
-from modfactory.serving.champions import ChampionServer, NoChampion, ServedModel
-from modfactory.settings import Settings
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+    from modfactory.backends import Backend
+    from modfactory.serving.champions import ServedModel
+    from modfactory.settings import Settings
 
 Scored = dict[str, Any]  # {"text", "categories", "category_scores"}
 
@@ -61,6 +61,8 @@ def classify(
     as_json: JsonOpt = False,
 ) -> None:
     """Score texts with the champion (or --run RUN): per label, a score and a flag."""
+    from modfactory.data.texts import file_format, read_texts, write_scores
+
     settings = load_settings(data_dir)
 
     async def act() -> tuple[ServedModel, list[Scored]]:
@@ -71,25 +73,13 @@ def classify(
         column = text_column or settings.text_column
         wanted = texts or await asyncio.to_thread(read_texts, input_file, column)
         async with open_redis(settings) as (pool, _):
-            backends: dict[str, Backend] = {}
-
-            def backend(name: str) -> Backend:
-                return backends.setdefault(name, connected_backend(name, settings, pool))
-
-            rule = thresholds or settings.serve_thresholds
-            server = ChampionServer(pool, settings.queue_name, backend, rule)
+            served = _Served(pool, settings, thresholds or settings.serve_thresholds)
             try:
-                if run_id:
-                    served = await server.model_of(await Producer(pool, settings).run(run_id))
-                else:
-                    served = await server.champion(model or settings.model_name)
-                rows = await _score(served, wanted, settings, quiet=as_json or not input_file)
-            except NoChampion as exc:
-                raise CliError(str(exc)) from None
+                chosen = await served.of(run_id, model or settings.model_name)
+                rows = await _score(chosen, wanted, settings, quiet=as_json or not input_file)
             finally:
-                for each in backends.values():
-                    await each.close()
-        return served, rows
+                await served.close()
+        return chosen, rows
 
     served, rows = run_command(act())
     if output is not None:
@@ -97,10 +87,44 @@ def classify(
     _report(served, rows, output, as_json)
 
 
+class _Served:
+    """The model that scores, as ``serve`` would load it: a run's, or a name's champion."""
+
+    def __init__(self, pool: ArqRedis, settings: Settings, rule: str) -> None:
+        from modfactory.backends import connected_backend
+        from modfactory.serving.champions import ChampionServer
+
+        self.pool, self.settings, self.backends = pool, settings, {}
+
+        def backend(name: str) -> Backend:
+            return self.backends.setdefault(name, connected_backend(name, settings, pool))
+
+        self.server = ChampionServer(pool, settings.queue_name, backend, rule)
+
+    async def of(self, run_id: str | None, model_name: str) -> ServedModel:
+        from modfactory.producer import Producer
+        from modfactory.serving.champions import NoChampion
+
+        try:
+            if run_id:
+                return await self.server.model_of(
+                    await Producer(self.pool, self.settings).run(run_id)
+                )
+            return await self.server.champion(model_name)
+        except NoChampion as exc:
+            raise CliError(str(exc)) from None
+
+    async def close(self) -> None:
+        for each in self.backends.values():
+            await each.close()
+
+
 async def _score(
     served: ServedModel, texts: list[str], settings: Settings, quiet: bool
 ) -> list[Scored]:
     """Score in batches, with a progress bar on stderr (not for a few texts or --json)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     rows: list[Scored] = []
     with Progress(*columns, console=err, disable=quiet) as bar:
@@ -131,6 +155,8 @@ def _report(served: ServedModel, rows: list[Scored], output: Path | None, as_jso
     if output:
         err.print(summary, highlight=False)
         return
+    from rich.table import Table
+
     table = Table(title_justify="left")
     table.add_column("text", overflow="fold", ratio=3)
     for label in served.thresholds:

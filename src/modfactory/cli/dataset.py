@@ -22,25 +22,23 @@ from modfactory.cli.app import (
     run_command,
 )
 from modfactory.cli.render import dataset_table, split_progress
-from modfactory.settings import Settings
 from modfactory.values import DatasetSummary, RecipeParams
 
 
 def with_recipe_options(command: Callable[..., None]) -> Callable[..., None]:
     """``command`` with one option per recipe number, made from the recipe's own fields
-    (``RecipeParams``) and their settings' descriptions: declared nowhere else. They reach
+    (``RecipeParams``: defaults and descriptions), declared nowhere else. They reach
     ``command`` as ``recipe={name: value}``, the ones given only."""
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "recipe"]
 
     def option(name: str) -> inspect.Parameter:
-        setting = Settings.model_fields[name]
-        kind = RecipeParams.model_fields[name].annotation
-        default = setting.default
+        field = RecipeParams.model_fields[name]
+        kind, default = field.annotation, field.default
         if name == "label_columns":
             kind, default = str, ",".join(default)
         shown = f"{default:,}" if isinstance(default, int) else default
-        text = f"{setting.description} (default {shown}; MODFACTORY_{name.upper()})"
+        text = f"{field.description} (default {shown}; MODFACTORY_{name.upper()})"
         return inspect.Parameter(
             name,
             inspect.Parameter.KEYWORD_ONLY,

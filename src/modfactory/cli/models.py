@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,9 +19,11 @@ from modfactory.cli.render import (
     print_model,
     show_model,
 )
-from modfactory.producer import Producer
-from modfactory.store.registry import ModelRecord
-from modfactory.store.shadow import ShadowTally
+
+if TYPE_CHECKING:
+    from modfactory.producer import Producer
+    from modfactory.store.registry import ModelRecord
+    from modfactory.store.shadow import ShadowTally
 
 
 @app.command()

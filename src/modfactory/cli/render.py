@@ -7,18 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from modfactory.cli.app import err, out, print_run_json
 from modfactory.cli.fit import Column, fitted_table
-from modfactory.evaluation import tables
-from modfactory.store.registry import ModelRecord
-from modfactory.store.run import STAGES, Run, RunState
-from modfactory.store.shadow import ShadowTally
-from modfactory.values import DatasetSummary, SplitMetrics
+from modfactory.store.stage_names import STAGES
+
+if TYPE_CHECKING:
+    from modfactory.store.registry import ModelRecord
+    from modfactory.store.run import Run
+    from modfactory.store.shadow import ShadowTally
+    from modfactory.values import DatasetSummary, SplitMetrics
 
 
 def progress_table(run: Run) -> Table:
@@ -58,6 +60,8 @@ def metrics_table(metrics: SplitMetrics, synthetic: bool, width: int) -> list[Ta
     """The test metrics (``evaluation.tables``) fitted to ``width``, without the support and
     confusion counts (the report has them), then their bootstrap intervals; label names and
     numbers are never cut."""
+    from modfactory.evaluation import tables
+
     built = tables.metrics_table(metrics, counts=False, intervals=False)
     title = f"test metrics ({metrics.rows:,} rows); thresholds tuned on validation"
     columns = [
@@ -140,6 +144,8 @@ def age(at: datetime, now: datetime | None = None) -> str:
 
 def print_comparison(metrics: SplitMetrics) -> None:
     """The baselines and the champion/challenger verdict, one line each."""
+    from modfactory.evaluation import tables
+
     promotion = metrics.promotion
     if not promotion:
         return
@@ -175,6 +181,8 @@ def print_run(run: Run, as_json: bool) -> None:
             out.print(f"{label}: {path}", highlight=False)
     if run.artifacts.model_id:
         out.print(f"model: {run.artifacts.model_id}", highlight=False)
+    from modfactory.store.run_parts import RunState
+
     if run.state == RunState.AWAITING_APPROVAL:
         meta = run.training.metadata
         out.print(

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.live import Live
 
 from modfactory.cli.app import (
     BackendOpt,
@@ -33,10 +32,12 @@ from modfactory.cli.render import (
     progress_table,
     runs_table,
 )
-from modfactory.producer import Producer
-from modfactory.settings import Settings
-from modfactory.store.run import STAGES, Run, RunState
-from modfactory.triggers.monitoring import queued_without_worker
+from modfactory.store.stage_names import STAGES
+
+if TYPE_CHECKING:
+    from modfactory.producer import Producer
+    from modfactory.settings import Settings
+    from modfactory.store.run import Run
 
 
 @app.command()
@@ -70,6 +71,8 @@ def run(
 
 def _exit_code(run: Run) -> int:
     """0 succeeded, 3 awaiting approval, 1 anything else."""
+    from modfactory.store.run_parts import RunState
+
     return {RunState.SUCCEEDED: 0, RunState.AWAITING_APPROVAL: 3}.get(run.state, 1)
 
 
@@ -81,6 +84,7 @@ async def _run(
     as_json: bool,
     with_worker: bool | None,
 ) -> Run:
+    from modfactory.producer import Producer
     from modfactory.triggers.schedule import retrain_cron_jobs
     from modfactory.worker import build_worker, stop_worker
 
@@ -114,6 +118,10 @@ async def _run(
 
 async def _follow(producer: Producer, run_id: str, quiet: bool) -> Run:
     """Poll the run and redraw the progress until the run ends or awaits approval."""
+    from rich.live import Live
+
+    from modfactory.store.run_parts import RunState
+
     with Live(console=err, refresh_per_second=4, transient=False, auto_refresh=False) as live:
         while True:
             run = await producer.run(run_id)
@@ -239,6 +247,8 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first (and, on stderr, runs queued too long with no worker alive)."""
+    from modfactory.store.health import queued_without_worker
+
     settings = load_settings(data_dir)
 
     async def runs_and_waiting(p: Producer) -> tuple[list[Run], list[tuple[str, float]]]:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from modfactory.cli.app import (
     DataDirOpt,
@@ -22,14 +21,16 @@ from modfactory.cli.app import (
     print_error,
     with_producer,
 )
-from modfactory.logs import configure_logging
-from modfactory.settings import Settings
-from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+
+if TYPE_CHECKING:
+    from modfactory.settings import Settings
 
 
 @app.command("worker")
 def worker_command(data_dir: DataDirOpt = None) -> None:
     """Run a worker until interrupted (embedded Redis when MODFACTORY_REDIS_URL is unset)."""
+    from modfactory.logs import configure_logging
+    from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError
     from modfactory.triggers.schedule import retrain_cron_jobs
     from modfactory.worker import build_worker
 
@@ -65,9 +66,11 @@ def serve(
         int | None, typer.Option(help="Port to listen on (MODFACTORY_SERVE_PORT).")
     ] = None,
 ) -> None:
-    """Serve the retrain webhook, the runs API, /healthz and /metrics (needs a shared Redis)."""
+    """Serve the champion (/v1/moderations, /v1/classifications), the retrain webhook, the
+    runs API, /healthz and /metrics (needs a shared Redis)."""
     import uvicorn
 
+    from modfactory.logs import configure_logging
     from modfactory.triggers.api import create_app
 
     settings = load_settings()
@@ -95,6 +98,9 @@ def schedule(
     """The retrain schedule (MODFACTORY_RETRAIN_CRON): next ticks and recent decisions."""
     from datetime import datetime
 
+    from rich.markup import escape
+
+    from modfactory.cli.fit import Column, fitted_table
     from modfactory.crontab import parse_cron
     from modfactory.triggers.schedule import ScheduleLog
 
@@ -124,9 +130,8 @@ def schedule(
             out.print(f"  {tick:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
     else:
         out.print("no schedule: set MODFACTORY_RETRAIN_CRON (e.g. '0 3 * * *') for the workers")
-    table = Table(title="recent decisions", title_justify="left")
-    for column in ("at", "action", "run", "reason"):
-        table.add_column(column)
-    for d in decisions:
-        table.add_row(f"{d.at:%Y-%m-%d %H:%M:%S}", d.action, d.run_id or "", d.reason)
-    out.print(table)
+    columns = [Column("at"), Column("action"), Column("run", 1), Column("reason", 2, "wrap")]
+    rows = [
+        [f"{d.at:%Y-%m-%d %H:%M:%S}", d.action, d.run_id or "", escape(d.reason)] for d in decisions
+    ]
+    out.print(fitted_table(columns, rows, out.width, "recent decisions"))

@@ -205,8 +205,8 @@ def parquet_split_files(source: Source, data_dir: Path) -> dict[str, list[str]] 
     ``datasets`` cache (with progress bars); RecipeError when that fails."""
     if source.kind == "hf":
         return _hub_parquet_files(source.location)
-    if source.kind != "dir":
-        return None
+    if source.kind == "synthetic":  # written once as parquet: built without `datasets`
+        return split_files(_synthetic_directory(source, data_dir, "parquet"))
     files = split_files(Path(source.location))
     if any(Path(p).suffix != ".parquet" for paths in files.values() for p in paths):
         return None
@@ -248,9 +248,7 @@ def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
             raise RecipeError(f"source hf:{source.location} has no split {missing[0]!r}")
         return {split: streams[split] for split in SPLITS}
     if source.kind == "synthetic":
-        directory = synthetic.write_source(
-            data_dir / "sources" / f"synthetic-{source.rows}", source.rows
-        )
+        directory = _synthetic_directory(source, data_dir, "jsonl")
     else:
         directory = Path(source.location)
     files = split_files(directory)
@@ -260,6 +258,15 @@ def open_splits(source: Source, data_dir: Path) -> dict[str, IterableDataset]:
         )[split]
         for split, paths in files.items()
     }
+
+
+def _synthetic_directory(source: Source, data_dir: Path, fmt: str) -> Path:
+    """The synthetic source's files, written once: parquet for the fast engine, JSONL for
+    streaming (``datasets`` pauses after each streamed parquet split)."""
+    suffix = "" if fmt == "jsonl" else f"-{fmt}"
+    return synthetic.write_source(
+        data_dir / "sources" / f"synthetic-{source.rows}{suffix}", source.rows, fmt=fmt
+    )
 
 
 def fingerprint(source: Source, cache_dir: Path) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modfactory.fileio import atomic_output
-from modfactory.settings import CIVIL_COMMENTS_LABELS
+from modfactory.values import CIVIL_COMMENTS_LABELS
 
 if TYPE_CHECKING:  # numpy and pyarrow are imported when data is generated
     import pyarrow as pa

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from modfactory.evaluation.metrics import Truth, evaluate_scores
-from modfactory.settings import HeadlineMetric
-from modfactory.values import Headline, SplitMetrics
+from modfactory.values import Headline, HeadlineMetric, SplitMetrics
 
 MODERATION_MODEL = "mistral-moderation-latest"
 MODERATION_CATEGORIES = {  # Mistral's moderation categories -> civil_comments labels

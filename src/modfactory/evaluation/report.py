@@ -14,9 +14,14 @@ from typing import Any
 
 from modfactory.evaluation import tables
 from modfactory.fileio import atomic_output
-from modfactory.settings import HeadlineMetric
 from modfactory.store.run import Run
-from modfactory.values import HEADLINE_METRICS, Headline, PromotionDecision, SplitMetrics
+from modfactory.values import (
+    HEADLINE_METRICS,
+    Headline,
+    HeadlineMetric,
+    PromotionDecision,
+    SplitMetrics,
+)
 
 
 def report_data(run: Run) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from modfactory.backends import Backend, BackendError, BackendUnavailable, conne
 from modfactory.data.recipe import RecipeError
 from modfactory.settings import Settings, redact
 from modfactory.store import queue
-from modfactory.store.run import Run, RunState, StageName, StageStatus, next_stage
+from modfactory.store.run import Run, RunState, StageName, StageStatus
 from modfactory.store.runs import RunStore
+from modfactory.store.stage_names import next_stage
 
 log = logging.getLogger("modfactory.stages")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
@@ -24,19 +24,12 @@ from modfactory.store.run_parts import (
     StatusChange,
     Training,
 )
+from modfactory.store.stage_names import STAGES, StageName
 from modfactory.values import DatasetSummary, SplitMetrics, TrainingJob
 
 log = logging.getLogger("modfactory.store.run")
-StageName = Literal["build", "upload", "train", "evaluate"]
-STAGES: tuple[StageName, ...] = get_args(StageName)  # the pipeline, in order: declared once
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
 MAX_EVENTS = 500
-
-
-def next_stage(stage: str) -> StageName | None:
-    """The stage that follows ``stage`` in the pipeline (None after the last)."""
-    i = STAGES.index(stage) + 1
-    return STAGES[i] if i < len(STAGES) else None
 
 
 def now() -> datetime:

@@ -40,6 +40,7 @@ from modfactory.serving.meter import ServeMeter
 from modfactory.serving.shadow import Shadow
 from modfactory.settings import Settings
 from modfactory.store import queue
+from modfactory.store.health import queued_without_worker, worker_heartbeat
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 from modfactory.store.shadow import ShadowLog
 from modfactory.triggers.auth import (
@@ -61,7 +62,7 @@ from modfactory.triggers.errors import (
     unexpected,
 )
 from modfactory.triggers.moderation_api import classifications, moderations
-from modfactory.triggers.monitoring import prometheus_text, queued_without_worker, worker_heartbeat
+from modfactory.triggers.monitoring import prometheus_text
 from modfactory.values import RecipeParams
 
 log = logging.getLogger("modfactory.triggers.api")
