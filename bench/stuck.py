@@ -25,8 +25,8 @@ from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
 from modfactory.store.embedded_redis import EmbeddedRedis
+from modfactory.store.health import worker_heartbeat
 from modfactory.store.run import RunSpec
-from modfactory.triggers.monitoring import worker_heartbeat
 from modfactory.values import RecipeParams
 
 

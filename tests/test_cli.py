@@ -200,16 +200,13 @@ def test_an_interrupted_run_stops_cleanly_and_the_next_worker_finishes_it(tmp_pa
     assert not (data / "redis" / "redis-server.pid").exists()  # the embedded Redis stopped
     run_id = next((data / "runs").iterdir()).name
 
-    worker = subprocess.Popen(
-        [*command, "worker"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for(lambda: (data / "runs" / run_id / "metrics.json").exists(), timeout=180)
-        time.sleep(1)
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [*command, "worker"], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:  # the worker logs each event of a run once it is stored
+        _wait_for(lambda: "run succeeded" in log.read_text(errors="replace"), timeout=180)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)

@@ -17,7 +17,7 @@ from datasets.iterable_dataset import BufferShuffledExamplesIterable
 
 from cookbook import cookbook_build
 from fake_hub import FakeHub
-from modfactory.data import shuffle_guard
+from modfactory.data import shuffle_guard, synthetic
 from modfactory.data.build import build_dataset
 from modfactory.data.recipe import RecipeError
 from modfactory.data.shuffle_indices import shuffled_take
@@ -168,12 +168,17 @@ def test_fast_engine_errors_name_the_file_and_row(tmp_path: Path) -> None:
             parse_source(str(directory)), params, tmp_path / "out", tmp_path / "d", engine="fast"
         )
 
+    jsonl = synthetic.write_source(tmp_path / "jsonl", 300)  # JSONL files: no fast engine
     with pytest.raises(
-        RecipeError, match="--engine fast cannot run: source synthetic:300 is not made of parquet"
+        RecipeError, match=f"--engine fast cannot run: source {jsonl} is not made of parquet"
     ):
         build_dataset(
-            parse_source("synthetic:300"), params, tmp_path / "out", tmp_path / "d", engine="fast"
+            parse_source(str(jsonl)), params, tmp_path / "out", tmp_path / "d", engine="fast"
         )
+    built = build_dataset(  # a synthetic source is written once as parquet, and built fast
+        parse_source("synthetic:300"), params, tmp_path / "out", tmp_path / "d", engine="fast"
+    )
+    assert built.engine == "fast" and built.synthetic
 
 
 def test_the_guard_trusts_the_installed_datasets() -> None:

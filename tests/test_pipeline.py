@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
+from modfactory.store import queue
 from modfactory.store.run import STAGES, RunState
 
 pytestmark = pytest.mark.slow
@@ -104,7 +106,12 @@ async def test_a_killed_worker_is_replaced_and_the_model_not_retrained(
     # Queue train and evaluate again for the finished run: nothing is retrained or changed.
     await producer.enqueue("train", run.id)
     await producer.enqueue("evaluate", run.id)
+    jobs = [queue.stage_job_id(run.id, stage) for stage in ("train", "evaluate")]
+    assert [await queue.job_exists(producer.redis, j) for j in jobs] == [True, True]
     with worker_process(settings, log):
-        await asyncio.sleep(3)
+        deadline = time.monotonic() + 60
+        while any([await queue.job_exists(producer.redis, j) for j in jobs]):  # until both ran
+            assert time.monotonic() < deadline, "the queued stages never ran"
+            await asyncio.sleep(0.1)
     assert (job_dir / "model.joblib").stat().st_mtime_ns == model_mtime
     assert (await producer.store.get(run.id)).updated_at == final.updated_at

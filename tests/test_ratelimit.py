@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from redis.asyncio import Redis
@@ -20,6 +21,12 @@ def most_in_one_second(times: list[float]) -> int:
     return peak
 
 
+def all_apart(slots: list[float], interval: float) -> bool:
+    """Consecutive slots at least ``interval`` apart (to the microsecond they are kept in)."""
+    ordered = sorted(slots)
+    return all(b - a >= interval - 1e-6 for a, b in itertools.pairwise(ordered))
+
+
 async def test_two_processes_sharing_a_redis_share_one_limit(redis_db: str) -> None:
     """Two limiters on two connections (two workers): together never above the rate."""
     connections = [Redis.from_url(redis_db), Redis.from_url(redis_db)]
@@ -32,8 +39,11 @@ async def test_two_processes_sharing_a_redis_share_one_limit(redis_db: str) -> N
 
     start = time.monotonic()
     await asyncio.gather(*(request(limiters[i % 2]) for i in range(25)))
-    assert most_in_one_second(sent) <= 10
-    assert time.monotonic() - start >= 24 * SPACING / 10 - 0.05  # spaced, not bunched
+    granted = await limiters[0].granted("api")  # the limiters' own record
+    slots = [g.slot for g in granted]
+    assert len(slots) == 25 and {g.limiter for g in granted} == {x.name for x in limiters}
+    assert all_apart(slots, SPACING / 10)  # exactly, whatever the load on this machine
+    assert time.monotonic() - start >= 24 * SPACING / 10 - 0.05  # they waited for them
     for r in connections:
         await r.aclose()
 
@@ -62,6 +72,10 @@ async def test_a_429_pause_is_shared_with_every_process(redis_db: str) -> None:
     start = time.monotonic()
     await other.wait("api")
     assert time.monotonic() - start >= 0.55
+    [(held_from, held_until)] = await other.held()
+    [grant] = await other.granted("api")
+    assert abs(held_until - held_from - 0.6) < 1e-6 and grant.reserved >= held_from
+    assert grant.slot >= held_until and grant.limiter == other.name
     await first.aclose()
     await second.aclose()
 

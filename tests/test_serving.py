@@ -188,11 +188,17 @@ async def test_a_promotion_is_served_within_5_s_and_no_request_fails(
         first = min(t for t, _, run in answers if run == to and t > switched_at - 5)
         return first - switched_at
 
+    async def every_client_answered(after: float) -> None:
+        deadline = time.monotonic() + 30
+        while not all(len(a) > after for a in by_client):
+            assert time.monotonic() < deadline, "a client got no answer"
+            await asyncio.sleep(0.05)
+
     clients = [asyncio.create_task(client(n)) for n in range(4)]
-    await asyncio.sleep(1)
+    await every_client_answered(after=2)  # all four are sending
     promoted_in = await switch(["promote", after, "--force"], after)
     rolled_back_in = await switch(["rollback"], before)
-    await asyncio.sleep(0.5)
+    await every_client_answered(after=max(map(len, by_client)) + 2)  # each saw the rollback
     stop.set()
     await asyncio.gather(*clients)
 

@@ -23,7 +23,7 @@ LABELS = ["toxicity", "insult", "identity_attack", "sexual_explicit", "threat", 
 
 
 def shown(renderables: list, width: int) -> list[str]:
-    console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=width, record=True, soft_wrap=True, file=open("/dev/null", "w"))  # noqa: SIM115
     for renderable in renderables:
         console.print(renderable)
     lines = console.export_text().splitlines()
@@ -125,7 +125,7 @@ def test_the_model_table_wraps_reasons_between_words(width: int) -> None:
         champion=champion,
         candidates={"run-20261201-200200-abc002": "macro_pr_auc 0.880 is below 0.912 + 0.005"},
     )
-    console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=width, record=True, soft_wrap=True, file=open("/dev/null", "w"))  # noqa: SIM115
     import modfactory.cli.render as render
 
     saved, render.out = render.out, console

@@ -49,9 +49,7 @@ def connected_backend(name: str, settings: Settings, redis: Redis) -> Backend:
     backend = get_backend(name, settings)
     backend.error_counter = ApiErrorCounter(redis, settings.queue_name)
     if name == "mistral":
-        from modfactory.backends.mistral import account_id, rate_buckets
-        from modfactory.backends.ratelimit import SharedRateLimiter
+        from modfactory.backends.mistral import shared_limiter
 
-        namespace = f"{settings.queue_name}:rate:{account_id(settings)}"
-        backend.limiter = SharedRateLimiter(redis, namespace, rate_buckets(settings))  # type: ignore[attr-defined]
+        backend.limiter = shared_limiter(settings, redis)  # type: ignore[attr-defined]
     return backend

@@ -36,7 +36,7 @@ from modfactory.backends.base import (
     checked_hyperparameters,
 )
 from modfactory.backends.mistral_answers import error_detail, job_of
-from modfactory.backends.ratelimit import Limiter, RateLimiter
+from modfactory.backends.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from modfactory.settings import Settings, redact
 from modfactory.values import JobStatus, TrainingJob, UploadedFile
 
@@ -322,6 +322,12 @@ def request_buckets(path: str) -> tuple[str, ...]:
     """The buckets a request to ``path`` counts against: ``api``, and ``classify`` for
     the classify and moderate endpoints."""
     return ("api", "classify") if path.endswith(_CLASSIFY_PATHS) else ("api",)
+
+
+def shared_limiter(settings: Settings, redis: Any) -> SharedRateLimiter:
+    """The one rate limit of every process on ``redis`` that uses this API account."""
+    namespace = f"{settings.queue_name}:rate:{account_id(settings)}"
+    return SharedRateLimiter(redis, namespace, rate_buckets(settings))
 
 
 def account_id(settings: Settings) -> str:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -55,7 +57,10 @@ class RateLimiter:
 # Each request reserves the next free slot in all its buckets at once (GCRA with no
 # burst): the slot is the latest of now and each bucket's next-free time, which then moves
 # one interval past the slot. Times are Redis's own clock, in microseconds, so processes on
-# different machines agree. Returns how long the caller must wait before sending.
+# different machines agree. Returns how long the caller must wait before sending. Every
+# grant is logged as "reserved-at:slot:limiter" in ``<bucket>:granted`` (the latest
+# LOG_LENGTH): the limiters' own record of what they let leave, to audit or test exactly.
+LOG_LENGTH = 1000
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -67,11 +72,14 @@ end
 for i, key in ipairs(KEYS) do
   local free = start + tonumber(ARGV[i])
   redis.call('SET', key, string.format('%.0f', free), 'PX', math.ceil((free - now) / 1000) + 1000)
+  redis.call('LPUSH', key .. ':granted', string.format('%.0f:%.0f:', now, start) .. ARGV[#ARGV])
+  redis.call('LTRIM', key .. ':granted', 0, tonumber(ARGV[#ARGV - 1]) - 1)
 end
 return string.format('%.0f', start - now)
 """
 
-# Push every bucket's next-free time to at least now + ARGV[1] microseconds.
+# Push every bucket's next-free time to at least now + ARGV[1] microseconds (logged as
+# "from:until" in ``<namespace>:held``).
 _HOLD_OFF = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -82,8 +90,18 @@ for i, key in ipairs(KEYS) do
     redis.call('SET', key, string.format('%.0f', until_), 'PX', math.ceil(ARGV[1] / 1000) + 1000)
   end
 end
+redis.call('LPUSH', ARGV[2], string.format('%.0f:%.0f', now, until_))
+redis.call('LTRIM', ARGV[2], 0, tonumber(ARGV[3]) - 1)
 return 0
 """
+
+
+class Grant(NamedTuple):
+    """A request a shared limiter let leave, in seconds of Redis's clock."""
+
+    reserved: float  # when its slot was reserved
+    slot: float  # when it could leave
+    limiter: str  # which limiter (process) reserved it
 
 
 class SharedRateLimiter:
@@ -98,11 +116,28 @@ class SharedRateLimiter:
         self.namespace = namespace
         self.intervals = {name: SPACING / rate for name, rate in rates.items() if rate}
         self.fallback = RateLimiter(rates)
+        self.name = secrets.token_hex(4)  # names this limiter's grants in the log
         self._reserve = redis.register_script(_RESERVE)
         self._hold_off = redis.register_script(_HOLD_OFF)
 
     def _keys(self, buckets: tuple[str, ...]) -> list[str]:
         return [f"{self.namespace}:{b}" for b in buckets]
+
+    async def granted(self, bucket: str) -> list[Grant]:
+        """The latest requests let leave in ``bucket`` by any limiter, oldest first."""
+        raw = await self.redis.lrange(f"{self.namespace}:{bucket}:granted", 0, -1)
+        grants = []
+        for item in reversed(raw):
+            reserved, slot, name = item.decode().split(":")
+            grants.append(Grant(int(reserved) / 1e6, int(slot) / 1e6, name))
+        return grants
+
+    async def held(self) -> list[tuple[float, float]]:
+        """(from, until) of the latest pauses (a 429's Retry-After), oldest first, in
+        seconds of Redis's clock."""
+        raw = await self.redis.lrange(f"{self.namespace}:held", 0, -1)
+        pairs = [item.decode().split(":") for item in reversed(raw)]
+        return [(int(start) / 1e6, int(until) / 1e6) for start, until in pairs]
 
     async def wait(self, *buckets: str) -> None:
         limited = tuple(b for b in buckets if b in self.intervals)
@@ -111,7 +146,11 @@ class SharedRateLimiter:
         micros = [round(self.intervals[b] * 1_000_000) for b in limited]
         while True:
             try:
-                delay = int(await self._reserve(keys=self._keys(limited), args=micros))
+                delay = int(
+                    await self._reserve(
+                        keys=self._keys(limited), args=[*micros, LOG_LENGTH, self.name]
+                    )
+                )
             except (RedisError, OSError) as exc:
                 log.warning("shared rate limit unavailable (%s); limiting in-process", exc)
                 await self.fallback.wait(*limited)
@@ -123,7 +162,8 @@ class SharedRateLimiter:
         await self.fallback.hold_off(seconds)
         try:
             await self._hold_off(
-                keys=self._keys(tuple(self.intervals)), args=[round(seconds * 1_000_000)]
+                keys=self._keys(tuple(self.intervals)),
+                args=[round(seconds * 1_000_000), f"{self.namespace}:held", LOG_LENGTH],
             )
         except (RedisError, OSError) as exc:
             log.warning("could not share a rate-limit pause (%s)", exc)

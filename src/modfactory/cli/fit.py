@@ -9,6 +9,7 @@ the columns that gave way. The table names the columns it left out.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +34,14 @@ class Column:
 def shorten(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
     return text if len(text) <= width else text[: max(0, width - 1)] + _ELLIPSIS
+
+
+def wrapped(text: str, width: int) -> str:
+    """``text`` wrapped between words to ``width`` (a console that soft-wraps would not)."""
+    return "\n".join(
+        "\n".join(textwrap.wrap(line, width, break_long_words=False) or [""])
+        for line in text.split("\n")
+    )
 
 
 def _plain(cell: str) -> str:
@@ -76,16 +85,15 @@ def fitted_table(
         room -= extra
 
     left_out = [columns[i].header for i in range(len(columns)) if i not in shown]
+    said = f"not shown at this width: {', '.join(left_out)} (--json has all)"
     table = Table(
-        title=title,
+        title=wrapped(title, width) if title else None,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
         pad_edge=False,
         show_edge=False,
-        caption=f"not shown at this width: {', '.join(left_out)} (--json has all)"
-        if left_out
-        else None,
+        caption=wrapped(said, width) if left_out else None,
         caption_justify="left",
     )
     for i in shown:

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from modfactory.cli.app import err, out, print_run_json
-from modfactory.cli.fit import Column, fitted_table
+from modfactory.cli.fit import Column, fitted_table, wrapped
 from modfactory.store.stage_names import STAGES
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def metrics_table(metrics: SplitMetrics, synthetic: bool, width: int) -> list[Ta
         for kind, cells in built.rows
     ]
     table = fitted_table(columns, rows, width, title + (" — SYNTHETIC DATA" if synthetic else ""))
-    table.caption = "\n".join(filter(None, [built.caption, table.caption]))
+    table.caption = "\n".join(filter(None, [wrapped(built.caption, width), table.caption]))
     intervals = tables.interval_table(metrics)
     bounds = fitted_table(
         [Column(c, justify="left" if i == 0 else "right") for i, c in enumerate(intervals.columns)],
@@ -222,7 +222,7 @@ def print_model(record: ModelRecord, shadows: list[ShadowTally] | None = None) -
     out.print(table)
     if "why" not in {c.header for c in table.columns}:  # too narrow: the reasons below it
         for _, run_id, _, reason in rows:
-            out.print(f"{run_id}: {reason}", highlight=False)
+            out.print(wrapped(f"{run_id}: {reason}", out.width), highlight=False)
     for tally in shadows or []:
         agreement = ", ".join(f"{k} {v:.1%}" for k, v in sorted(tally.agreement().items()))
         out.print(
