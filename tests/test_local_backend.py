@@ -81,7 +81,6 @@ async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
     mtime = model.stat().st_mtime_ns
     await backend.start_job(job.id)
     await backend.get_job(job.id)
-    assert not trainer_alive(backend, job.id)  # no trainer was started again
     assert model.stat().st_mtime_ns == mtime
     assert json.loads((model.parent / "job.json").read_text())["trainer_starts"] == 1
 

@@ -186,18 +186,16 @@ def test_a_rejected_key_fails_fast_naming_the_setting(
     emulator: MistralEmulator, tmp_path: Path
 ) -> None:
     env = mistral_env(emulator, tmp_path / "data", MISTRAL_API_KEY="sk-wrong-key-000")
-    start = time.monotonic()
     done = cli(
         "run", "--backend", "mistral", "--source", "synthetic:2000", "--json", env=env, cwd=tmp_path
     )
-    elapsed = time.monotonic() - start
     assert done.returncode == 1
     run = json.loads(done.stdout)
     assert run["state"] == "failed" and run["stages"]["upload"]["state"] == "failed"
     assert "MISTRAL_API_KEY" in run["error"] and "HTTP 401" in run["error"]
     assert "sk-wrong-key-000" not in done.stdout + done.stderr
-    assert emulator.counts["unauthorized"] == 1  # no retry storm
-    assert elapsed < 30
+    assert emulator.counts["unauthorized"] == 1  # no retry storm…
+    assert run["stages"]["upload"]["attempts"] == 1  # …and no second attempt: at once
 
 
 async def test_cost_guard_waits_for_approval_and_cancel_cancels_remotely(

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modfactory.fileio import atomic_output
+
+if TYPE_CHECKING:  # matplotlib (a second to import) only once a chart is drawn
+    from matplotlib.figure import Figure
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 class _SplitCounts(Protocol):
@@ -22,7 +29,7 @@ def distribution_chart(
     splits: Mapping[str, _SplitCounts], labels: Sequence[str], path: Path, synthetic: bool
 ) -> Path:
     """The cookbook's 3 x 3 figure: category pie, flagged-vs-safe pie, stacked bars per split."""
-    fig = Figure(figsize=(24, 6 * len(splits)))
+    fig = _figure(24, 6 * len(splits))
     axes = fig.subplots(len(splits), 3, squeeze=False)
     for row, (split, counts) in enumerate(splits.items()):
         name = split.capitalize()
@@ -67,7 +74,7 @@ def distribution_chart(
 def loss_chart(checkpoints: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
     """Train and valid loss over steps, from the training job's checkpoints."""
     points = sorted(checkpoints, key=lambda c: c["step"])
-    fig = Figure(figsize=(9, 5))
+    fig = _figure(9, 5)
     ax = fig.subplots()
     for key, label in (("train_loss", "train loss"), ("valid_loss", "valid loss")):
         series = [(c["step"], c[key]) for c in points if c.get(key) is not None]
@@ -92,7 +99,7 @@ def pr_curves(
     """Precision-recall curve per label on test, with each tuned threshold marked."""
     from sklearn.metrics import precision_recall_curve
 
-    fig = Figure(figsize=(9, 6))
+    fig = _figure(9, 6)
     ax = fig.subplots()
     for label in labels:
         y = [label in row for row in truth]

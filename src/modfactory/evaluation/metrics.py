@@ -14,15 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from modfactory.values import PLAIN_THRESHOLD, SplitMetrics
+
+# scipy and sklearn (2 s to import) are imported by the functions that use them: a worker
+# starts in a second, and pays for them only once it evaluates.
 
 BOOTSTRAP_SAMPLES = 200
 Truth = Sequence[Sequence[str]]
@@ -49,6 +45,8 @@ def tune_thresholds(truth: Truth, scores: LabelScores, labels: Sequence[str]) ->
         if y[:, j].sum() == 0:
             thresholds[label] = PLAIN_THRESHOLD
             continue
+        from sklearn.metrics import precision_recall_curve
+
         precision, recall, cuts = precision_recall_curve(y[:, j], s[:, j])
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         thresholds[label] = float(cuts[int(np.argmax(f1[:-1]))])
@@ -131,6 +129,8 @@ def _flagged(
 
 
 def _prf(y: np.ndarray, predicted: np.ndarray, average: str) -> dict[str, float]:
+    from sklearn.metrics import precision_recall_fscore_support
+
     p, r, f, _ = precision_recall_fscore_support(y, predicted, average=average, zero_division=0)
     return {"precision": float(p), "recall": float(r), "f1": float(f)}
 
@@ -141,6 +141,8 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
 
 def _aucs(y: np.ndarray, s: np.ndarray, resamples: list) -> dict[str, Any]:
     """ROC-AUC and PR-AUC with bootstrap 95 % intervals; None when one class is missing."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     if not 0 < y.sum() < len(y):
         return {"roc_auc": None, "roc_auc_ci": None, "pr_auc": None, "pr_auc_ci": None}
     out: dict[str, Any] = {
@@ -170,6 +172,8 @@ _BOOTSTRAP_BLOCK = 25  # resamples computed at once (memory: block x rows floats
 def bootstrap_aucs(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ROC-AUC and average precision of each row of ``y`` / ``s`` (one resample per row),
     exactly as sklearn computes them (ties included); NaN where a class is missing."""
+    from scipy.stats import rankdata
+
     positives = y.sum(axis=1).astype(float)
     negatives = y.shape[1] - positives
     defined = (positives > 0) & (negatives > 0)
