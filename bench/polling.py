@@ -57,6 +57,7 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
         poll_max_interval=args.poll_interval,
         max_jobs=10,
         job_timeout=60,
+        mistral_rps=args.rps,  # the rate measured at: one API key's (see --rps)
     )
     pool = await create_pool(
         queue.redis_settings(redis_url),
@@ -140,9 +141,12 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
         f"(all reached it {ramp:.1f} s after enqueue)"
     )
     print(
-        f"worker: max_jobs=10, poll interval {args.poll_interval} s; "
+        f"worker: max_jobs=10, poll interval {args.poll_interval} s, "
+        f"MODFACTORY_MISTRAL_RPS={args.rps:g}; "
         f"{polls / elapsed:.1f} looks/s sustained over {elapsed:.0f} s"
     )
+    if not latencies:
+        sys.exit(f"unrelated short jobs: none of {sent} started")
     print(
         f"unrelated short jobs: {len(latencies)} of {sent} started; enqueue-to-start latency "
         f"p50 {statistics.median(latencies) * 1000:.0f} ms, "
@@ -156,6 +160,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--poll-interval", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--rps",
+        type=float,
+        default=1000.0,
+        help="MODFACTORY_MISTRAL_RPS for the run (the emulator has no limit; Mistral's "
+        "default tier allows far less: one key follows about rps x poll interval jobs)",
+    )
     args = parser.parse_args()
     emulator = subprocess.Popen(
         [

@@ -5,8 +5,8 @@ re-scheduled until it ends) and ``evaluate``; the cron job ``reconcile`` every
 MODFACTORY_RECONCILE_INTERVAL seconds on one worker (see ``stages.reconciler``: it
 re-queues the lost step of any unfinished run and cancels training jobs of runs that are
 over). Triggers that run inside the worker process — the retrain schedule — are passed in
-by whoever starts it (the CLI), so the worker knows no trigger. A starting worker runs one
-reconcile round at once.
+by whoever starts it (the CLI), so the worker knows no trigger. A starting worker loads the
+stages' libraries, then runs one reconcile round, before it takes a job.
 """
 
 from __future__ import annotations
@@ -45,6 +45,19 @@ def _every(seconds: int) -> dict[str, set[int]]:
     return {"second": {0}, "minute": set(range(0, 60, seconds // 60))}
 
 
+def preload(settings: Settings) -> None:
+    """Import the libraries the stages use (scikit-learn, scipy, matplotlib; the Mistral SDK
+    when a key is set) before the worker takes a job: a worker killed while importing loses
+    no attempt of any stage, and each stage makes progress from its first second. (The
+    modules import them lazily, so the CLI and ``serve`` start without them.)"""
+    import matplotlib.figure  # noqa: F401
+    import scipy.stats  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+
+    if settings.mistral_api_key:
+        import mistralai.client  # noqa: F401
+
+
 def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict[str, Any]:
     """arq Worker keyword arguments: the jobs, JSON serialization, timeouts, heartbeat;
     ``triggers``: more cron jobs to run (e.g. ``triggers.schedule.retrain_cron_jobs``)."""
@@ -52,6 +65,7 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
     async def on_startup(ctx: dict[str, Any]) -> None:
         sc = StageContext(settings, RunStore(ctx["redis"], settings.queue_name), ctx["redis"])
         ctx["modfactory"] = sc
+        await asyncio.to_thread(preload, settings)
         await reconcile_once(sc)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:

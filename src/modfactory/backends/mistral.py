@@ -35,7 +35,7 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
-from modfactory.backends.mistral_answers import error_detail, job_of
+from modfactory.backends.mistral_answers import error_detail, job_of, reuse_answer_models
 from modfactory.backends.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from modfactory.settings import Settings, redact
 from modfactory.values import JobStatus, TrainingJob, UploadedFile
@@ -77,6 +77,7 @@ class MistralBackend(Backend):
         if self._client is None:
             from mistralai.client import Mistral
 
+            reuse_answer_models()
             key = self.settings.mistral_api_key
             self._http = httpx.AsyncClient(
                 follow_redirects=True, event_hooks={"request": [self._pace]}

@@ -4,6 +4,7 @@ resumable, within the backend's rate limit); thresholds from validation, metrics
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,17 @@ async def evaluate(sc: StageContext, run: Run) -> None:
 
     _, val_truth, val_scores = splits["validation"]
     test_texts, truth, test_scores = splits["test"]
+    step = _steps(sc, run)  # the rest is redone by a new attempt: one that gets further moved
     thresholds = await asyncio.to_thread(tune_thresholds, val_truth, val_scores, labels)
     metrics = await asyncio.to_thread(evaluate_scores, truth, test_scores, labels, thresholds)
+    step(1)
     metrics.baselines = await _baselines(sc, run, test_texts, truth, labels)
+    step(2)
     out = sc.run_dir(run.id)
     pr_chart = await asyncio.to_thread(
         charts.pr_curves, truth, test_scores, labels, thresholds, out / "precision_recall.png"
     )
+    step(3)
     artifacts = {
         "metrics_file": str(out / "metrics.json"),
         "pr_chart": str(pr_chart),
@@ -80,6 +85,13 @@ async def evaluate(sc: StageContext, run: Run) -> None:
         except ChampionChanged as exc:
             await sc.store.note(run.id, "evaluate", f"{exc}: measuring again")
     raise BackendError(f"the champion kept changing while this run was measured ({MEASURES}x)")
+
+
+def _steps(sc: StageContext, run: Run) -> Callable[[int], None]:
+    """``step(n)``: the n-th of the steps after classifying is done (metrics, baselines,
+    chart), recorded as progress."""
+    report = sc.progress_reporter(run.id, "evaluate")
+    return lambda done: report("steps after classifying", done, 3)
 
 
 def _headline(metrics: SplitMetrics, verdict: Verdict) -> str:
@@ -144,6 +156,7 @@ async def _moderation_baseline(
         return None
     backend = sc.backend("mistral")
     settings = sc.settings
+    report = sc.progress_reporter(run.id, "evaluate")
     results = await classify_texts(
         backend.moderate,
         MODERATION_MODEL,
@@ -151,6 +164,7 @@ async def _moderation_baseline(
         sc.run_dir(run.id) / "evaluate" / "mistral_moderation",
         batch_size=settings.classify_batch_size,
         concurrency=settings.classify_concurrency,
+        progress=lambda what, done, total: report(f"moderation baseline {what}", done, total),
     )
     scores = [{mapped[k]: v for k, v in row.items() if k in mapped} for row in results]
     ours = sorted(set(mapped.values()))

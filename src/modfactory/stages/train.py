@@ -102,9 +102,11 @@ async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
                 quiet = updated.training.quiet_looks
                 delay = min(sc.settings.poll_max_interval, sc.settings.poll_interval * 1.5**quiet)
                 await sc.enqueue_poll(run_id, seq + 1, delay=delay)
+            still_running.append(True)  # the common look: nothing more to check
 
+    still_running: list[bool] = []
     await guarded(sc, "train", run_id, step)
-    if (await sc.store.get(run_id)).state.terminal:
+    if not still_running and (await sc.store.get(run_id)).state.terminal:
         await cancel_remote_job(sc, run_id)
 
 
