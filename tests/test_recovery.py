@@ -163,7 +163,9 @@ async def test_two_workers_evaluating_three_runs_stay_under_one_shared_rate_limi
     # busy this machine; an emulator on it cannot time arrivals that precisely.
     limiter = shared_limiter(settings, producer.redis)
     granted = await limiter.granted("api")
-    assert len(granted) == emulator.counts["requests"]  # every request, 429s and retries too
+    # Every request sent had a slot of its own (429s and retries too); a caller woken too
+    # late for its slot takes a new one rather than send late, so there may be more slots.
+    assert len(granted) >= emulator.counts["requests"]
     assert all_apart([g.slot for g in granted], SPACING / 5)
     turns = [g.limiter for g in sorted(granted, key=lambda g: g.slot)]
     assert len(set(turns)) == 2  # both workers sent…
