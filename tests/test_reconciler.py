@@ -17,8 +17,8 @@ from modfactory.stages.reconciler import reconcile_once, requeue_lost_steps
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
 from modfactory.store.run import RunSpec, RunState
-from modfactory.values import DatasetSummary, JobStatus, RecipeParams, TrainingJob
-from test_stages import ScriptedBackend, job, setup
+from modfactory.values import JobStatus, RecipeParams, TrainingJob
+from test_stages import ScriptedBackend, job, setup, trained
 
 UNREACHABLE = "Mistral did not answer the request to upload x after 7 attempts (HTTP 503)"
 
@@ -242,15 +242,7 @@ async def evaluating_run(redis_db: str, tmp_path: Path, texts: int):
                 for i in range(texts)
             )
         )
-    await store.start_stage(run_id, "train")
-    await store.finish_stage(
-        run_id,
-        "train",
-        artifacts={**files, "model_id": "ft:m"},
-        dataset=DatasetSummary(
-            source="x", synthetic=True, labels=["insult"], dropped_labels=[], splits={}
-        ),
-    )
+    await trained(store, run_id, files)
     return ctx, store, backend, pool, run_id
 
 

@@ -83,6 +83,19 @@ async def setup(redis_db: str, tmp_path: Path, script: list[TrainingJob]):
     return ctx, store, backend, pool, run.id
 
 
+async def trained(store: RunStore, run_id: str, files: dict[str, str]) -> None:
+    """The run's train stage done: model ``ft:m``, an insult-only data set of ``files``."""
+    await store.start_stage(run_id, "train")
+    await store.finish_stage(
+        run_id,
+        "train",
+        artifacts={**files, "model_id": "ft:m"},
+        dataset=DatasetSummary(
+            source="x", synthetic=True, labels=["insult"], dropped_labels=[], splits={}
+        ),
+    )
+
+
 def job(status: JobStatus, steps: int = 0, **extra) -> TrainingJob:
     checkpoints = [
         Checkpoint(step=s, train_loss=1 / s, valid_loss=1.1 / s) for s in range(1, steps + 1)
@@ -204,15 +217,7 @@ async def test_thresholds_come_from_validation_never_from_test(
         return [{"moderation": {"scores": {"insult": score_of[t.split()[0]]}}} for t in inputs]
 
     backend.classify = classify
-    await store.start_stage(run_id, "train")
-    await store.finish_stage(
-        run_id,
-        "train",
-        artifacts={**files, "model_id": "ft:m"},
-        dataset=DatasetSummary(
-            source="x", synthetic=True, labels=["insult"], dropped_labels=[], splits={}
-        ),
-    )
+    await trained(store, run_id, files)
     await evaluate(ctx, run_id)
     run = await store.get(run_id)
     assert run.state == RunState.SUCCEEDED, run.error
