@@ -23,8 +23,15 @@ from modfactory.store.runs import RunStore
 
 
 def settings_for(redis_url: str, data_dir: Path, **more: object) -> Settings:
-    """Test settings: fast looks, a short job timeout (crash recovery in 25 s)."""
-    values = {"poll_interval": 0.3, "job_timeout": 15, **more}
+    """Test settings: fast looks, a short job timeout, a killed worker's job taken up again
+    within seconds (a 4 s lease, a reconcile round every 2 s)."""
+    values = {
+        "poll_interval": 0.3,
+        "job_timeout": 15,
+        "worker_lease": 4,
+        "reconcile_interval": 2,
+        **more,
+    }
     return Settings(redis_url=redis_url, data_dir=data_dir, **values)
 
 

@@ -17,7 +17,8 @@ from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 
-pytestmark = pytest.mark.slow  # trainer processes
+# trainer processes; one xdist process runs the module (its fixture is built once)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local_backend")]
 
 
 @pytest.fixture(scope="module")

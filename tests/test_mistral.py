@@ -137,6 +137,8 @@ async def test_chaos_two_killed_workers_one_job_one_start_one_upload_each(
     assert emulator.counts[f"upload:{run.id}-train.jsonl"] == 1
     assert emulator.counts[f"upload:{run.id}-validation.jsonl"] == 1
     assert final.stages["train"].attempts >= 2
+    # the killed workers' jobs were taken up when their leases ran out, not 25 s later
+    assert any("running it was lost" in e.message for e in final.events), final.events
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

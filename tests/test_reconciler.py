@@ -16,6 +16,8 @@ from modfactory.stages.evaluate import evaluate
 from modfactory.stages.reconciler import reconcile_once, requeue_lost_steps
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
+from modfactory.store import queue
+from modfactory.store.leases import WorkerLease
 from modfactory.store.run import RunSpec, RunState
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 from test_stages import ScriptedBackend, job, setup, trained
@@ -69,6 +71,38 @@ async def test_a_run_created_but_never_queued_and_a_deleted_look_are_queued_agai
     await poll_training(ctx, run_id, 0)  # the look runs and chains on as usual
     assert f"{run_id}:poll:1" in await queued_jobs(pool)
     assert backend.calls["create"] == 1
+    await pool.aclose()
+
+
+async def test_a_step_held_by_a_lost_worker_is_released_one_held_by_a_live_worker_is_not(
+    redis_db: str, tmp_path: Path
+) -> None:
+    """arq's in-progress mark of a killed worker's job lives JOB_TIMEOUT + 10 s; the
+    reconciler releases the job as soon as its holder's lease is gone, and only then."""
+    ctx, store, _, pool, run_id = await setup(redis_db, tmp_path, [job(JobStatus.RUNNING)])
+    sc = context(ctx)
+    queue_name = sc.settings.queue_name
+    await queue.enqueue_stage(pool, queue_name, "train", run_id)
+    job_id = queue.stage_job_id(run_id, "train")
+    in_progress = f"arq:in-progress:{job_id}"
+    await pool.psetex(in_progress, 610_000, b"1")  # what arq marks as a worker starts it
+
+    assert await requeue_lost_steps(sc) == []  # no holder noted: arq's expiry decides
+    assert await pool.exists(in_progress)
+
+    alive = WorkerLease(pool, queue_name, ttl=60)
+    await alive.start()
+    await alive.hold(job_id, 610)
+    assert await requeue_lost_steps(sc) == []  # its worker renews its lease
+    assert await pool.exists(in_progress)
+
+    await alive.stop()  # as if its lease had expired: the worker is lost
+    assert await requeue_lost_steps(sc) == [job_id]
+    assert not await pool.exists(in_progress)
+    assert job_id in await queued_jobs(pool)  # still queued: the next worker takes it
+    run = await store.get(run_id)
+    assert f"worker {alive.worker_id} running it was lost" in run.events[-1].message
+    assert await requeue_lost_steps(sc) == []  # released once
     await pool.aclose()
 
 

@@ -129,14 +129,14 @@ async def test_a_stage_that_keeps_failing_ends_the_run_after_its_attempts(
 async def test_two_workers_evaluating_three_runs_stay_under_one_shared_rate_limit(
     emulator: MistralEmulator, redis_db: str, tmp_path: Path
 ) -> None:
-    emulator.faults.rate_limit = 5  # requests in any one second, over all endpoints; then 429
+    emulator.faults.rate_limit = 10  # requests in any one second, over all endpoints; then 429
     settings = settings_for(
         redis_db,
         tmp_path / "data",
         mistral_api_key=KEY,
         mistral_server_url=emulator.url,
-        mistral_rps=5,
-        classify_batch_size=8,
+        mistral_rps=10,
+        classify_batch_size=16,
         poll_interval=0.3,
         poll_max_interval=1,
     )
@@ -166,12 +166,14 @@ async def test_two_workers_evaluating_three_runs_stay_under_one_shared_rate_limi
     # Every request sent had a slot of its own (429s and retries too); a caller woken too
     # late for its slot takes a new one rather than send late, so there may be more slots.
     assert len(granted) >= emulator.counts["requests"]
-    assert all_apart([g.slot for g in granted], SPACING / 5)
+    assert all_apart([g.slot for g in granted], SPACING / 10)
     turns = [g.limiter for g in sorted(granted, key=lambda g: g.slot)]
     assert len(set(turns)) == 2  # both workers sent…
     assert sum(a != b for a, b in itertools.pairwise(turns)) >= 3  # …taking turns
     for held_from, held_until in await limiter.held():  # any 429 that came back anyway…
         late = [g.slot for g in granted if g.reserved >= held_from]
         assert all(slot >= held_until for slot in late)  # …paused every worker
-    batches = sum(-(-f.dataset.splits[s].rows // 8) for f in finals for s in ("validation", "test"))
+    batches = sum(
+        -(-f.dataset.splits[s].rows // 16) for f in finals for s in ("validation", "test")
+    )
     assert emulator.counts["classify_requests"] == batches  # each batch paid for once

@@ -40,7 +40,8 @@ from modfactory.store.registry import ModelRegistry
 from modfactory.store.run import RunSpec, RunState
 from modfactory.values import DatasetSummary, RecipeParams
 
-pytestmark = pytest.mark.slow  # serve, worker and trained champions
+# serve, worker and trained champions; one xdist process runs the module (one fixture)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
 
 TOKEN = "serve-test-token-0123456789abcdef0123"
 TEXTS = [

@@ -267,8 +267,16 @@ class Settings(BaseSettings):
     job_timeout: int = Field(
         600,
         ge=10,
-        description="Longest a single stage job may run (s). A killed worker's job is "
-        "re-run after this + 10 s, so keep it short.",
+        description="Longest a single stage job may run (s) before it is interrupted and "
+        "queued again.",
+    )
+    worker_lease: float = Field(
+        15,
+        ge=1,
+        le=600,
+        description="A worker renews its lease every third of this (s); a job whose worker "
+        "has not renewed it for this long (killed, its machine lost) is taken up again by the "
+        "next reconcile round.",
     )
     health_check_interval: int = Field(30, ge=1, description="Worker heartbeat period (s).")
     stage_max_attempts: int = Field(

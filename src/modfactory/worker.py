@@ -6,12 +6,15 @@ MODFACTORY_RECONCILE_INTERVAL seconds on one worker (see ``stages.reconciler``: 
 re-queues the lost step of any unfinished run and cancels training jobs of runs that are
 over). Triggers that run inside the worker process — the retrain schedule — are passed in
 by whoever starts it (the CLI), so the worker knows no trigger. A starting worker loads the
-stages' libraries, then runs one reconcile round, before it takes a job.
+stages' libraries, then runs one reconcile round, before it takes a job. Each worker holds
+a lease and notes the jobs it runs (``store.leases``), so a job whose worker was lost is
+taken up again within MODFACTORY_WORKER_LEASE seconds and a reconcile interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -21,6 +24,7 @@ from arq import func
 from arq.connections import ArqRedis
 from arq.cron import CronJob
 from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from modfactory.settings import Settings
 from modfactory.stages.build import build
@@ -31,6 +35,7 @@ from modfactory.stages.reconciler import reconcile, reconcile_once
 from modfactory.stages.train import poll_training, train
 from modfactory.stages.upload import upload
 from modfactory.store import queue
+from modfactory.store.leases import WorkerLease
 from modfactory.store.runs import RunStore
 
 log = logging.getLogger("modfactory.worker")
@@ -63,12 +68,25 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
     ``triggers``: more cron jobs to run (e.g. ``triggers.schedule.retrain_cron_jobs``)."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        lease = WorkerLease(ctx["redis"], settings.queue_name, settings.worker_lease)
+        await lease.start()
+        ctx["lease"] = lease
         sc = StageContext(settings, RunStore(ctx["redis"], settings.queue_name), ctx["redis"])
         ctx["modfactory"] = sc
         await asyncio.to_thread(preload, settings)
         await reconcile_once(sc)
 
+    async def on_job_start(ctx: dict[str, Any]) -> None:  # arq's in-progress mark lives as long
+        with contextlib.suppress(RedisError):
+            await ctx["lease"].hold(ctx["job_id"], settings.job_timeout + 10)
+
+    async def on_job_end(ctx: dict[str, Any]) -> None:
+        with contextlib.suppress(RedisError):
+            await ctx["lease"].let_go(ctx["job_id"])
+
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if "lease" in ctx:
+            await ctx["lease"].stop()
         if "modfactory" in ctx:
             await ctx["modfactory"].close()
 
@@ -87,6 +105,8 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
         "redis_settings": queue.redis_settings(settings.redis_url or "redis://localhost:6379"),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
+        "on_job_start": on_job_start,
+        "on_job_end": on_job_end,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout,
         "keep_result": 0,

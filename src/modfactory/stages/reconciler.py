@@ -6,7 +6,10 @@ step — its stage job, or the next look at its training job — is neither queu
 nor in progress in arq has that step queued again: a job arq dropped after its tries, a
 stage that could not record its end (Redis away), a run created but never queued, a
 worker lost between finishing a stage and queuing the next, a Redis restarted without its
-queue. A stage whose attempts keep ending without progress fails after
+queue. A step still marked in progress by a worker whose lease has expired (killed, its
+machine lost) is released for the next worker at once (``store.leases``), rather than
+when arq's mark expires, MODFACTORY_JOB_TIMEOUT + 10 s later. A stage whose attempts
+keep ending without progress fails after
 MODFACTORY_STAGE_MAX_ATTEMPTS of them, naming how the last ended (``Run.start_stage``).
 Runs that ended failed or cancelled while their training job may still run have that job
 cancelled. The first round of each day prunes finished runs beyond MODFACTORY_KEEP_RUNS /
@@ -23,6 +26,7 @@ from typing import Any
 
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
+from modfactory.store.leases import release_if_orphaned
 from modfactory.store.registry import ModelRegistry
 from modfactory.store.retention import prune_runs
 from modfactory.store.run import Run, RunNotFound, RunState, StageStatus
@@ -57,12 +61,20 @@ def current_job(run: Run) -> tuple[str, str] | None:
 
 
 async def requeue_lost_steps(sc: StageContext) -> list[str]:
-    """Queue again the current step of every unfinished run that has no arq job."""
+    """Queue again the current step of every unfinished run that has no arq job; release
+    one held by a lost worker."""
     queue_name = sc.settings.queue_name
     requeued = []
     for run in await sc.store.active():
         wanted = current_job(run)
-        if wanted is None or await queue.job_exists(sc.redis, wanted[0]):
+        if wanted is None:
+            continue
+        if await queue.job_exists(sc.redis, wanted[0]):
+            lost = await release_if_orphaned(sc.redis, queue_name, wanted[0])
+            if lost is not None:  # still queued: the next worker to poll takes it up
+                requeued.append(wanted[0])
+                why = f"took up {wanted[1]} again: worker {lost} running it was lost"
+                await sc.store.note(run.id, run.current_stage, why)
             continue
         try:
             fresh = await sc.store.get(run.id)  # it may have moved on meanwhile

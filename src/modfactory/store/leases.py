@@ -1,0 +1,109 @@
+"""Which worker holds which job, and whether that worker is still alive.
+
+arq marks a running job with an in-progress key that lives ``job_timeout + 10`` seconds;
+a worker killed mid-job (SIGKILL, a lost machine, an evicted pod) leaves the key behind,
+and nobody takes the job again until it expires — ten minutes at the default timeout.
+Here each worker holds a lease (``<queue>:worker:<id>``, renewed every third of
+MODFACTORY_WORKER_LEASE seconds) and notes itself as the holder of each job it starts
+(``<queue>:holder:<job id>``, removed when the job ends). The reconciler asks
+``release_if_orphaned``: a job in progress whose holder's lease has expired is released
+— its in-progress key deleted, so the next worker that polls the queue takes it up.
+
+A job whose holder is not known (the worker died between arq's mark and its own note)
+keeps arq's expiry: nothing is released on a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, WatchError
+
+log = logging.getLogger("modfactory.store.leases")
+
+
+def new_worker_id() -> str:
+    return secrets.token_hex(6)
+
+
+def _lease_key(queue_name: str, worker_id: str) -> str:
+    return f"{queue_name}:worker:{worker_id}"
+
+
+def _holder_key(queue_name: str, job_id: str) -> str:
+    return f"{queue_name}:holder:{job_id}"
+
+
+class WorkerLease:
+    """A worker's lease, renewed in the background while the worker lives."""
+
+    def __init__(self, redis: Redis, queue_name: str, ttl: float) -> None:
+        self.redis, self.queue_name, self.ttl = redis, queue_name, ttl
+        self.worker_id = new_worker_id()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> str:
+        return _lease_key(self.queue_name, self.worker_id)
+
+    async def start(self) -> None:
+        await self._renew()
+        self._task = asyncio.create_task(self._keep_renewing())
+
+    async def _renew(self) -> None:
+        await self.redis.set(self.key, 1, px=int(self.ttl * 1000))
+
+    async def _keep_renewing(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await self._renew()
+            except RedisError as exc:  # Redis away: try again next time
+                log.debug("could not renew worker lease %s: %s", self.worker_id, exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(self.key)
+
+    async def hold(self, job_id: str, for_seconds: float) -> None:
+        """Note this worker as the holder of ``job_id`` (as long as arq's mark lives)."""
+        await self.redis.set(
+            _holder_key(self.queue_name, job_id), self.worker_id, px=int(for_seconds * 1000)
+        )
+
+    async def let_go(self, job_id: str) -> None:
+        await self.redis.delete(_holder_key(self.queue_name, job_id))
+
+
+async def release_if_orphaned(redis: Redis, queue_name: str, job_id: str) -> str | None:
+    """Release ``job_id`` if it is in progress on a worker whose lease has expired; the
+    lost worker's id when it was released, else None."""
+    holder_key = _holder_key(queue_name, job_id)
+    in_progress = in_progress_key_prefix + job_id
+    holder = await redis.get(holder_key)
+    if holder is None:
+        return None
+    worker_id = holder.decode()
+    lease = _lease_key(queue_name, worker_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(holder_key, in_progress, lease)
+            if await pipe.get(holder_key) != holder or not await pipe.exists(in_progress):
+                return None
+            if await pipe.exists(lease):
+                return None  # alive
+            pipe.multi()
+            pipe.delete(in_progress, holder_key)
+            await pipe.execute()
+        except WatchError:  # the job moved meanwhile: look again next round
+            return None
+    return worker_id
