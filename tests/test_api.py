@@ -40,6 +40,7 @@ def settings(redis_db: str, tmp_path: Path) -> Settings:
         tmp_path / "data",
         health_check_interval=2,
         queued_alert_after=1,
+        reconcile_interval=60,  # no reconcile round waiting in the queue the gauges count
         webhook_sources=("synthetic", str(tmp_path / "sources")),
     )
 
