@@ -276,7 +276,7 @@ class Settings(BaseSettings):
         le=600,
         description="A worker renews its lease every third of this (s); a job whose worker "
         "has not renewed it for this long (killed, its machine lost) is taken up again by the "
-        "next reconcile round.",
+        "reconciler (the second round to find it lost: a Redis restart lapses every lease).",
     )
     health_check_interval: int = Field(30, ge=1, description="Worker heartbeat period (s).")
     stage_max_attempts: int = Field(

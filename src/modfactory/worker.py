@@ -8,7 +8,7 @@ over). Triggers that run inside the worker process — the retrain schedule — 
 by whoever starts it (the CLI), so the worker knows no trigger. A starting worker loads the
 stages' libraries, then runs one reconcile round, before it takes a job. Each worker holds
 a lease and notes the jobs it runs (``store.leases``), so a job whose worker was lost is
-taken up again within MODFACTORY_WORKER_LEASE seconds and a reconcile interval.
+taken up again within MODFACTORY_WORKER_LEASE seconds and two reconcile rounds.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ and nobody takes the job again until it expires — ten minutes at the default t
 Here each worker holds a lease (``<queue>:worker:<id>``, renewed every third of
 MODFACTORY_WORKER_LEASE seconds) and notes itself as the holder of each job it starts
 (``<queue>:holder:<job id>``, removed when the job ends). The reconciler asks
-``release_if_orphaned``: a job in progress whose holder's lease has expired is released
-— its in-progress key deleted, so the next worker that polls the queue takes it up.
+``release_if_orphaned``: a job in progress whose holder's lease is found expired in two
+rounds in a row is released — its in-progress key deleted, so the next worker that polls
+the queue takes it up.
 
 A job whose holder is not known (the worker died between arq's mark and its own note)
 keeps arq's expiry: nothing is released on a guess.
@@ -85,9 +86,11 @@ class WorkerLease:
 
 
 async def release_if_orphaned(redis: Redis, queue_name: str, job_id: str) -> str | None:
-    """Release ``job_id`` if it is in progress on a worker whose lease has expired; the
-    lost worker's id when it was released, else None."""
+    """Release ``job_id`` if it is in progress on a worker whose lease was found expired in
+    two rounds in a row (a Redis restart lets every lease lapse at once; a live worker
+    renews its lease before the next round); the lost worker's id when it was released."""
     holder_key = _holder_key(queue_name, job_id)
+    suspect_key = f"{queue_name}:suspect:{job_id}"
     in_progress = in_progress_key_prefix + job_id
     holder = await redis.get(holder_key)
     if holder is None:
@@ -96,14 +99,24 @@ async def release_if_orphaned(redis: Redis, queue_name: str, job_id: str) -> str
     lease = _lease_key(queue_name, worker_id)
     async with redis.pipeline(transaction=True) as pipe:
         try:
-            await pipe.watch(holder_key, in_progress, lease)
+            await pipe.watch(holder_key, in_progress, lease, suspect_key)
             if await pipe.get(holder_key) != holder or not await pipe.exists(in_progress):
                 return None
-            if await pipe.exists(lease):
-                return None  # alive
+            alive = await pipe.exists(lease)
+            seen_lost = await pipe.get(suspect_key) == holder
             pipe.multi()
-            pipe.delete(in_progress, holder_key)
+            if alive:
+                pipe.delete(suspect_key)
+            elif not seen_lost:  # released next round, if still lost then
+                pipe.set(suspect_key, holder, px=int(await _job_mark_ms(redis, in_progress)))
+            else:
+                pipe.delete(in_progress, holder_key, suspect_key)
             await pipe.execute()
         except WatchError:  # the job moved meanwhile: look again next round
             return None
-    return worker_id
+    return worker_id if not alive and seen_lost else None
+
+
+async def _job_mark_ms(redis: Redis, in_progress: str) -> int:
+    """How long arq's in-progress mark still lives (ms; at least one second)."""
+    return max(1000, await redis.pttl(in_progress))
