@@ -121,6 +121,7 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
 
     sent = 0
     t0 = time.monotonic()
+    cpu0 = time.process_time()  # this process is the worker (and the probes' producer)
     while time.monotonic() - t0 < args.seconds:
         await pool.enqueue_job(
             "probe", time.time(), _job_id=f"probe:{sent}", _queue_name=settings.queue_name
@@ -129,6 +130,7 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
         await asyncio.sleep(0.1)
     await asyncio.sleep(2)
     elapsed = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
     runs = [await store.get(i) for i in run_ids]
     polls = sum(r.training.poll_seq for r in runs) - seq_before
     still = sum(r.training.status == "RUNNING" and r.state == "running" for r in runs)
@@ -144,6 +146,10 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
         f"worker: max_jobs=10, poll interval {args.poll_interval} s, "
         f"MODFACTORY_MISTRAL_RPS={args.rps:g}; "
         f"{polls / elapsed:.1f} looks/s sustained over {elapsed:.0f} s"
+    )
+    print(
+        f"worker CPU: {cpu / elapsed * 100:.0f} % of a core, {cpu / max(polls, 1) * 1000:.2f} ms "
+        f"per look (the probes' share included)"
     )
     if not latencies:
         sys.exit(f"unrelated short jobs: none of {sent} started")

@@ -251,3 +251,27 @@ def test_the_rules_of_a_run_hold_on_the_document_alone() -> None:
     looked.record_training(job.model_copy(update={"status": "FAILED"}))
     assert looked.new_training_generation() and looked.training.previous_jobs == ["job-1"]
     assert looked.artifacts.training_job_id is None and looked.training.generation == 1
+
+
+async def test_a_look_queued_by_script_is_what_arq_would_have_queued_once(redis_db: str) -> None:
+    """``queue.enqueue_poll`` writes arq's own job record (read back by arq's Job), deferred
+    by the delay, and refuses an id that is already queued, as ``enqueue_job`` does."""
+    from arq.jobs import Job
+    from arq.jobs import JobStatus as ArqStatus
+
+    from modfactory.store import queue
+
+    pool = await queue.open_pool(redis_db, "looks")
+    try:
+        assert await queue.enqueue_poll(pool, "looks", "run-1", 3, delay=10)
+        assert not await queue.enqueue_poll(pool, "looks", "run-1", 3, delay=0)
+        job = Job(queue.poll_job_id("run-1", 3), pool, "looks", queue.deserialize)
+        info = await job.info()
+        assert info is not None
+        assert (info.function, info.args, info.kwargs) == (queue.POLL_JOB, ["run-1", 3], {})  # JSON
+        assert await job.status() == ArqStatus.deferred
+        score = await pool.zscore("looks", queue.poll_job_id("run-1", 3))
+        assert 9_000 <= score - info.enqueue_time.timestamp() * 1000 <= 11_000  # 10 s ± 10 %
+        assert await pool.zcard("looks") == 1
+    finally:
+        await pool.aclose()

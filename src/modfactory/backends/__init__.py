@@ -1,6 +1,7 @@
 """Training backends behind one interface (``base``): ``local`` (embedded; its training
 process in ``local_trainer``) and ``mistral`` (the SDK's answers read by
-``mistral_answers``; the shared request rate limit in ``ratelimit``).
+``mistral_answers``, its per-request waste removed by ``mistral_fastpath``; the shared
+request rate limit in ``ratelimit``).
 
 May import the data wing (the local backend reads its JSONL files) and the bottom.
 """

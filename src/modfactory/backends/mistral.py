@@ -35,7 +35,8 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
-from modfactory.backends.mistral_answers import error_detail, job_of, reuse_answer_models
+from modfactory.backends.mistral_answers import error_detail, job_of
+from modfactory.backends.mistral_fastpath import speed_up_sdk
 from modfactory.backends.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from modfactory.settings import Settings, redact
 from modfactory.values import JobStatus, TrainingJob, UploadedFile
@@ -55,6 +56,27 @@ _KEY_ADVICE = "check MISTRAL_API_KEY (a valid key of a workspace with fine-tunin
 # Transport failures that mean the request never reached the API (known not done).
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 Recover = Callable[[], Awaitable[T | None]]
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Keeps none: the API authenticates by bearer key (and parsing each answer's
+        headers for cookies is a tenth of what a look at a job costs)."""
+
+
+class _CookielessClient(httpx.AsyncClient):
+    """An httpx client that neither keeps nor sends cookies."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        pass
+
+
+_NO_COOKIES = _NoCookies()
 
 
 class MistralBackend(Backend):
@@ -77,9 +99,9 @@ class MistralBackend(Backend):
         if self._client is None:
             from mistralai.client import Mistral
 
-            reuse_answer_models()
+            speed_up_sdk()
             key = self.settings.mistral_api_key
-            self._http = httpx.AsyncClient(
+            self._http = _CookielessClient(
                 follow_redirects=True, event_hooks={"request": [self._pace]}
             )
             self._client = Mistral(
@@ -121,7 +143,9 @@ class MistralBackend(Backend):
     def _job(self, out: Any) -> TrainingJob:
         """The SDK's job as a TrainingJob, with no secret in what the API wrote into it."""
         job = job_of(out)
-        return TrainingJob.model_validate_json(self._redacted(job.model_dump_json()))
+        dumped = job.model_dump_json()
+        redacted = self._redacted(dumped)
+        return job if redacted == dumped else TrainingJob.model_validate_json(redacted)
 
     # --- calls with retries ---------------------------------------------------------------
     async def _call(

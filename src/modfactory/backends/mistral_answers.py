@@ -1,10 +1,9 @@
 """What the Mistral SDK's answers mean in the backend's terms: a fine-tuning job as a
 ``TrainingJob`` (its error taken from its own events), an error body as the one line that
-says what was refused; and the SDK reading answers without rebuilding its models."""
+says what was refused."""
 
 from __future__ import annotations
 
-import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -72,38 +71,3 @@ def error_detail(body: str) -> str:
                 parts.append(f"{where}: {d.get('msg')}" if where else str(d.get("msg")))
         return "; ".join(parts)
     return str(detail)[:500]
-
-
-def reuse_answer_models() -> None:
-    """Make the SDK read answers with one pydantic model per answer type, built once.
-
-    mistralai 2.5.1 (``utils.serializers.unmarshal``) builds a new model class for every
-    answer it reads — about 4 ms of CPU, most of what a look at a training job costs. The
-    model built once per type validates exactly the same way; a type that cannot be a dict
-    key is read the SDK's own way.
-    """
-    from mistralai.client.utils import serializers
-
-    if getattr(serializers.unmarshal, "reused", False):
-        return
-    original = serializers.unmarshal
-
-    @functools.cache
-    def model_for(typ: Any) -> Any:
-        from pydantic import ConfigDict, create_model
-
-        return create_model(
-            "Unmarshaller",
-            body=(typ, ...),
-            __config__=ConfigDict(populate_by_name=True, arbitrary_types_allowed=True),
-        )
-
-    def unmarshal(val: Any, typ: Any) -> Any:
-        try:
-            model = model_for(typ)
-        except TypeError:  # unhashable
-            return original(val, typ)
-        return model(body=val).body
-
-    unmarshal.reused = True  # type: ignore[attr-defined]
-    serializers.unmarshal = unmarshal

@@ -17,6 +17,8 @@ from arq import cron
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.cron import CronJob
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 
 POLL_JOB = "poll_training"
 
@@ -85,17 +87,29 @@ async def enqueue_stage(redis: ArqRedis, queue: str, stage: str, run_id: str) ->
     return job is not None
 
 
+# arq's enqueue_job in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the
+# same keys, the same refusal of an id that is queued or has a kept result, atomically.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
 async def enqueue_poll(redis: ArqRedis, queue: str, run_id: str, seq: int, delay: float) -> bool:
-    """Queue look number ``seq`` at a training job, ``delay`` seconds (±10 %) from now."""
-    job = await redis.enqueue_job(
-        POLL_JOB,
-        run_id,
-        seq,
-        _job_id=poll_job_id(run_id, seq),
-        _queue_name=queue,
-        _defer_by=delay * random.uniform(0.9, 1.1) if delay else None,
+    """Queue look number ``seq`` at a training job, ``delay`` seconds (±10 %) from now
+    (False when it is queued already). The one job queued many times a second, so it is
+    queued by one script; what it writes is exactly what ``ArqRedis.enqueue_job`` writes."""
+    job_id = poll_job_id(run_id, seq)
+    now = timestamp_ms()
+    score = now + (round(delay * random.uniform(0.9, 1.1) * 1000) if delay else 0)
+    job = serialize_job(POLL_JOB, (run_id, seq), {}, None, now, serializer=serialize)
+    queued = await redis.register_script(_ENQUEUE)(
+        keys=[job_key_prefix + job_id, result_key_prefix + job_id, queue],
+        args=[score - now + redis.expires_extra_ms, job, score, job_id],
     )
-    return job is not None
+    return bool(queued)
 
 
 def once_per_tick(
