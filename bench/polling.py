@@ -6,13 +6,14 @@ worker with ``max_jobs=10``, then enqueues a short unrelated job every 100 ms fo
 ``--seconds`` and prints the enqueue-to-start latency percentiles (target: p95 < 1 s),
 with the poll rate the worker sustained meanwhile.
 
-    python bench/polling.py [--runs 200] [--poll-interval 2] [--seconds 30]
+    python bench/polling.py [--runs 200] [--poll-interval 2] [--seconds 30] [--profile F]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,9 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
     sent = 0
     t0 = time.monotonic()
     cpu0 = time.process_time()  # this process is the worker (and the probes' producer)
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
     while time.monotonic() - t0 < args.seconds:
         await pool.enqueue_job(
             "probe", time.time(), _job_id=f"probe:{sent}", _queue_name=settings.queue_name
@@ -131,6 +135,9 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
     await asyncio.sleep(2)
     elapsed = time.monotonic() - t0
     cpu = time.process_time() - cpu0
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
     runs = [await store.get(i) for i in run_ids]
     polls = sum(r.training.poll_seq for r in runs) - seq_before
     still = sum(r.training.status == "RUNNING" and r.state == "running" for r in runs)
@@ -172,6 +179,9 @@ def main() -> None:
         default=1000.0,
         help="MODFACTORY_MISTRAL_RPS for the run (the emulator has no limit; Mistral's "
         "default tier allows far less: one key follows about rps x poll interval jobs)",
+    )
+    parser.add_argument(
+        "--profile", help="write a cProfile of the measured window to this file (slower)"
     )
     args = parser.parse_args()
     emulator = subprocess.Popen(

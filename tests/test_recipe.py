@@ -173,3 +173,35 @@ def test_interleaved_atomic_writers_both_land_and_a_failed_one_leaves_no_trace(
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
+
+
+def _kept_by_the_loop(flags, desired: int, fraction: float) -> list[int]:
+    """The cookbook's per-row cap loop, literally (the reference for the vectorized one)."""
+    counts = [0] * flags.shape[1]
+    kept = []
+    for position, row in enumerate(flags.tolist()):
+        labels = [j for j, flag in enumerate(row) if flag]
+        if any((counts[j] + 1) / desired > fraction for j in labels):
+            continue
+        kept.append(position)
+        for j in labels:
+            counts[j] += 1
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_label_caps_keep_the_rows_the_cookbook_loop_keeps(seed: int) -> None:
+    import numpy as np
+
+    from modfactory.data.recipe import _under_the_caps
+
+    rng = np.random.default_rng(seed)
+    rows, labels = int(rng.integers(1, 3000)), int(rng.integers(1, 8))
+    rates = rng.uniform(0.01, 0.9, labels)
+    flags = rng.random((rows, labels)) < rates
+    flags[~flags.any(axis=1), int(rng.integers(labels))] = True  # candidates are flagged
+    for fraction in (0.05, 0.2, 1 / 3, 0.5, 1.0):
+        for desired in (rows, rows + 7, max(1, rows // 2)):
+            params = RecipeParams(max_label_fraction=fraction)
+            keep = _under_the_caps(flags, desired, params)
+            assert np.flatnonzero(keep).tolist() == _kept_by_the_loop(flags, desired, fraction)
