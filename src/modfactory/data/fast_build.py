@@ -1,9 +1,10 @@
 """The build's fast path: the cookbook's rows, selected over indices, read column-wise.
 
 ``shuffle_indices`` gives the row numbers ``shuffle(seed, buffer_size=n).take(n)`` would
-yield; only the label columns of those rows are read (memory-mapped parquet), binarized
-and filtered with numpy, and the text column is read only for the rows the recipe keeps,
-one row group at a time. Same rows, same order, as streaming — at Arrow speed.
+yield; only the label columns are read (memory-mapped parquet, two shards at a time),
+binarized and filtered with numpy, and the text column is decoded a batch at a time and
+only the rows the recipe keeps are turned into Python strings. Same rows, same order, as
+streaming — at Arrow speed.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def take_filtered(files: Sequence[str], split: str, params: RecipeParams, where:
 
 def _each_shard(work: Callable[[int], None], shards: int) -> None:
     """``work(k)`` for every shard, a few at a time (Arrow decodes without the GIL)."""
-    if shards == 1:
-        return work(0)
+    if shards < 2:
+        for k in range(shards):
+            work(k)
+        return None
     with ThreadPoolExecutor(max_workers=min(shards, _DECODERS)) as pool:
         for done in [pool.submit(work, k) for k in range(shards)]:
             done.result()  # the first shard's error is the one raised
