@@ -10,9 +10,10 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "modfactory"
 
-# The bottom: the settings (and the grammar of one of them), value types, files, logging,
-# charts (drawn for the data set, the training curve and the evaluation alike).
-BASE = {"settings", "crontab", "values", "fileio", "logs", "charts"}
+# The bottom: the settings (and the grammar of one of them), value types, the backends'
+# names (plugins), files, logging, charts (drawn for the data set, the training curve and
+# the evaluation alike).
+BASE = {"settings", "crontab", "values", "plugins", "fileio", "logs", "charts"}
 # Each wing, and the wings it may import besides itself and BASE.
 MAY_IMPORT: dict[str, set[str]] = {
     "store": set(),

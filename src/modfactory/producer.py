@@ -7,13 +7,14 @@ lost, by the reconciler."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
 from redis.asyncio.client import Pipeline
 
-from modfactory.backends import get_backend
+from modfactory.backends import get_backend, job_files
 from modfactory.data.sources import fingerprint, parse_source
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext, cancel_remote_job
@@ -172,9 +173,11 @@ class Producer:
 
     async def prune(self, dry_run: bool = False) -> list[str]:
         """Delete the finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS —
-        document, index entries, run directory, local training job — except champions and
-        the runs a rollback needs; returns their ids (with ``dry_run``: what would go)."""
-        return await prune_runs(self.store, self.registry, self.settings, dry_run=dry_run)
+        document, index entries, run directory, the backend's files for its training job —
+        except champions and the runs a rollback needs; returns their ids (with
+        ``dry_run``: what would go)."""
+        files = functools.partial(job_files, self.settings)
+        return await prune_runs(self.store, self.registry, self.settings, files, dry_run=dry_run)
 
     async def rollback(self, model_name: str | None = None) -> ModelRecord:
         """Restore the previous champion of ``model_name`` (default: MODFACTORY_MODEL_NAME)."""

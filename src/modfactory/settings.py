@@ -26,9 +26,6 @@ def _recipe(name: str) -> Any:
     return RecipeParams.model_fields[name]
 
 
-BackendChoice = Literal["auto", "local", "mistral"]
-
-
 class Settings(BaseSettings):
     """modfactory configuration (environment, ``.env``, or keyword arguments in code)."""
 
@@ -78,8 +75,10 @@ class Settings(BaseSettings):
     )
 
     # --- training -------------------------------------------------------------------
-    backend: BackendChoice = Field(
-        "auto", description="auto: mistral when MISTRAL_API_KEY is set, else local."
+    backend: str = Field(
+        "auto",
+        description="auto (mistral when MISTRAL_API_KEY is set, else local), local, mistral, "
+        "or the name of an installed backend plugin.",
     )
     mistral_api_key: SecretStr | None = Field(
         None,
@@ -105,7 +104,8 @@ class Settings(BaseSettings):
     mistral_job_suffix: str = Field(
         "mf",
         pattern=r"^[a-z0-9]{0,6}$",
-        description="Start of each job's suffix (the rest identifies the run): up to 6 of a-z 0-9.",
+        description="Mistral backend: start of each job's suffix (the rest identifies the run): "
+        "up to 6 of a-z 0-9.",
     )
     wandb_project: str | None = Field(None, description="Weights & Biases project for the job.")
     wandb_api_key: SecretStr | None = Field(None, description="Weights & Biases key (secret).")
@@ -338,6 +338,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        from modfactory.plugins import check_backend_name  # reads entry points: only now
+
+        return check_backend_name(value)
+
     @field_validator("wandb_api_key")
     @classmethod
     def _wandb_key_length(cls, value: SecretStr | None) -> SecretStr | None:
@@ -373,7 +382,7 @@ class Settings(BaseSettings):
         return ("*",) if any(name.lower() in every for name in self.shadow) else self.shadow
 
     @property
-    def default_backend(self) -> Literal["local", "mistral"]:
+    def default_backend(self) -> str:
         """The backend a run gets when it does not name one."""
         if self.backend != "auto":
             return self.backend

@@ -1,56 +1,72 @@
-"""Training backends behind one interface (``base``): ``local`` (embedded; its training
-process in ``local_trainer``) and ``mistral`` (the SDK's answers read by
-``mistral_answers``, its per-request waste removed by ``mistral_fastpath``; the shared
-request rate limit in ``ratelimit``).
+"""Training backends behind one interface (``base``), found by name in one registry
+(``modfactory.plugins``: the built-ins and any installed package's entry point). Built in:
+``local`` (embedded; its training process in ``local_trainer``) and ``mistral`` (the SDK's
+answers read by ``mistral_answers``, its per-request waste removed by
+``mistral_fastpath``; the shared request rate limit in ``ratelimit``).
 
 May import the data wing (the local backend reads its JSONL files) and the bottom.
 """
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 from redis.asyncio import Redis
 
-from modfactory.backends.api_errors import ApiErrorCounter
 from modfactory.backends.base import Backend, BackendError, BackendUnavailable
+from modfactory.plugins import backend_names, backend_targets, check_backend_name
 from modfactory.settings import Settings
 
-BACKENDS = ("local", "mistral")
 __all__ = [
-    "BACKENDS",
     "Backend",
     "BackendError",
     "BackendUnavailable",
+    "backend_class",
+    "backend_names",
     "connected_backend",
     "get_backend",
+    "job_files",
 ]
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class of the backend called ``name``, imported now; BackendError naming the
+    backends installed when there is none, or what is wrong with a plugin's."""
+    try:
+        target = backend_targets()[check_backend_name(name)]
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
+    module_name, _, attribute = target.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except Exception as exc:  # a plugin's module may fail in any way: say which and how
+        raise BackendError(
+            f"backend {name!r} ({target}) cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from None
+    if not (isinstance(found, type) and issubclass(found, Backend)):
+        raise BackendError(f"backend {name!r} ({target}) is not a modfactory Backend class")
+    return found
 
 
 def get_backend(name: str, settings: Settings) -> Backend:
     """The backend called ``name``, configured from ``settings``."""
-    if name == "local":
-        from modfactory.backends.local import LocalBackend
-
-        return LocalBackend(
-            settings.data_dir,
-            epochs=settings.local_epochs,
-            alpha=settings.local_alpha,
-            train_timeout=settings.local_train_timeout,
-            grid=settings.local_grid,
-        )
-    if name == "mistral":
-        from modfactory.backends.mistral import MistralBackend
-
-        return MistralBackend(settings)
-    raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return backend_class(name).from_settings(settings)
 
 
 def connected_backend(name: str, settings: Settings, redis: Redis) -> Backend:
-    """The backend ``name``, counting its API errors in Redis and, for Mistral, sharing one
-    rate limit with every process on this Redis (Mistral's limits are per API key)."""
+    """The backend ``name`` wired to the shared Redis (its API errors counted there; for
+    Mistral, one request rate shared by every process, as Mistral's limits are per key)."""
     backend = get_backend(name, settings)
-    backend.error_counter = ApiErrorCounter(redis, settings.queue_name)
-    if name == "mistral":
-        from modfactory.backends.mistral import shared_limiter
-
-        backend.limiter = shared_limiter(settings, redis)  # type: ignore[attr-defined]
+    backend.connect(redis, settings)
     return backend
+
+
+def job_files(settings: Settings, name: str, job_id: str) -> list[Path]:
+    """What a backend keeps on this machine for one training job (prune deletes it); none
+    for a backend no longer installed."""
+    try:
+        cls = backend_class(name)
+    except BackendError:
+        return []
+    return cls.job_files(settings, job_id)

@@ -10,6 +10,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -17,6 +18,11 @@ from modfactory.values import (
     TrainingJob,
     UploadedFile,
 )
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from modfactory.settings import Settings
 
 
 class JobRequest(BaseModel):
@@ -73,11 +79,37 @@ def checked_hyperparameters(
 
 
 class Backend(ABC):
-    """Upload files, run a classifier fine-tuning job, classify with the result."""
+    """Upload files, run a classifier fine-tuning job, classify with the result.
+
+    A backend is found by its ``name`` in ``modfactory.plugins`` (a plugin package declares
+    it under the entry-point group ``modfactory.backends``) and made by ``from_settings``;
+    what differs from one backend to another is said here, by methods and attributes, and
+    nowhere else.
+    """
 
     name: str
     base_model: str
+    suffix_prefix: str = "mf"  # starts each job's suffix; the rest identifies the run
     error_counter: Callable[[str, str], Awaitable[None]] | None = None  # (backend, kind)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Backend:
+        """The backend configured from ``settings`` (here: ``cls(settings)``); raises
+        BackendError naming a missing or wrong setting."""
+        return cls(settings)  # type: ignore[call-arg]
+
+    def connect(self, redis: Redis, settings: Settings) -> None:
+        """Share what must be shared with every process on this Redis (here: the count of
+        failed API requests, by backend and kind)."""
+        from modfactory.backends.api_errors import ApiErrorCounter
+
+        self.error_counter = ApiErrorCounter(redis, settings.queue_name)
+
+    @classmethod
+    def job_files(cls, settings: Settings, job_id: str) -> list[Path]:
+        """Files this machine keeps for one training job, deleted when its run is pruned
+        (here: none, the job lives at the backend)."""
+        return []
 
     async def count_api_error(self, kind: str) -> None:
         """Count one failed API request (``kind``: an HTTP status or an error name)."""

@@ -43,6 +43,7 @@ from modfactory.backends.local_trainer import (
 )
 from modfactory.data.recipe import TARGET, RecipeError, read_jsonl
 from modfactory.fileio import atomic_output
+from modfactory.settings import Settings
 from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
 
 MODEL_PREFIX = "ft:classifier:local:"
@@ -77,6 +78,21 @@ class LocalBackend(Backend):
         self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
         self._models_lock = threading.Lock()  # classify runs in worker threads
         self._trainers: list[subprocess.Popen[bytes]] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalBackend:
+        return cls(
+            settings.data_dir,
+            epochs=settings.local_epochs,
+            alpha=settings.local_alpha,
+            train_timeout=settings.local_train_timeout,
+            grid=settings.local_grid,
+        )
+
+    @classmethod
+    def job_files(cls, settings: Settings, job_id: str) -> list[Path]:
+        """The job's directory: its record, the trainer's progress and the model."""
+        return [settings.data_dir / "local" / "jobs" / job_id]
 
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
         return {**self.defaults, **checked_hyperparameters(self.name, overrides, RANGES)}

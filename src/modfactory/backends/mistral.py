@@ -89,6 +89,7 @@ class MistralBackend(Backend):
             raise BackendError("the mistral backend needs MISTRAL_API_KEY")
         self.settings = settings
         self.base_model = settings.mistral_model
+        self.suffix_prefix = settings.mistral_job_suffix
         self.limiter: Limiter = RateLimiter(rate_buckets(settings))
         self._client: Any = None
         self._http: httpx.AsyncClient | None = None
@@ -111,6 +112,12 @@ class MistralBackend(Backend):
                 timeout_ms=int(self.settings.mistral_timeout * 1000),
             )
         return self._client
+
+    def connect(self, redis: Any, settings: Settings) -> None:
+        """Count API errors in Redis, and pace requests by one rate shared with every
+        process on this Redis (Mistral's limits are per API key)."""
+        super().connect(redis, settings)
+        self.limiter = shared_limiter(settings, redis)
 
     async def _pace(self, request: httpx.Request) -> None:
         """Wait for the rate limiter; the last step before ``request`` is sent."""

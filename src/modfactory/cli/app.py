@@ -76,7 +76,9 @@ SourceOpt = Annotated[
 BackendOpt = Annotated[
     str | None,
     typer.Option(
-        "--backend", help="local or mistral (default: mistral if MISTRAL_API_KEY is set)."
+        "--backend",
+        help="local, mistral or an installed plugin's name (default: mistral if "
+        "MISTRAL_API_KEY is set, else local).",
     ),
 ]
 DataDirOpt = Annotated[

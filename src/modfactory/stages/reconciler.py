@@ -18,12 +18,14 @@ _KEEP_DAYS (``store.retention``). A starting worker runs one round at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from modfactory.backends import job_files
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
 from modfactory.store.leases import release_if_orphaned
@@ -115,9 +117,9 @@ async def reconcile_once(sc: StageContext) -> Round:
                 done.cancels.append(f"{run_id}: {said}")
         day = f"{sc.settings.queue_name}:pruned-on:{datetime.now(UTC):%Y-%m-%d}"
         if await sc.redis.set(day, 1, nx=True, ex=2 * 86_400):  # the first round of a day
-            done.pruned = await prune_runs(
-                sc.store, ModelRegistry(sc.redis, sc.settings.queue_name), sc.settings
-            )
+            registry = ModelRegistry(sc.redis, sc.settings.queue_name)
+            files = functools.partial(job_files, sc.settings)
+            done.pruned = await prune_runs(sc.store, registry, sc.settings, files)
     finally:
         if (await sc.redis.get(lock)) == token.encode():
             await sc.redis.delete(lock)

@@ -32,7 +32,7 @@ async def train(sc: StageContext, run: Run) -> None:
         run = await sc.store.new_training_generation(run.id)  # the job failed: a new one
     if run.artifacts.training_job_id is None:
         backend = sc.backend(run.spec.backend)
-        suffix = run.training.job_suffix(run.id, sc.settings.mistral_job_suffix)
+        suffix = run.training.job_suffix(run.id, backend.suffix_prefix)
         await sc.store.note(run.id, "train", f"creating the training job (suffix {suffix})")
         job = await backend.create_job(
             JobRequest(

@@ -1,13 +1,15 @@
 """Retention: finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS are deleted
-— document, index entries, run directory, local training job — except champions and the
-runs a rollback needs (``ModelRecord.kept_runs``), checked again in the transaction that
-deletes each one."""
+— document, index entries, run directory, and the files its backend keeps for its training
+job (the caller says which: the store knows no backend) — except champions and the runs a
+rollback needs (``ModelRecord.kept_runs``), checked again in the transaction that deletes
+each one."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.asyncio.client import Pipeline
@@ -20,8 +22,16 @@ from modfactory.store.runs import RunStore
 _SAFE_NAME = re.compile(r"[\w.-]+")  # a run or job id, never a path
 
 
+JobFiles = Callable[[str, str], list[Path]]
+"""``job_files(backend, job_id)``: what that backend keeps on this machine for the job."""
+
+
 async def prune_runs(
-    store: RunStore, registry: ModelRegistry, settings: Settings, dry_run: bool = False
+    store: RunStore,
+    registry: ModelRegistry,
+    settings: Settings,
+    job_files: JobFiles,
+    dry_run: bool = False,
 ) -> list[str]:
     """Delete the finished runs beyond the retention settings; their ids (``dry_run``:
     what would go, nothing deleted)."""
@@ -42,17 +52,17 @@ async def prune_runs(
         if not await store.delete(run_id, keep=promoted_since):
             continue
         pruned.append(run_id)
-        await asyncio.to_thread(_remove_files, settings.data_dir, run)
+        places = [settings.data_dir / "runs" / run.id]
+        if run.artifacts.training_job_id:
+            places += job_files(run.spec.backend, run.artifacts.training_job_id)
+        await asyncio.to_thread(_remove_files, places)
     for name in await registry.names():
         await registry.forget_candidates(name, set(pruned))
     return pruned
 
 
-def _remove_files(data_dir: Path, run: Run) -> None:
-    """A pruned run's directory and, on the local backend, its training job's directory."""
-    places = [data_dir / "runs" / run.id]
-    if run.spec.backend == "local" and run.artifacts.training_job_id:
-        places.append(data_dir / "local" / "jobs" / run.artifacts.training_job_id)
+def _remove_files(places: list[Path]) -> None:
+    """A pruned run's directories (each one named by an id, never a path from elsewhere)."""
     for place in places:
         root = place.parent.resolve()
         if place.resolve().parent == root and _SAFE_NAME.fullmatch(place.name):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -58,7 +58,7 @@ class RunSpec(BaseModel):
     """What to build and train; fixed when the run is created."""
 
     source: str
-    backend: Literal["local", "mistral"]
+    backend: str  # a name in modfactory.plugins, checked when the run is created
     recipe: RecipeParams
     hyperparameters: dict[str, float | int] = Field(default_factory=dict)
     model_name: str = "moderation"

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from redis.exceptions import RedisError
@@ -81,7 +81,7 @@ class RetrainRequest(BaseModel):
 
     request_id: str | None = Field(None, max_length=200)  # the sender's delivery id (logged)
     source: str | None = None
-    backend: Literal["local", "mistral"] | None = None
+    backend: str | None = Field(None, max_length=32)  # a name in modfactory.plugins
     model_name: str | None = Field(None, pattern=r"^[\w.-]+$")
     hyperparameters: dict[str, float | int] | None = None
     recipe: RecipeOverrides | None = None  # type: ignore[valid-type]

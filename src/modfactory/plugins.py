@@ -1,0 +1,68 @@
+"""Which training backends exist: the two built in and any an installed package declares.
+
+A package adds a backend without touching modfactory by naming its ``Backend`` subclass
+under the entry-point group ``modfactory.backends``::
+
+    [project.entry-points."modfactory.backends"]
+    keyword = "modfactory_keyword:KeywordBackend"
+
+This module knows names and where each class is (``module:attribute``), never the class:
+it sits at the bottom, so settings, the run store and the API can check a name without
+importing any backend; ``backends`` imports the class when one is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from importlib.metadata import entry_points
+
+log = logging.getLogger("modfactory.plugins")
+
+ENTRY_POINT_GROUP = "modfactory.backends"
+BUILT_IN: dict[str, str] = {
+    "local": "modfactory.backends.local:LocalBackend",
+    "mistral": "modfactory.backends.mistral:MistralBackend",
+}
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@functools.cache
+def backend_targets() -> dict[str, str]:
+    """Every backend's name and where its class is: the built-ins first, then the installed
+    plugins (a plugin cannot replace a built-in, and a malformed name is skipped; both are
+    logged)."""
+    targets = dict(BUILT_IN)
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        if point.name in targets:
+            log.warning(
+                "backend plugin %r (%s) ignored: the name is taken by %s",
+                point.name,
+                point.value,
+                targets[point.name],
+            )
+        elif not _NAME.fullmatch(point.name):
+            log.warning(
+                "backend plugin %r (%s) ignored: a name is 1-32 of a-z 0-9 _ -, "
+                "starting with a letter",
+                point.name,
+                point.value,
+            )
+        else:
+            targets[point.name] = point.value
+    return targets
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(backend_targets())
+
+
+def check_backend_name(name: str) -> str:
+    """``name`` if a backend has it; ValueError naming the backends installed otherwise."""
+    if name not in backend_targets():
+        raise ValueError(
+            f"unknown backend {name!r}; installed: {', '.join(backend_names())} (a plugin "
+            f"adds one through the entry-point group {ENTRY_POINT_GROUP!r})"
+        )
+    return name
