@@ -19,7 +19,7 @@ from modfactory.store.registry import RegistryError
 from modfactory.store.run import RunSpec, RunStateError
 from modfactory.values import DatasetSummary, RecipeParams
 
-QUALITY = {"ft:a": 0.3, "ft:worse": 0.05, "ft:better": 0.8}
+QUALITY = {"ft:a": 0.3, "ft:worse": 0.05, "ft:better": 0.8, "ft:best": 0.95, "ft:top": 0.99}
 
 
 class ModelsOfKnownQuality(Backend):
@@ -47,10 +47,18 @@ class ModelsOfKnownQuality(Backend):
     upload_file = create_job = get_job = start_job = cancel_job = None  # not used here
 
 
-async def finished_training(producer: Producer, tmp_path: Path, model_id: str) -> str:
+class RemoteModelsOfKnownQuality(ModelsOfKnownQuality):
+    """The same models, as if trained at another backend."""
+
+    name = "mistral"
+
+
+async def finished_training(
+    producer: Producer, tmp_path: Path, model_id: str, backend: str = "local"
+) -> str:
     """A run whose build, upload and train are done, with its own test file."""
     store = producer.store
-    run = await store.create(RunSpec(source="synthetic", backend="local", recipe=RecipeParams()))
+    run = await store.create(RunSpec(source="synthetic", backend=backend, recipe=RecipeParams()))
     files = {}
     for split in ("validation", "test"):
         path = tmp_path / f"{run.id}-{split}.jsonl"
@@ -122,6 +130,42 @@ async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollba
         await producer.promote(worse)
     forced = await producer.promote(worse, force=True)
     assert forced.champion.run_id == worse and forced.champion.reason == "promoted by hand (forced)"
+    await pool.aclose()
+
+
+async def test_a_champion_is_measured_by_its_own_backend_so_either_backend_may_replace_the_other(
+    redis_db: str, tmp_path: Path
+) -> None:
+    pool, producer, local, ctx = await promotion_setup(redis_db, tmp_path)
+    remote = ctx["modfactory"].backends["mistral"] = RemoteModelsOfKnownQuality()
+
+    first = await finished_training(producer, tmp_path, "ft:a")
+    await evaluate(ctx, first)
+    better = await finished_training(producer, tmp_path, "ft:better", backend="mistral")
+    await evaluate(ctx, better)
+    decision = (await producer.store.get(better)).metrics.promotion
+    assert decision.promoted is True and decision.champion_run == first
+    assert decision.champion < decision.challenger
+    assert local.calls["ft:a"] == 400 + 200 and "ft:a" not in remote.calls  # where it lives
+    assert (await producer.registry.get("moderation")).champion.run_id == better
+
+    worse = await finished_training(producer, tmp_path, "ft:worse")  # local again: kept out
+    await evaluate(ctx, worse)
+    assert (await producer.store.get(worse)).metrics.promotion.promoted is False
+    assert remote.calls["ft:better"] == 400 + 200
+    back = await finished_training(producer, tmp_path, "ft:best")  # and a better one wins
+    await evaluate(ctx, back)
+    assert (await producer.registry.get("moderation")).champion.run_id == back
+
+    top = await finished_training(producer, tmp_path, "ft:top", backend="mistral")
+    await evaluate(ctx, top)
+    assert (await producer.registry.get("moderation")).champion.run_id == top
+    del ctx["modfactory"].backends["mistral"]  # its backend cannot be made now: no key
+    challenger = await finished_training(producer, tmp_path, "ft:best")
+    await evaluate(ctx, challenger)
+    decision = (await producer.store.get(challenger)).metrics.promotion
+    assert decision.promoted is False
+    assert f"the champion {top} cannot be measured: the mistral backend needs" in decision.reason
     await pool.aclose()
 
 

@@ -212,9 +212,11 @@ async def _promote(
         first = decide_promotion(metrics, None, metric, settings.promotion_margin)
         return decided(*first, champion=None)
     their_backend = (await sc.store.get(champion.run_id)).spec.backend
-    if their_backend != run.spec.backend:
-        return decided(False, f"the champion {champion.run_id} runs on the {their_backend} backend")
-    scores = await _classify(sc, run, backend, champion.model_id, texts, "champion")
+    try:  # the champion is measured where it lives, whatever the challenger's backend
+        judge = backend if their_backend == run.spec.backend else sc.backend(their_backend)
+    except BackendError as exc:
+        return decided(False, f"the champion {champion.run_id} cannot be measured: {exc}")
+    scores = await _classify(sc, run, judge, champion.model_id, texts, "champion")
     labels = list(metrics.labels)
     theirs = await asyncio.to_thread(evaluate_scores, truth, scores, labels)
     metrics.baselines["champion"] = theirs.headline(run_id=champion.run_id)
