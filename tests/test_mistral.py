@@ -95,6 +95,49 @@ def test_run_end_to_end_and_the_key_is_never_written(
     assert KEY not in written
 
 
+def test_a_mistral_run_that_beats_a_local_champion_replaces_it(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    """The champion is measured through its own backend (the local one) on the challenger's
+    test file, and the better model wins whatever it was trained on."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from modfactory.data.synthetic import generate_split
+
+    noise = tmp_path / "noise"  # civil_comments rows whose scores belong to other rows
+    noise.mkdir()
+    for offset, (split, rows) in enumerate({"train": 3000, "validation": 300, "test": 300}.items()):
+        table = generate_split(rows, seed=offset)
+        rng = np.random.default_rng(offset)
+        for i, name in enumerate(table.column_names):
+            if name != "text":
+                table = table.set_column(i, name, table.column(name).take(rng.permutation(rows)))
+        pq.write_table(table, noise / f"{split}.parquet")
+    data = tmp_path / "data"
+    local_env = {"MODFACTORY_DATA_DIR": str(data), "MODFACTORY_LOCAL_GRID": "off"}
+    first = cli(
+        "run", "--backend", "local", "--source", str(noise), "--json", env=local_env, cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    champion = json.loads(first.stdout)
+    assert champion["metrics"]["promotion"]["promoted"] is True  # the first model of its name
+
+    env = mistral_env(emulator, data, MODFACTORY_CLASSIFY_BATCH_SIZE="50")
+    done = cli(
+        "run", "--backend", "mistral", "--source", "synthetic:3000", "--json", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    decision = run["metrics"]["promotion"]
+    assert decision["champion_run"] == champion["id"] and decision["promoted"] is True
+    assert decision["champion"] < decision["challenger"]
+    assert run["metrics"]["baselines"]["champion"]["run_id"] == champion["id"]
+    models = json.loads(cli("models", "--json", env=env, cwd=tmp_path).stdout)
+    assert models[0]["champion"]["run_id"] == run["id"]
+    assert [p["run_id"] for p in models[0]["history"]] == [champion["id"]]
+
+
 async def test_chaos_two_killed_workers_one_job_one_start_one_upload_each(
     emulator: MistralEmulator, redis_db: str, tmp_path: Path
 ) -> None:
