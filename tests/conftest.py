@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server per session, isolated settings, generated data."""
+"""Shared fixtures: a real redis-server per test process, isolated settings, generated data,
+the Mistral emulator."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from mistral_emulator import MistralEmulator
 from redis_process import RedisProcess
 
 # Nothing in the tests may reach the network: datasets and the hub stay offline.
@@ -22,7 +24,8 @@ for _name in list(os.environ):
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free loopback port, for the whole session."""
+    """A real redis-server on a free loopback port, for this test process's session (each
+    xdist process has its own)."""
     server = RedisProcess(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server.url.removesuffix("/0")
@@ -31,7 +34,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_db(redis_url: str) -> Iterator[str]:
-    """A flushed database of the session's server (one per test, numbered by use)."""
+    """Database 0 of this process's server, flushed before and after the test (tests of one
+    process run one at a time, so they never share it)."""
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     yield f"{redis_url}/0"
@@ -52,3 +56,12 @@ def write_split_files(directory: Path, splits: dict[str, list[dict]], fmt: str =
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
     return directory
+
+
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest) -> Iterator[MistralEmulator]:
+    """The Mistral emulator in its own thread, accepting the test module's ``KEY``; every
+    request a test sent must have followed the spec."""
+    with MistralEmulator(api_key=request.module.KEY) as emulator:
+        yield emulator
+    assert emulator.invalid_requests == [], "requests that do not follow the spec"

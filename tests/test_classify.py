@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,13 +27,6 @@ KEY = "sk-classify-test"
 TEXTS = [
     f"comment {i} {'you stupid idiot' if i % 3 == 0 else 'the council met'}" for i in range(300)
 ]
-
-
-@pytest.fixture
-def emulator() -> Iterator[MistralEmulator]:
-    with MistralEmulator(api_key=KEY) as emulator:
-        yield emulator
-    assert emulator.invalid_requests == []
 
 
 async def trained_model(

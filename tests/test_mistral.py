@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from modfactory.triggers.monitoring import prometheus_text
 
 pytestmark = pytest.mark.slow
 KEY = "sk-emulated-0123456789abcdef"
-
-
-@pytest.fixture
-def emulator() -> Iterator[MistralEmulator]:
-    with MistralEmulator(api_key=KEY) as emulator:
-        yield emulator
-    assert emulator.invalid_requests == [], "requests that do not follow the spec"
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 240):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,6 @@ from modfactory.backends.mistral import MistralBackend
 from modfactory.settings import Settings
 
 KEY = "sk-unit-0123456789"
-
-
-@pytest.fixture
-def emulator() -> Iterator[MistralEmulator]:
-    with MistralEmulator(api_key=KEY) as emulator:
-        yield emulator
 
 
 def backend_for(emulator: MistralEmulator, **more: object) -> MistralBackend:
@@ -99,6 +92,7 @@ async def test_422_names_the_field_at_fault_and_is_not_retried(
     assert not isinstance(raised.value, BackendUnavailable)
     assert emulator.counts["jobs_created"] == 0
     assert len(emulator.invalid_requests) == 1  # the request we meant to be invalid
+    emulator.invalid_requests.clear()  # (the fixture checks that no other one was sent)
     await backend.close()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from test_ratelimit import all_apart
 
 pytestmark = pytest.mark.slow
 KEY = "sk-recovery-0123456789abcdef"
-
-
-@pytest.fixture
-def emulator() -> Iterator[MistralEmulator]:
-    with MistralEmulator(api_key=KEY) as emulator:
-        yield emulator
-    assert emulator.invalid_requests == []
 
 
 async def wait_for_heartbeat(redis: Redis, queue: str, timeout: float = 60) -> None:

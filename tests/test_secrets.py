@@ -40,6 +40,7 @@ from redis_process import RedisProcess
 pytestmark = pytest.mark.slow  # a whole deployment in processes
 
 API_KEY = "sk-mistral-live-" + "a1b2" * 6
+KEY = API_KEY  # what the emulator fixture accepts
 WANDB_KEY = "wandbkey" + "c3d4" * 8  # 40 characters, as W&B keys are
 WEBHOOK_SECRET = "whsec-live-" + "e5f6" * 8
 WEBHOOK_TOKEN = "tok-live-" + "g7h8" * 8
@@ -72,12 +73,6 @@ def guarded_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def emulator() -> Iterator[MistralEmulator]:
-    with MistralEmulator(api_key=API_KEY) as emulator:
-        yield emulator
 
 
 class Outputs:
