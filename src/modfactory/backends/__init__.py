@@ -24,6 +24,7 @@ __all__ = [
     "BackendUnavailable",
     "backend_class",
     "backend_names",
+    "cached_backend",
     "connected_backend",
     "get_backend",
     "job_files",
@@ -59,6 +60,17 @@ def connected_backend(name: str, settings: Settings, redis: Redis) -> Backend:
     Mistral, one request rate shared by every process, as Mistral's limits are per key)."""
     backend = get_backend(name, settings)
     backend.connect(redis, settings)
+    return backend
+
+
+def cached_backend(
+    made: dict[str, Backend], name: str, settings: Settings, redis: Redis
+) -> Backend:
+    """The backend ``name`` from ``made``; made, connected and kept there on first use (each
+    process keeps one per name: its clients and loaded models are reused)."""
+    backend = made.get(name)
+    if backend is None:
+        backend = made[name] = connected_backend(name, settings, redis)
     return backend
 
 

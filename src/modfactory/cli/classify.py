@@ -91,13 +91,14 @@ class _Served:
     """The model that scores, as ``serve`` would load it: a run's, or a name's champion."""
 
     def __init__(self, pool: ArqRedis, settings: Settings, rule: str) -> None:
-        from modfactory.backends import connected_backend
+        from modfactory.backends import cached_backend
         from modfactory.serving.champions import ChampionServer
 
-        self.pool, self.settings, self.backends = pool, settings, {}
+        self.pool, self.settings = pool, settings
+        self.backends: dict[str, Backend] = {}
 
-        def backend(name: str) -> Backend:
-            return self.backends.setdefault(name, connected_backend(name, settings, pool))
+        def backend(name: str) -> Backend:  # (made once: setdefault made one per call)
+            return cached_backend(self.backends, name, settings, pool)
 
         self.server = ChampionServer(pool, settings.queue_name, backend, rule)
 

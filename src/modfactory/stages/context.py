@@ -13,7 +13,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from modfactory.backends import Backend, BackendError, BackendUnavailable, connected_backend
+from modfactory.backends import Backend, BackendError, BackendUnavailable, cached_backend
 from modfactory.data.recipe import RecipeError
 from modfactory.settings import Settings, redact
 from modfactory.store import queue
@@ -38,9 +38,7 @@ class StageContext:
         return ctx["modfactory"]
 
     def backend(self, name: str) -> Backend:
-        if name not in self.backends:
-            self.backends[name] = connected_backend(name, self.settings, self.redis)
-        return self.backends[name]
+        return cached_backend(self.backends, name, self.settings, self.redis)
 
     def run_dir(self, run_id: str) -> Path:
         return (self.settings.data_dir / "runs" / run_id).resolve()

@@ -1,7 +1,8 @@
 """The model registry: per model name, its champion run and the history of promotions.
 
-One JSON document per model name in Redis (``<prefix>:model:<name>``), changed only here,
-atomically (``redis_json.update_document``, as the run store does). A run becomes champion
+One JSON document per model name in Redis (``<prefix>:model:<name>``), changed atomically
+by the rules of ``ModelRecord`` (``redis_json.update_document``, as the run store does):
+here, and in the run store's transaction that finishes an evaluation. A run becomes champion
 when it beats the champion on the same test file (``promotion.decide_promotion``), or by
 force; ``rollback`` restores the champion before the current one. The evaluate stage records its
 verdict in the transaction that finishes the run (``RunStore.finish_evaluation``), so a
@@ -150,9 +151,6 @@ class ModelRegistry:
                 await guard(pipe, before[0])
 
         return await self._update(name, change, checked)
-
-    async def keep_as_candidate(self, name: str, run_id: str, reason: str) -> ModelRecord:
-        return await self._update(name, lambda record: record.keep_as_candidate(run_id, reason))
 
     async def rollback(self, name: str) -> ModelRecord:
         """Restore the previous champion; the current one becomes a candidate again."""

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modfactory.backends import Backend, BackendError, connected_backend
+from modfactory.backends import Backend, BackendError, cached_backend
 from modfactory.data.recipe import RecipeError
 from modfactory.data.sources import allowed_source
 from modfactory.producer import Producer
@@ -131,9 +131,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     backends: dict[str, Backend] = {}
 
     def backend(name: str) -> Backend:
-        if name not in backends:
-            backends[name] = connected_backend(name, settings, pool)
-        return backends[name]
+        return cached_backend(backends, name, settings, pool)
 
     app.state.serve_meter = meter = ServeMeter()
     app.state.champions = champions = ChampionServer(
