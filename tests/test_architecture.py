@@ -158,3 +158,17 @@ def test_the_cli_starts_without_loading_a_heavy_library() -> None:
         env={**os.environ, "COLUMNS": "200"},
     ).stdout
     assert "--n-train" in build and "Rows taken from the shuffled train split" in build
+
+
+def test_no_module_outside_the_backends_names_a_backend() -> None:
+    """What differs by backend is the backend's to say: only the backends, the registry of
+    the built-ins' names (``plugins``) and the settings' default name one."""
+    allowed = {"plugins", "settings"}
+    for name, path in MODULES.items():
+        if wing(name) == "backends" or name in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in ("local", "mistral"):
+                raise AssertionError(
+                    f"{name} names the {node.value!r} backend (line {node.lineno})"
+                )

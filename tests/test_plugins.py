@@ -44,7 +44,7 @@ def declared(monkeypatch: pytest.MonkeyPatch):
 
     def declare(**points: str) -> None:
         found = [EntryPoint(n, v, plugins.ENTRY_POINT_GROUP) for n, v in points.items()]
-        monkeypatch.setattr(plugins, "entry_points", lambda group: found)
+        monkeypatch.setattr(plugins, "_declared", lambda: found)
         plugins.backend_targets.cache_clear()
 
     yield declare

@@ -16,7 +16,10 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 log = logging.getLogger("modfactory.plugins")
 
@@ -34,7 +37,7 @@ def backend_targets() -> dict[str, str]:
     plugins (a plugin cannot replace a built-in, and a malformed name is skipped; both are
     logged)."""
     targets = dict(BUILT_IN)
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+    for point in sorted(_declared(), key=lambda p: p.name):
         if point.name in targets:
             log.warning(
                 "backend plugin %r (%s) ignored: the name is taken by %s",
@@ -52,6 +55,14 @@ def backend_targets() -> dict[str, str]:
         else:
             targets[point.name] = point.value
     return targets
+
+
+def _declared() -> list[EntryPoint]:
+    """The installed packages' entry points in the group (importlib.metadata reads every
+    package's metadata: only when a name is asked for, never at start-up)."""
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
 
 
 def backend_names() -> tuple[str, ...]:

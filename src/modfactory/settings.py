@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     # --- training -------------------------------------------------------------------
     backend: str = Field(
         "auto",
-        description="auto (mistral when MISTRAL_API_KEY is set, else local), local, mistral, "
-        "or the name of an installed backend plugin.",
+        description="auto (mistral when MISTRAL_API_KEY is set, else local), local, "
+        "mistral, or the name of an installed backend plugin.",
     )
     mistral_api_key: SecretStr | None = Field(
         None,
@@ -341,11 +341,9 @@ class Settings(BaseSettings):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value == "auto":
-            return value
-        from modfactory.plugins import check_backend_name  # reads entry points: only now
+        from modfactory import plugins  # (imported, not read: entry points are read on use)
 
-        return check_backend_name(value)
+        return value if value == "auto" else plugins.check_backend_name(value)
 
     @field_validator("wandb_api_key")
     @classmethod
@@ -382,11 +380,15 @@ class Settings(BaseSettings):
         return ("*",) if any(name.lower() in every for name in self.shadow) else self.shadow
 
     @property
+    def moderation_baseline(self) -> str | None:
+        """The backend whose moderation model runs are compared with (Mistral's, with a key)."""
+        return "mistral" if self.mistral_api_key else None
+
+    @property
     def default_backend(self) -> str:
         """The backend a run gets when it does not name one."""
-        if self.backend != "auto":
-            return self.backend
-        return "mistral" if self.mistral_api_key else "local"
+        auto = "mistral" if self.mistral_api_key else "local"
+        return auto if self.backend == "auto" else self.backend
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -10,7 +10,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
@@ -90,6 +90,8 @@ class Backend(ABC):
     name: str
     base_model: str
     suffix_prefix: str = "mf"  # starts each job's suffix; the rest identifies the run
+    moderation_model: str | None = None  # a general moderation model runs are compared with
+    moderation_labels: ClassVar[dict[str, str]] = {}  # its categories -> our labels
     error_counter: Callable[[str, str], Awaitable[None]] | None = None  # (backend, kind)
 
     @classmethod
@@ -154,7 +156,8 @@ class Backend(ABC):
         return score
 
     async def moderate(self, model: str, inputs: list[str]) -> list[dict[str, float]]:
-        """Scores of a general-purpose moderation model, by its own categories."""
+        """Scores of a general-purpose moderation model (``moderation_model``), by its own
+        categories (those in ``moderation_labels`` are compared with ours)."""
         raise BackendError(f"the {self.name} backend has no moderation endpoint")
 
     async def close(self) -> None:  # noqa: B027 - optional hook

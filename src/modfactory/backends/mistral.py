@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -83,6 +83,12 @@ class MistralBackend(Backend):
     """The ``mistral`` backend."""
 
     name = "mistral"
+    moderation_model = "mistral-moderation-latest"
+    moderation_labels: ClassVar[dict[str, str]] = {  # its categories -> civil_comments'
+        "sexual": "sexual_explicit",
+        "hate_and_discrimination": "identity_attack",
+        "violence_and_threats": "threat",
+    }
 
     def __init__(self, settings: Settings) -> None:
         if settings.mistral_api_key is None:

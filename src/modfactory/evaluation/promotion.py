@@ -14,13 +14,6 @@ import numpy as np
 from modfactory.evaluation.metrics import Truth, evaluate_scores
 from modfactory.values import Headline, HeadlineMetric, SplitMetrics
 
-MODERATION_MODEL = "mistral-moderation-latest"
-MODERATION_CATEGORIES = {  # Mistral's moderation categories -> civil_comments labels
-    "sexual": "sexual_explicit",
-    "hate_and_discrimination": "identity_attack",
-    "violence_and_threats": "threat",
-}
-
 
 def random_baseline(truth: Truth, labels: Sequence[str], seed: int = 0) -> Headline:
     """The cookbook's baseline: a uniformly random score per label."""

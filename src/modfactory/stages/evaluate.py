@@ -15,8 +15,6 @@ from modfactory.data.recipe import TARGET, read_jsonl
 from modfactory.evaluation.classify import classify_texts
 from modfactory.evaluation.metrics import evaluate_scores, tune_thresholds
 from modfactory.evaluation.promotion import (
-    MODERATION_CATEGORIES,
-    MODERATION_MODEL,
     decide_promotion,
     random_baseline,
 )
@@ -108,12 +106,14 @@ def _headline(metrics: SplitMetrics, verdict: Verdict) -> str:
 async def _baselines(
     sc: StageContext, run: Run, texts: list[str], truth: list[list[str]], labels: list[str]
 ) -> dict[str, Headline]:
-    """A random score per label and, with a Mistral key, Mistral's moderation model."""
+    """A random score per label and, when one is set up (``moderation_baseline``: Mistral's,
+    with a key), a general moderation model."""
     found = {"random": await asyncio.to_thread(random_baseline, truth, labels)}
-    if sc.settings.mistral_api_key:
-        moderation = await _moderation_baseline(sc, run, texts, truth, labels)
+    name = sc.settings.moderation_baseline
+    if name:
+        moderation = await _moderation_baseline(sc, run, sc.backend(name), texts, truth, labels)
         if moderation:
-            found["mistral_moderation"] = moderation
+            found[f"{name}_moderation"] = moderation
     return found
 
 
@@ -147,21 +147,25 @@ async def _classify(
 
 
 async def _moderation_baseline(
-    sc: StageContext, run: Run, texts: list[str], truth: list[list[str]], labels: list[str]
+    sc: StageContext,
+    run: Run,
+    backend: Backend,
+    texts: list[str],
+    truth: list[list[str]],
+    labels: list[str],
 ) -> Headline | None:
-    """Mistral's moderation endpoint on the same test file, its categories mapped onto ours
-    where they correspond (the other labels are left out of its numbers)."""
-    mapped = {theirs: ours for theirs, ours in MODERATION_CATEGORIES.items() if ours in labels}
-    if not mapped:
+    """The backend's moderation model on the same test file, its categories mapped onto
+    ours where they correspond (the other labels are left out of its numbers)."""
+    mapped = {theirs: ours for theirs, ours in backend.moderation_labels.items() if ours in labels}
+    if not mapped or backend.moderation_model is None:
         return None
-    backend = sc.backend("mistral")
     settings = sc.settings
     report = sc.progress_reporter(run.id, "evaluate")
     results = await classify_texts(
         backend.moderate,
-        MODERATION_MODEL,
+        backend.moderation_model,
         texts,
-        sc.run_dir(run.id) / "evaluate" / "mistral_moderation",
+        sc.run_dir(run.id) / "evaluate" / f"{backend.name}_moderation",
         batch_size=settings.classify_batch_size,
         concurrency=settings.classify_concurrency,
         progress=lambda what, done, total: report(f"moderation baseline {what}", done, total),
