@@ -122,6 +122,8 @@ async def test_a_signed_trigger_creates_a_queued_run(server: str, settings: Sett
         ("zero local epochs", 422, "hyperparameter epochs=0 is out of range: an integer in [1, "),
         ("a billion local epochs", 422, "hyperparameter epochs=1000000000 is out of range"),
         ("a negative seed", 422, "hyperparameter seed=-1 is out of range"),
+        ("an unknown backend", 422, "unknown backend 'nope'; installed: local, mistral"),
+        ("a backend name of 1,000 characters", 422, "body field 'backend': String should have"),
     ],
 )
 def test_a_bad_request_is_refused_with_a_json_reason(
@@ -171,6 +173,8 @@ def test_a_bad_request_is_refused_with_a_json_reason(
             "zero local epochs": {"hyperparameters": {"epochs": 0}},
             "a billion local epochs": {"hyperparameters": {"epochs": 1_000_000_000}},
             "a negative seed": {"hyperparameters": {"seed": -1}},
+            "an unknown backend": {"backend": "nope"},
+            "a backend name of 1,000 characters": {"backend": "b" * 1000},
         }[case]
         body = json.dumps(content).encode()
         headers = signed(body)
