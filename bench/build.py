@@ -48,8 +48,9 @@ def make_source(directory: Path, scale: float) -> Path:
 
 def measured(
     command: list[str], env: dict[str, str], stdout: Path | None = None
-) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MB) of one child process (stdout to ``stdout`` or dropped)."""
+) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of one child process (stdout to
+    ``stdout`` or dropped)."""
     start = time.perf_counter()
     sink = stdout.open("wb") if stdout else subprocess.DEVNULL
     process = subprocess.Popen(command, env=env, stdout=sink)
@@ -57,7 +58,7 @@ def measured(
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(command)}")
-    return wall, usage.ru_maxrss // 1024
+    return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
 
 
 def cookbook_child(source: str, out: str, scale: float) -> None:
@@ -103,7 +104,7 @@ def main() -> None:
     )
     print("running the cookbook procedure…", flush=True)
     cookbook_out = work / "cookbook.pickle"
-    cookbook_wall, cookbook_rss = measured(
+    cookbook_wall, cookbook_rss, cookbook_cpu = measured(
         [
             sys.executable,
             __file__,
@@ -117,7 +118,7 @@ def main() -> None:
     )
     print("running modfactory dataset build…", flush=True)
     stage_out = work / "modfactory"
-    stage_wall, stage_rss = measured(
+    stage_wall, stage_rss, stage_cpu = measured(
         [
             sys.executable,
             "-m",
@@ -153,9 +154,12 @@ def main() -> None:
     rows = {s: len(expected[s]) for s in SPLITS}
     print()
     print(f"source: {sum(int(n * args.scale) for n in SPLITS.values()):,} rows in {source}")
-    print(f"{'procedure':<28}{'wall (s)':>10}{'peak RSS (MB)':>16}")
-    print(f"{'cookbook (datasets+pandas)':<28}{cookbook_wall:>10.1f}{cookbook_rss:>16,}")
-    print(f"{'modfactory dataset build':<28}{stage_wall:>10.1f}{stage_rss:>16,}")
+    print(f"{'procedure':<28}{'wall (s)':>10}{'CPU (s)':>10}{'peak RSS (MB)':>16}")
+    print(
+        f"{'cookbook (datasets+pandas)':<28}{cookbook_wall:>10.1f}{cookbook_cpu:>10.1f}"
+        f"{cookbook_rss:>16,}"
+    )
+    print(f"{'modfactory dataset build':<28}{stage_wall:>10.1f}{stage_cpu:>10.1f}{stage_rss:>16,}")
     speed_up, rss_ratio = cookbook_wall / stage_wall, stage_rss / cookbook_rss
     print(f"speed-up: {speed_up:.2f}x   peak RSS ratio: {rss_ratio:.2f}")
     print(
