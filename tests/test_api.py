@@ -24,6 +24,7 @@ from helpers import (
     worker_process,
 )
 from modfactory.settings import Settings
+from modfactory.stages.reconciler import JOB_NAME as RECONCILE_JOB
 from modfactory.triggers.auth import sign
 
 pytestmark = pytest.mark.slow  # each test runs `modfactory serve` in a process
@@ -331,6 +332,7 @@ async def test_health_and_metrics_follow_the_worker_and_a_finished_run(
         assert "queued_without_worker" not in up.json()
         assert "j_complete=" in up.json()["worker"]
         text = httpx.get(f"{server}/metrics").text
+        waiting = await producer.redis.zrange(settings.queue_name, 0, -1)
 
     families = {f.name: f for f in text_string_to_metric_families(text)}
     runs = {s.labels["state"]: s.value for s in families["modfactory_runs"].samples}
@@ -343,5 +345,8 @@ async def test_health_and_metrics_follow_the_worker_and_a_finished_run(
     assert counts == {"build": 1, "upload": 1, "train": 1, "evaluate": 1}
     assert families["modfactory_worker_up"].samples[0].value == 1
     queue = {s.labels["when"]: s.value for s in families["modfactory_queue_jobs"].samples}
-    assert queue == {"ready": 0, "deferred": 0}
+    # Nothing left to do; arq queues the reconciler's next round up to a second before its
+    # tick, so that one (and only that one) may be seen waiting, deferred.
+    assert queue["ready"] == 0 and queue["deferred"] <= 1
+    assert all(job.startswith(f"{RECONCILE_JOB}:".encode()) for job in waiting), waiting
     assert "modfactory_backend_api_errors" in families
