@@ -161,9 +161,9 @@ def test_the_cli_starts_without_loading_a_heavy_library() -> None:
 
 
 def test_no_module_outside_the_backends_names_a_backend() -> None:
-    """What differs by backend is the backend's to say: only the backends, the registry of
-    the built-ins' names (``plugins``) and the settings' default name one."""
-    allowed = {"plugins", "settings"}
+    """What differs by backend is the backend's to say: only the backends and the settings'
+    default name one (the built-ins are declared in ``pyproject.toml``, as a plugin's are)."""
+    allowed = {"settings"}
     for name, path in MODULES.items():
         if wing(name) == "backends" or name in allowed:
             continue

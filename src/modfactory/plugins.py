@@ -1,14 +1,13 @@
-"""Which training backends exist: the two built in and any an installed package declares.
-
-A package adds a backend without touching modfactory by naming its ``Backend`` subclass
-under the entry-point group ``modfactory.backends``::
+"""Which training backends exist: every ``Backend`` class declared under the entry-point
+group ``modfactory.backends`` — modfactory's own two (its ``pyproject.toml``) first, then
+any other installed package's, which adds a backend without touching modfactory::
 
     [project.entry-points."modfactory.backends"]
     keyword = "modfactory_keyword:KeywordBackend"
 
-This module knows names and where each class is (``module:attribute``), never the class:
-it sits at the bottom, so settings, the run store and the API can check a name without
-importing any backend; ``backends`` imports the class when one is used.
+This module knows names and where each class is (``module:attribute``), never the class
+and no backend by name: it sits at the bottom, so settings, the run store and the API can
+check a name without importing any backend; ``backends`` imports the class when one is used.
 """
 
 from __future__ import annotations
@@ -24,10 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("modfactory.plugins")
 
 ENTRY_POINT_GROUP = "modfactory.backends"
-BUILT_IN: dict[str, str] = {
-    "local": "modfactory.backends.local:LocalBackend",
-    "mistral": "modfactory.backends.mistral:MistralBackend",
-}
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -36,8 +31,10 @@ def backend_targets() -> dict[str, str]:
     """Every backend's name and where its class is: the built-ins first, then the installed
     plugins (a plugin cannot replace a built-in, and a malformed name is skipped; both are
     logged)."""
-    targets = dict(BUILT_IN)
+    targets = {point.name: point.value for point in _built_in()}
     for point in sorted(_declared(), key=lambda p: p.name):
+        if targets.get(point.name) == point.value:
+            continue  # a built-in, seen again among every package's
         if point.name in targets:
             log.warning(
                 "backend plugin %r (%s) ignored: the name is taken by %s",
@@ -55,6 +52,18 @@ def backend_targets() -> dict[str, str]:
         else:
             targets[point.name] = point.value
     return targets
+
+
+def _built_in() -> list[EntryPoint]:
+    """modfactory's own backends (read from its installed metadata alone)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        points = distribution("modfactory").entry_points
+    except PackageNotFoundError:  # a source tree on sys.path, never installed
+        log.warning("modfactory is not installed (pip install -e .): no built-in backend")
+        return []
+    return [point for point in points if point.group == ENTRY_POINT_GROUP]
 
 
 def _declared() -> list[EntryPoint]:
