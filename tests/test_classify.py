@@ -16,10 +16,12 @@ from modfactory.evaluation.classify import classify_texts
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
-from modfactory.stages.evaluate import evaluate
+from modfactory.stages.pipeline import JOBS
 from modfactory.store import queue
 from modfactory.store.run import RunSpec
 from modfactory.values import DatasetSummary, RecipeParams
+
+evaluate = JOBS["evaluate"]
 
 pytestmark = pytest.mark.slow  # real classification with trained models
 
@@ -76,6 +78,7 @@ async def test_a_restarted_classification_resends_no_finished_batch(
 async def test_the_client_never_exceeds_the_rate_limit(
     emulator: MistralEmulator, tmp_path: Path
 ) -> None:
+
     backend, model = await trained_model(emulator, tmp_path, mistral_rps=5, classify_rps=None)
     emulator.faults.rate_limit = 5
     emulator.faults.latency = 0.4

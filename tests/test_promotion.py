@@ -13,11 +13,13 @@ from modfactory.backends.base import Backend
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
-from modfactory.stages.evaluate import evaluate
+from modfactory.stages.pipeline import JOBS
 from modfactory.store import queue
 from modfactory.store.registry import RegistryError
 from modfactory.store.run import RunSpec, RunStateError
 from modfactory.values import DatasetSummary, RecipeParams
+
+evaluate = JOBS["evaluate"]
 
 QUALITY = {"ft:a": 0.3, "ft:worse": 0.05, "ft:better": 0.8, "ft:best": 0.95, "ft:top": 0.99}
 

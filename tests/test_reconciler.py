@@ -12,15 +12,18 @@ from pathlib import Path
 from modfactory.backends.base import BackendUnavailable
 from modfactory.producer import Producer
 from modfactory.stages.context import StageContext
-from modfactory.stages.evaluate import evaluate
+from modfactory.stages.pipeline import JOBS
 from modfactory.stages.reconciler import reconcile_once, requeue_lost_steps
-from modfactory.stages.train import poll_training, train
-from modfactory.stages.upload import upload
 from modfactory.store import queue
 from modfactory.store.leases import WorkerLease
 from modfactory.store.run import RunSpec, RunState
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 from test_stages import ScriptedBackend, job, setup, trained
+
+evaluate = JOBS["evaluate"]
+train = JOBS["train"]
+poll_training = JOBS["poll_training"]
+upload = JOBS["upload"]
 
 UNREACHABLE = "Mistral did not answer the request to upload x after 7 attempts (HTTP 503)"
 

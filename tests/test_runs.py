@@ -212,13 +212,15 @@ async def test_metric_indexes_follow_every_change_and_old_runs_are_reindexed(
 
 def test_the_rules_of_a_run_hold_on_the_document_alone() -> None:
     """Each state change is a method of the document: no Redis needed to check its rule."""
+    from modfactory.stages.policy import FailurePolicy
     from modfactory.store.run import Run
 
+    gives_up = FailurePolicy(max_attempts=2, job_timeout=60).gives_up
     run = Run(id="run-1", spec=spec())
-    assert run.start_stage("build", max_attempts=2) and run.stages["build"].attempts == 1
+    assert run.start_stage("build", gives_up) and run.stages["build"].attempts == 1
     assert run.interrupt_stage("build", "Hub unreachable")
-    assert run.start_stage("build", max_attempts=2)  # a second attempt
-    assert run.start_stage("build", max_attempts=2)  # a third is refused: the stage fails
+    assert run.start_stage("build", gives_up)  # a second attempt
+    assert run.start_stage("build", gives_up)  # a third is refused: the stage fails
     assert run.state == RunState.FAILED
     assert run.error == (
         "build: gave up after 2 attempts that made no progress (2 in all; "

@@ -13,8 +13,7 @@ from modfactory.backends.base import Backend, BackendUnavailable, JobRequest, Ta
 from modfactory.evaluation.metrics import tune_thresholds
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
-from modfactory.stages.evaluate import evaluate
-from modfactory.stages.train import poll_training, train
+from modfactory.stages.pipeline import JOBS
 from modfactory.store import queue
 from modfactory.store.run import RunSpec, RunState
 from modfactory.store.runs import RunStore
@@ -26,6 +25,10 @@ from modfactory.values import (
     TrainingJob,
     UploadedFile,
 )
+
+evaluate = JOBS["evaluate"]
+train = JOBS["train"]
+poll_training = JOBS["poll_training"]
 
 
 class ScriptedBackend(Backend):

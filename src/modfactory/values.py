@@ -227,6 +227,9 @@ class Headline(_Measured):
 
 
 class PromotionDecision(_Measured):
+    """Whether a run's model replaces its name's champion, and on what evidence (recorded
+    with the run's metrics and, in the same transaction, in the model registry)."""
+
     model_name: str
     metric: HeadlineMetric
     margin: float
@@ -235,6 +238,7 @@ class PromotionDecision(_Measured):
     champion: float | None = None  # its value of ``metric`` on this test file
     promoted: bool
     reason: str
+    model_id: str | None = None  # the challenger's model, the champion's if promoted
 
 
 class SplitMetrics(_Measured):

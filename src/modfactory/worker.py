@@ -1,11 +1,12 @@
 """The worker: every job the daemon runs, and how arq is configured to run them.
 
-Jobs: ``build``, ``upload``, ``train``, ``poll_training`` (one look at a training job,
-re-scheduled until it ends) and ``evaluate``; the cron job ``reconcile`` every
-MODFACTORY_RECONCILE_INTERVAL seconds on one worker (see ``stages.reconciler``: it
-re-queues the lost step of any unfinished run and cancels training jobs of runs that are
-over). Triggers that run inside the worker process — the retrain schedule — are passed in
-by whoever starts it (the CLI), so the worker knows no trigger. A starting worker loads the
+Jobs: the pipeline's (``stages.pipeline``: ``build``, ``upload``, ``train``,
+``poll_training`` — one look at a training job, re-scheduled until it ends — and
+``evaluate``); the cron job ``reconcile`` every MODFACTORY_RECONCILE_INTERVAL seconds on one
+worker (see ``stages.reconciler``: it re-queues the lost step of any unfinished run and
+cancels training jobs of runs that are over). Triggers that run inside the worker process
+— the retrain schedule — are passed in by whoever starts it (the CLI), so the worker knows
+no trigger. A starting worker loads the
 stages' libraries, then runs one reconcile round, before it takes a job. Each worker holds
 a lease and notes the jobs it runs (``store.leases``), so a job whose worker was lost is
 taken up again within MODFACTORY_WORKER_LEASE seconds and two reconcile rounds.
@@ -27,20 +28,15 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from modfactory.settings import Settings
-from modfactory.stages.build import build
 from modfactory.stages.context import StageContext
-from modfactory.stages.evaluate import evaluate
+from modfactory.stages.pipeline import JOBS
 from modfactory.stages.reconciler import JOB_NAME as RECONCILE_JOB
 from modfactory.stages.reconciler import reconcile, reconcile_once
-from modfactory.stages.train import poll_training, train
-from modfactory.stages.upload import upload
 from modfactory.store import queue
 from modfactory.store.leases import WorkerLease
 from modfactory.store.runs import RunStore
 
 log = logging.getLogger("modfactory.worker")
-
-STAGE_FUNCTIONS = (build, upload, train, poll_training, evaluate)
 
 
 def _every(seconds: int) -> dict[str, set[int]]:
@@ -98,8 +94,8 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
     return {
         "cron_jobs": cron_jobs,
         "functions": [
-            func(f, name=f.__name__, keep_result=0, timeout=settings.job_timeout)
-            for f in STAGE_FUNCTIONS
+            func(job, name=name, keep_result=0, timeout=settings.job_timeout)
+            for name, job in JOBS.items()
         ],
         "queue_name": settings.queue_name,
         "redis_settings": queue.redis_settings(settings.redis_url or "redis://localhost:6379"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
-from modfactory.stages.context import StageContext, stage
+from modfactory.stages.context import StageContext
 from modfactory.store.run import Run
 from modfactory.values import DatasetSummary
 
@@ -23,8 +23,7 @@ def _build_alone(*args: Any) -> DatasetSummary:
         return build_dataset(*args)
 
 
-@stage("build")
-async def build(sc: StageContext, run: Run) -> None:
+async def build_splits(sc: StageContext, run: Run) -> None:
     """Waits for nothing; records the split files, label counts and distribution chart."""
     out = sc.run_dir(run.id) / "dataset"
     report = sc.progress_reporter(run.id, "build")

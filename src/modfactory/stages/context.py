@@ -1,25 +1,24 @@
-"""What every stage job needs, built once per worker, and the guard around each step."""
+"""What every stage job needs, built once per worker: settings, the run store, Redis, the
+backends (made on first use), the failure policy; and the cancelling of a run's job."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
-from redis.exceptions import RedisError
 
 from modfactory.backends import Backend, BackendError, BackendUnavailable, cached_backend
-from modfactory.data.recipe import RecipeError
 from modfactory.settings import Settings, redact
+from modfactory.stages.policy import FailurePolicy
 from modfactory.store import queue
-from modfactory.store.run import Run, RunState, StageName, StageStatus
+from modfactory.store.run import RunState, StageName
 from modfactory.store.runs import RunStore
-from modfactory.store.stage_names import next_stage
 
 log = logging.getLogger("modfactory.stages")
 
@@ -31,6 +30,10 @@ class StageContext:
     redis: ArqRedis
     backends: dict[str, Backend] = field(default_factory=dict)  # by name, made on first use
     progress_every: float = 1.0  # seconds between two progress records of a stage
+    policy: FailurePolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = FailurePolicy.of(self.settings)
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> StageContext:
@@ -45,12 +48,6 @@ class StageContext:
 
     async def enqueue(self, stage: StageName, run_id: str) -> None:
         await queue.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
-
-    async def enqueue_next(self, stage: StageName, run_id: str) -> None:
-        """Queue the stage after ``stage`` (nothing after the last)."""
-        following = next_stage(stage)
-        if following is not None:
-            await self.enqueue(following, run_id)
 
     async def enqueue_poll(self, run_id: str, seq: int, delay: float | None = None) -> None:
         interval = self.settings.poll_interval if delay is None else delay
@@ -77,45 +74,6 @@ class StageContext:
             await backend.close()
 
 
-async def guarded(
-    sc: StageContext, stage: StageName, run_id: str, step: Callable[[], Awaitable[None]]
-) -> None:
-    """Run ``step``; a failure fails the stage (and the run) with a reason worth reading,
-    unless it may pass: an unreachable backend, or the step timing out (its work so far is
-    kept). Then the attempt is recorded as interrupted and the reconciler queues the stage
-    again, until MODFACTORY_STAGE_MAX_ATTEMPTS attempts have made no progress. A
-    Redis error is raised as it is: with the run store away nothing can be recorded, and
-    the stage, still running, is queued again once Redis is back.
-
-    The step gets ``job_timeout - 5`` seconds, so a stuck step is recorded before arq
-    gives up on the job.
-    """
-    limit = max(1, sc.settings.job_timeout - 5)
-
-    def told(exc: BaseException) -> str:  # what an exception says, without any secret
-        return redact(str(exc), sc.settings.secret_values())
-
-    try:
-        async with asyncio.timeout(limit):
-            await step()
-    except RedisError as exc:  # the run store is away: nothing can be recorded
-        log.warning("run %s: %s interrupted, Redis unreachable: %s", run_id, stage, told(exc))
-        raise  # the stage stays running; the reconciler queues it again
-    except BackendUnavailable as exc:
-        log.warning("run %s: %s interrupted: %s", run_id, stage, told(exc))
-        await sc.store.interrupt_stage(run_id, stage, told(exc))
-    except (RecipeError, BackendError) as exc:
-        log.warning("run %s: %s failed: %s", run_id, stage, told(exc))
-        await sc.store.fail_stage(run_id, stage, told(exc))
-    except TimeoutError:  # an overloaded machine may be quicker next time
-        log.warning("run %s: %s timed out", run_id, stage)
-        reason = f"timed out after {limit} s (MODFACTORY_JOB_TIMEOUT)"
-        await sc.store.interrupt_stage(run_id, stage, reason)
-    except Exception as exc:
-        log.exception("run %s: %s failed unexpectedly", run_id, stage)
-        await sc.store.fail_stage(run_id, stage, f"{type(exc).__name__}: {told(exc)}")
-
-
 async def cancel_remote_job(sc: StageContext, run_id: str) -> str | None:
     """Cancel the training job of a run that ended failed or cancelled, if the job may
     still be running (never a paid job left behind); says what happened. An unreachable
@@ -139,36 +97,3 @@ async def cancel_remote_job(sc: StageContext, run_id: str) -> str | None:
         return message
     await sc.store.record_training(run_id, job)
     return f"cancelled training job {job_id} ({job.status})"
-
-
-StageStep = Callable[[StageContext, Run], Awaitable[None]]
-StageJob = Callable[[dict[str, Any], str], Awaitable[None]]
-
-
-def stage(name: StageName) -> Callable[[StageStep], StageJob]:
-    """Make ``step(sc, run)`` the arq job ``name(ctx, run_id)``.
-
-    The job marks the stage running for one more attempt (or returns when it must not
-    run) and runs the step under ``guarded``; the step records its results. Whenever the
-    stage is found succeeded — just now, or already by an earlier attempt whose worker
-    was lost before queuing on — the next stage is queued (a no-op if it is already).
-    A run that failed here with a live training job has the job cancelled.
-    """
-
-    def wrap(step: StageStep) -> StageJob:
-        async def job(ctx: dict[str, Any], run_id: str) -> None:
-            sc = StageContext.of(ctx)
-            run = await sc.store.start_stage(run_id, name, sc.settings.stage_max_attempts)
-            if run is not None:
-                await guarded(sc, name, run_id, lambda: step(sc, run))
-            after = await sc.store.get(run_id)
-            if after.state.terminal:
-                await cancel_remote_job(sc, run_id)
-            elif after.stages[name].state == StageStatus.SUCCEEDED:
-                await sc.enqueue_next(name, run_id)
-
-        job.__name__ = job.__qualname__ = name
-        job.__doc__ = step.__doc__
-        return job
-
-    return wrap

@@ -1,60 +1,94 @@
-"""evaluate: classify validation and test with the trained model (batched, concurrent,
-resumable, within the backend's rate limit); thresholds from validation, metrics on test."""
+"""evaluate: the trained model scored, measured, compared with the champion, and recorded —
+in short steps, each of which a new attempt redoes or resumes:
+
+1. ``score_splits``: validation and test classified (batched, concurrent, resumable, within
+   the backend's rate limit);
+2. ``measure``: each label's threshold tuned on validation only; test metrics at 0.5 and at
+   those thresholds, beside a random baseline (and a general moderation model, when one is
+   set up), and the precision-recall chart;
+3. ``decide``: the champion measured on the same test file by its own backend, whatever the
+   challenger's, and the promotion rule applied;
+4. ``record``: ``metrics.json`` and the report written (atomically), then the stage's end
+   and the promotion recorded in one transaction — measured again if the champion was
+   replaced meanwhile.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from modfactory import charts
 from modfactory.backends.base import Backend, BackendError
 from modfactory.data.recipe import TARGET, read_jsonl
 from modfactory.evaluation.classify import classify_texts
 from modfactory.evaluation.metrics import evaluate_scores, tune_thresholds
-from modfactory.evaluation.promotion import (
-    decide_promotion,
-    random_baseline,
-)
+from modfactory.evaluation.promotion import decide_promotion, random_baseline
 from modfactory.evaluation.report import write_report
 from modfactory.evaluation.tables import number
-from modfactory.stages.context import StageContext, stage
+from modfactory.fileio import atomic_output
+from modfactory.stages.context import StageContext
 from modfactory.store.registry import ModelRegistry
-from modfactory.store.run import ChampionChanged, Run, RunState, StageStatus, Verdict
+from modfactory.store.run import ChampionChanged, Run
 from modfactory.values import Headline, PromotionDecision, SplitMetrics
 
 MEASURES = 3  # how often the champion is measured again if it changes meanwhile
 
 
-@stage("evaluate")
-async def evaluate(sc: StageContext, run: Run) -> None:
-    """Classify validation and test; tune each label's threshold on validation only; record
-    test metrics at 0.5 and at the tuned thresholds, beside a random baseline and the
-    champion measured on the same test file; promote the model if it beats the champion
-    (recorded with the run's end in one transaction; measured again if the champion was
-    replaced meanwhile)."""
+@dataclass
+class Scored:
+    """One split's texts, true labels and the model's scores."""
+
+    texts: list[str]
+    truth: list[list[str]]
+    scores: list[dict[str, float]]
+
+
+async def evaluate_model(sc: StageContext, run: Run) -> None:
+    """Score validation and test, measure on test with thresholds tuned on validation,
+    decide against the champion, record; promote the model if it beats the champion."""
     backend = sc.backend(run.spec.backend)
-    labels = run.dataset.labels if run.dataset else []
+    splits = await score_splits(sc, run, backend)
+    metrics, artifacts = await measure(sc, run, splits)
+    for _ in range(MEASURES):
+        decision = await decide(sc, run, backend, metrics, splits["test"])
+        try:
+            return await record(sc, run, metrics, decision, artifacts)
+        except ChampionChanged as exc:
+            await sc.store.note(run.id, "evaluate", f"{exc}: measuring again")
+    raise BackendError(f"the champion kept changing while this run was measured ({MEASURES}x)")
+
+
+async def score_splits(sc: StageContext, run: Run, backend: Backend) -> dict[str, Scored]:
+    """Validation and test, classified by the run's model."""
     splits = {}
     for split in ("validation", "test"):
         records = await asyncio.to_thread(read_jsonl, Path(getattr(run.artifacts, f"{split}_file")))
         texts = [r["text"] for r in records]
         scores = await _classify(sc, run, backend, run.artifacts.model_id, texts, split)
-        splits[split] = (texts, [r["labels"][TARGET] for r in records], scores)
+        splits[split] = Scored(texts, [r["labels"][TARGET] for r in records], scores)
+    return splits
 
-    _, val_truth, val_scores = splits["validation"]
-    test_texts, truth, test_scores = splits["test"]
-    step = _steps(sc, run)  # the rest is redone by a new attempt: one that gets further moved
-    thresholds = await asyncio.to_thread(tune_thresholds, val_truth, val_scores, labels)
-    metrics = await asyncio.to_thread(evaluate_scores, truth, test_scores, labels, thresholds)
+
+async def measure(
+    sc: StageContext, run: Run, splits: dict[str, Scored]
+) -> tuple[SplitMetrics, dict[str, str]]:
+    """Test metrics at thresholds tuned on validation, the baselines and the PR chart; and
+    the artifacts the stage will record. (Redone by a new attempt: one that gets further
+    counts as progress.)"""
+    labels = run.dataset.labels if run.dataset else []
+    valid, test = splits["validation"], splits["test"]
+    step = _steps(sc, run)
+    thresholds = await asyncio.to_thread(tune_thresholds, valid.truth, valid.scores, labels)
+    metrics = await asyncio.to_thread(evaluate_scores, test.truth, test.scores, labels, thresholds)
     step(1)
-    metrics.baselines = await _baselines(sc, run, test_texts, truth, labels)
+    metrics.baselines = await _baselines(sc, run, test.texts, test.truth, labels)
     step(2)
     out = sc.run_dir(run.id)
     pr_chart = await asyncio.to_thread(
-        charts.pr_curves, truth, test_scores, labels, thresholds, out / "precision_recall.png"
+        charts.pr_curves, test.truth, test.scores, labels, thresholds, out / "precision_recall.png"
     )
     step(3)
     artifacts = {
@@ -63,26 +97,80 @@ async def evaluate(sc: StageContext, run: Run) -> None:
         "report_json": str(out / "report.json"),
         "report_html": str(out / "report.html"),
     }
-    for _ in range(MEASURES):
-        metrics.baselines.pop("champion", None)
-        metrics.promotion, verdict = await _promote(sc, run, backend, metrics, test_texts, truth)
-        (out / "metrics.json").write_text(metrics.model_dump_json(indent=2))
-        # The report is written before the stage is recorded as done: a worker stopped in
-        # between re-runs the stage, instead of leaving a succeeded run without its report.
-        await asyncio.to_thread(write_report, _as_finished(run, metrics, artifacts), out)
-        try:
-            await sc.store.finish_evaluation(
-                run.id,
-                verdict,
-                ModelRegistry(sc.redis, sc.settings.queue_name).key(run.spec.model_name),
-                metrics=metrics,
-                artifacts=artifacts,
-                message=_headline(metrics, verdict),
-            )
-            return
-        except ChampionChanged as exc:
-            await sc.store.note(run.id, "evaluate", f"{exc}: measuring again")
-    raise BackendError(f"the champion kept changing while this run was measured ({MEASURES}x)")
+    return metrics, artifacts
+
+
+async def decide(
+    sc: StageContext, run: Run, backend: Backend, metrics: SplitMetrics, test: Scored
+) -> PromotionDecision:
+    """Measure the current champion on this test file (its numbers join ``metrics``'s
+    baselines) and decide by the promotion rule."""
+    settings = sc.settings
+    name, metric = run.spec.model_name, settings.promotion_metric
+    champion = (await ModelRegistry(sc.redis, settings.queue_name).get(name)).champion
+    metrics.baselines.pop("champion", None)  # a measure of an earlier champion
+
+    def decided(promoted: bool, reason: str, **measured: float | None) -> PromotionDecision:
+        return PromotionDecision(
+            model_name=name,
+            metric=metric,
+            margin=settings.promotion_margin,
+            challenger=metrics.value(metric),
+            champion_run=champion.run_id if champion else None,
+            **measured,  # the champion's value of the metric, when it was measured
+            promoted=promoted,
+            reason=reason,
+            model_id=run.artifacts.model_id,
+        )
+
+    if champion is None:
+        first = decide_promotion(metrics, None, metric, settings.promotion_margin)
+        return decided(*first, champion=None)
+    if champion.run_id == run.id:  # decided before a crash
+        return decided(True, "already the champion")
+    their_backend = (await sc.store.get(champion.run_id)).spec.backend
+    try:  # the champion is measured where it lives, whatever the challenger's backend
+        judge = backend if their_backend == run.spec.backend else sc.backend(their_backend)
+    except BackendError as exc:
+        return decided(False, f"the champion {champion.run_id} cannot be measured: {exc}")
+    scores = await _classify(sc, run, judge, champion.model_id, test.texts, "champion")
+    theirs = await asyncio.to_thread(evaluate_scores, test.truth, scores, list(metrics.labels))
+    metrics.baselines["champion"] = theirs.headline(run_id=champion.run_id)
+    promoted, reason = decide_promotion(metrics, theirs, metric, settings.promotion_margin)
+    return decided(promoted, reason, champion=theirs.value(metric))
+
+
+async def record(
+    sc: StageContext,
+    run: Run,
+    metrics: SplitMetrics,
+    decision: PromotionDecision,
+    artifacts: dict[str, str],
+) -> None:
+    """Write ``metrics.json`` and the report, then record the stage's end and the decision
+    in the model registry in one transaction (ChampionChanged: the champion is not the one
+    measured against any more). The report is written first: a worker stopped in between
+    re-runs the stage, instead of leaving a succeeded run without its report."""
+    metrics.promotion = decision
+    message = _headline(metrics, decision)
+    out = sc.run_dir(run.id)
+
+    def write_outputs() -> None:
+        with atomic_output(out / "metrics.json") as tmp:
+            tmp.write_text(metrics.model_dump_json(indent=2))
+        finished = run.model_copy(deep=True)  # the run as it will be once recorded
+        finished.finish_stage("evaluate", artifacts, None, metrics, message)
+        write_report(finished, out)
+
+    await asyncio.to_thread(write_outputs)
+    await sc.store.finish_evaluation(
+        run.id,
+        decision,
+        ModelRegistry(sc.redis, sc.settings.queue_name).key(run.spec.model_name),
+        metrics=metrics,
+        artifacts=artifacts,
+        message=message,
+    )
 
 
 def _steps(sc: StageContext, run: Run) -> Callable[[int], None]:
@@ -92,14 +180,14 @@ def _steps(sc: StageContext, run: Run) -> Callable[[int], None]:
     return lambda done: report("steps after classifying", done, 3)
 
 
-def _headline(metrics: SplitMetrics, verdict: Verdict) -> str:
+def _headline(metrics: SplitMetrics, decision: PromotionDecision) -> str:
     """The evaluate stage's event: the numbers and what became of the model."""
     return (
         f"macro F1 {metrics.macro.f1:.3f} at 0.5, "
         f"{number(metrics.macro.tuned_f1)} at thresholds tuned on validation "
         f"({metrics.rows:,} test rows); "
-        + ("promoted" if verdict.promoted else "kept as a candidate")
-        + f": {verdict.reason}"
+        + ("promoted" if decision.promoted else "kept as a candidate")
+        + f": {decision.reason}"
     )
 
 
@@ -115,18 +203,6 @@ async def _baselines(
         if moderation:
             found[f"{name}_moderation"] = moderation
     return found
-
-
-def _as_finished(run: Run, metrics: SplitMetrics, artifacts: dict[str, str]) -> Run:
-    """The run as it will be once evaluate is recorded (what its report shows)."""
-    finished = run.model_copy(deep=True)
-    finished.metrics = metrics
-    finished.artifacts = finished.artifacts.model_copy(update=artifacts)
-    at = datetime.now(UTC)
-    stage = finished.stages["evaluate"]
-    stage.state, stage.finished_at, stage.error = StageStatus.SUCCEEDED, at, None
-    finished.state, finished.finished_at, finished.progress = RunState.SUCCEEDED, at, None
-    return finished
 
 
 async def _classify(
@@ -174,55 +250,3 @@ async def _moderation_baseline(
     ours = sorted(set(mapped.values()))
     report = await asyncio.to_thread(evaluate_scores, truth, scores, ours)
     return report.headline(labels=ours)
-
-
-async def _promote(
-    sc: StageContext,
-    run: Run,
-    backend: Backend,
-    metrics: SplitMetrics,
-    texts: list[str],
-    truth: list[list[str]],
-) -> tuple[PromotionDecision, Verdict]:
-    """Measure the current champion on this test file (its numbers join ``metrics``'s
-    baselines) and decide; the caller records the decision."""
-    settings = sc.settings
-    name, metric = run.spec.model_name, settings.promotion_metric
-    champion = (await ModelRegistry(sc.redis, settings.queue_name).get(name)).champion
-    champion_run = champion.run_id if champion else None
-
-    def decided(promoted: bool, reason: str, **measured: Any) -> tuple[PromotionDecision, Verdict]:
-        decision = PromotionDecision(
-            model_name=name,
-            metric=metric,
-            margin=settings.promotion_margin,
-            challenger=metrics.value(metric),
-            champion_run=champion_run,
-            **measured,
-            promoted=promoted,
-            reason=reason,
-        )
-        verdict = Verdict(
-            promoted=promoted,
-            reason=reason,
-            measured_against=champion_run,
-            model_id=run.artifacts.model_id,
-        )
-        return decision, verdict
-
-    if champion and champion.run_id == run.id:  # decided before a crash
-        return decided(True, "already the champion")
-    if champion is None:
-        first = decide_promotion(metrics, None, metric, settings.promotion_margin)
-        return decided(*first, champion=None)
-    their_backend = (await sc.store.get(champion.run_id)).spec.backend
-    try:  # the champion is measured where it lives, whatever the challenger's backend
-        judge = backend if their_backend == run.spec.backend else sc.backend(their_backend)
-    except BackendError as exc:
-        return decided(False, f"the champion {champion.run_id} cannot be measured: {exc}")
-    scores = await _classify(sc, run, judge, champion.model_id, texts, "champion")
-    labels = list(metrics.labels)
-    theirs = await asyncio.to_thread(evaluate_scores, truth, scores, labels)
-    metrics.baselines["champion"] = theirs.headline(run_id=champion.run_id)
-    promoted, reason = decide_promotion(metrics, theirs, metric, settings.promotion_margin)
-    return decided(promoted, reason, champion=theirs.value(metric))

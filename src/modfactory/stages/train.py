@@ -1,8 +1,8 @@
 """train: create the fine-tuning job, start it once validated, follow it to the end.
 
-No worker slot is held while the job runs: ``train`` creates the job and schedules the
-first look; each look (``poll_training``) records what it sees and schedules the next,
-as a fresh arq job, until the job ends. Looks are numbered; a look whose number is stale
+No worker slot is held while the job runs: ``start_training`` creates the job and
+schedules the first look; each look (``look_at_job``) records what it sees and schedules
+the next, as a fresh arq job, until the job ends. Looks are numbered; a look whose number is stale
 (its successor already ran) does nothing, so a re-run never forks the chain.
 
 One remote job per run: while the job is alive, nothing that fails here fails the stage
@@ -13,20 +13,15 @@ still alive and creates a new one only once the old one is over.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from modfactory import charts
-from modfactory.backends.base import BackendUnavailable, JobRequest
-from modfactory.stages.context import StageContext, cancel_remote_job, guarded, stage
+from modfactory.backends.base import JobRequest
+from modfactory.stages.context import StageContext
+from modfactory.stages.policy import Action
 from modfactory.store.run import Run, RunState, StageStatus
 from modfactory.values import JobStatus, TrainingJob
 
-LOOK_TIMEOUT = 0.5  # share of MODFACTORY_JOB_TIMEOUT one look may take before it is retried
 
-
-@stage("train")
-async def train(sc: StageContext, run: Run) -> None:
+async def start_training(sc: StageContext, run: Run) -> None:
     """Create the job unless the run has one still alive, then schedule a look at it."""
     if run.training.job_over and run.training.status != JobStatus.SUCCESS:
         run = await sc.store.new_training_generation(run.id)  # the job failed: a new one
@@ -51,63 +46,54 @@ async def train(sc: StageContext, run: Run) -> None:
     await sc.enqueue_poll(run.id, run.training.poll_seq, delay=0)
 
 
-async def poll_training(ctx: dict[str, Any], run_id: str, seq: int) -> None:
+async def look_at_job(sc: StageContext, run_id: str, seq: int) -> bool:
     """Look at the job once: record it, start it when validated (within the cost cap),
-    finish on a final status, else schedule the next look."""
-    sc = StageContext.of(ctx)
+    finish on a final status (the failure policy decides), else schedule the next look.
+    True when the run may have moved on (the pipeline then queues what follows)."""
     run = await sc.store.get(run_id)
     if run.state != RunState.RUNNING or run.stages["train"].state != StageStatus.RUNNING:
-        return  # finished, cancelled, or parked awaiting approval
+        return False  # finished, cancelled, or parked awaiting approval
     if run.artifacts.training_job_id is None:
-        return
+        return False
     if run.training.poll_seq == seq + 1:  # this look ran, its successor may not be queued
         await sc.enqueue_poll(run_id, seq + 1)
-        return
+        return False
     if run.training.poll_seq != seq:
-        return
+        return False
 
     async def look_again_later(why: str) -> None:
         await sc.store.note(run_id, "train", f"{why}; looking again later")
         if await sc.store.advance_poll(run_id, seq):
             await sc.enqueue_poll(run_id, seq + 1, delay=sc.settings.poll_max_interval)
 
+    routine: list[bool] = []
+
     async def step() -> None:
-        try:
-            async with asyncio.timeout(sc.settings.job_timeout * LOOK_TIMEOUT):
-                job = await _look(sc, run, run.artifacts.training_job_id)
-        except BackendUnavailable as exc:  # the job goes on; look again later
-            return await look_again_later(str(exc))
-        except TimeoutError:
-            return await look_again_later("the look at the job took too long")
+        job = await _look(sc, run, run.artifacts.training_job_id)
         if job is None:
             return  # parked awaiting approval
         updated = await sc.store.record_training(
             run_id, job, advance_poll_from=None if job.terminal else seq
         )
-        if job.status == JobStatus.SUCCESS:
-            await _succeeded(sc, updated, job)
-        elif job.status == JobStatus.CANCELLED:
-            await sc.store.cancel(
-                run_id,
-                f"the training job was cancelled at the backend: {job.error or job.id}",
-                strict=False,
-            )
-        elif job.terminal:
-            reason = job.error or f"the training job ended {job.status}"
-            await sc.store.fail_stage(run_id, "train", f"{job.status}: {reason}")
+        decision = sc.policy.after_look(job)
+        if decision.action == Action.SUCCEED:
+            await _succeeded(sc, updated, job, decision.reason)
+        elif decision.action != Action.WAIT:
+            await sc.policy.apply(sc.store, run_id, "train", decision)
         else:
-            if not job.known:
-                await sc.store.note(run_id, "train", f"job {job.id} has an unknown status")
+            if decision.reason:
+                await sc.store.note(run_id, "train", decision.reason)
             if updated.training.poll_seq == seq + 1:
                 quiet = updated.training.quiet_looks
                 delay = min(sc.settings.poll_max_interval, sc.settings.poll_interval * 1.5**quiet)
                 await sc.enqueue_poll(run_id, seq + 1, delay=delay)
-            still_running.append(True)  # the common look: nothing more to check
+            routine.append(True)  # the common look: nothing more to check
 
-    still_running: list[bool] = []
-    await guarded(sc, "train", run_id, step)
-    if not still_running and (await sc.store.get(run_id)).state.terminal:
-        await cancel_remote_job(sc, run_id)
+    policy = sc.policy
+    await policy.attempt(
+        sc.store, run_id, "train", step, limit=policy.look_limit, interrupted=look_again_later
+    )
+    return not routine
 
 
 async def _look(sc: StageContext, run: Run, job_id: str) -> TrainingJob | None:
@@ -139,7 +125,7 @@ def _over_the_cap(run: Run, job: TrainingJob) -> str | None:
     return None
 
 
-async def _succeeded(sc: StageContext, run: Run, job: TrainingJob) -> None:
+async def _succeeded(sc: StageContext, run: Run, job: TrainingJob, message: str) -> None:
     chart = None
     if run.training.checkpoints:
         chart = charts.loss_chart(
@@ -151,6 +137,5 @@ async def _succeeded(sc: StageContext, run: Run, job: TrainingJob) -> None:
         run.id,
         "train",
         artifacts={"model_id": job.fine_tuned_model, "loss_chart": str(chart) if chart else None},
-        message=f"trained {job.fine_tuned_model}",
+        message=message,
     )
-    await sc.enqueue_next("train", run.id)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modfactory.stages.context import StageContext, stage
+from modfactory.stages.context import StageContext
 from modfactory.store.run import Run
 
 
-@stage("upload")
-async def upload(sc: StageContext, run: Run) -> None:
+async def upload_files(sc: StageContext, run: Run) -> None:
     """Each file id is recorded as soon as it exists, so a retry uploads only what is missing."""
     backend = sc.backend(run.spec.backend)
     ids: dict[str, str] = {}

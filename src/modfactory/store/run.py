@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ from modfactory.values import DatasetSummary, SplitMetrics, TrainingJob
 log = logging.getLogger("modfactory.store.run")
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
 MAX_EVENTS = 500
+GivesUp = Callable[[StageState], str | None]  # why a stage is not attempted again, if it is not
 
 
 def now() -> datetime:
@@ -69,24 +71,20 @@ class Run(BaseModel):
         return self.model_dump(mode="json")
 
     # --- state changes: each one rule; True when the run changed (then it is stored) -----
-    def start_stage(self, stage: StageName, max_attempts: int | None = None) -> bool:
+    def start_stage(self, stage: StageName, gives_up: GivesUp | None = None) -> bool:
         """``stage`` runs for one more attempt, unless it is done or the run is over. The
         attempt before, if it ended without moving the stage further (no file uploaded, no
         batch classified, no new training status or checkpoint, no further in its rows),
-        counts as stalled: a stage stalled ``max_attempts`` times fails instead, naming how
-        the last attempt ended. Attempts that made progress never use the budget up."""
+        counts as stalled; the stage fails instead when ``gives_up`` (the failure policy's)
+        says why it should. Attempts that made progress never count."""
         state = self.stages[stage]
         if self.state.terminal or state.state in (StageStatus.SUCCEEDED, StageStatus.FAILED):
             return False
         if state.attempts and not state.moved:
             state.stalled += 1
-        if max_attempts is not None and state.stalled >= max_attempts:
-            last = state.last_error or "it ended without a result (the worker was lost)"
-            self._fail(
-                stage,
-                f"gave up after {state.stalled} attempts that made no progress "
-                f"({state.attempts} in all; MODFACTORY_STAGE_MAX_ATTEMPTS); the last: {last}",
-            )
+        reason = gives_up(state) if gives_up else None
+        if reason:
+            self._fail(stage, reason)
             return True
         state.state = StageStatus.RUNNING
         state.started_at = state.started_at or now()
@@ -309,15 +307,6 @@ class ActiveRunExists(RunStateError):
 
 class ChampionChanged(RunStateError):
     """The champion is no longer the one the challenger was measured against."""
-
-
-class Verdict(BaseModel):
-    """The evaluate stage's promotion decision, as it is to be recorded."""
-
-    promoted: bool
-    reason: str
-    measured_against: str | None  # the champion's run id when the decision was made
-    model_id: str | None = None
 
 
 class RunNotFound(LookupError):

@@ -29,6 +29,7 @@ from modfactory.store.registry import ModelRecord, load_record
 from modfactory.store.run import (
     ActiveRunExists,
     ChampionChanged,
+    GivesUp,
     Run,
     RunNotFound,
     RunSpec,
@@ -36,12 +37,11 @@ from modfactory.store.run import (
     RunStateError,
     StageName,
     StageStatus,
-    Verdict,
     new_run_id,
     now,
 )
 from modfactory.store.run_indexes import RunIndexes
-from modfactory.values import DatasetSummary, SplitMetrics, TrainingJob
+from modfactory.values import DatasetSummary, PromotionDecision, SplitMetrics, TrainingJob
 
 
 class RunStore(RunIndexes):
@@ -243,11 +243,11 @@ class RunStore(RunIndexes):
         return run, changed
 
     async def start_stage(
-        self, run_id: str, stage: StageName, max_attempts: int | None = None
+        self, run_id: str, stage: StageName, gives_up: GivesUp | None = None
     ) -> Run | None:
         """``Run.start_stage``: the run, or None when the stage must not run (done
-        already, the run over, or its attempts used up — then it failed)."""
-        run, changed = await self._update(run_id, lambda r: r.start_stage(stage, max_attempts))
+        already, the run over, or given up — then it failed)."""
+        run, changed = await self._update(run_id, lambda r: r.start_stage(stage, gives_up))
         return run if changed and run.stages[stage].state == StageStatus.RUNNING else None
 
     async def interrupt_stage(self, run_id: str, stage: StageName, error: str) -> Run:
@@ -277,7 +277,7 @@ class RunStore(RunIndexes):
     async def finish_evaluation(
         self,
         run_id: str,
-        verdict: Verdict,
+        decision: PromotionDecision,
         registry_key: str,
         *,
         metrics: SplitMetrics,
@@ -296,15 +296,15 @@ class RunStore(RunIndexes):
         async def champion_unchanged(pipe: Pipeline, run: Run) -> None:
             await pipe.watch(registry_key)
             record = load_record(run.spec.model_name, await pipe.get(registry_key))
-            if record.champion_run not in (verdict.measured_against, run.id):
+            if record.champion_run not in (decision.champion_run, run.id):
                 raise ChampionChanged(
                     f"the champion of {run.spec.model_name!r} is now {record.champion_run}, "
-                    f"not {verdict.measured_against}"
+                    f"not {decision.champion_run}"
                 )
-            if verdict.promoted and verdict.model_id:
-                record.promote(run.id, verdict.model_id, verdict.reason)
+            if decision.promoted and decision.model_id:
+                record.promote(run.id, decision.model_id, decision.reason)
             else:
-                record.keep_as_candidate(run.id, verdict.reason)
+                record.keep_as_candidate(run.id, decision.reason)
             decided[:] = [record]
 
         def record_verdict(pipe: Pipeline, run: Run) -> None:
