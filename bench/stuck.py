@@ -21,6 +21,7 @@ from pathlib import Path
 
 from arq.connections import create_pool
 
+from modfactory.backends.local_trainer import PAUSE_ENV
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
@@ -50,6 +51,7 @@ async def bench(url: str, data: Path) -> None:
     )
     producer = Producer(pool, settings)
     env = {**os.environ, "MODFACTORY_REDIS_URL": url, "MODFACTORY_DATA_DIR": str(data)}
+    env[PAUSE_ENV] = "1000"  # a trainer that goes on until the run is cancelled
     with (data / "worker.log").open("wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "modfactory", "worker"], env=env, stdout=log, stderr=log
@@ -68,11 +70,7 @@ async def bench(url: str, data: Path) -> None:
             )
         )
         created = time.monotonic()
-        run = (
-            await producer.submit(
-                producer.spec(source="synthetic:30000", hyperparameters={"epochs": 1000})
-            )
-        ).run
+        run = (await producer.submit(producer.spec(source="synthetic:30000"))).run
         deleted_at = None
         while deleted_at is None:
             for raw in await pool.zrange(settings.queue_name, 0, -1):

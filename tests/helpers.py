@@ -53,12 +53,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen]:
-    """``modfactory worker`` in a subprocess, logging to ``log``; terminated on exit."""
+def worker_process(settings: Settings, log: Path, **env: str) -> Iterator[subprocess.Popen]:
+    """``modfactory worker`` in a subprocess (``env``: more variables), logging to ``log``;
+    terminated on exit."""
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "modfactory", "worker"],
-            env={**os.environ, **settings_env(settings)},
+            env={**os.environ, **settings_env(settings), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from modfactory.backends.local_trainer import PAUSE_ENV
 from modfactory.values import CIVIL_COMMENTS_LABELS
 
 pytestmark = pytest.mark.slow  # the `modfactory` command in processes
@@ -139,7 +140,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
         "run", "--source", "synthetic", "-H", "training_steps=200", data_dir=tmp_path / "data"
     )
     assert hyper.returncode == 2 and "no hyperparameter 'training_steps'" in hyper.stderr
-    for value, expected in (("epochs=0", "epochs=0 is out"), ("alpha=-1", "alpha=-1 is out")):
+    for value, expected in (("seed=-1", "seed=-1 is out"), ("seed=0.5", "seed=0.5 is out")):
         out_of_range = modfactory(
             "run", "--source", "synthetic", "-H", value, data_dir=tmp_path / "data"
         )
@@ -177,9 +178,10 @@ def _wait_for(predicate, timeout: float = 120) -> None:
 def test_an_interrupted_run_stops_cleanly_and_the_next_worker_finishes_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {**os.environ, "MODFACTORY_DATA_DIR": str(data), "MODFACTORY_LOCAL_GRID": "off"}
+    env[PAUSE_ENV] = "0.5"  # a slow trainer: the run is interrupted while it trains
     command = [sys.executable, "-m", "modfactory"]
     run = subprocess.Popen(
-        [*command, "run", "--source", "synthetic:30000", "-H", "epochs=60"],
+        [*command, "run", "--source", "synthetic:30000"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -13,6 +13,7 @@ import pytest
 
 from modfactory.backends.base import BackendError, JobRequest
 from modfactory.backends.local import LocalBackend
+from modfactory.backends.local_trainer import PAUSE_ENV
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
@@ -51,8 +52,15 @@ async def submit(backend: LocalBackend, dataset: Path, suffix: str, **hyper) -> 
     return await backend.create_job(request)
 
 
+@pytest.fixture
+def slow_trainer(monkeypatch: pytest.MonkeyPatch):
+    """``slow_trainer(seconds)``: trainers started from now on pause that long after each
+    candidate (the test-only knob)."""
+    return lambda seconds: monkeypatch.setenv(PAUSE_ENV, str(seconds))
+
+
 async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, epochs=3, grid="off")
+    backend = LocalBackend(tmp_path, grid="off")
     first = await backend.upload_file(dataset / "train.jsonl", tag="a")
     again = await backend.upload_file(dataset / "train.jsonl", tag="b")
     assert first.id == again.id and len(list((tmp_path / "local" / "files").iterdir())) == 1
@@ -66,9 +74,10 @@ async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
     await backend.start_job(job.id)
     done = await wait_for(backend, job.id, lambda j: j.terminal)
     assert done.status == JobStatus.SUCCESS, done.error
-    assert [c.step for c in done.checkpoints] == [1, 2, 3]
-    assert all(c.train_loss > 0 and c.valid_loss > 0 for c in done.checkpoints)
-    assert done.checkpoints[-1].train_loss < done.checkpoints[0].train_loss
+    labels = done.classifier_targets[0].labels
+    assert [c.step for c in done.checkpoints] == list(range(1, len(labels) + 1))  # one each
+    assert all(c.valid_loss > 0 for c in done.checkpoints)
+    assert {c["candidates"] for c in done.metadata["selection"].values()} == {1}
 
     texts = ["you stupid idiot moron", "the council meeting about the budget", ""]
     results = await backend.classify(done.fine_tuned_model, texts)
@@ -86,8 +95,11 @@ async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
     assert json.loads((model.parent / "job.json").read_text())["trainer_starts"] == 1
 
 
-async def test_a_killed_trainer_is_started_again(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, epochs=40, grid="off")
+async def test_a_killed_trainer_is_started_again(
+    tmp_path: Path, dataset: Path, slow_trainer
+) -> None:
+    slow_trainer(0.3)
+    backend = LocalBackend(tmp_path, grid="off")
     job = await submit(backend, dataset, "run-2")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
@@ -99,7 +111,7 @@ async def test_a_killed_trainer_is_started_again(tmp_path: Path, dataset: Path) 
     assert restarted.status == JobStatus.SUCCESS
     job_file = json.loads((tmp_path / "local" / "jobs" / job.id / "job.json").read_text())
     assert job_file["trainer_starts"] == 2
-    assert len(restarted.checkpoints) == 40
+    assert len(restarted.checkpoints) == len(restarted.classifier_targets[0].labels)
 
 
 async def test_the_default_grid_chooses_and_records_a_model_per_label(
@@ -147,10 +159,8 @@ async def test_a_malformed_file_fails_validation_naming_the_line(
 
 
 def test_unknown_hyperparameter_is_named(tmp_path: Path) -> None:
-    with pytest.raises(
-        BackendError, match=r"no hyperparameter 'training_steps'.*alpha, epochs, seed"
-    ):
-        LocalBackend(tmp_path).hyperparameters({"training_steps": 200})
+    with pytest.raises(BackendError, match=r"no hyperparameter 'epochs'; it takes seed"):
+        LocalBackend(tmp_path).hyperparameters({"epochs": 8})
 
 
 def trainer_alive(backend: LocalBackend, job_id: str) -> bool:
@@ -162,8 +172,11 @@ def trainer_alive(backend: LocalBackend, job_id: str) -> bool:
     return "State:\tZ" not in status  # a zombie is dead, only not reaped yet
 
 
-async def test_cancelling_a_job_kills_its_trainer_at_once(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, epochs=1000, grid="off")
+async def test_cancelling_a_job_kills_its_trainer_at_once(
+    tmp_path: Path, dataset: Path, slow_trainer
+) -> None:
+    slow_trainer(1000)
+    backend = LocalBackend(tmp_path, grid="off")
     job = await submit(backend, dataset, "run-cancel")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
@@ -178,15 +191,16 @@ async def test_cancelling_a_job_kills_its_trainer_at_once(tmp_path: Path, datase
 
 
 async def test_a_trainer_past_its_timeout_is_stopped_and_the_job_fails_naming_it(
-    tmp_path: Path, dataset: Path
+    tmp_path: Path, dataset: Path, slow_trainer
 ) -> None:
-    backend = LocalBackend(tmp_path, epochs=1000, train_timeout=3, grid="off")
+    slow_trainer(1000)
+    backend = LocalBackend(tmp_path, train_timeout=3, grid="off")
     job = await submit(backend, dataset, "run-slow")
     await backend.start_job(job.id)
     failed = await wait_for(backend, job.id, lambda j: j.terminal, timeout=120)
     assert failed.status == JobStatus.FAILED
     assert "MODFACTORY_LOCAL_TRAIN_TIMEOUT (3 s)" in failed.error
-    assert len(failed.checkpoints) < 1000
+    assert len(failed.checkpoints) < len(failed.classifier_targets[0].labels)
     for _ in range(50):  # it stops itself at its deadline; exiting may take a moment
         if not trainer_alive(backend, job.id):
             break

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
+from modfactory.backends.local_trainer import PAUSE_ENV
 from modfactory.store import queue
 from modfactory.store.run import STAGES, RunState
 
@@ -78,15 +79,12 @@ async def test_a_bad_source_fails_the_run_with_the_reason(redis_db: str, tmp_pat
 async def test_a_killed_worker_is_replaced_and_the_model_not_retrained(
     redis_db: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(redis_db, tmp_path / "data", local_grid="off")  # 40 epochs
+    settings = settings_for(redis_db, tmp_path / "data", local_grid="off")
     producer = await producer_for(settings)
-    run = (
-        await producer.submit(
-            producer.spec(source="synthetic:30000", hyperparameters={"epochs": 40})
-        )
-    ).run
+    run = (await producer.submit(producer.spec(source="synthetic:30000"))).run
     log = tmp_path / "worker.log"
-    with worker_process(settings, log) as first:
+    slow = {PAUSE_ENV: "0.5"}  # a slow trainer: the worker is killed while it trains
+    with worker_process(settings, log, **slow) as first:
         training = await wait_until(
             producer.store, run.id, lambda r: len(r.training.checkpoints) >= 2
         )
@@ -98,7 +96,8 @@ async def test_a_killed_worker_is_replaced_and_the_model_not_retrained(
         final = await wait_until(producer.store, run.id, lambda r: r.state.terminal, timeout=240)
     assert final.state == RunState.SUCCEEDED, final.error
     assert final.stages["evaluate"].state == "succeeded"
-    assert [c.step for c in final.training.checkpoints] == list(range(1, 41))
+    labels = len(final.training.metadata["selection"])  # one candidate each
+    assert [c.step for c in final.training.checkpoints] == list(range(1, labels + 1))
     job_dir = settings.data_dir / "local" / "jobs" / final.artifacts.training_job_id
     assert json.loads((job_dir / "job.json").read_text())["trainer_starts"] == 1
     model_mtime = (job_dir / "model.joblib").stat().st_mtime_ns

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
 from mistral_emulator import MistralEmulator
+from modfactory.backends.local_trainer import PAUSE_ENV
 from modfactory.backends.mistral import shared_limiter
 from modfactory.backends.ratelimit import SPACING
 from modfactory.store.health import worker_heartbeat
@@ -41,11 +42,12 @@ async def test_a_run_never_queued_and_a_deleted_job_run_again_without_a_worker_r
         reconcile_interval=2,
         poll_interval=3,
         health_check_interval=5,
-        local_grid="off",  # 30 epochs: training lasts long enough to lose a look
+        local_grid="off",
     )
     producer = await producer_for(settings)
     redis = producer.redis
-    with worker_process(settings, tmp_path / "worker.log"):
+    slow = {PAUSE_ENV: "1"}  # training lasts long enough to lose a look
+    with worker_process(settings, tmp_path / "worker.log", **slow):
         await wait_for_heartbeat(redis, settings.queue_name)
         # Created after the worker started, and never queued (a producer lost mid-way).
         orphan = await producer.store.create(
@@ -58,11 +60,7 @@ async def test_a_run_never_queued_and_a_deleted_job_run_again_without_a_worker_r
         )
         assert not await redis.exists(f"arq:job:{orphan.id}:build")
         # A run whose next look at its training job is deleted from Redis by hand.
-        run = (
-            await producer.submit(
-                producer.spec(source="synthetic:3000", hyperparameters={"epochs": 30})
-            )
-        ).run
+        run = (await producer.submit(producer.spec(source="synthetic:3000"))).run
         await wait_until(producer.store, run.id, lambda r: r.training.status == "RUNNING")
         deleted = None
         deadline = time.monotonic() + 60

@@ -118,18 +118,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Cost cap: a job quoted above it waits for `modfactory approve RUN`.",
     )
-    local_epochs: int = Field(8, ge=1, le=1000, description="Local backend: training epochs.")
-    local_alpha: float = Field(
-        2e-5,
-        ge=1e-12,
-        le=1000,
-        description="Local backend: L2 regularisation of the logistic model.",
-    )
     local_grid: Literal["small", "full", "off"] = Field(
         "small",
-        description="Local backend: candidates per label, chosen on validation — small "
-        "(plain and NB-weighted n-grams x 3 strengths), full (2 n-gram sets x 7 strengths) "
-        "or off (one SGD logistic model, trained in epochs).",
+        description="Local backend: candidates per label, the best on validation kept — "
+        "small (plain and NB-weighted n-grams x 3 strengths), full (2 n-gram sets x 2 "
+        "weightings x 7 strengths) or off (one plain candidate, C = 1: the fastest).",
     )
     local_train_timeout: float = Field(
         3600.0,

@@ -31,7 +31,7 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
-from modfactory.backends.local_selection import Grid
+from modfactory.backends.local_selection import Grid, fits_per_label
 from modfactory.backends.local_selection import scores as selection_scores
 from modfactory.backends.local_trainer import (
     JOB_FILE,
@@ -47,18 +47,16 @@ from modfactory.settings import Settings
 from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
 
 MODEL_PREFIX = "ft:classifier:local:"
-RANGES: HyperRanges = {  # the same bounds as MODFACTORY_LOCAL_EPOCHS / _ALPHA
-    "epochs": (int, 1, 1000),
-    "alpha": (float, 1e-12, 1000),
-    "seed": (int, 0, 2**32 - 1),
-}
+RANGES: HyperRanges = {"seed": (int, 0, 2**32 - 1)}  # what the grid's fits draw on
+FITS_PER_SECOND = 15_000  # train rows x candidates fitted per second here, for the estimate
 MAX_TRAINER_STARTS = 3
 DEADLINE_GRACE = 10.0  # seconds past its deadline before a trainer is killed from outside
 CACHED_MODELS = 4  # loaded models kept in memory: a challenger, its champion, and a few
 
 
 class LocalBackend(Backend):
-    """TF-IDF + per-label logistic regression, trained in a child process."""
+    """TF-IDF + per-label logistic regression chosen on validation (``local_selection``),
+    trained in a child process."""
 
     name = "local"
     base_model = "tfidf-logreg"
@@ -66,15 +64,13 @@ class LocalBackend(Backend):
     def __init__(
         self,
         data_dir: Path,
-        epochs: int = 8,
-        alpha: float = 2e-5,
         train_timeout: float = 3600.0,
         grid: Grid = "small",
     ) -> None:
         self.root = data_dir / "local"
         self.grid: Grid = grid
         self.train_timeout = train_timeout
-        self.defaults: dict[str, float | int] = {"epochs": epochs, "alpha": alpha, "seed": 42}
+        self.defaults: dict[str, float | int] = {"seed": 42}
         self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
         self._models_lock = threading.Lock()  # classify runs in worker threads
         self._trainers: list[subprocess.Popen[bytes]] = []
@@ -83,8 +79,6 @@ class LocalBackend(Backend):
     def from_settings(cls, settings: Settings) -> LocalBackend:
         return cls(
             settings.data_dir,
-            epochs=settings.local_epochs,
-            alpha=settings.local_alpha,
             train_timeout=settings.local_train_timeout,
             grid=settings.local_grid,
         )
@@ -152,7 +146,7 @@ class LocalBackend(Backend):
         return await asyncio.to_thread(self._start, job_id)
 
     async def cancel_job(self, job_id: str) -> TrainingJob:
-        """Cancel the job and kill its trainer at once (not at its next epoch)."""
+        """Cancel the job and kill its trainer at once (not after its next candidate)."""
         job_dir = self._job_dir(job_id)
         job = self._read_job(job_id)
         if not JobStatus(job["status"]).terminal and not (job_dir / MODEL_FILE).exists():
@@ -228,6 +222,7 @@ class LocalBackend(Backend):
                 "error": f"{job['training_file']} is empty",
             }
         words = sum(len(r["text"].split()) for r in train + valid)
+        fits = fits_per_label(job["grid"])
         return {
             "status": JobStatus.VALIDATED,
             "labels": sorted(labels),
@@ -235,9 +230,9 @@ class LocalBackend(Backend):
                 "train_rows": len(train),
                 "validation_rows": len(valid),
                 "data_tokens": words,
-                "epochs": job["hyperparameters"]["epochs"],
+                "grid": job["grid"],
                 "expected_duration_seconds": max(
-                    1, round(len(train) * job["hyperparameters"]["epochs"] / 20_000)
+                    1, round(len(train) * len(labels) * fits / FITS_PER_SECOND)
                 ),
                 "cost": 0.0,
                 "cost_currency": "EUR",
@@ -370,10 +365,10 @@ def _chosen(progress: dict[str, Any]) -> dict[str, Any]:
 
 def scores_of(bundle: dict[str, Any], inputs: list[str]) -> list[TargetScores]:
     """A saved model's scores of ``inputs``: per text, each label's probability."""
+    if bundle.get("version") != 2:  # the SGD models of modfactory 0.1's MODFACTORY_LOCAL_GRID=off
+        raise BackendError(
+            "local backend: this model was saved in a format no longer read (plain SGD); "
+            "train it again"
+        )
     target = bundle["target"]
-    if bundle.get("version") == 2:  # chosen on validation (local_selection)
-        return [{target: {"scores": s}} for s in selection_scores(bundle, inputs)]
-    x = bundle["features"].transform(inputs)
-    columns = [m.predict_proba(x)[:, 1].tolist() for m in bundle["models"]]
-    rows = zip(*columns, strict=True)
-    return [{target: {"scores": dict(zip(bundle["labels"], row, strict=True))}} for row in rows]
+    return [{target: {"scores": s}} for s in selection_scores(bundle, inputs)]

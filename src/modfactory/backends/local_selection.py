@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-Grid = Literal["small", "full", "off"]
+Grid = Literal["small", "full", "off"]  # off: one plain candidate per label, no choice
 MIN_POSITIVES = 30  # fewer positive training rows: no grid, the fallback setting
 MIN_CALIBRATION = 10  # positives and negatives on validation needed to calibrate (Platt)
 MIN_ISOTONIC = 50  # ... and for isotonic regression, which fits any monotone shape
@@ -142,6 +142,14 @@ def calibrated(m: dict[str, Any], decision: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(a * decision + b)))
 
 
+def fits_per_label(grid: Grid) -> int:
+    """How many candidates a label with enough data fits under ``grid``."""
+    if grid == "off":
+        return 1
+    g = GRIDS[grid]
+    return len(g["features"]) * len(g["weighting"]) * len(g["C"])
+
+
 def _candidates(
     grid: Grid, positives: int, validation_rows: int
 ) -> tuple[list[tuple[str, str, float]], str | None]:
@@ -239,7 +247,7 @@ def fit_all(
     x_valid = {
         name: v.transform(valid_texts) if valid_texts else None for name, v in vectorizers.items()
     }
-    per_fit = len(GRIDS[grid]["features"]) * 2 * len(GRIDS[grid]["C"]) if grid != "off" else 1
+    per_fit = fits_per_label(grid)
     total, done = per_fit * len(labels), [0]
 
     def fitted(candidate: dict[str, Any]) -> None:

@@ -1,9 +1,15 @@
-"""The local backend's training process: TF-IDF features and one logistic model per label.
+"""The local backend's training process: per label, the model ``local_selection`` chooses
+on validation.
 
 Run as ``python -m modfactory.backends.local_trainer JOB_DIR --lock-fd N``, by the local
 backend only. It holds the job's lock (inherited from the backend) for as long as it lives,
-so a dead trainer is seen at once; it writes ``progress.json`` after every epoch and the
-model last, atomically. A saved model is never retrained.
+so a dead trainer is seen at once; it writes ``progress.json`` after every candidate fitted
+(a checkpoint with its validation loss) and the model last, atomically. A saved model is
+never retrained.
+
+Tests that need a slow trainer set ``MODFACTORY_TEST_TRAINER_PAUSE`` (seconds to wait after
+each candidate, watching for a cancel or the deadline meanwhile); it is no setting of
+modfactory's and nothing else reads it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from modfactory.fileio import atomic_output
 MODEL_FILE = "model.joblib"
 PROGRESS_FILE = "progress.json"
 JOB_FILE = "job.json"
+PAUSE_ENV = "MODFACTORY_TEST_TRAINER_PAUSE"  # test-only: a slow trainer (see above)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -50,22 +56,14 @@ def overdue(timeout: float) -> str:
     """Why a job whose trainer ran past its deadline failed."""
     return (
         f"the local trainer ran longer than MODFACTORY_LOCAL_TRAIN_TIMEOUT ({timeout:g} s); "
-        "lower the epochs or raise the timeout"
+        "choose a smaller MODFACTORY_LOCAL_GRID or raise the timeout"
     )
 
 
 def train(job_dir: Path) -> None:
-    """Fit (a grid chosen on validation, or the plain SGD model with ``grid`` off), save
-    the model; stop early if the job is cancelled or runs out of time."""
-    if read_json(job_dir / JOB_FILE).get("grid", "off") != "off":
-        select(job_dir)
-        return
-    train_sgd(job_dir)
-
-
-def select(job_dir: Path) -> None:
-    """The grid of ``local_selection``: one checkpoint per candidate fitted (its
-    validation loss), the choice per label recorded in the progress file."""
+    """Fit the grid of ``local_selection`` (one checkpoint per candidate fitted), save the
+    model, record the choice per label; stop early if the job is cancelled or runs out of
+    time."""
     import joblib
 
     from modfactory.backends.local_selection import Stopped, choices_json, fit_all
@@ -98,93 +96,27 @@ def select(job_dir: Path) -> None:
             job["grid"],
             int(job["hyperparameters"]["seed"]),
             fitted,
-            should_stop=lambda: _stopped(job_dir, progress),
+            should_stop=lambda: _paused_or_stopped(job_dir, progress),
         )
     except Stopped:
         return
     bundle["target"] = job["target"]
-    with atomic_output(job_dir / MODEL_FILE) as tmp:
-        joblib.dump(bundle, tmp)
-    progress["selection"] = choices_json(choices)
-    progress.update(state="succeeded", finished_at=datetime.now(UTC).isoformat())
+    progress["selection"] = choices_json(choices)  # before the model: a saved model is done
     write_json(job_dir / PROGRESS_FILE, progress)
-
-
-def train_sgd(job_dir: Path) -> None:
-    """Fit, checkpoint each epoch, save the model; stop early if the job is cancelled."""
-    import joblib
-    import numpy as np
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import SGDClassifier
-    from sklearn.metrics import log_loss
-
-    job = read_json(job_dir / JOB_FILE)
-    target = job["target"]
-    labels: list[str] = job["labels"]
-    params = job["hyperparameters"]
-    epochs, alpha, seed = int(params["epochs"]), float(params["alpha"]), int(params["seed"])
-    progress = {
-        "state": "running",
-        "pid": os.getpid(),
-        "started_at": datetime.now(UTC).isoformat(),
-        "checkpoints": [],
-    }
-    write_json(job_dir / PROGRESS_FILE, progress)
-
-    train_texts, train_labels = _load(job["training_file"], target)
-    valid_texts, valid_labels = _load(job["validation_file"], target)
-    features = _features()
-    x_train = features.fit_transform(train_texts)
-    x_valid = features.transform(valid_texts) if valid_texts else None
-    y_train = np.array([[label in row for label in labels] for row in train_labels], dtype=int)
-    y_valid = np.array([[label in row for label in labels] for row in valid_labels], dtype=int)
-    models = [SGDClassifier(loss="log_loss", alpha=alpha, random_state=seed) for _ in labels]
-    rng = np.random.default_rng(seed)
-
-    def mean_log_loss(x: Any, y: Any) -> float:
-        losses = [
-            log_loss(y[:, j], model.predict_proba(x)[:, 1], labels=[0, 1])
-            for j, model in enumerate(models)
-        ]
-        return float(np.mean(losses))
-
-    for epoch in range(1, epochs + 1):
-        if _stopped(job_dir, progress):
-            return
-        order = rng.permutation(x_train.shape[0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for j, model in enumerate(models):
-                model.partial_fit(x_train[order], y_train[order, j], classes=[0, 1])
-        progress["checkpoints"].append(
-            {
-                "step": epoch,
-                "train_loss": mean_log_loss(x_train, y_train),
-                "valid_loss": mean_log_loss(x_valid, y_valid) if x_valid is not None else None,
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-        )
-        write_json(job_dir / PROGRESS_FILE, progress)
-
     with atomic_output(job_dir / MODEL_FILE) as tmp:
-        bundle = {"target": target, "labels": labels, "features": features, "models": models}
         joblib.dump(bundle, tmp)
     progress.update(state="succeeded", finished_at=datetime.now(UTC).isoformat())
     write_json(job_dir / PROGRESS_FILE, progress)
 
 
-def _features() -> Any:
-    """Word 1-2-grams and character 2-5-grams, TF-IDF weighted (sublinear)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import FeatureUnion
-
-    common = {"min_df": 2, "max_features": 200_000, "sublinear_tf": True}
-    return FeatureUnion(
-        [
-            ("words", TfidfVectorizer(ngram_range=(1, 2), **common)),
-            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), **common)),
-        ]
-    )
+def _paused_or_stopped(job_dir: Path, progress: dict[str, Any]) -> bool:
+    """Whether to stop, after the test-only pause (none unless PAUSE_ENV is set)."""
+    until = time.monotonic() + float(os.environ.get(PAUSE_ENV) or 0)
+    while not _stopped(job_dir, progress):
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _stopped(job_dir: Path, progress: dict[str, Any]) -> bool:

@@ -88,7 +88,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 HyperOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--hyperparameter", "-H", help="KEY=VALUE, repeatable (local: epochs, alpha, seed)."
+        "--hyperparameter",
+        "-H",
+        help="KEY=VALUE, repeatable: a hyperparameter of the run's backend (an unknown key "
+        "is refused, naming the backend's).",
     ),
 ]
 
