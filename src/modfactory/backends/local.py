@@ -365,7 +365,7 @@ def _chosen(progress: dict[str, Any]) -> dict[str, Any]:
 
 def scores_of(bundle: dict[str, Any], inputs: list[str]) -> list[TargetScores]:
     """A saved model's scores of ``inputs``: per text, each label's probability."""
-    if bundle.get("version") != 2:  # the SGD models of modfactory 0.1's MODFACTORY_LOCAL_GRID=off
+    if bundle.get("version") != 2:  # the plain SGD models of earlier versions' grid "off"
         raise BackendError(
             "local backend: this model was saved in a format no longer read (plain SGD); "
             "train it again"

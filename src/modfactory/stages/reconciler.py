@@ -10,7 +10,7 @@ queue. A step still marked in progress by a worker whose lease has expired (kill
 machine lost) is released for the next worker at once (``store.leases``), rather than
 when arq's mark expires, MODFACTORY_JOB_TIMEOUT + 10 s later. A stage whose attempts
 keep ending without progress fails after
-MODFACTORY_STAGE_MAX_ATTEMPTS of them, naming how the last ended (``Run.start_stage``).
+MODFACTORY_STAGE_MAX_ATTEMPTS of them, naming how the last ended (``policy``).
 Runs that ended failed or cancelled while their training job may still run have that job
 cancelled. The first round of each day prunes finished runs beyond MODFACTORY_KEEP_RUNS /
 _KEEP_DAYS (``store.retention``). A starting worker runs one round at once.
