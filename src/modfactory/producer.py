@@ -1,7 +1,7 @@
 """Where runs begin and what people do to them: create and queue a run — the CLI, the
 webhook and the cron schedule all come through here, so one unfinished run per model name
 holds for all of them —, queue one stage again, approve, cancel, promote, roll back,
-prune. Each next stage is queued by the one before (``stages.context``) or, when that was
+prune. Each next stage is queued by the one before (``stages.pipeline``) or, when that was
 lost, by the reconciler."""
 
 from __future__ import annotations
