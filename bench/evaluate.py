@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from mistral_emulator import MistralEmulator, trained_model  # noqa: E402
+from modfactory.artifacts import ArtifactStore, Folder, checkpoint_prefix  # noqa: E402
 from modfactory.backends.mistral import MistralBackend  # noqa: E402
 from modfactory.data.synthetic import generate_split  # noqa: E402
 from modfactory.evaluation.classify import classify_texts  # noqa: E402
@@ -67,7 +68,7 @@ async def bench(texts_wanted: int) -> None:
             backend.classify,
             model,
             texts,
-            Path(tmp) / "checkpoints",
+            Folder(ArtifactStore(tmp), checkpoint_prefix("bench", "test")),
             batch_size=settings.classify_batch_size,
             concurrency=settings.classify_concurrency,
         )

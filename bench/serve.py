@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from modfactory.artifacts import ArtifactStore
 from modfactory.backends.local import LocalBackend
 from modfactory.data.synthetic import generate_split
 from modfactory.store.embedded_redis import EmbeddedRedis, free_port
@@ -66,7 +67,7 @@ def train_two(env: dict[str, str], rows: int) -> list[dict]:
 
 async def reference(data_dir: Path, model_id: str, texts: list[str], batch: int) -> float:
     """Texts/s of the model scoring ``texts`` in this process, ``batch`` at a time."""
-    score = await LocalBackend(data_dir).scorer(model_id)
+    score = await LocalBackend(ArtifactStore(data_dir)).scorer(model_id)
     await score(texts[:32])  # warm
     start = time.perf_counter()
     for i in range(0, len(texts), batch):

@@ -1,5 +1,5 @@
-"""Shared fixtures: a real redis-server per test process, isolated settings, generated data,
-the Mistral emulator."""
+"""Shared fixtures: a real redis-server per test process, a real S3 API (moto's server) per
+test process, isolated settings, generated data, the Mistral emulator."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import redis
 
 from mistral_emulator import MistralEmulator
 from redis_process import RedisProcess
+from s3_server import S3Server
 
 # Nothing in the tests may reach the network: datasets and the hub stay offline.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 for _name in list(os.environ):
-    if _name.startswith("MODFACTORY_") or _name == "MISTRAL_API_KEY":
+    if _name.startswith(("MODFACTORY_", "AWS_")) or _name == "MISTRAL_API_KEY":
         del os.environ[_name]
 
 
@@ -40,6 +41,30 @@ def redis_db(redis_url: str) -> Iterator[str]:
     client.flushall()
     yield f"{redis_url}/0"
     client.flushall()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server (a real S3 API over HTTP) behind a proxy a test may take away, for
+    this test process's session."""
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, request) -> Iterator[str]:
+    """A new bucket, and the standard AWS variables pointing this process at the server
+    (``s3_server.env()`` gives them to a child process); its ``s3://`` URL."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = "mf-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    bucket += f"-{os.getpid()}"
+    s3_server.create_bucket(bucket)
+    if s3_server.proxy is None or s3_server.proxy.poll() is not None:
+        s3_server.start_proxy()
+    yield f"s3://{bucket}"
 
 
 def write_split_files(directory: Path, splits: dict[str, list[dict]], fmt: str = "jsonl") -> Path:

@@ -11,9 +11,10 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "modfactory"
 
 # The bottom: the settings (and the grammar of one of them), value types, the backends'
-# names (plugins), files, logging, charts (drawn for the data set, the training curve and
-# the evaluation alike).
-BASE = {"settings", "crontab", "values", "plugins", "fileio", "logs", "charts"}
+# names (plugins), the artifact store, atomic files and JSON documents in Redis, logging,
+# charts (drawn for the data set, the training curve and the evaluation alike).
+BASE = {"settings", "crontab", "values", "plugins", "artifacts", "fileio", "redis_json"}
+BASE |= {"redaction", "logs", "charts"}
 # Each wing, and the wings it may import besides itself and BASE.
 MAY_IMPORT: dict[str, set[str]] = {
     "store": set(),
@@ -172,3 +173,70 @@ def test_no_module_outside_the_backends_names_a_backend() -> None:
                 raise AssertionError(
                     f"{name} names the {node.value!r} backend (line {node.lineno})"
                 )
+
+
+# Where a module may touch this machine's files itself, and why: none of it is an artifact
+# (a run's files and a backend's live in the artifact store, which alone reads and writes
+# them). The data wing builds into a scratch directory it is given and caches sources; the
+# CLI reads and writes the user's own files; the embedded Redis keeps its data.
+LOCAL_FILES = {
+    "artifacts": "the artifact store itself",
+    "fileio": "atomic writes, for the store and the caches",
+    "data.build": "builds into the scratch directory it is given",
+    "data.recipe": "writes and reads JSONL files in scratch and for `dataset build`",
+    "data.sources": "sources are local directories; fingerprints are cached",
+    "data.synthetic": "generated sources, cached",
+    "data.shuffle_guard": "its verdict, cached",
+    "data.texts": "the user's files that `classify` reads and writes",
+    "store.embedded_redis": "the embedded Redis's own data",
+    "cli.app": "the embedded Redis's directory",
+    "cli.services": "the embedded Redis's directory",
+    "producer": "the sources' fingerprints, cached",
+    "backends.local": "its trainers' logs, and /proc to find a trainer here",
+    "backends.mistral": "uploads a file it is given",
+    "cli.dataset": "`dataset build --out DIR`, the user's directory",
+    "cli.classify": "the user's input and output files",
+}
+FILE_CALLS = {"read_text", "write_text", "read_bytes", "write_bytes", "mkdir", "unlink"}
+FILE_CALLS |= {"rmtree", "iterdir", "glob", "rglob", "copyfile", "atomic_output", "filesystem"}
+
+
+def file_calls(path: Path) -> list[str]:
+    """What a module does with files itself: file-system calls (``open``, ``x.read_text``,
+    ``fsspec``), and paths built with ``/`` from a literal (``data_dir / "runs"``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute):
+                receiver = getattr(func.value, "id", "")
+                if func.attr in FILE_CALLS or (func.attr == "open" and receiver != "webbrowser"):
+                    found.append(f"{func.attr} (line {node.lineno})")
+            elif getattr(func, "id", "") in FILE_CALLS | {"open"}:
+                found.append(f"{func.id} (line {node.lineno})")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            if any(
+                isinstance(s, ast.Constant) and isinstance(s.value, str)
+                for s in (node.left, node.right)
+            ):
+                found.append(f"a path built with / (line {node.lineno})")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names]
+            if any(n.split(".")[0] == "fsspec" for n in names):
+                found.append(f"imports fsspec (line {node.lineno})")
+    return found
+
+
+def test_only_the_artifact_store_touches_artifacts() -> None:
+    """No module but ``artifacts`` builds an artifact's path or opens one: every other file
+    access is a module's own scratch, cache or the user's file, listed with its reason."""
+    offenders = {
+        name: calls
+        for name, path in MODULES.items()
+        if name not in LOCAL_FILES and (calls := file_calls(path))
+    }
+    assert offenders == {}, f"file access outside the artifact store: {offenders}"
+    assert file_calls(MODULES["artifacts"]), "the walk sees the store's own calls"
+    for name in LOCAL_FILES:
+        assert name in MODULES, f"{name} is listed but no longer exists"

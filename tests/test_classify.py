@@ -10,6 +10,7 @@ from arq.connections import create_pool
 
 from mistral_emulator import MistralEmulator
 from mistral_emulator import trained_model as train_on_emulator
+from modfactory.artifacts import ArtifactStore, Folder, checkpoint_prefix
 from modfactory.backends.base import BackendError
 from modfactory.backends.mistral import MistralBackend
 from modfactory.evaluation.classify import classify_texts
@@ -40,16 +41,21 @@ async def trained_model(
     return backend, await train_on_emulator(backend, tmp_path)
 
 
+@pytest.mark.parametrize("where", ["directory", "s3"])
 async def test_a_restarted_classification_resends_no_finished_batch(
-    emulator: MistralEmulator, tmp_path: Path
+    emulator: MistralEmulator, tmp_path: Path, where: str, request
 ) -> None:
+    """The checkpoints are objects of the artifact store: a directory, or a bucket that a
+    restart on another machine reads."""
     backend, model = await trained_model(emulator, tmp_path)
-    checkpoints = tmp_path / "evaluate"
+    root = tmp_path if where == "directory" else request.getfixturevalue("s3_bucket")
+    checkpoints = Folder(ArtifactStore(root), checkpoint_prefix("run-1", "test"))
     options = {"batch_size": 20, "concurrency": 3}
     emulator.faults.fail_classify_after = 5
     with pytest.raises(BackendError, match="HTTP 400"):
         await classify_texts(backend.classify, model, TEXTS, checkpoints, **options)
-    finished = len(list(checkpoints.glob("batch-*.json")))
+    checkpoints = Folder(ArtifactStore(root), checkpoint_prefix("run-1", "test"))  # anew
+    finished = len([n for n in checkpoints.names() if n.startswith("batch-")])
     assert finished == 5 and emulator.counts["classify_requests"] == 5
 
     emulator.faults.fail_classify_after = None
@@ -87,7 +93,7 @@ async def test_the_client_never_exceeds_the_rate_limit(
         backend.classify,
         model,
         TEXTS[:240],
-        tmp_path / "evaluate",
+        Folder(ArtifactStore(tmp_path), checkpoint_prefix("run-1", "test")),
         batch_size=16,
         concurrency=8,
     )

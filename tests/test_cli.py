@@ -65,9 +65,12 @@ def test_run_json_status_and_runs_agree_across_an_embedded_redis_restart(tmp_pat
     shown = modfactory("report", run["id"], "--json", data_dir=data)
     assert shown.returncode == 0, shown.stderr
     report = json.loads(shown.stdout)
-    assert report == json.loads(Path(run["artifacts"]["report_json"]).read_text())
+    urls = run["artifact_urls"]  # the store is the data dir: its URLs are paths
+    assert run["artifacts"]["report_json"] == f"runs/{run['id']}/report.json"
+    assert urls["report_json"] == str((data / "runs" / run["id"] / "report.json").resolve())
+    assert report == json.loads(Path(urls["report_json"]).read_text())
     assert report["metrics"]["thresholds_from"] == "validation" and report["synthetic"] is True
-    page = Path(run["artifacts"]["report_html"]).read_text()
+    page = Path(urls["report_html"]).read_text()
     assert page.count('src="data:image/png;base64,') == 3  # distribution, loss, precision-recall
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert all(label in page for label in run["dataset"]["labels"]) and "SYNTHETIC" in page
@@ -187,15 +190,7 @@ def test_an_interrupted_run_stops_cleanly_and_the_next_worker_finishes_it(tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    jobs = data / "local" / "jobs"
-    _wait_for(
-        lambda: (
-            jobs.exists()
-            and any(
-                json.loads(p.read_text()).get("checkpoints") for p in jobs.glob("*/progress.json")
-            )
-        )
-    )
+    _wait_for(lambda: any((data / "logs").glob("local-trainer-*.log")))  # a trainer started
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=30)
     assert run.returncode == 130 and "interrupted" in stderr.decode()

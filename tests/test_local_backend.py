@@ -1,21 +1,25 @@
-"""The local backend: a real classifier, trained in its own process, never retrained."""
+"""The local backend: a real classifier, trained in its own process under a lease in Redis,
+its files and model in the artifact store; never retrained."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from modfactory.artifacts import ArtifactStore
 from modfactory.backends.base import BackendError, JobRequest
 from modfactory.backends.local import LocalBackend
+from modfactory.backends.local_jobs import JobRecords
 from modfactory.backends.local_trainer import PAUSE_ENV
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
+from modfactory.settings import Settings
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 
 # trainer processes; one xdist process runs the module (its fixture is built once)
@@ -27,6 +31,28 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dataset")
     build_dataset(parse_source("synthetic:30000"), RecipeParams(), root / "out", root / "data")
     return root / "out"
+
+
+@pytest.fixture
+async def local(redis_db: str, tmp_path: Path):
+    """``local(**options)``: a LocalBackend on this test's Redis, its store under tmp_path."""
+    clients = []
+
+    def make(**options) -> LocalBackend:
+        settings = Settings(redis_url=redis_db, data_dir=tmp_path, worker_lease=2)
+        backend = LocalBackend(ArtifactStore(tmp_path, scratch=tmp_path), lease=2, **options)
+        clients.append(Redis.from_url(redis_db))
+        backend.connect(clients[-1], settings)
+        return backend
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def record(backend: LocalBackend, job_id: str):
+    assert isinstance(backend.records, JobRecords)
+    return await backend.records.get(job_id)
 
 
 async def wait_for(backend: LocalBackend, job_id: str, done, timeout: float = 120) -> TrainingJob:
@@ -59,14 +85,14 @@ def slow_trainer(monkeypatch: pytest.MonkeyPatch):
     return lambda seconds: monkeypatch.setenv(PAUSE_ENV, str(seconds))
 
 
-async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
-    backend = LocalBackend(tmp_path, grid="off")
+async def test_train_then_classify(tmp_path: Path, dataset: Path, local) -> None:
+    backend = local(grid="off")
     first = await backend.upload_file(dataset / "train.jsonl", tag="a")
     again = await backend.upload_file(dataset / "train.jsonl", tag="b")
     assert first.id == again.id and len(list((tmp_path / "local" / "files").iterdir())) == 1
 
-    job = await submit(backend, dataset, "run-1")
-    assert (await submit(backend, dataset, "run-1")).id == job.id  # create is idempotent
+    job = await submit(backend, dataset, "run1")
+    assert (await submit(backend, dataset, "run1")).id == job.id  # create is idempotent
     assert job.status == JobStatus.VALIDATED
     assert set(job.classifier_targets[0].labels) >= {"safe", "toxicity", "insult"}
     assert job.metadata["train_rows"] > 5000 and job.metadata["cost"] == 0
@@ -87,40 +113,41 @@ async def test_train_then_classify(tmp_path: Path, dataset: Path) -> None:
     assert all(0 <= p <= 1 for s in scores for p in s.values())
 
     # A saved model is never retrained: more looks and starts leave it as it is.
-    model = tmp_path / "local" / "jobs" / job.id / "model.joblib"
+    model = tmp_path / "local" / "jobs" / job.id / "model.joblib"  # the store's key, as a file
     mtime = model.stat().st_mtime_ns
     await backend.start_job(job.id)
     await backend.get_job(job.id)
     assert model.stat().st_mtime_ns == mtime
-    assert json.loads((model.parent / "job.json").read_text())["trainer_starts"] == 1
+    assert (await record(backend, job.id)).trainer_starts == 1
+
+    # Another process with the same settings (serving, say) reads the model from the store.
+    elsewhere = LocalBackend(ArtifactStore(tmp_path))
+    assert await elsewhere.classify(done.fine_tuned_model, texts[:1]) == results[:1]
 
 
-async def test_a_killed_trainer_is_started_again(
-    tmp_path: Path, dataset: Path, slow_trainer
+async def test_a_killed_trainer_is_started_again_once_its_lease_lapses(
+    tmp_path: Path, dataset: Path, slow_trainer, local
 ) -> None:
     slow_trainer(0.3)
-    backend = LocalBackend(tmp_path, grid="off")
-    job = await submit(backend, dataset, "run-2")
+    backend = local(grid="off")
+    job = await submit(backend, dataset, "run2")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
-    progress = json.loads((tmp_path / "local" / "jobs" / job.id / "progress.json").read_text())
-    os.kill(progress["pid"], signal.SIGKILL)
-    await asyncio.sleep(0.3)
+    os.kill((await backend.records.progress(job.id)).pid, signal.SIGKILL)
 
     restarted = await wait_for(backend, job.id, lambda j: j.terminal, timeout=180)
     assert restarted.status == JobStatus.SUCCESS
-    job_file = json.loads((tmp_path / "local" / "jobs" / job.id / "job.json").read_text())
-    assert job_file["trainer_starts"] == 2
+    assert (await record(backend, job.id)).trainer_starts == 2
     assert len(restarted.checkpoints) == len(restarted.classifier_targets[0].labels)
 
 
 async def test_the_default_grid_chooses_and_records_a_model_per_label(
-    tmp_path: Path, dataset: Path
+    tmp_path: Path, dataset: Path, local
 ) -> None:
     """MODFACTORY_LOCAL_GRID=small: a checkpoint per candidate fitted, the choice per
     label in the job's metadata, calibrated probabilities from classify."""
-    backend = LocalBackend(tmp_path)
-    job = await submit(backend, dataset, "run-grid")
+    backend = local()
+    job = await submit(backend, dataset, "rungrid")
     await backend.start_job(job.id)
     done = await wait_for(backend, job.id, lambda j: j.terminal, timeout=180)
     assert done.status == JobStatus.SUCCESS, done.error
@@ -137,11 +164,11 @@ async def test_the_default_grid_chooses_and_records_a_model_per_label(
 
 
 async def test_a_malformed_file_fails_validation_naming_the_line(
-    tmp_path: Path, dataset: Path
+    tmp_path: Path, dataset: Path, local
 ) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "labels": {"moderation": ["safe"]}}\n{"text": 3}\n')
-    backend = LocalBackend(tmp_path)
+    backend = local()
     uploaded = await backend.upload_file(bad, tag="bad")
     job = await backend.create_job(
         JobRequest(
@@ -153,18 +180,18 @@ async def test_a_malformed_file_fails_validation_naming_the_line(
         )
     )
     assert job.status == JobStatus.FAILED_VALIDATION
-    assert ".jsonl:2: not a Classifier Factory row" in job.error
+    assert "train file:2: not a Classifier Factory row" in job.error
     with pytest.raises(BackendError, match="cannot start"):
         await backend.start_job(job.id)
 
 
 def test_unknown_hyperparameter_is_named(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match=r"no hyperparameter 'epochs'; it takes seed"):
-        LocalBackend(tmp_path).hyperparameters({"epochs": 8})
+        LocalBackend(ArtifactStore(tmp_path)).hyperparameters({"epochs": 8})
 
 
-def trainer_alive(backend: LocalBackend, job_id: str) -> bool:
-    pid = json.loads((backend._job_dir(job_id) / "progress.json").read_text())["pid"]
+async def trainer_alive(backend: LocalBackend, job_id: str) -> bool:
+    pid = (await backend.records.progress(job_id)).pid
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -173,36 +200,36 @@ def trainer_alive(backend: LocalBackend, job_id: str) -> bool:
 
 
 async def test_cancelling_a_job_kills_its_trainer_at_once(
-    tmp_path: Path, dataset: Path, slow_trainer
+    tmp_path: Path, dataset: Path, slow_trainer, local
 ) -> None:
     slow_trainer(1000)
-    backend = LocalBackend(tmp_path, grid="off")
-    job = await submit(backend, dataset, "run-cancel")
+    backend = local(grid="off")
+    job = await submit(backend, dataset, "runcancel")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
-    assert trainer_alive(backend, job.id)
+    assert await trainer_alive(backend, job.id)
     cancelled = await backend.cancel_job(job.id)
     assert cancelled.status == JobStatus.CANCELLED
     deadline = time.monotonic() + 5  # SIGKILLed: gone as soon as the kernel reaps it
-    while trainer_alive(backend, job.id):
+    while await trainer_alive(backend, job.id):
         assert time.monotonic() < deadline, "the trainer outlived its cancelled job"
         await asyncio.sleep(0.02)
     assert (await backend.cancel_job(job.id)).status == JobStatus.CANCELLED  # idempotent
 
 
 async def test_a_trainer_past_its_timeout_is_stopped_and_the_job_fails_naming_it(
-    tmp_path: Path, dataset: Path, slow_trainer
+    tmp_path: Path, dataset: Path, slow_trainer, local
 ) -> None:
     slow_trainer(1000)
-    backend = LocalBackend(tmp_path, train_timeout=3, grid="off")
-    job = await submit(backend, dataset, "run-slow")
+    backend = local(train_timeout=3, grid="off")
+    job = await submit(backend, dataset, "runslow")
     await backend.start_job(job.id)
     failed = await wait_for(backend, job.id, lambda j: j.terminal, timeout=120)
     assert failed.status == JobStatus.FAILED
     assert "MODFACTORY_LOCAL_TRAIN_TIMEOUT (3 s)" in failed.error
     assert len(failed.checkpoints) < len(failed.classifier_targets[0].labels)
     for _ in range(50):  # it stops itself at its deadline; exiting may take a moment
-        if not trainer_alive(backend, job.id):
+        if not await trainer_alive(backend, job.id):
             break
         await asyncio.sleep(0.1)
-    assert not trainer_alive(backend, job.id)
+    assert not await trainer_alive(backend, job.id)

@@ -123,7 +123,8 @@ def test_the_cli_and_the_report_show_one_metrics_table() -> None:
             "training": {"model_id": "m", "metadata": {}},
             "metrics": metrics.model_dump(mode="json"),
             "charts": {"precision_recall": None, "loss": None, "distribution": None},
-        }
+        },
+        images={},
     )
     for _, cells in built.rows:  # an interval on its own line
         shown_cells = [html.escape(c).replace(" (", "<br><small>(") for c in cells]

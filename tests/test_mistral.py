@@ -61,7 +61,7 @@ def test_run_end_to_end_and_the_key_is_never_written(
     assert run["training"]["metadata"]["cost"] == 6.56
     assert [c["step"] for c in run["training"]["checkpoints"]] == [50, 100, 150, 200]
     assert [h["status"] for h in run["training"]["history"]][-1] == "SUCCESS"
-    assert Path(run["artifacts"]["loss_chart"]).stat().st_size > 0
+    assert Path(run["artifact_urls"]["loss_chart"]).stat().st_size > 0
     assert run["metrics"]["macro"]["roc_auc"] > 0.6
     rows = [run["dataset"]["splits"][split]["rows"] for split in ("validation", "test")]
     assert emulator.counts["classified_texts"] == sum(rows)  # each text once
@@ -71,7 +71,7 @@ def test_run_end_to_end_and_the_key_is_never_written(
     assert moderation["labels"] == ["identity_attack", "sexual_explicit", "threat"]
     assert moderation["macro_roc_auc"] > 0.6
     assert emulator.counts["moderation_requests"] == -(-rows[1] // 50)
-    page = Path(run["artifacts"]["report_html"]).read_text()  # the baselines in the report
+    page = Path(run["artifact_urls"]["report_html"]).read_text()  # the baselines in the report
     assert "mistral_moderation <small>(over identity_attack, sexual_explicit, threat)" in page
     assert (
         emulator.counts["uploads"],

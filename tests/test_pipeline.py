@@ -45,15 +45,17 @@ async def test_a_run_goes_through_all_four_stages(redis_db: str, tmp_path: Path)
     chosen = final.training.metadata["selection"]  # MODFACTORY_LOCAL_GRID=small
     assert set(chosen) == set(final.training.classifier_targets[0]["labels"])
     assert len(final.training.checkpoints) == sum(c["candidates"] for c in chosen.values())
-    for path in (  # all there as soon as the run is recorded succeeded
+    for key in (  # all there as soon as the run is recorded succeeded: keys under the root
         final.artifacts.distribution_chart,
         final.artifacts.loss_chart,
         final.artifacts.metrics_file,
         final.artifacts.report_html,
         final.artifacts.report_json,
     ):
-        assert Path(path).stat().st_size > 0
-    assert json.loads(Path(final.artifacts.report_json).read_text())["state"] == "succeeded"
+        assert key.startswith(f"runs/{run.id}/")
+        assert (settings.data_dir / key).stat().st_size > 0
+    report = json.loads((settings.data_dir / final.artifacts.report_json).read_text())
+    assert report["state"] == "succeeded"
     metrics = final.metrics
     assert set(metrics.labels) == set(final.dataset.labels)
     assert 0.5 < metrics.macro.roc_auc <= 1 and metrics.micro.f1 > 0.3
@@ -98,8 +100,10 @@ async def test_a_killed_worker_is_replaced_and_the_model_not_retrained(
     assert final.stages["evaluate"].state == "succeeded"
     labels = len(final.training.metadata["selection"])  # one candidate each
     assert [c.step for c in final.training.checkpoints] == list(range(1, labels + 1))
-    job_dir = settings.data_dir / "local" / "jobs" / final.artifacts.training_job_id
-    assert json.loads((job_dir / "job.json").read_text())["trainer_starts"] == 1
+    job_id = final.artifacts.training_job_id
+    job = await producer.redis.get(f"{settings.queue_name}:local:job:{job_id}")
+    assert json.loads(job)["trainer_starts"] == 1  # the trainer outlived its worker
+    job_dir = settings.data_dir / "local" / "jobs" / job_id  # the model, in the store
     model_mtime = (job_dir / "model.joblib").stat().st_mtime_ns
 
     # Queue train and evaluate again for the finished run: nothing is retrained or changed.

@@ -23,8 +23,12 @@ def test_the_built_in_backends_are_found_by_name(tmp_path: Path) -> None:
     assert backend_names()[:2] == ("local", "mistral")  # modfactory's own entry points
     backend = get_backend("local", Settings(data_dir=tmp_path))
     assert backend.name == "local" and backend_class("local") is type(backend)
-    job = backend.job_files(Settings(data_dir=tmp_path), "ftjob-x")
-    assert job == [tmp_path / "local" / "jobs" / "ftjob-x"]
+    assert backend.job_files(Settings(data_dir=tmp_path), "ftjob-x") == ["local/jobs/ftjob-x"]
+    assert backend.job_records(Settings(data_dir=tmp_path), "ftjob-x") == [
+        "modfactory:local:job:ftjob-x",
+        "modfactory:local:job:ftjob-x:progress",
+        "modfactory:local:job:ftjob-x:trainer",
+    ]
 
 
 def test_an_unknown_backend_is_refused_naming_the_ones_installed(tmp_path: Path) -> None:

@@ -130,7 +130,8 @@ async def test_a_stage_interrupted_five_times_ends_the_run_failed_naming_it(
         RunSpec(source="synthetic", backend="local", recipe=RecipeParams(), model_name="up")
     )
     await store.start_stage(run.id, "build")
-    await store.finish_stage(run.id, "build", artifacts={"train_file": str(tmp_path / "t")})
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    await store.finish_stage(run.id, "build", artifacts={"train_file": str(tmp_path / "t.jsonl")})
     attempts = []
 
     async def unreachable(path: Path, tag: str):

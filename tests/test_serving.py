@@ -31,6 +31,7 @@ from helpers import (
     worker_process,
 )
 from mistral_emulator import MistralEmulator, trained_model
+from modfactory.artifacts import ArtifactStore
 from modfactory.backends.local import LocalBackend
 from modfactory.backends.mistral import MistralBackend
 from modfactory.serving.batching import MicroBatcher
@@ -122,7 +123,7 @@ def expected_scores(deployment: Deployment, run_id: str, texts: list[str]) -> li
 
         run = await RunStore(client, deployment.settings.queue_name).get(run_id)
         await client.aclose()
-        results = await LocalBackend(deployment.settings.data_dir).classify(
+        results = await LocalBackend(ArtifactStore.from_settings(deployment.settings)).classify(
             run.artifacts.model_id, texts
         )
         return [r["moderation"]["scores"] for r in results], run

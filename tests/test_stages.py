@@ -134,7 +134,9 @@ async def test_looks_start_once_never_fork_and_chain_evaluation(
         "SUCCESS",
     ][1:]
     assert [c.step for c in run.training.checkpoints] == [1, 2, 3]
-    assert Path(run.artifacts.loss_chart).stat().st_size > 0
+    assert run.artifacts.loss_chart == f"runs/{run_id}/loss.png"  # a key in the store
+    chart = ctx["modfactory"].artifacts.load(run.artifacts.loss_chart)
+    assert chart.startswith(b"\x89PNG") and (tmp_path / run.artifacts.loss_chart).is_file()
     assert await pool.exists(f"arq:job:{run_id}:evaluate")
     assert not await pool.exists(f"arq:job:{run_id}:poll:2")
     await poll_training(ctx, run_id, 1)  # a late duplicate look changes nothing

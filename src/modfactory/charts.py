@@ -1,13 +1,12 @@
 """PNG charts people would rather look at than read (matplotlib's object API on the Agg
-canvas: no pyplot, no global figure state, safe in threads)."""
+canvas: no pyplot, no global figure state, safe in threads). Each returns the PNG's bytes;
+where they are kept is the caller's to say."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-
-from modfactory.fileio import atomic_output
 
 if TYPE_CHECKING:  # matplotlib (a second to import) only once a chart is drawn
     from matplotlib.figure import Figure
@@ -26,8 +25,8 @@ class _SplitCounts(Protocol):
 
 
 def distribution_chart(
-    splits: Mapping[str, _SplitCounts], labels: Sequence[str], path: Path, synthetic: bool
-) -> Path:
+    splits: Mapping[str, _SplitCounts], labels: Sequence[str], synthetic: bool
+) -> bytes:
     """The cookbook's 3 x 3 figure: category pie, flagged-vs-safe pie, stacked bars per split."""
     fig = _figure(24, 6 * len(splits))
     axes = fig.subplots(len(splits), 3, squeeze=False)
@@ -77,10 +76,10 @@ def distribution_chart(
         wspace=0.2,
         hspace=2.2 * inch * len(splits),
     )
-    return _save(fig, path)
+    return _png(fig)
 
 
-def loss_chart(checkpoints: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
+def loss_chart(checkpoints: Sequence[Mapping[str, Any]], title: str) -> bytes:
     """Train and valid loss over steps, from the training job's checkpoints."""
     points = sorted(checkpoints, key=lambda c: c["step"])
     fig = _figure(9, 5)
@@ -95,7 +94,7 @@ def loss_chart(checkpoints: Sequence[Mapping[str, Any]], path: Path, title: str)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return _png(fig)
 
 
 def pr_curves(
@@ -103,8 +102,7 @@ def pr_curves(
     scores: Sequence[Mapping[str, float]],
     labels: Sequence[str],
     thresholds: Mapping[str, float],
-    path: Path,
-) -> Path:
+) -> bytes:
     """Precision-recall curve per label on test, with each tuned threshold marked."""
     from sklearn.metrics import precision_recall_curve
 
@@ -125,11 +123,10 @@ def pr_curves(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return _png(fig)
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    return path
+def _png(fig: Figure) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, dpi=80, format="png")
+    return out.getvalue()

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 _ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -133,3 +136,18 @@ def _parse_field(name: str, text: str) -> frozenset[int] | None:
             last = high if step_text else first
         allowed.update(range(first, last + 1, step))
     return frozenset(allowed)
+
+
+def _cron_friendly(value: int) -> int:
+    """The reconciler is an arq cron job: its period must tile a minute or an hour."""
+    if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
+        raise ValueError(
+            "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) or be whole minutes "
+            "that divide an hour (60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, "
+            "1800, 3600)"
+        )
+    return value
+
+
+CronPeriod = Annotated[int, AfterValidator(_cron_friendly)]
+"""Seconds between two runs of a cron job: a divisor of a minute, or minutes of an hour."""

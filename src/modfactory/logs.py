@@ -66,6 +66,11 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for chatty in _CHATTY:  # a line per client made ("Found credentials in environment…")
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+
+
+_CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "adlfs", "azure")
 
 
 def adopt_library_loggers(*names: str) -> None:

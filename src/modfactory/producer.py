@@ -14,7 +14,8 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.asyncio.client import Pipeline
 
-from modfactory.backends import get_backend, job_files
+from modfactory.artifacts import ArtifactStore
+from modfactory.backends import get_backend, job_data
 from modfactory.data.sources import fingerprint, parse_source
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext, cancel_remote_job
@@ -176,8 +177,14 @@ class Producer:
         document, index entries, run directory, the backend's files for its training job —
         except champions and the runs a rollback needs; returns their ids (with
         ``dry_run``: what would go)."""
-        files = functools.partial(job_files, self.settings)
-        return await prune_runs(self.store, self.registry, self.settings, files, dry_run=dry_run)
+        return await prune_runs(
+            self.store,
+            self.registry,
+            self.settings,
+            ArtifactStore.from_settings(self.settings),
+            functools.partial(job_data, self.settings),
+            dry_run=dry_run,
+        )
 
     async def rollback(self, model_name: str | None = None) -> ModelRecord:
         """Restore the previous champion of ``model_name`` (default: MODFACTORY_MODEL_NAME)."""

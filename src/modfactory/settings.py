@@ -7,17 +7,18 @@ working directory; the Mistral key is read under its usual name ``MISTRAL_API_KE
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from modfactory.artifacts import ArtifactsUrl, StorageOptions, storage_options
+from modfactory.crontab import CronPeriod
+from modfactory.redaction import provider_secrets, redact, secret_leaves, url_password
 from modfactory.values import CIVIL_COMMENTS_LABELS, HeadlineMetric, RecipeParams
 
-__all__ = ["CIVIL_COMMENTS_LABELS", "HeadlineMetric", "Settings"]
+__all__ = ["CIVIL_COMMENTS_LABELS", "HeadlineMetric", "Settings", "redact"]
 
 
 def _recipe(name: str) -> Any:
@@ -42,7 +43,8 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------------
     data_dir: Path = Field(
         Path("modfactory-data"),
-        description="Datasets, charts, local models, metrics and the embedded Redis's files.",
+        description="This machine's own files (embedded Redis, caches, scratch, logs), and the "
+        "artifacts when MODFACTORY_ARTIFACTS_URL is unset.",
     )
     redis_url: str | None = Field(
         None,
@@ -51,6 +53,19 @@ class Settings(BaseSettings):
         "embedded redis-server with its data under DATA_DIR/redis.",
     )
     queue_name: str = Field("modfactory", description="arq queue name (and Redis key prefix).")
+    artifacts_url: ArtifactsUrl = Field(
+        None,
+        repr=False,  # may hold a user and password
+        description="Where runs' files live (splits, charts, checkpoints, reports, local "
+        "models): a directory, file:///…, s3://bucket/prefix, gs://…, az://… — shared by "
+        "every worker and server. Unset: MODFACTORY_DATA_DIR.",
+    )
+    artifacts_options: StorageOptions = Field(
+        None,
+        description="JSON object of fsspec storage options for MODFACTORY_ARTIFACTS_URL, e.g. "
+        '{"endpoint_url": "http://minio:9000"} (secret: it may hold credentials; unset: '
+        "the provider's own configuration, AWS_* for S3).",
+    )
 
     # --- the dataset recipe (the cookbook's numbers) -------------------------------
     source: str = Field(
@@ -281,7 +296,7 @@ class Settings(BaseSettings):
         "the stage and how its last attempt ended; attempts that moved the stage on do not "
         "count.",
     )
-    reconcile_interval: int = Field(
+    reconcile_interval: CronPeriod = Field(
         60,
         ge=1,
         le=3600,
@@ -319,18 +334,6 @@ class Settings(BaseSettings):
             return value.strip()
         return None
 
-    @field_validator("reconcile_interval")
-    @classmethod
-    def _cron_friendly_interval(cls, value: int) -> int:
-        """The reconciler is an arq cron job: its period must tile a minute or an hour."""
-        if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
-            raise ValueError(
-                "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) or be whole minutes "
-                "that divide an hour (60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, "
-                "1800, 3600)"
-            )
-        return value
-
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
@@ -348,7 +351,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this configuration holds: the API and W&B keys, the webhook secret
-        and token, the Redis URL's password — what ``redact`` takes out of any text."""
+        and tokens, the Redis and artifact URLs' passwords, the storage options' credentials
+        (and the object stores' own variables) — what ``redact`` takes out of any text."""
         keys = (
             self.mistral_api_key,
             self.wandb_api_key,
@@ -357,8 +361,8 @@ class Settings(BaseSettings):
             self.serve_token,
         )
         values = [k.get_secret_value() for k in keys if k is not None]
-        if self.redis_url:
-            values.append(unquote(urlsplit(self.redis_url).password or ""))
+        values += [url_password(self.redis_url), url_password(self.artifacts_url)]
+        values += secret_leaves(storage_options(self.artifacts_options)) + provider_secrets()
         return tuple(sorted({v for v in values if v}, key=len, reverse=True))
 
     @property
@@ -382,12 +386,3 @@ class Settings(BaseSettings):
         """The backend a run gets when it does not name one."""
         auto = "mistral" if self.mistral_api_key else "local"
         return auto if self.backend == "auto" else self.backend
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret in it replaced by ``***`` — for text that may carry one
-    from elsewhere (an API's error answer, an exception, a library's log line)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text

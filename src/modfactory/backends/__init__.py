@@ -10,7 +10,6 @@ May import the data wing (the local backend reads its JSONL files) and the botto
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -27,7 +26,7 @@ __all__ = [
     "cached_backend",
     "connected_backend",
     "get_backend",
-    "job_files",
+    "job_data",
 ]
 
 
@@ -74,11 +73,11 @@ def cached_backend(
     return backend
 
 
-def job_files(settings: Settings, name: str, job_id: str) -> list[Path]:
-    """What a backend keeps on this machine for one training job (prune deletes it); none
-    for a backend no longer installed."""
+def job_data(settings: Settings, name: str, job_id: str) -> tuple[list[str], list[str]]:
+    """What a backend keeps for one training job — artifact keys and Redis keys — which
+    prune deletes with its run; none for a backend no longer installed."""
     try:
         cls = backend_class(name)
     except BackendError:
-        return []
-    return cls.job_files(settings, job_id)
+        return [], []
+    return cls.job_files(settings, job_id), cls.job_records(settings, job_id)

@@ -108,9 +108,14 @@ class Backend(ABC):
         self.error_counter = ApiErrorCounter(redis, settings.queue_name)
 
     @classmethod
-    def job_files(cls, settings: Settings, job_id: str) -> list[Path]:
-        """Files this machine keeps for one training job, deleted when its run is pruned
-        (here: none, the job lives at the backend)."""
+    def job_files(cls, settings: Settings, job_id: str) -> list[str]:
+        """Artifact keys (files, or prefixes of many) this backend keeps for one training
+        job, deleted when its run is pruned (here: none, the job lives at the backend)."""
+        return []
+
+    @classmethod
+    def job_records(cls, settings: Settings, job_id: str) -> list[str]:
+        """Redis keys this backend keeps for one training job, deleted with its run."""
         return []
 
     async def count_api_error(self, kind: str) -> None:

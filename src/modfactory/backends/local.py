@@ -1,27 +1,33 @@
-"""The embedded backend: trains a real classifier on this machine, no key, no network.
+"""The embedded backend: trains a real classifier with no key and no network, on whichever
+worker looks at the job — no job is tied to a machine.
 
-Files and jobs live under ``DATA_DIR/local``. Training runs in its own process
-(``local_trainer``), which holds the job's lock while alive: ``get_job`` sees a dead
-trainer at once and starts it again, and a job whose model is saved is never retrained.
+Uploaded files and models are artifacts (the artifact store: a directory, or a bucket every
+machine shares); a job's record and its trainer's progress are kept in Redis
+(``local_jobs``). Training runs in a process of its own (``local_trainer``) holding the
+job's lease: a look that finds neither a live lease nor a finished trainer starts one, here
+(at most ``MAX_TRAINER_STARTS`` times), and a saved model is never retrained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
+import io
+import json
 import os
-import shutil
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from modfactory.artifacts import ArtifactNotFound, ArtifactStore, backend_key
 from modfactory.backends.base import (
     Backend,
     BackendError,
@@ -31,27 +37,35 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
+from modfactory.backends.local_jobs import (
+    JobRecords,
+    LocalJob,
+    TrainerProgress,
+    cancel,
+    job_keys,
+    new_token,
+    started_once,
+    url_of,
+    when,
+)
 from modfactory.backends.local_selection import Grid, fits_per_label
 from modfactory.backends.local_selection import scores as selection_scores
-from modfactory.backends.local_trainer import (
-    JOB_FILE,
-    MODEL_FILE,
-    PROGRESS_FILE,
-    overdue,
-    read_json,
-    write_json,
-)
-from modfactory.data.recipe import TARGET, RecipeError, read_jsonl
-from modfactory.fileio import atomic_output
+from modfactory.backends.local_trainer import CONFIG_ENV, model_key, overdue
+from modfactory.data.recipe import TARGET, RecipeError, parse_jsonl
 from modfactory.settings import Settings
 from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 MODEL_PREFIX = "ft:classifier:local:"
 RANGES: HyperRanges = {"seed": (int, 0, 2**32 - 1)}  # what the grid's fits draw on
 FITS_PER_SECOND = 15_000  # train rows x candidates fitted per second here, for the estimate
 MAX_TRAINER_STARTS = 3
-DEADLINE_GRACE = 10.0  # seconds past its deadline before a trainer is killed from outside
+DEADLINE_GRACE = 10.0  # seconds past its deadline before a job is failed from outside
 CACHED_MODELS = 4  # loaded models kept in memory: a challenger, its champion, and a few
+_JOB_ID = re.compile(r"ftjob-[\w-]{1,64}")
+_FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 
 
 class LocalBackend(Backend):
@@ -63,14 +77,18 @@ class LocalBackend(Backend):
 
     def __init__(
         self,
-        data_dir: Path,
+        store: ArtifactStore,
         train_timeout: float = 3600.0,
         grid: Grid = "small",
+        lease: float = 15.0,
     ) -> None:
-        self.root = data_dir / "local"
+        self.store = store
         self.grid: Grid = grid
         self.train_timeout = train_timeout
+        self.lease = lease
         self.defaults: dict[str, float | int] = {"seed": 42}
+        self.records: JobRecords | None = None  # set by ``connect``
+        self._trainer_config: dict[str, Any] = {}
         self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
         self._models_lock = threading.Lock()  # classify runs in worker threads
         self._trainers: list[subprocess.Popen[bytes]] = []
@@ -78,15 +96,33 @@ class LocalBackend(Backend):
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
         return cls(
-            settings.data_dir,
+            ArtifactStore.from_settings(settings),
             train_timeout=settings.local_train_timeout,
             grid=settings.local_grid,
+            lease=settings.worker_lease,
         )
 
+    def connect(self, redis: Redis, settings: Settings) -> None:
+        """Jobs are kept in this Redis; trainers are told how to reach it and the store."""
+        super().connect(redis, settings)
+        self.records = JobRecords(redis, settings.queue_name)
+        self._trainer_config = {
+            "redis_url": settings.redis_url or url_of(redis),
+            "prefix": settings.queue_name,
+            "artifacts_url": self.store.url,
+            "artifacts_options": self.store.options,
+            "scratch": str(self.store.scratch_dir),
+            "lease": self.lease,
+        }
+
     @classmethod
-    def job_files(cls, settings: Settings, job_id: str) -> list[Path]:
-        """The job's directory: its record, the trainer's progress and the model."""
-        return [settings.data_dir / "local" / "jobs" / job_id]
+    def job_files(cls, settings: Settings, job_id: str) -> list[str]:
+        """The job's artifacts (its model) and Redis keys (record, progress, lease)."""
+        return [backend_key("local", "jobs", job_id)]
+
+    @classmethod
+    def job_records(cls, settings: Settings, job_id: str) -> list[str]:
+        return job_keys(settings.queue_name, job_id)
 
     def hyperparameters(self, overrides: dict[str, float | int]) -> dict[str, float | int]:
         return {**self.defaults, **checked_hyperparameters(self.name, overrides, RANGES)}
@@ -98,131 +134,121 @@ class LocalBackend(Backend):
     def _store_file(self, path: Path) -> UploadedFile:
         """Content-addressed, so uploading the same file twice stores it once."""
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
-        stored = self.root / "files" / f"file-{digest}.jsonl"
-        if not stored.exists():
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(stored) as tmp:  # two uploads of one file may race
-                shutil.copyfile(path, tmp)
-        return UploadedFile(id=stored.stem, filename=path.name, bytes=stored.stat().st_size)
+        key = _file_key(f"file-{digest}")
+        if not self.store.exists(key):
+            self.store.save_file(path, key)
+        return UploadedFile(id=f"file-{digest}", filename=path.name, bytes=path.stat().st_size)
 
-    def _file_path(self, file_id: str) -> Path:
-        path = self.root / "files" / f"{file_id}.jsonl"
-        if not path.exists():
+    def _uploaded(self, file_id: str) -> str:
+        key = _file_key(file_id)
+        if not _FILE_ID.fullmatch(file_id) or not self.store.exists(key):
             raise BackendError(f"local backend: no uploaded file {file_id!r}")
-        return path
+        return key
 
     # --- jobs --------------------------------------------------------------------------
-    def _job_dir(self, job_id: str) -> Path:
-        return self.root / "jobs" / job_id
+    def _records(self) -> JobRecords:
+        if self.records is None:
+            raise BackendError("local backend: not connected to Redis, where its jobs are kept")
+        return self.records
+
+    async def _job(self, job_id: str) -> LocalJob:
+        job = await self._records().get(job_id) if _JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise BackendError(f"local backend: no job {job_id!r}")
+        return job
 
     async def create_job(self, request: JobRequest) -> TrainingJob:
         """Idempotent: the job id comes from the suffix (the run id)."""
         job_id = f"ftjob-{request.suffix}"
-        job_dir = self._job_dir(job_id)
-        if not (job_dir / JOB_FILE).exists():
-            job_dir.mkdir(parents=True, exist_ok=True)
-            write_json(
-                job_dir / JOB_FILE,
-                {
-                    "id": job_id,
-                    "status": JobStatus.QUEUED,
-                    "model": self.base_model,
-                    "target": TARGET,
-                    "training_file": str(self._file_path(request.training_file_id)),
-                    "validation_file": str(self._file_path(request.validation_file_ids[0]))
-                    if request.validation_file_ids
-                    else None,
-                    "hyperparameters": self.hyperparameters(request.hyperparameters),
-                    "grid": self.grid,
-                    "trainer_starts": 0,
-                },
+        if not _JOB_ID.fullmatch(job_id):
+            raise BackendError(f"local backend: {request.suffix!r} cannot name a job")
+        if await self._records().get(job_id) is None:
+            files = [request.training_file_id, *request.validation_file_ids[:1]]
+            keys = await asyncio.to_thread(lambda: [self._uploaded(f) for f in files])
+            job = LocalJob(
+                id=job_id,
+                model=self.base_model,
+                target=TARGET,
+                training_file=keys[0],
+                validation_file=keys[1] if len(keys) > 1 else None,
+                hyperparameters=self.hyperparameters(request.hyperparameters),
+                grid=self.grid,
             )
+            await self._records().create(job)
         return await self.get_job(job_id)
 
     async def get_job(self, job_id: str) -> TrainingJob:
-        return await asyncio.to_thread(self._refresh, job_id)
-
-    async def start_job(self, job_id: str) -> TrainingJob:
-        return await asyncio.to_thread(self._start, job_id)
-
-    async def cancel_job(self, job_id: str) -> TrainingJob:
-        """Cancel the job and kill its trainer at once (not after its next candidate)."""
-        job_dir = self._job_dir(job_id)
-        job = self._read_job(job_id)
-        if not JobStatus(job["status"]).terminal and not (job_dir / MODEL_FILE).exists():
-            job["status"] = JobStatus.CANCELLED
-            write_json(job_dir / JOB_FILE, job)
-            await asyncio.to_thread(self._kill_trainer, job_dir)
-        return await self.get_job(job_id)
-
-    def _read_job(self, job_id: str) -> dict[str, Any]:
-        path = self._job_dir(job_id) / JOB_FILE
-        if not path.exists():
-            raise BackendError(f"local backend: no job {job_id!r}")
-        return read_json(path)
-
-    def _refresh(self, job_id: str) -> TrainingJob:
-        """Advance the job as far as the files on disk allow, then describe it."""
-        self._reap()
-        job_dir = self._job_dir(job_id)
-        job = self._read_job(job_id)
-        status = JobStatus(job["status"])
-        if status == JobStatus.QUEUED:
-            job.update(self._validate(job))
-            write_json(job_dir / JOB_FILE, job)
-            status = JobStatus(job["status"])
-        progress = read_json(job_dir / PROGRESS_FILE) if (job_dir / PROGRESS_FILE).exists() else {}
-        error = job.get("error")
-        fine_tuned = None
+        """Advance the job as far as its record and trainer allow, then describe it."""
+        self._trainers = [p for p in self._trainers if p.poll() is None]  # reap
+        job = await self._job(job_id)
+        if job.status == JobStatus.QUEUED:
+            found = await asyncio.to_thread(self._validate, job)
+            job = await self._records().update(job_id, when(JobStatus.QUEUED, **found))
+        progress = await self._records().progress(job_id)
+        status, error, fine_tuned = job.status, job.error, None
         if status == JobStatus.RUNNING:
-            if (job_dir / MODEL_FILE).exists():
-                status, fine_tuned = JobStatus.SUCCESS, MODEL_PREFIX + job_id
-            elif progress.get("state") == "failed":
-                status, error = JobStatus.FAILED, progress.get("error")
-            elif time.time() > job.get("deadline", float("inf")) + DEADLINE_GRACE:
-                self._kill_trainer(job_dir)  # stuck in one long step past its deadline
-                job.update(status=JobStatus.FAILED, error=overdue(self.train_timeout))
-                write_json(job_dir / JOB_FILE, job)
-                status, error = JobStatus.FAILED, job["error"]
-            elif job["trainer_starts"] >= MAX_TRAINER_STARTS and self._trainer_gone(job_dir):
-                status = JobStatus.FAILED
-                error = (
-                    f"the trainer stopped {MAX_TRAINER_STARTS} times; see {job_dir / 'trainer.log'}"
-                )
-            else:
-                self._ensure_trainer(job_id)
+            status, error = await self._running(job, progress)
+            if status == JobStatus.SUCCESS:
+                fine_tuned = MODEL_PREFIX + job_id
         return TrainingJob(
             id=job_id,
             status=status,
-            model=job["model"],
+            model=job.model,
             fine_tuned_model=fine_tuned,
-            checkpoints=[Checkpoint(**c) for c in progress.get("checkpoints", [])],
-            classifier_targets=[ClassifierTarget(name=job["target"], labels=job.get("labels", []))],
-            metadata={**job.get("metadata", {}), **_chosen(progress)},
+            checkpoints=[Checkpoint(**c) for c in progress.checkpoints],
+            classifier_targets=[ClassifierTarget(name=job.target, labels=job.labels)],
+            metadata={**job.metadata, **_chosen(progress)},
             error=error,
         )
 
-    def _validate(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def _running(
+        self, job: LocalJob, progress: TrainerProgress
+    ) -> tuple[JobStatus, str | None]:
+        """The status of a started job: done, failed, or still training (a trainer started
+        here if none holds the lease)."""
+        if progress.state == "succeeded":
+            return JobStatus.SUCCESS, None
+        if progress.state == "failed":
+            return JobStatus.FAILED, progress.error
+        if job.deadline is not None and time.time() > job.deadline + DEADLINE_GRACE:
+            self._kill_trainer(job.id, progress)  # stuck in one long step past its deadline
+            error = overdue(job.deadline_seconds or self.train_timeout)
+            failed = when(JobStatus.RUNNING, status=JobStatus.FAILED, error=error)
+            await self._records().update(job.id, failed)
+            return JobStatus.FAILED, error
+        if await self._records().trainer(job.id) is not None:
+            return JobStatus.RUNNING, None
+        if job.trainer_starts >= MAX_TRAINER_STARTS:
+            where = f" (last on {progress.host}, pid {progress.pid})" if progress.host else ""
+            return JobStatus.FAILED, (
+                f"the trainer stopped {MAX_TRAINER_STARTS} times{where}; its log is "
+                f"{self._log_path(job.id)} on that machine"
+            )
+        await self._start_trainer(job.id)
+        return JobStatus.RUNNING, None
+
+    def _validate(self, job: LocalJob) -> dict[str, Any]:
         """Check both files the way the API would; list the labels seen."""
         try:
-            train = read_jsonl(Path(job["training_file"]))
-            valid = read_jsonl(Path(job["validation_file"])) if job["validation_file"] else []
+            train = parse_jsonl(self.store.load_text(job.training_file).splitlines(), "train file")
+            valid = (
+                parse_jsonl(
+                    self.store.load_text(job.validation_file).splitlines(), "validation file"
+                )
+                if job.validation_file
+                else []
+            )
             labels: set[str] = set()
             for record in train:
-                if job["target"] not in record["labels"]:
-                    raise RecipeError(
-                        f"{job['training_file']}: a row has no {job['target']!r} labels"
-                    )
-                labels.update(record["labels"][job["target"]])
-        except (RecipeError, OSError) as exc:
+                if job.target not in record["labels"]:
+                    raise RecipeError(f"the train file: a row has no {job.target!r} labels")
+                labels.update(record["labels"][job.target])
+        except (RecipeError, ArtifactNotFound) as exc:
             return {"status": JobStatus.FAILED_VALIDATION, "error": str(exc)}
         if not train:
-            return {
-                "status": JobStatus.FAILED_VALIDATION,
-                "error": f"{job['training_file']} is empty",
-            }
+            return {"status": JobStatus.FAILED_VALIDATION, "error": "the train file is empty"}
         words = sum(len(r["text"].split()) for r in train + valid)
-        fits = fits_per_label(job["grid"])
+        fits = fits_per_label(job.grid)  # type: ignore[arg-type]
         return {
             "status": JobStatus.VALIDATED,
             "labels": sorted(labels),
@@ -230,7 +256,7 @@ class LocalBackend(Backend):
                 "train_rows": len(train),
                 "validation_rows": len(valid),
                 "data_tokens": words,
-                "grid": job["grid"],
+                "grid": job.grid,
                 "expected_duration_seconds": max(
                     1, round(len(train) * len(labels) * fits / FITS_PER_SECOND)
                 ),
@@ -239,86 +265,73 @@ class LocalBackend(Backend):
             },
         }
 
-    def _start(self, job_id: str) -> TrainingJob:
-        job = self._read_job(job_id)
-        if job["status"] == JobStatus.QUEUED:
-            self._refresh(job_id)
-            job = self._read_job(job_id)
-        if job["status"] == JobStatus.VALIDATED:
-            job["status"] = JobStatus.RUNNING
-            job["deadline"] = time.time() + self.train_timeout  # the trainer stops there
-            job["deadline_seconds"] = self.train_timeout
-            write_json(self._job_dir(job_id) / JOB_FILE, job)
-        elif job["status"] != JobStatus.RUNNING:
-            raise BackendError(f"local backend: job {job_id} is {job['status']}, it cannot start")
-        return self._refresh(job_id)
+    async def start_job(self, job_id: str) -> TrainingJob:
+        job = await self._job(job_id)
+        if job.status == JobStatus.QUEUED:
+            await self.get_job(job_id)
+        started = when(
+            JobStatus.VALIDATED,
+            status=JobStatus.RUNNING,
+            deadline=time.time() + self.train_timeout,  # the trainer stops there
+            deadline_seconds=self.train_timeout,
+        )
+        job = await self._records().update(job_id, started)
+        if job.status != JobStatus.RUNNING:
+            raise BackendError(f"local backend: job {job_id} is {job.status}, it cannot start")
+        return await self.get_job(job_id)
+
+    async def cancel_job(self, job_id: str) -> TrainingJob:
+        """Cancel the job: its trainer stops at once here, within a third of the lease on
+        another machine."""
+        job = await self._job(job_id)
+        progress = await self._records().progress(job_id)
+        if not job.status.terminal and progress.state != "succeeded":
+            await self._records().update(job_id, cancel)
+            self._kill_trainer(job_id, progress)
+        return await self.get_job(job_id)
 
     # --- the trainer process -------------------------------------------------------------
-    def _kill_trainer(self, job_dir: Path) -> None:
-        """SIGKILL the job's trainer if one is alive (checked to be that very process)."""
-        progress_file = job_dir / PROGRESS_FILE
-        pid = read_json(progress_file).get("pid") if progress_file.exists() else None
-        if not pid or self._trainer_gone(job_dir):
+    def _log_path(self, job_id: str) -> Path:
+        return self.store.local_dir("logs") / f"local-trainer-{job_id}.log"
+
+    async def _start_trainer(self, job_id: str) -> None:
+        """Take the job's lease and start a trainer with it (nothing when the lease is
+        taken: another look has just started one)."""
+        token = new_token()
+        if not await self._records().take_lease(job_id, token, self.lease):
+            return
+        await self._records().update(job_id, started_once)
+        env = {**os.environ, CONFIG_ENV: json.dumps(self._trainer_config)}
+        with self._log_path(job_id).open("ab") as log:
+            self._trainers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "modfactory.backends.local_trainer",
+                        job_id,
+                        "--token",
+                        token,
+                    ],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def _kill_trainer(self, job_id: str, progress: TrainerProgress) -> None:
+        """SIGKILL the job's trainer if it runs on this machine (checked to be that very
+        process); one elsewhere stops by itself within a third of its lease."""
+        if progress.host != socket.gethostname() or not progress.pid:
             return
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            command = Path(f"/proc/{progress.pid}/cmdline").read_bytes()
         except OSError:
             return
-        if b"local_trainer" in command and str(job_dir).encode() in command:
+        if b"local_trainer" in command and job_id.encode() in command:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def _trainer_gone(self, job_dir: Path) -> bool:
-        fd = self._try_lock(job_dir)
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
-
-    @staticmethod
-    def _try_lock(job_dir: Path) -> int | None:
-        fd = os.open(job_dir / "trainer.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    def _ensure_trainer(self, job_id: str) -> None:
-        """Start the trainer unless one holds the lock; the lock passes to the child."""
-        job_dir = self._job_dir(job_id)
-        fd = self._try_lock(job_dir)
-        if fd is None:
-            return  # a trainer is alive
-        try:
-            if (job_dir / MODEL_FILE).exists():
-                return
-            job = self._read_job(job_id)
-            job["trainer_starts"] += 1
-            write_json(job_dir / JOB_FILE, job)
-            with (job_dir / "trainer.log").open("ab") as log:
-                self._trainers.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "modfactory.backends.local_trainer",
-                            str(job_dir),
-                            "--lock-fd",
-                            str(fd),
-                        ],
-                        pass_fds=(fd,),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        finally:
-            os.close(fd)
-
-    def _reap(self) -> None:
-        self._trainers = [p for p in self._trainers if p.poll() is None]
+                os.kill(progress.pid, signal.SIGKILL)
 
     # --- inference -----------------------------------------------------------------------
     async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
@@ -335,14 +348,17 @@ class LocalBackend(Backend):
         return score
 
     def _load(self, model: str) -> dict[str, Any]:
-        if not model.startswith(MODEL_PREFIX):
+        job_id = model.removeprefix(MODEL_PREFIX)
+        if not model.startswith(MODEL_PREFIX) or not _JOB_ID.fullmatch(job_id):
             raise BackendError(f"local backend: {model!r} is not a local model id")
-        path = self._job_dir(model.removeprefix(MODEL_PREFIX)) / MODEL_FILE
-        if not path.exists():
-            raise BackendError(f"local backend: model {model!r} not found at {path}")
+        try:
+            data = self.store.load(model_key(job_id))
+        except ArtifactNotFound:
+            where = self.store.url_of(model_key(job_id))
+            raise BackendError(f"local backend: model {model!r} not found at {where}") from None
         import joblib
 
-        return joblib.load(path)
+        return joblib.load(io.BytesIO(data))
 
     def _classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
         with self._models_lock:
@@ -355,11 +371,15 @@ class LocalBackend(Backend):
         return scores_of(bundle, inputs)
 
 
-def _chosen(progress: dict[str, Any]) -> dict[str, Any]:
+def _file_key(file_id: str) -> str:
+    return backend_key("local", "files", f"{file_id}.jsonl")
+
+
+def _chosen(progress: TrainerProgress) -> dict[str, Any]:
     """What the trainer chose per label, and the candidate it is fitting, as metadata."""
-    found = {k: progress[k] for k in ("selection",) if k in progress}
-    if "candidate" in progress and progress.get("state") == "running":
-        found["fitting"] = progress["candidate"]
+    found: dict[str, Any] = {"selection": progress.selection} if progress.selection else {}
+    if progress.candidate and progress.state == "running":
+        found["fitting"] = progress.candidate
     return found
 
 

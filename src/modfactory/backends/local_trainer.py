@@ -1,11 +1,15 @@
 """The local backend's training process: per label, the model ``local_selection`` chooses
-on validation.
+on validation — on whichever machine started it.
 
-Run as ``python -m modfactory.backends.local_trainer JOB_DIR --lock-fd N``, by the local
-backend only. It holds the job's lock (inherited from the backend) for as long as it lives,
-so a dead trainer is seen at once; it writes ``progress.json`` after every candidate fitted
-(a checkpoint with its validation loss) and the model last, atomically. A saved model is
-never retrained.
+Run as ``python -m modfactory.backends.local_trainer JOB_ID --token TOKEN`` by the local
+backend, which took the job's lease for TOKEN and passes the rest in the environment
+(``CONFIG_ENV``: Redis, the key prefix, the artifact store, the lease; never on the command
+line, where other users could read a password). It renews the lease every third of its
+length and stops at once when the lease is no longer its own (it lapsed while this machine
+was cut off, and another trainer took the job), when the job is cancelled, or when its
+deadline passes. It reads the split files from the artifact store, writes a checkpoint
+(with its validation loss) after every candidate fitted, and stores the model last, in one
+write; a saved model is never retrained. An unreachable store is waited for, not a failure.
 
 Tests that need a slow trainer set ``MODFACTORY_TEST_TRAINER_PAUSE`` (seconds to wait after
 each candidate, watching for a cancel or the deadline meanwhile); it is no setting of
@@ -15,41 +19,31 @@ modfactory's and nothing else reads it.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import socket
 import sys
+import threading
 import time
 import traceback
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from modfactory.fileio import atomic_output
+from modfactory.artifacts import ArtifactNotFound, ArtifactStore, ArtifactsUnavailable, backend_key
+from modfactory.backends.local_jobs import LocalJob, TrainerLease, TrainerProgress, now
+from modfactory.data.recipe import parse_jsonl
 
-MODEL_FILE = "model.joblib"
-PROGRESS_FILE = "progress.json"
-JOB_FILE = "job.json"
+CONFIG_ENV = "MODFACTORY_LOCAL_TRAINER"  # JSON: redis_url, prefix, artifacts, lease
 PAUSE_ENV = "MODFACTORY_TEST_TRAINER_PAUSE"  # test-only: a slow trainer (see above)
+LOST = 3  # exit status: the lease is not (or no longer) this trainer's
+T = TypeVar("T")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def _load(path: str, target: str) -> tuple[list[str], list[list[str]]]:
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                texts.append(record["text"])
-                labels.append(record["labels"][target])
-    return texts, labels
+def model_key(job_id: str) -> str:
+    """Where a local job's model is kept in the artifact store."""
+    return backend_key("local", "jobs", job_id, "model.joblib")
 
 
 def overdue(timeout: float) -> str:
@@ -60,93 +54,155 @@ def overdue(timeout: float) -> str:
     )
 
 
-def train(job_dir: Path) -> None:
-    """Fit the grid of ``local_selection`` (one checkpoint per candidate fitted), save the
-    model, record the choice per label; stop early if the job is cancelled or runs out of
-    time."""
-    import joblib
+class Trainer:
+    """One job's training, under its lease."""
 
-    from modfactory.backends.local_selection import Stopped, choices_json, fit_all
+    def __init__(self, lease: TrainerLease, store: ArtifactStore, lease_seconds: float) -> None:
+        self.lease = lease
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.progress = TrainerProgress(host=socket.gethostname(), pid=os.getpid())
 
-    job = read_json(job_dir / JOB_FILE)
-    labels: list[str] = job["labels"]
-    progress: dict[str, Any] = {
-        "state": "running",
-        "pid": os.getpid(),
-        "started_at": datetime.now(UTC).isoformat(),
-        "checkpoints": [],
-    }
-    write_json(job_dir / PROGRESS_FILE, progress)
-    train_data = _load(job["training_file"], job["target"])
-    valid_data = (
-        _load(job["validation_file"], job["target"]) if job["validation_file"] else ([], [])
-    )
+    def report(self) -> None:
+        """Write the progress; stop at once if the job is another trainer's now."""
+        if not self.lease.write(self.progress):
+            os._exit(LOST)
 
-    def fitted(done: int, total: int, candidate: dict[str, Any]) -> None:
-        point = {"step": done, "valid_loss": candidate.pop("valid_loss")}
-        progress["checkpoints"].append({**point, "created_at": datetime.now(UTC).isoformat()})
-        progress["candidate"] = {**candidate, "done": done, "total": total}
-        write_json(job_dir / PROGRESS_FILE, progress)
+    def finish(self, state: str, error: str | None = None) -> None:
+        self.progress.state = state  # type: ignore[assignment]
+        self.progress.error = error
+        self.progress.finished_at = now()
+        self.report()
+        self.lease.release()
 
-    try:
-        bundle, choices = fit_all(
-            train_data,
-            valid_data,
-            labels,
-            job["grid"],
-            int(job["hyperparameters"]["seed"]),
-            fitted,
-            should_stop=lambda: _paused_or_stopped(job_dir, progress),
-        )
-    except Stopped:
-        return
-    bundle["target"] = job["target"]
-    progress["selection"] = choices_json(choices)  # before the model: a saved model is done
-    write_json(job_dir / PROGRESS_FILE, progress)
-    with atomic_output(job_dir / MODEL_FILE) as tmp:
-        joblib.dump(bundle, tmp)
-    progress.update(state="succeeded", finished_at=datetime.now(UTC).isoformat())
-    write_json(job_dir / PROGRESS_FILE, progress)
+    def stop_reason(self, job: LocalJob) -> tuple[str, str | None] | None:
+        """(state, error) when the job must stop: cancelled, or past its deadline."""
+        if job.status == "CANCELLED":
+            return "cancelled", None
+        if job.deadline is not None and time.time() > job.deadline:
+            return "failed", overdue(job.deadline_seconds or 0)
+        return None
 
+    def keep_lease(self) -> None:
+        """The lease renewed every third of its length (a thread); the process ends at
+        once when the lease is lost, or when the job is cancelled or overdue."""
+        last = time.monotonic()
+        while True:
+            time.sleep(self.lease_seconds / 3)
+            try:
+                if not self.lease.renew(self.lease_seconds):
+                    os._exit(LOST)
+                last = time.monotonic()
+                reason = self.stop_reason(self.lease.job())
+            except Exception:  # Redis away: the lease may lapse; stop before another starts
+                if time.monotonic() - last > self.lease_seconds:
+                    os._exit(LOST)
+                continue
+            if reason is not None:
+                self.finish(*reason)
+                os._exit(0)
 
-def _paused_or_stopped(job_dir: Path, progress: dict[str, Any]) -> bool:
-    """Whether to stop, after the test-only pause (none unless PAUSE_ENV is set)."""
-    until = time.monotonic() + float(os.environ.get(PAUSE_ENV) or 0)
-    while not _stopped(job_dir, progress):
-        if time.monotonic() >= until:
-            return False
-        time.sleep(0.05)
-    return True
+    def patiently(self, action: Callable[[], T]) -> T:
+        """``action()``, tried again while the artifact store is unreachable."""
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except ArtifactsUnavailable as exc:
+                print(f"artifact store unreachable, trying again: {exc}", flush=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 15)
 
+    def split(self, key: str | None, target: str) -> tuple[list[str], list[list[str]]]:
+        if key is None:
+            return [], []
+        rows = parse_jsonl(self.patiently(lambda: self.store.load_text(key)).splitlines(), key)
+        return [r["text"] for r in rows], [r["labels"][target] for r in rows]
 
-def _stopped(job_dir: Path, progress: dict[str, Any]) -> bool:
-    """The job was cancelled or ran past its deadline: say so in the progress file."""
-    current = read_json(job_dir / JOB_FILE)
-    if current["status"] == "CANCELLED":
-        progress.update(state="cancelled", finished_at=datetime.now(UTC).isoformat())
-    elif time.time() > current.get("deadline", float("inf")):
-        progress.update(state="failed", error=overdue(current["deadline_seconds"]))
-    else:
-        return False
-    write_json(job_dir / PROGRESS_FILE, progress)
-    return True
+    def train(self) -> None:
+        """Fit the grid of ``local_selection`` (one checkpoint per candidate fitted), record
+        the choice per label, store the model; stop early if the job is cancelled or runs
+        out of time."""
+        import joblib
+
+        from modfactory.backends.local_selection import Stopped, choices_json, fit_all
+
+        job = self.lease.job()
+        self.progress.started_at = now()
+        self.report()
+        if self.patiently(lambda: self.store.exists(model_key(job.id))):
+            return self.finish("succeeded")  # saved by a trainer lost just after
+        train_data = self.split(job.training_file, job.target)
+        valid_data = self.split(job.validation_file, job.target)
+
+        def fitted(done: int, total: int, candidate: dict[str, Any]) -> None:
+            point = {"step": done, "valid_loss": candidate.pop("valid_loss")}
+            self.progress.checkpoints.append({**point, "created_at": now().isoformat()})
+            self.progress.candidate = {**candidate, "done": done, "total": total}
+            self.report()
+
+        try:
+            bundle, choices = fit_all(
+                train_data,
+                valid_data,
+                job.labels,
+                job.grid,  # type: ignore[arg-type]
+                int(job.hyperparameters["seed"]),
+                fitted,
+                should_stop=self.paused_or_stopped,
+            )
+        except Stopped:
+            return
+        bundle["target"] = job.target
+        self.progress.selection = choices_json(choices)  # before the model: a model is done
+        self.report()
+        out = io.BytesIO()
+        joblib.dump(bundle, out)
+        if not self.lease.renew(self.lease_seconds):
+            os._exit(LOST)  # another trainer has the job: it stores the model
+        self.patiently(lambda: self.store.save(model_key(job.id), out.getvalue()))
+        self.finish("succeeded")
+
+    def paused_or_stopped(self) -> bool:
+        """Whether to stop, after the test-only pause (none unless PAUSE_ENV is set)."""
+        until = time.monotonic() + float(os.environ.get(PAUSE_ENV) or 0)
+        while True:
+            reason = self.stop_reason(self.lease.job())
+            if reason is not None:
+                self.finish(*reason)
+                return True
+            if time.monotonic() >= until:
+                return False
+            time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import redis as sync_redis
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("job_dir", type=Path)
-    parser.add_argument("--lock-fd", type=int, required=True, help="inherited, held until exit")
+    parser.add_argument("job_id")
+    parser.add_argument("--token", required=True, help="the lease taken for this trainer")
     args = parser.parse_args(argv)
-    if (args.job_dir / MODEL_FILE).exists():
-        return 0
+    config = json.loads(os.environ[CONFIG_ENV])
+    redis = sync_redis.Redis.from_url(config["redis_url"])
+    lease = TrainerLease(redis, config["prefix"], args.job_id, args.token)
+    seconds = float(config["lease"])
+    if not lease.renew(seconds):
+        print(f"job {args.job_id}: the lease is not this trainer's; stopping", flush=True)
+        return LOST
+    store = ArtifactStore(
+        config["artifacts_url"], config["artifacts_options"], Path(config["scratch"])
+    )
+    trainer = Trainer(lease, store, seconds)
+    threading.Thread(target=trainer.keep_lease, daemon=True).start()
     try:
-        train(args.job_dir)
+        trainer.train()
+    except ArtifactNotFound as exc:
+        trainer.finish("failed", str(exc))
+        return 1
     except Exception as exc:
         traceback.print_exc()
-        progress_path = args.job_dir / PROGRESS_FILE
-        progress = read_json(progress_path) if progress_path.exists() else {}
-        progress.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-        write_json(progress_path, progress)
+        trainer.finish("failed", f"{type(exc).__name__}: {exc}")
         return 1
     return 0
 

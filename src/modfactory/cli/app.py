@@ -119,11 +119,32 @@ def load_settings(data_dir: Path | None = None) -> Settings:
         print_error(f"setting {variable}: {first['msg']}")
         raise typer.Exit(2) from None
     _SECRETS[:] = settings.secret_values()
+    _LOADED[:] = [settings]
     configure_logging(settings.log_format, secrets=_SECRETS)
     return settings
 
 
 _SECRETS: list[str] = []  # the loaded settings' secrets, taken out of every error printed
+_LOADED: list[Settings] = []  # the settings loaded by this command
+
+
+def check_artifacts(settings: Settings) -> None:
+    """Try the artifact store (MODFACTORY_ARTIFACTS_URL) before anything runs: a missing
+    bucket, wrong credentials or an unreachable endpoint exit 2, naming the setting."""
+    from modfactory.artifacts import ArtifactError, ArtifactStore
+
+    try:
+        ArtifactStore.from_settings(settings).check()
+    except ArtifactError as exc:
+        print_error(exc)
+        raise typer.Exit(2) from None
+
+
+def artifact_url(key: str) -> str:
+    """Where an artifact of a run is, by the loaded settings' artifact store."""
+    from modfactory.artifacts import ArtifactStore
+
+    return ArtifactStore.from_settings(_LOADED[0]).url_of(key) if _LOADED else key
 
 
 def print_error(problem: object) -> None:
@@ -155,6 +176,7 @@ def run_command(coro: Any) -> Any:
 
     from pydantic import ValidationError
 
+    from modfactory.artifacts import ArtifactError
     from modfactory.backends import BackendError
     from modfactory.data.recipe import RecipeError
     from modfactory.store.embedded_redis import EmbeddedRedisError
@@ -173,6 +195,7 @@ def run_command(coro: Any) -> Any:
         raise typer.Exit(EXIT_ACTIVE_RUN) from None
     except (
         CliError,
+        ArtifactError,
         RecipeError,
         BackendError,
         EmbeddedRedisError,
@@ -234,4 +257,4 @@ def with_producer(data_dir: Path | None, action: Callable[[Producer], Awaitable[
 
 
 def print_run_json(run: Run) -> None:
-    out.print_json(json.dumps(run.to_json_dict()))
+    out.print_json(json.dumps(run.to_json_dict(artifact_url)))

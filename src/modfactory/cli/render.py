@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from modfactory.cli.app import err, out, print_run_json
+from modfactory.cli.app import artifact_url, err, out, print_run_json
 from modfactory.cli.fit import Column, fitted_table, wrapped
 from modfactory.store.stage_names import STAGES
 
@@ -171,14 +171,14 @@ def print_run(run: Run, as_json: bool) -> None:
             out.line()
             out.print(table)
         print_comparison(run.metrics)
-    for label, path in (
+    for label, key in (
         ("distribution chart", run.artifacts.distribution_chart),
         ("loss curve", run.artifacts.loss_chart),
         ("metrics", run.artifacts.metrics_file),
         ("report", run.artifacts.report_html),
     ):
-        if path:
-            out.print(f"{label}: {path}", highlight=False)
+        if key:
+            out.print(f"{label}: {artifact_url(key)}", highlight=False)
     if run.artifacts.model_id:
         out.print(f"model: {run.artifacts.model_id}", highlight=False)
     from modfactory.store.run_parts import RunState

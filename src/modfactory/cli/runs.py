@@ -17,6 +17,8 @@ from modfactory.cli.app import (
     JsonOpt,
     SourceOpt,
     app,
+    artifact_url,
+    check_artifacts,
     enqueue_app,
     err,
     load_settings,
@@ -56,9 +58,11 @@ def run(
     ] = None,
 ) -> None:
     """Create a run and follow it to the end: build → upload → train → evaluate."""
+    settings = load_settings(data_dir)
+    check_artifacts(settings)
     final = run_command(
         _run(
-            load_settings(data_dir),
+            settings,
             source,
             backend,
             parse_hyperparameters(hyperparameter),
@@ -209,20 +213,26 @@ def report(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write (again) and show RUN's report.json and self-contained report.html."""
+    """Write (again) and show RUN's report.json and self-contained report.html (kept with
+    the run's artifacts, from any machine with the same settings)."""
+    from modfactory.artifacts import ArtifactStore
     from modfactory.evaluation.report import report_data, write_report
 
     run_ = with_producer(data_dir, lambda p: p.run(run_id))
-    directory = (load_settings(data_dir).data_dir / "runs" / run_.id).resolve()
-    json_path, html_path = write_report(run_, directory)
+    store = ArtifactStore.from_settings(load_settings(data_dir))
+    json_key, html_key = run_command(asyncio.to_thread(write_report, run_, store))
     if as_json:
         out.print_json(json.dumps(report_data(run_)))
     else:
-        out.print(f"report: {html_path}\ndata:   {json_path}", highlight=False)
+        out.print(
+            f"report: {store.url_of(html_key)}\ndata:   {store.url_of(json_key)}", highlight=False
+        )
     if open_:
         import webbrowser
 
-        webbrowser.open(html_path.as_uri())
+        here = store.local_dir("reports")  # a copy on this machine, when the store is remote
+        page = run_command(asyncio.to_thread(store.local_copy, html_key, here))
+        webbrowser.open(page.resolve().as_uri())
 
 
 @app.command()
@@ -264,6 +274,6 @@ def runs(
             "and no worker is alive: start one with `modfactory worker`"
         )
     if as_json:
-        out.print_json(json.dumps([r.to_json_dict() for r in found]))
+        out.print_json(json.dumps([r.to_json_dict(artifact_url) for r in found]))
         return
     out.print(runs_table(found, out.width))

@@ -15,6 +15,7 @@ from modfactory.cli.app import (
     DataDirOpt,
     JsonOpt,
     app,
+    check_artifacts,
     err,
     load_settings,
     out,
@@ -36,6 +37,7 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
 
     settings = load_settings(data_dir)
     configure_logging(settings.log_format, logging.INFO, settings.secret_values())
+    check_artifacts(settings)
 
     def run_worker(settings: Settings) -> None:
         try:
@@ -75,6 +77,7 @@ def serve(
 
     settings = load_settings()
     configure_logging(settings.log_format, logging.INFO, settings.secret_values())
+    check_artifacts(settings)
     try:
         api = create_app(settings)
     except ValueError as exc:

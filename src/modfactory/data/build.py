@@ -80,11 +80,9 @@ def _build(
     )
     from modfactory import charts  # matplotlib: only when a chart is drawn
 
-    summary.chart = str(
-        charts.distribution_chart(
-            summary.splits, kept, out_dir / "distribution.png", summary.synthetic
-        )
-    )
+    chart = out_dir / "distribution.png"
+    chart.write_bytes(charts.distribution_chart(summary.splits, kept, summary.synthetic))
+    summary.chart = str(chart)
     (out_dir / "dataset.json").write_text(summary.model_dump_json(indent=2))
     return summary
 

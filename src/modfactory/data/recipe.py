@@ -238,20 +238,23 @@ def write_jsonl(path: Path, lines: Iterable[str]) -> None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a Classifier Factory file, naming the line at fault when one is malformed."""
-    records = []
     with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record.get("text"), str) or not isinstance(
-                    record.get("labels"), dict
-                ):
-                    raise ValueError("needs a 'text' string and a 'labels' object")
-            except (ValueError, AttributeError) as exc:
-                raise RecipeError(
-                    f"{path}:{number}: not a Classifier Factory row ({exc})"
-                ) from None
-            records.append(record)
+        return parse_jsonl(f, str(path))
+
+
+def parse_jsonl(lines: Iterable[str], where: str) -> list[dict[str, Any]]:
+    """Classifier Factory rows from ``lines``; a malformed one is named as ``where:line``."""
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record.get("text"), str) or not isinstance(
+                record.get("labels"), dict
+            ):
+                raise ValueError("needs a 'text' string and a 'labels' object")
+        except (ValueError, AttributeError) as exc:
+            raise RecipeError(f"{where}:{number}: not a Classifier Factory row ({exc})") from None
+        records.append(record)
     return records

@@ -2,11 +2,12 @@
 
 Rate limits are the backend's (the Mistral backend's limiter is shared by all workers).
 
-Each answered batch is written to a checkpoint file at once, so a stage restarted after a
-crash or a failure sends only the batches that never came back (paying for each text
-once). When a batch fails, no new batch starts, but those in flight are let finish and
-are checkpointed before the failure is raised. Checkpoints belong to one plan — model,
-batch size and the exact texts — and are discarded when the plan changes.
+Each answered batch is written to a checkpoint (an object of the artifact store) at once,
+so a stage restarted after a crash or a failure — on any machine — sends only the batches
+that never came back (paying for each text once). When a batch fails, no new batch starts,
+but those in flight are let finish and are checkpointed before the failure is raised.
+Checkpoints belong to one plan — model, batch size and the exact texts — and are discarded
+when the plan changes.
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
+from modfactory.artifacts import Folder
 from modfactory.backends.base import BackendError
-from modfactory.fileio import atomic_output
 
 
 async def classify_texts(
     classify: Callable[[str, list[str]], Awaitable[list[Any]]],
     model: str,
     texts: list[str],
-    checkpoints: Path,
+    checkpoints: Folder,
     *,
     batch_size: int,
     concurrency: int,
@@ -36,19 +36,8 @@ async def classify_texts(
     ``moderate``): one result per text, in order; checkpointed batches are not sent."""
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     plan = {"model": model, "batch_size": batch_size, "texts": len(texts), "sha256": digest}
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    plan_file = checkpoints / "plan.json"
-    if not plan_file.exists() or json.loads(plan_file.read_text()) != plan:
-        for stale in checkpoints.glob("batch-*.json"):
-            stale.unlink()
-        plan_file.write_text(json.dumps(plan))
-
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-    results: list[list[Any] | None] = [None] * len(batches)
-    for i in range(len(batches)):
-        saved = checkpoints / f"batch-{i:06d}.json"
-        if saved.exists():
-            results[i] = json.loads(saved.read_text())
+    results = await asyncio.to_thread(_resumed, checkpoints, plan, len(batches))
     done = [sum(len(b) for b, r in zip(batches, results, strict=True) if r is not None)]
     if progress:
         progress("texts classified", done[0], len(texts))
@@ -57,21 +46,21 @@ async def classify_texts(
     failures: list[Exception] = []
 
     async def send(i: int) -> None:
+        """One batch classified and checkpointed; it holds its slot until it is saved."""
         async with slots:
             if failures:  # after a failure, start nothing new; let answered batches land
                 return
             try:
                 scores = await classify(model, batches[i])
-            except Exception as exc:
+                if len(scores) != len(batches[i]):
+                    raise BackendError(
+                        f"{model} answered {len(scores)} results for {len(batches[i])} texts"
+                    )
+                saved = json.dumps(scores).encode()
+                await asyncio.to_thread(checkpoints.write, _batch(i), saved)
+            except Exception as exc:  # not saved (the store away too): sent again next time
                 failures.append(exc)
                 return
-        if len(scores) != len(batches[i]):
-            failures.append(
-                BackendError(f"{model} answered {len(scores)} results for {len(batches[i])} texts")
-            )
-            return
-        with atomic_output(checkpoints / f"batch-{i:06d}.json") as tmp:
-            tmp.write_text(json.dumps(scores))
         results[i] = scores
         done[0] += len(batches[i])
         if progress:
@@ -81,3 +70,24 @@ async def classify_texts(
     if failures:
         raise failures[0]
     return [scores for batch in results for scores in batch or []]
+
+
+def _batch(i: int) -> str:
+    return f"batch-{i:06d}.json"
+
+
+def _resumed(checkpoints: Folder, plan: dict[str, Any], batches: int) -> list[list[Any] | None]:
+    """The batches answered before under the same plan; a new plan discards them all."""
+    saved = checkpoints.read("plan.json")
+    names = checkpoints.names()
+    if saved is None or json.loads(saved) != plan:
+        for stale in names:
+            if stale.startswith("batch-"):
+                checkpoints.delete(stale)
+        checkpoints.write("plan.json", json.dumps(plan).encode())
+        return [None] * batches
+    results: list[list[Any] | None] = [None] * batches
+    for i in range(batches):
+        if _batch(i) in names and (data := checkpoints.read(_batch(i))) is not None:
+            results[i] = json.loads(data)
+    return results

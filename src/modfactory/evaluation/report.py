@@ -1,4 +1,5 @@
-"""A run's report: ``report.json`` for scripts and a self-contained ``report.html`` for people.
+"""A run's report: ``report.json`` for scripts and a self-contained ``report.html`` for people,
+kept beside the run's other artifacts.
 
 The HTML embeds its charts (distribution, loss curves, precision-recall) as data URIs, so
 the one file can be mailed or attached to a ticket.
@@ -9,11 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import json
-from pathlib import Path
 from typing import Any
 
+from modfactory.artifacts import ArtifactNotFound, ArtifactStore, run_key
 from modfactory.evaluation import tables
-from modfactory.fileio import atomic_output
 from modfactory.store.run import Run
 from modfactory.values import (
     HEADLINE_METRICS,
@@ -47,22 +47,28 @@ def report_data(run: Run) -> dict[str, Any]:
     }
 
 
-def write_report(run: Run, directory: Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.html`` under ``directory``."""
+def write_report(run: Run, store: ArtifactStore) -> tuple[str, str]:
+    """Write ``report.json`` and ``report.html`` among the run's artifacts; their keys."""
     data = report_data(run)
-    directory.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = directory / "report.json", directory / "report.html"
-    with atomic_output(json_path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
-    with atomic_output(html_path) as tmp:
-        tmp.write_text(render_html(data))
-    return json_path, html_path
+    images = {name: _png(store, key) for name, key in data["charts"].items()}
+    json_key = store.save_text(run_key(run.id, "report.json"), json.dumps(data, indent=2))
+    html_key = store.save_text(run_key(run.id, "report.html"), render_html(data, images))
+    return json_key, html_key
 
 
-def _image(path: str | None, alt: str) -> str:
-    if not path or not Path(path).exists():
+def _png(store: ArtifactStore, key: str | None) -> bytes | None:
+    if not key:
+        return None
+    try:
+        return store.load(key)
+    except ArtifactNotFound:
+        return None
+
+
+def _image(png: bytes | None, alt: str) -> str:
+    if not png:
         return ""
-    encoded = base64.b64encode(Path(path).read_bytes()).decode()
+    encoded = base64.b64encode(png).decode()
     return f'<figure><img alt="{alt}" src="data:image/png;base64,{encoded}"></figure>'
 
 
@@ -138,8 +144,9 @@ def _selection_table(metadata: dict[str, Any]) -> str:
     )
 
 
-def render_html(data: dict[str, Any]) -> str:
-    """The page: headline, verdict, metrics table with confusion counts, baselines, charts."""
+def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
+    """The page: headline, verdict, metrics table with confusion counts, baselines, charts
+    (``images``: each chart's PNG, by the names of ``data["charts"]``)."""
     e = html.escape
     metrics = SplitMetrics.model_validate(data["metrics"]) if data["metrics"] else None
     meta = data["training"]["metadata"] or {}
@@ -176,9 +183,9 @@ Intervals: bootstrap 95 %.</p>
 {_metrics_table(metrics)}
 <h2>Compared with</h2>
 {_comparison_table(metrics)}
-<h2>Precision-recall</h2>{_image(data["charts"]["precision_recall"], "precision-recall curves")}
+<h2>Precision-recall</h2>{_image(images.get("precision_recall"), "precision-recall curves")}
 {_selection_table(meta)}
-<h2>Training</h2>{_image(data["charts"]["loss"], "loss curves")}
-<h2>Dataset</h2>{_image(data["charts"]["distribution"], "label distribution")}
+<h2>Training</h2>{_image(images.get("loss"), "loss curves")}
+<h2>Dataset</h2>{_image(images.get("distribution"), "label distribution")}
 </body></html>
 """

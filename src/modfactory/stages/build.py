@@ -1,11 +1,14 @@
-"""build: the cookbook's dataset recipe → train / validation / test JSONL and charts."""
+"""build: the cookbook's dataset recipe → train / validation / test JSONL and charts, built
+in scratch on this machine and kept in the artifact store."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
+from modfactory.artifacts import ArtifactStore, dataset_key, run_key
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.stages.context import StageContext
@@ -25,27 +28,43 @@ def _build_alone(*args: Any) -> DatasetSummary:
 
 async def build_splits(sc: StageContext, run: Run) -> None:
     """Waits for nothing; records the split files, label counts and distribution chart."""
-    out = sc.run_dir(run.id) / "dataset"
     report = sc.progress_reporter(run.id, "build")
-    summary = await asyncio.to_thread(
-        _build_alone,
-        parse_source(run.spec.source),
-        run.spec.recipe,
-        out,
-        sc.settings.data_dir,
-        lambda split, done, total: report(f"{split} rows", done, total),
-        sc.settings.build_engine,
-    )
+
+    def build_and_keep() -> DatasetSummary:
+        with sc.artifacts.scratch() as out:
+            summary = _build_alone(
+                parse_source(run.spec.source),
+                run.spec.recipe,
+                out,
+                sc.settings.data_dir,
+                lambda split, done, total: report(f"{split} rows", done, total),
+                sc.settings.build_engine,
+            )
+            return _keep(sc.artifacts, run.id, summary)
+
+    summary = await asyncio.to_thread(build_and_keep)
     rows = ", ".join(f"{split} {s.rows:,}" for split, s in summary.splits.items())
     await sc.store.finish_stage(
         run.id,
         "build",
         dataset=summary,
         artifacts={
-            "dataset_dir": str(out),
+            "dataset_dir": run_key(run.id, "dataset"),
             **{f"{split}_file": s.file for split, s in summary.splits.items()},
             "distribution_chart": summary.chart,
         },
         message=f"built {rows} rows ({summary.engine} engine)"
         + (" (synthetic data)" if summary.synthetic else ""),
     )
+
+
+def _keep(store: ArtifactStore, run_id: str, summary: DatasetSummary) -> DatasetSummary:
+    """The built files moved into the artifact store; the summary naming their keys."""
+    for counts in summary.splits.values():
+        path = Path(counts.file)
+        counts.file = store.save_file(path, dataset_key(run_id, path.name), move=True)
+    if summary.chart:
+        chart = Path(summary.chart)
+        summary.chart = store.save_file(chart, dataset_key(run_id, chart.name), move=True)
+    store.save_text(dataset_key(run_id, "dataset.json"), summary.model_dump_json(indent=2))
+    return summary

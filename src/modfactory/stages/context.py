@@ -1,5 +1,6 @@
 """What every stage job needs, built once per worker: settings, the run store, Redis, the
-backends (made on first use), the failure policy; and the cancelling of a run's job."""
+artifact store, the backends (made on first use), the failure policy; and the cancelling
+of a run's job."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
 
+from modfactory.artifacts import ArtifactStore
 from modfactory.backends import Backend, BackendError, BackendUnavailable, cached_backend
 from modfactory.settings import Settings, redact
 from modfactory.stages.policy import FailurePolicy
@@ -31,9 +32,11 @@ class StageContext:
     backends: dict[str, Backend] = field(default_factory=dict)  # by name, made on first use
     progress_every: float = 1.0  # seconds between two progress records of a stage
     policy: FailurePolicy = field(init=False)
+    artifacts: ArtifactStore = field(init=False)  # where every stage reads and writes files
 
     def __post_init__(self) -> None:
         self.policy = FailurePolicy.of(self.settings)
+        self.artifacts = ArtifactStore.from_settings(self.settings)
 
     @classmethod
     def of(cls, ctx: dict[str, Any]) -> StageContext:
@@ -42,9 +45,6 @@ class StageContext:
 
     def backend(self, name: str) -> Backend:
         return cached_backend(self.backends, name, self.settings, self.redis)
-
-    def run_dir(self, run_id: str) -> Path:
-        return (self.settings.data_dir / "runs" / run_id).resolve()
 
     async def enqueue(self, stage: StageName, run_id: str) -> None:
         await queue.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)

@@ -8,9 +8,9 @@ in short steps, each of which a new attempt redoes or resumes:
    set up), and the precision-recall chart;
 3. ``decide``: the champion measured on the same test file by its own backend, whatever the
    challenger's, and the promotion rule applied;
-4. ``record``: ``metrics.json`` and the report written (atomically), then the stage's end
-   and the promotion recorded in one transaction — measured again if the champion was
-   replaced meanwhile.
+4. ``record``: ``metrics.json`` and the report written to the artifact store (each whole or
+   not at all), then the stage's end and the promotion recorded in one transaction —
+   measured again if the champion was replaced meanwhile.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from modfactory import charts
+from modfactory.artifacts import Folder, checkpoint_prefix, run_key
 from modfactory.backends.base import Backend, BackendError
-from modfactory.data.recipe import TARGET, read_jsonl
+from modfactory.data.recipe import TARGET, parse_jsonl
 from modfactory.evaluation.classify import classify_texts
 from modfactory.evaluation.metrics import evaluate_scores, tune_thresholds
 from modfactory.evaluation.promotion import decide_promotion, random_baseline
 from modfactory.evaluation.report import write_report
 from modfactory.evaluation.tables import number
-from modfactory.fileio import atomic_output
 from modfactory.stages.context import StageContext
 from modfactory.store.registry import ModelRegistry
 from modfactory.store.run import ChampionChanged, Run
@@ -65,7 +64,9 @@ async def score_splits(sc: StageContext, run: Run, backend: Backend) -> dict[str
     """Validation and test, classified by the run's model."""
     splits = {}
     for split in ("validation", "test"):
-        records = await asyncio.to_thread(read_jsonl, Path(getattr(run.artifacts, f"{split}_file")))
+        key = getattr(run.artifacts, f"{split}_file")
+        text = await asyncio.to_thread(sc.artifacts.load_text, key)
+        records = parse_jsonl(text.splitlines(), sc.artifacts.url_of(key))
         texts = [r["text"] for r in records]
         scores = await _classify(sc, run, backend, run.artifacts.model_id, texts, split)
         splits[split] = Scored(texts, [r["labels"][TARGET] for r in records], scores)
@@ -86,16 +87,15 @@ async def measure(
     step(1)
     metrics.baselines = await _baselines(sc, run, test.texts, test.truth, labels)
     step(2)
-    out = sc.run_dir(run.id)
-    pr_chart = await asyncio.to_thread(
-        charts.pr_curves, test.truth, test.scores, labels, thresholds, out / "precision_recall.png"
-    )
+    png = await asyncio.to_thread(charts.pr_curves, test.truth, test.scores, labels, thresholds)
+    pr_chart = run_key(run.id, "precision_recall.png")
+    await asyncio.to_thread(sc.artifacts.save, pr_chart, png)
     step(3)
     artifacts = {
-        "metrics_file": str(out / "metrics.json"),
-        "pr_chart": str(pr_chart),
-        "report_json": str(out / "report.json"),
-        "report_html": str(out / "report.html"),
+        "metrics_file": run_key(run.id, "metrics.json"),
+        "pr_chart": pr_chart,
+        "report_json": run_key(run.id, "report.json"),
+        "report_html": run_key(run.id, "report.html"),
     }
     return metrics, artifacts
 
@@ -153,14 +153,12 @@ async def record(
     re-runs the stage, instead of leaving a succeeded run without its report."""
     metrics.promotion = decision
     message = _headline(metrics, decision)
-    out = sc.run_dir(run.id)
 
     def write_outputs() -> None:
-        with atomic_output(out / "metrics.json") as tmp:
-            tmp.write_text(metrics.model_dump_json(indent=2))
+        sc.artifacts.save_text(artifacts["metrics_file"], metrics.model_dump_json(indent=2))
         finished = run.model_copy(deep=True)  # the run as it will be once recorded
         finished.finish_stage("evaluate", artifacts, None, metrics, message)
-        write_report(finished, out)
+        write_report(finished, sc.artifacts)
 
     await asyncio.to_thread(write_outputs)
     await sc.store.finish_evaluation(
@@ -214,7 +212,7 @@ async def _classify(
         backend.classify,
         model,
         texts,
-        sc.run_dir(run.id) / "evaluate" / name,
+        Folder(sc.artifacts, checkpoint_prefix(run.id, name)),
         batch_size=settings.classify_batch_size,
         concurrency=settings.classify_concurrency,
         progress=lambda what, done, total: report(f"{name} {what}", done, total),
@@ -241,7 +239,7 @@ async def _moderation_baseline(
         backend.moderate,
         backend.moderation_model,
         texts,
-        sc.run_dir(run.id) / "evaluate" / f"{backend.name}_moderation",
+        Folder(sc.artifacts, checkpoint_prefix(run.id, f"{backend.name}_moderation")),
         batch_size=settings.classify_batch_size,
         concurrency=settings.classify_concurrency,
         progress=lambda what, done, total: report(f"moderation baseline {what}", done, total),

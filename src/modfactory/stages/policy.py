@@ -5,8 +5,11 @@ at it ends — for every stage, and for every look at a training job.
     Redis unreachable                               RAISE: nothing can be recorded; the stage
                                                     stays running, queued again once Redis is back
     the backend unreachable (BackendUnavailable)    INTERRUPT: attempted again (a look: later)
+    the artifact store unreachable                  INTERRUPT
+      (ArtifactsUnavailable)
     over its time limit (MODFACTORY_JOB_TIMEOUT)    INTERRUPT
     bad input (RecipeError), refused (BackendError) FAIL: the stage and the run
+    an artifact missing or refused (ArtifactError)  FAIL
     anything else (a bug)                           FAIL, logged with its traceback
     the training job SUCCESS                        SUCCEED
     the training job CANCELLED at the backend       CANCEL: the run
@@ -29,6 +32,7 @@ from enum import StrEnum
 
 from redis.exceptions import RedisError
 
+from modfactory.artifacts import ArtifactError, ArtifactsUnavailable
 from modfactory.backends import BackendError, BackendUnavailable
 from modfactory.data.recipe import RecipeError
 from modfactory.settings import Settings, redact
@@ -82,9 +86,9 @@ class FailurePolicy:
         told = redact(str(exc), self.secrets)
         if isinstance(exc, RedisError):
             return Decision(Action.RAISE, f"Redis unreachable: {told}")
-        if isinstance(exc, BackendUnavailable):
+        if isinstance(exc, BackendUnavailable | ArtifactsUnavailable):
             return Decision(Action.INTERRUPT, told)
-        if isinstance(exc, RecipeError | BackendError):
+        if isinstance(exc, RecipeError | BackendError | ArtifactError):
             return Decision(Action.FAIL, told)
         if isinstance(exc, TimeoutError):
             return Decision(

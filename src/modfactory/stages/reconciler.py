@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from modfactory.backends import job_files
+from modfactory.backends import job_data
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
 from modfactory.store.leases import release_if_orphaned
@@ -118,8 +118,8 @@ async def reconcile_once(sc: StageContext) -> Round:
         day = f"{sc.settings.queue_name}:pruned-on:{datetime.now(UTC):%Y-%m-%d}"
         if await sc.redis.set(day, 1, nx=True, ex=2 * 86_400):  # the first round of a day
             registry = ModelRegistry(sc.redis, sc.settings.queue_name)
-            files = functools.partial(job_files, sc.settings)
-            done.pruned = await prune_runs(sc.store, registry, sc.settings, files)
+            data = functools.partial(job_data, sc.settings)
+            done.pruned = await prune_runs(sc.store, registry, sc.settings, sc.artifacts, data)
     finally:
         if (await sc.redis.get(lock)) == token.encode():
             await sc.redis.delete(lock)

@@ -13,7 +13,10 @@ still alive and creates a new one only once the old one is over.
 
 from __future__ import annotations
 
+import asyncio
+
 from modfactory import charts
+from modfactory.artifacts import run_key
 from modfactory.backends.base import JobRequest
 from modfactory.stages.context import StageContext
 from modfactory.stages.policy import Action
@@ -128,14 +131,15 @@ def _over_the_cap(run: Run, job: TrainingJob) -> str | None:
 async def _succeeded(sc: StageContext, run: Run, job: TrainingJob, message: str) -> None:
     chart = None
     if run.training.checkpoints:
-        chart = charts.loss_chart(
+        png = await asyncio.to_thread(
+            charts.loss_chart,
             [c.model_dump() for c in run.training.checkpoints],
-            sc.run_dir(run.id) / "loss.png",
             f"{run.id}: {job.fine_tuned_model}",
         )
+        chart = await asyncio.to_thread(sc.artifacts.save, run_key(run.id, "loss.png"), png)
     await sc.store.finish_stage(
         run.id,
         "train",
-        artifacts={"model_id": job.fine_tuned_model, "loss_chart": str(chart) if chart else None},
+        artifacts={"model_id": job.fine_tuned_model, "loss_chart": chart},
         message=message,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
 
 from modfactory.stages.context import StageContext
 from modfactory.store.run import Run
@@ -15,14 +15,15 @@ async def upload_files(sc: StageContext, run: Run) -> None:
     for split in ("train", "validation"):
         recorded = getattr(run.artifacts, f"{split}_file_id")
         if recorded is None:
-            path = Path(getattr(run.artifacts, f"{split}_file"))
-            await sc.store.note(
-                run.id, "upload", f"uploading {path.name} as {run.id}-{split}.jsonl"
-            )
-            uploaded = await backend.upload_file(path, tag=f"{run.id}-{split}")
+            key = getattr(run.artifacts, f"{split}_file")
+            name = key.rpartition("/")[2]
+            await sc.store.note(run.id, "upload", f"uploading {name} as {run.id}-{split}.jsonl")
+            with sc.artifacts.scratch() as scratch:
+                path = await asyncio.to_thread(sc.artifacts.local_copy, key, scratch)
+                uploaded = await backend.upload_file(path, tag=f"{run.id}-{split}")
             await sc.store.record_artifacts(
                 run.id,
-                f"uploaded {path.name} as {uploaded.id}",
+                f"uploaded {name} as {uploaded.id}",
                 **{f"{split}_file_id": uploaded.id},
             )
             recorded = uploaded.id

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from modfactory.store.redis_json import update_document
+from modfactory.redis_json import update_document
 
 ROLLED_BACK = "rolled back"  # the candidate reason of a champion replaced by a rollback
 

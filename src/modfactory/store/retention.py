@@ -1,36 +1,35 @@
 """Retention: finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS are deleted
-— document, index entries, run directory, and the files its backend keeps for its training
-job (the caller says which: the store knows no backend) — except champions and the runs a
-rollback needs (``ModelRecord.kept_runs``), checked again in the transaction that deletes
-each one."""
+— document, index entries, the run's artifacts, and what its backend keeps for its training
+job (artifacts and Redis keys: the caller says which, the store knows no backend) — except
+champions and the runs a rollback needs (``ModelRecord.kept_runs``), checked again in the
+transaction that deletes each one."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-import shutil
+import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from redis.asyncio.client import Pipeline
 
+from modfactory.artifacts import ArtifactError, ArtifactStore, run_key
 from modfactory.settings import Settings
 from modfactory.store.registry import ModelRegistry
 from modfactory.store.run import Run, RunNotFound
 from modfactory.store.runs import RunStore
 
-_SAFE_NAME = re.compile(r"[\w.-]+")  # a run or job id, never a path
-
-
-JobFiles = Callable[[str, str], list[Path]]
-"""``job_files(backend, job_id)``: what that backend keeps on this machine for the job."""
+log = logging.getLogger("modfactory.store")
+JobData = Callable[[str, str], tuple[list[str], list[str]]]
+"""``job_data(backend, job_id)``: the artifact keys and Redis keys that backend keeps for
+the job."""
 
 
 async def prune_runs(
     store: RunStore,
     registry: ModelRegistry,
     settings: Settings,
-    job_files: JobFiles,
+    artifacts: ArtifactStore,
+    job_data: JobData,
     dry_run: bool = False,
 ) -> list[str]:
     """Delete the finished runs beyond the retention settings; their ids (``dry_run``:
@@ -52,18 +51,17 @@ async def prune_runs(
         if not await store.delete(run_id, keep=promoted_since):
             continue
         pruned.append(run_id)
-        places = [settings.data_dir / "runs" / run.id]
+        places, keys = [run_key(run.id)], []
         if run.artifacts.training_job_id:
-            places += job_files(run.spec.backend, run.artifacts.training_job_id)
-        await asyncio.to_thread(_remove_files, places)
+            files, keys = job_data(run.spec.backend, run.artifacts.training_job_id)
+            places += files
+        if keys:
+            await store.redis.delete(*keys)
+        for place in places:
+            try:
+                await asyncio.to_thread(artifacts.delete, place)
+            except ArtifactError as exc:  # the store away: the objects stay, the run is gone
+                log.warning("run %s pruned, but not its artifacts at %s: %s", run_id, place, exc)
     for name in await registry.names():
         await registry.forget_candidates(name, set(pruned))
     return pruned
-
-
-def _remove_files(places: list[Path]) -> None:
-    """A pruned run's directories (each one named by an id, never a path from elsewhere)."""
-    for place in places:
-        root = place.parent.resolve()
-        if place.resolve().parent == root and _SAFE_NAME.fullmatch(place.name):
-            shutil.rmtree(place, ignore_errors=True)

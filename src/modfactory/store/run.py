@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field, PrivateAttr
 
 from modfactory.store.run_parts import (
+    FILE_ARTIFACTS,
     Artifacts,
     Event,
     Progress,
@@ -66,9 +67,14 @@ class Run(BaseModel):
         job_id = self.artifacts.training_job_id
         return job_id if job_id and not self.training.job_over else None
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """The document ``status --json`` and ``run --json`` print."""
-        return self.model_dump(mode="json")
+    def to_json_dict(self, url_of: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """The document ``status --json`` and ``run --json`` print; with ``url_of`` (the
+        artifact store's), ``artifact_urls``: where each artifact is, by its field."""
+        document = self.model_dump(mode="json")
+        if url_of is not None:
+            keys = {name: getattr(self.artifacts, name) for name in FILE_ARTIFACTS}
+            document["artifact_urls"] = {name: url_of(key) for name, key in keys.items() if key}
+        return document
 
     # --- state changes: each one rule; True when the run changed (then it is stored) -----
     def start_stage(self, stage: StageName, gives_up: GivesUp | None = None) -> bool:

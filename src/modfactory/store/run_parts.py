@@ -67,7 +67,8 @@ class RunSpec(BaseModel):
 
 
 class Artifacts(BaseModel):
-    """Where a run's outputs are: files on disk and ids at the backend."""
+    """Where a run's outputs are: keys in the artifact store (an absolute path in a run of
+    an earlier version) and ids at the backend."""
 
     dataset_dir: str | None = None
     train_file: str | None = None
@@ -83,6 +84,20 @@ class Artifacts(BaseModel):
     pr_chart: str | None = None
     report_html: str | None = None
     report_json: str | None = None
+
+
+FILE_ARTIFACTS = (
+    "dataset_dir",
+    "train_file",
+    "validation_file",
+    "test_file",
+    "distribution_chart",
+    "loss_chart",
+    "metrics_file",
+    "pr_chart",
+    "report_html",
+    "report_json",
+)  # the fields of ``Artifacts`` that are artifact keys
 
 
 class StatusChange(BaseModel):

@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from modfactory.store.redis_json import update_document
+from modfactory.redis_json import update_document
 from modfactory.store.registry import ModelRecord, load_record
 from modfactory.store.run import (
     ActiveRunExists,

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modfactory.artifacts import ArtifactStore
 from modfactory.backends import Backend, BackendError, cached_backend
 from modfactory.data.recipe import RecipeError
 from modfactory.data.sources import allowed_source
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.artifacts = ArtifactStore.from_settings(settings)
     return app
 
 
@@ -273,7 +275,8 @@ async def list_runs(request: Request) -> Response:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise ApiError(422, f"query parameter 'limit': {limit!r} is not a number in 1-1000")
     runs = await _producer(request).runs(int(limit))
-    return JSONResponse([r.to_json_dict() for r in runs])
+    url_of = request.app.state.artifacts.url_of
+    return JSONResponse([r.to_json_dict(url_of) for r in runs])
 
 
 async def get_run(request: Request) -> Response:
@@ -284,7 +287,7 @@ async def get_run(request: Request) -> Response:
         run = await _producer(request).run(run_id)
     except RunNotFound as exc:
         raise ApiError(404, str(exc)) from None
-    return JSONResponse(run.to_json_dict())
+    return JSONResponse(run.to_json_dict(request.app.state.artifacts.url_of))
 
 
 async def healthz(request: Request) -> Response:

@@ -1,0 +1,209 @@
+"""The local backend's training jobs, kept in Redis so that no job is tied to a machine.
+
+Three keys per job under ``<prefix>:local:job:<id>``: the record (``LocalJob``: status,
+files, hyperparameters; written by the backend, atomically), the trainer's progress
+(``TrainerProgress``: checkpoints, the choice per label; written by the trainer holding the
+lease, and only while it holds it) and the trainer's lease (``TrainerLease``: a token with
+a time to live, renewed by the trainer). No lease and no saved model means nobody trains
+the job: the next look starts a trainer — one, as the lease is taken with SET NX first.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from modfactory.redis_json import update_document
+from modfactory.values import JobStatus
+
+if TYPE_CHECKING:
+    import redis as sync_redis
+    from redis.asyncio import Redis
+
+
+class LocalJob(BaseModel):
+    """A local training job as the backend keeps it (files are artifact keys)."""
+
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    model: str
+    target: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict[str, float | int] = Field(default_factory=dict)
+    grid: str = "small"
+    labels: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    trainer_starts: int = 0
+    deadline: float | None = None  # Unix time the trainer must be done by
+    deadline_seconds: float | None = None
+    error: str | None = None
+
+
+class TrainerProgress(BaseModel):
+    """What the trainer holding the lease reports: a checkpoint per candidate fitted."""
+
+    state: Literal["running", "succeeded", "failed", "cancelled"] = "running"
+    host: str = ""
+    pid: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    checkpoints: list[dict[str, Any]] = Field(default_factory=list)
+    candidate: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def job_key(prefix: str, job_id: str, part: str = "") -> str:
+    """The Redis key of a job's record (``part``: ``progress`` or ``trainer``)."""
+    return f"{prefix}:local:job:{job_id}" + (f":{part}" if part else "")
+
+
+def job_keys(prefix: str, job_id: str) -> list[str]:
+    return [job_key(prefix, job_id, part) for part in ("", "progress", "trainer")]
+
+
+def new_token() -> str:
+    """A trainer's lease token: where it runs, and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+class JobRecords:
+    """The backend's side: records read and changed atomically, leases taken for trainers."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    async def get(self, job_id: str) -> LocalJob | None:
+        raw = await self.redis.get(job_key(self.prefix, job_id))
+        return LocalJob.model_validate_json(raw) if raw else None
+
+    async def create(self, job: LocalJob) -> bool:
+        """Store ``job`` unless a job with its id exists; whether it was stored."""
+        return bool(
+            await self.redis.set(job_key(self.prefix, job.id), job.model_dump_json(), nx=True)
+        )
+
+    async def update(self, job_id: str, change: Any) -> LocalJob:
+        """Apply ``change(job) -> bool`` atomically (a concurrent change: applied again)."""
+
+        def load(raw: bytes | None) -> LocalJob:
+            if raw is None:
+                raise LookupError(job_id)
+            return LocalJob.model_validate_json(raw)
+
+        job, _ = await update_document(self.redis, job_key(self.prefix, job_id), load, change)
+        return job
+
+    async def progress(self, job_id: str) -> TrainerProgress:
+        raw = await self.redis.get(job_key(self.prefix, job_id, "progress"))
+        return TrainerProgress.model_validate_json(raw) if raw else TrainerProgress()
+
+    async def trainer(self, job_id: str) -> str | None:
+        """The token of the trainer holding the job's lease (None: no trainer is alive)."""
+        raw = await self.redis.get(job_key(self.prefix, job_id, "trainer"))
+        return raw.decode() if raw else None
+
+    async def take_lease(self, job_id: str, token: str, seconds: float) -> bool:
+        """Take the job's lease for a trainer about to start; False when one holds it."""
+        key = job_key(self.prefix, job_id, "trainer")
+        return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
+
+
+class TrainerLease:
+    """The trainer's side: its lease, renewed; progress written only while it is held."""
+
+    def __init__(self, redis: sync_redis.Redis, prefix: str, job_id: str, token: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.job_id = job_id
+        self.token = token.encode()
+        self.key = job_key(prefix, job_id, "trainer")
+
+    def job(self) -> LocalJob:
+        raw = self.redis.get(job_key(self.prefix, self.job_id))
+        if raw is None:
+            raise LookupError(f"no local job {self.job_id!r}")
+        return LocalJob.model_validate_json(raw)
+
+    def progress(self) -> TrainerProgress:
+        raw = self.redis.get(job_key(self.prefix, self.job_id, "progress"))
+        return TrainerProgress.model_validate_json(raw) if raw else TrainerProgress()
+
+    def _while_held(self, also: Any) -> bool:
+        """Run ``also(pipe)`` in a transaction that holds only if the lease is still ours."""
+        from redis.exceptions import WatchError
+
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(self.key)
+                if pipe.get(self.key) != self.token:
+                    return False
+                pipe.multi()
+                also(pipe)
+                pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    def renew(self, seconds: float) -> bool:
+        """Extend the lease; False when it is no longer ours (lapsed, or taken by another)."""
+        return self._while_held(lambda pipe: pipe.pexpire(self.key, int(seconds * 1000)))
+
+    def write(self, progress: TrainerProgress) -> bool:
+        key = job_key(self.prefix, self.job_id, "progress")
+        return self._while_held(lambda pipe: pipe.set(key, progress.model_dump_json()))
+
+    def release(self) -> None:
+        self._while_held(lambda pipe: pipe.delete(self.key))
+
+
+# --- changes of a record (``JobRecords.update`` applies them) ----------------------------
+def when(current: JobStatus, /, **fields: Any) -> Any:
+    """A record change: ``fields`` set if the job is ``current`` (else nothing changes)."""
+
+    def change(job: LocalJob) -> bool:
+        if job.status != current:
+            return False
+        for name, value in fields.items():
+            setattr(job, name, value)
+        return True
+
+    return change
+
+
+def cancel(job: LocalJob) -> bool:
+    if job.status.terminal:
+        return False
+    job.status = JobStatus.CANCELLED
+    return True
+
+
+def started_once(job: LocalJob) -> bool:
+    job.trainer_starts += 1
+    return True
+
+
+def url_of(redis: Redis) -> str:
+    """A URL for the Redis ``redis`` is connected to (the embedded one has no setting)."""
+    from urllib.parse import quote
+
+    kwargs = redis.connection_pool.connection_kwargs
+    user, password = quote(kwargs.get("username") or ""), quote(kwargs.get("password") or "")
+    if kwargs.get("path"):
+        auth = f"&username={user}&password={password}" if password else ""
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}{auth}"
+    auth = f"{user}:{password}@" if password else ""
+    scheme = "rediss" if "SSL" in redis.connection_pool.connection_class.__name__ else "redis"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"{scheme}://{auth}{host}:{port}/{kwargs.get('db', 0)}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
