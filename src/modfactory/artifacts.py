@@ -46,6 +46,7 @@ class StoreSettings(Protocol):
     artifacts_options: SecretStr | None
     data_dir: Path
 
+
 SETTING = "MODFACTORY_ARTIFACTS_URL"
 _PART = re.compile(r"[\w][\w.=-]*")  # one segment of a key: never empty, "..", or a path
 _TMP = re.compile(r"^\..+\.tmp$")  # a writer's file in progress (``atomic_output``): unlisted
