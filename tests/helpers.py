@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,15 +55,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def worker_process(settings: Settings, log: Path, **env: str) -> Iterator[subprocess.Popen]:
+def worker_process(
+    settings: Settings, log: Path, *, machine: bool = False, **env: str
+) -> Iterator[subprocess.Popen]:
     """``modfactory worker`` in a subprocess (``env``: more variables), logging to ``log``;
-    terminated on exit."""
+    terminated on exit. ``machine``: in a process group of its own, working in its data
+    dir, as a worker alone on its machine (``os.killpg`` loses the machine's processes)."""
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "modfactory", "worker"],
             env={**os.environ, **settings_env(settings), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=machine,
+            cwd=settings.data_dir if machine else None,
         )
     try:
         yield process
@@ -69,6 +76,9 @@ def worker_process(settings: Settings, log: Path, **env: str) -> Iterator[subpro
         if process.poll() is None:
             process.terminate()
             process.wait(20)
+        if machine:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its trainers, if any outlived it
 
 
 @contextmanager

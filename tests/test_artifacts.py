@@ -222,3 +222,43 @@ def test_bad_store_settings_stop_the_worker_at_start_naming_the_setting(
             assert not (tmp_path / "d" / "redis").exists()  # stopped before anything started
     finally:
         strict.stop()
+
+
+async def test_a_stage_whose_store_goes_away_is_interrupted_then_done_not_failed(
+    redis_db: str, s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The endpoint away mid-stage: the attempt is interrupted (the reconciler queues it
+    again), and the next attempt, once the store is back, does the stage."""
+    from arq.connections import create_pool
+
+    from modfactory.stages.context import StageContext
+    from modfactory.stages.pipeline import JOBS
+    from modfactory.store import queue
+    from modfactory.store.run import RunSpec, RunState
+    from modfactory.store.runs import RunStore
+    from modfactory.values import RecipeParams
+
+    settings = Settings(
+        redis_url=redis_db,
+        data_dir=tmp_path,
+        artifacts_url=f"{s3_bucket}/m",
+        artifacts_options='{"config_kwargs": {"retries": {"max_attempts": 1}}}',
+    )
+    pool = await create_pool(queue.redis_settings(redis_db), default_queue_name="modfactory")
+    store = RunStore(pool, settings.queue_name)
+    ctx = {"modfactory": StageContext(settings, store, pool)}
+    run = await store.create(
+        RunSpec(source="synthetic:400", backend="local", recipe=RecipeParams(n_train=300))
+    )
+    with s3_server.outage():
+        await JOBS["build"](ctx, run.id)
+    interrupted = await store.get(run.id)
+    assert interrupted.state == RunState.RUNNING and interrupted.stages["build"].state == "running"
+    assert "(MODFACTORY_ARTIFACTS_URL) unreachable" in interrupted.stages["build"].last_error
+    assert not await pool.exists(f"arq:job:{run.id}:upload")  # nothing moved on
+
+    await JOBS["build"](ctx, run.id)  # the attempt the reconciler queues
+    built = await store.get(run.id)
+    assert built.stages["build"].state == "succeeded", built.error
+    assert ArtifactStore(f"{s3_bucket}/m").exists(built.artifacts.train_file)
+    await pool.aclose()

@@ -4,8 +4,11 @@ its files and model in the artifact store; never retrained."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from modfactory.artifacts import ArtifactStore
 from modfactory.backends.base import BackendError, JobRequest
 from modfactory.backends.local import LocalBackend
 from modfactory.backends.local_jobs import JobRecords
-from modfactory.backends.local_trainer import PAUSE_ENV
+from modfactory.backends.local_trainer import CONFIG_ENV, LOST, PAUSE_ENV
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.settings import Settings
@@ -233,3 +236,34 @@ async def test_a_trainer_past_its_timeout_is_stopped_and_the_job_fails_naming_it
             break
         await asyncio.sleep(0.1)
     assert not await trainer_alive(backend, job.id)
+
+
+async def test_one_trainer_per_job_a_second_is_refused_and_a_stale_one_stops(
+    tmp_path: Path, dataset: Path, slow_trainer, local
+) -> None:
+    """The job's lease in Redis, not its machine, says who trains it."""
+    slow_trainer(0.3)
+    backend = local(grid="off")
+    job = await submit(backend, dataset, "runlease")
+    await backend.start_job(job.id)
+    await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
+    [first] = backend._trainers
+
+    second = subprocess.run(  # another trainer for the job, with a lease of its own
+        [sys.executable, "-m", "modfactory.backends.local_trainer", job.id, "--token", "mine"],
+        env={**os.environ, CONFIG_ENV: json.dumps(backend._trainer_config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == LOST and "the lease is not this trainer's" in second.stdout
+
+    first.send_signal(signal.SIGSTOP)  # cut off (a frozen VM, a partition) past its lease
+    while (await record(backend, job.id)).trainer_starts < 2:  # a look starts another
+        await backend.get_job(job.id)
+        await asyncio.sleep(0.2)
+    first.send_signal(signal.SIGCONT)  # back: its lease is another's now, so it stops
+    assert first.wait(30) == LOST
+    done = await wait_for(backend, job.id, lambda j: j.terminal, timeout=180)
+    assert done.status == JobStatus.SUCCESS
+    assert (await record(backend, job.id)).trainer_starts == 2

@@ -167,3 +167,33 @@ async def test_a_run_promoted_while_prune_runs_is_kept(redis_db: str, tmp_path: 
     assert (await producer.store.get(old)).id == old and (tmp_path / "runs" / old).exists()
     assert (await producer.registry.get("moderation")).champion_run == old
     await pool.aclose()
+
+
+async def test_prune_deletes_a_run_s_objects_and_its_local_job_in_a_bucket(
+    redis_db: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """With the artifacts in S3: a pruned run's objects go, and its local training job's
+    model and record; the kept run's stay."""
+    from modfactory.artifacts import ArtifactStore, backend_key, run_key
+
+    settings = Settings(
+        redis_url=redis_db, data_dir=tmp_path, artifacts_url=f"{s3_bucket}/p", keep_runs=1
+    )
+    pool = await create_pool(queue.redis_settings(redis_db))
+    producer = Producer(pool, settings)
+    ids = await stored_runs(producer, 3)
+    store = ArtifactStore.from_settings(settings)
+    for run_id in ids:
+        store.save_text(run_key(run_id, "report.html"), "<html>")
+        store.save_text(run_key(run_id, "dataset", "train.jsonl"), "{}")
+    await producer.store.record_artifacts(ids[0], "trained", training_job_id="ftjob-old")
+    store.save(backend_key("local", "jobs", "ftjob-old", "model.joblib"), b"model")
+    await pool.set("modfactory:local:job:ftjob-old", "{}")
+
+    assert set(await producer.prune()) == set(ids[:2])
+    assert store.list("runs") == [
+        f"runs/{ids[2]}/dataset/train.jsonl",
+        f"runs/{ids[2]}/report.html",
+    ]
+    assert store.list("local") == [] and not await pool.exists("modfactory:local:job:ftjob-old")
+    await pool.aclose()
