@@ -1,6 +1,7 @@
 """Training backends behind one interface (``base``), found by name in one registry
 (``modfactory.plugins``: the built-ins and any installed package's entry point). Built in:
-``local`` (embedded; its training process in ``local_trainer``) and ``mistral`` (the SDK's
+``local`` (embedded; its training process in ``local_trainer``, its jobs and their leases
+in Redis in ``local_jobs``) and ``mistral`` (the SDK's
 answers read by ``mistral_answers``, its per-request waste removed by
 ``mistral_fastpath``; the shared request rate limit in ``ratelimit``).
 
