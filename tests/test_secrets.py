@@ -2,8 +2,10 @@
 writes or answers — logs, errors, run documents, Redis, reports, files, ``--json``, HTTP.
 
 One deployment (a password-protected redis-server, a worker and ``modfactory serve`` as
-processes, the Mistral emulator) is driven through a successful run and through failures
-whose texts would carry a secret if nothing took it out: an API error page that quotes
+processes, the Mistral emulator, its artifacts in moto's S3 server reached with
+credentials from both the options setting and the environment) is driven through a
+successful run and through failures whose texts would carry a secret if nothing took it
+out: an API error page that quotes
 the request (its Authorization header, the W&B key in the body), a job that fails with a
 message naming the keys, a wrong key, a wrong Redis password, settings refused at start-up.
 """
@@ -36,6 +38,7 @@ from modfactory.store.embedded_redis import free_port
 from modfactory.store.run import RunState
 from modfactory.triggers.auth import sign
 from redis_process import RedisProcess
+from s3_server import CREDENTIALS, S3Server
 
 pytestmark = pytest.mark.slow  # a whole deployment in processes
 
@@ -46,6 +49,7 @@ WEBHOOK_SECRET = "whsec-live-" + "e5f6" * 8
 WEBHOOK_TOKEN = "tok-live-" + "g7h8" * 8
 REDIS_PASSWORD = "redis-pw-" + "i9j0" * 6
 SERVE_TOKEN = "serve-live-" + "u1v2" * 8
+S3_SECRET = "s3-secret-live-" + "w3x4" * 6  # in MODFACTORY_ARTIFACTS_OPTIONS
 # Wrong or refused values: an error about them must not repeat them either.
 WRONG_API_KEY = "sk-mistral-wrong-" + "k1l2" * 6
 WRONG_REDIS_PASSWORD = "redis-pw-wrong-" + "m3n4" * 5
@@ -59,6 +63,8 @@ SECRETS = {
     "webhook token": WEBHOOK_TOKEN,
     "Redis password": REDIS_PASSWORD,
     "serve token": SERVE_TOKEN,
+    "S3 secret (options)": S3_SECRET,
+    "S3 secret (environment)": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     "wrong Mistral API key": WRONG_API_KEY,
     "wrong Redis password": WRONG_REDIS_PASSWORD,
     "wrong webhook token": WRONG_TOKEN,
@@ -108,6 +114,12 @@ class Outputs:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             self.add(f"file {path.relative_to(root.parent)}", path.read_bytes())
 
+    def bucket(self, server: S3Server, bucket: str) -> None:
+        client = server.client()
+        for key in server.keys(bucket):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            self.add(f"object {key}", body)
+
     def redis(self, url: str) -> None:
         client = sync_redis.Redis.from_url(url)
         read = {
@@ -141,7 +153,11 @@ def signed(body: bytes) -> dict[str, str]:
 
 
 async def test_no_secret_appears_in_any_output(
-    guarded_redis: RedisProcess, emulator: MistralEmulator, tmp_path: Path
+    guarded_redis: RedisProcess,
+    emulator: MistralEmulator,
+    s3_server: S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
 ) -> None:
     settings = settings_for(
         guarded_redis.url,
@@ -156,6 +172,8 @@ async def test_no_secret_appears_in_any_output(
         webhook_sources=("synthetic",),
         backend="mistral",
         mistral_training_steps=5,
+        artifacts_url=f"{s3_bucket}/m",
+        artifacts_options=json.dumps({"key": "AKIDLIVE", "secret": S3_SECRET}),
     )
     env = {**os.environ, **settings_env(settings)}
     out = Outputs()
@@ -261,6 +279,8 @@ async def test_no_secret_appears_in_any_output(
     out.add("serve log", serve_log.read_bytes())
     out.redis(guarded_redis.url)
     out.files(tmp_path / "data")
+    out.bucket(s3_server, s3_bucket.removeprefix("s3://"))
+    assert any(where.endswith("report.html") for where in out.texts)  # the bucket was read
     out.add("settings repr", f"{settings!r} {settings}")
     await producer.redis.aclose()
 
@@ -276,6 +296,9 @@ async def test_no_secret_appears_in_any_output(
         "MODFACTORY_REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0",
     }
     out.cli("Redis away", "runs", env=no_redis, cwd=tmp_path)
+    s3_away = {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    out.cli("S3 away", "worker", env=s3_away, cwd=tmp_path)
+    assert "MODFACTORY_ARTIFACTS_URL" in out.texts["S3 away (stderr)"]
     out.cli(
         "short secret",
         "serve",
