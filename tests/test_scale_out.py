@@ -26,6 +26,7 @@ from s3_server import S3Server
 pytestmark = pytest.mark.slow  # workers, trainers, a server and an S3 server
 
 TOKEN = "scale-out-serve-token-0123456789abcdef"
+ADMIN = "scale-out-webhook-token-0123456789abcdef"
 
 
 def machine(root: Path, name: str) -> Path:
@@ -98,13 +99,18 @@ async def test_a_lost_machine_s_run_is_finished_served_and_reported_from_other_m
 
     # Machine three serves the champion, loaded from the bucket.
     third = first.model_copy(update={"data_dir": machine(tmp_path, "three")})
-    with serve_process(third, tmp_path / "serve.log", MODFACTORY_SERVE_TOKEN=TOKEN) as (_, url):
+    tokens = {"MODFACTORY_SERVE_TOKEN": TOKEN, "MODFACTORY_WEBHOOK_TOKEN": ADMIN}
+    with serve_process(third, tmp_path / "serve.log", **tokens) as (_, url):
         answer = httpx.post(
             f"{url}/v1/moderations",
             json={"model": "moderation", "input": ["you stupid idiot", "the council met"]},
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=60,
         )
+        shown = httpx.get(f"{url}/v1/runs/{run.id}", headers={"Authorization": f"Bearer {ADMIN}"})
+    urls = shown.json()["artifact_urls"]  # the runs API says where the files are
+    assert urls["report_html"] == f"{bucket}/runs/{run.id}/report.html"
+    assert urls["train_file"] == f"{bucket}/runs/{run.id}/dataset/train.jsonl"
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
     assert results[0]["categories"]["insult"] and not results[1]["categories"]["insult"]

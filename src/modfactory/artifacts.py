@@ -137,7 +137,7 @@ class ArtifactStore:
     """
 
     def __init__(
-        self, url: str | Path, options: Mapping[str, Any] | None = None, scratch: Path = Path()
+        self, url: str | Path, options: Mapping[str, Any] | None = None, scratch: Path | None = None
     ) -> None:
         text = str(url)
         self.protocol = urlsplit(text).scheme if "://" in text else "file"
@@ -149,7 +149,8 @@ class ArtifactStore:
             self.root = text.split("://", 1)[1].rstrip("/")
             self.url = text.rstrip("/")
         self.options = dict(options or {})
-        self.scratch_dir = scratch
+        # This machine's own directory (the data dir): scratch, logs, downloaded copies.
+        self.scratch_dir = scratch or Path(tempfile.gettempdir()) / "modfactory"
         self._fs: AbstractFileSystem | None = None
 
     @classmethod
