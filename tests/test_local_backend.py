@@ -183,7 +183,8 @@ async def test_a_malformed_file_fails_validation_naming_the_line(
         )
     )
     assert job.status == JobStatus.FAILED_VALIDATION
-    assert "train file:2: not a Classifier Factory row" in job.error
+    assert ".jsonl:2: not a Classifier Factory row" in job.error  # the file's URL, its line
+    assert job.error.startswith(str(tmp_path / "local" / "files" / "file-"))
     with pytest.raises(BackendError, match="cannot start"):
         await backend.start_job(job.id)
 

@@ -230,23 +230,19 @@ class LocalBackend(Backend):
     def _validate(self, job: LocalJob) -> dict[str, Any]:
         """Check both files the way the API would; list the labels seen."""
         try:
-            train = parse_jsonl(self.store.load_text(job.training_file).splitlines(), "train file")
-            valid = (
-                parse_jsonl(
-                    self.store.load_text(job.validation_file).splitlines(), "validation file"
-                )
-                if job.validation_file
-                else []
-            )
+            train = self._rows(job.training_file)
+            valid = self._rows(job.validation_file) if job.validation_file else []
             labels: set[str] = set()
             for record in train:
                 if job.target not in record["labels"]:
-                    raise RecipeError(f"the train file: a row has no {job.target!r} labels")
+                    where = self.store.url_of(job.training_file)
+                    raise RecipeError(f"{where}: a row has no {job.target!r} labels")
                 labels.update(record["labels"][job.target])
         except (RecipeError, ArtifactNotFound) as exc:
             return {"status": JobStatus.FAILED_VALIDATION, "error": str(exc)}
         if not train:
-            return {"status": JobStatus.FAILED_VALIDATION, "error": "the train file is empty"}
+            where = self.store.url_of(job.training_file)
+            return {"status": JobStatus.FAILED_VALIDATION, "error": f"{where} is empty"}
         words = sum(len(r["text"].split()) for r in train + valid)
         fits = fits_per_label(job.grid)  # type: ignore[arg-type]
         return {
@@ -264,6 +260,10 @@ class LocalBackend(Backend):
                 "cost_currency": "EUR",
             },
         }
+
+    def _rows(self, key: str) -> list[dict[str, Any]]:
+        """An uploaded file's rows; a malformed one named by the file's URL and line."""
+        return parse_jsonl(self.store.load_text(key).splitlines(), self.store.url_of(key))
 
     async def start_job(self, job_id: str) -> TrainingJob:
         job = await self._job(job_id)
