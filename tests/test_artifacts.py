@@ -178,6 +178,23 @@ def test_a_missing_bucket_or_an_unreachable_endpoint_is_named_at_start(
         ArtifactStore(s3_bucket, options).load("runs/r/x")
 
 
+def test_a_store_no_driver_knows_or_options_its_driver_refuses_are_named(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ArtifactError) as unknown:
+        ArtifactStore("nope://bucket/x").check()
+    assert str(unknown.value) == (
+        "MODFACTORY_ARTIFACTS_URL=nope://bucket/x: nope:// is no storage fsspec knows "
+        "(s3://, gs://, az://, file://…)"
+    )
+    with pytest.raises(ArtifactError, match=r"^MODFACTORY_ARTIFACTS_OPTIONS: the s3:// driver "):
+        ArtifactStore(s3_bucket, {"nonsense": 1}).check()
+    for bad in ("s3://", "s3:///", "S3 ://x", "s3://a b"):
+        with pytest.raises(ValueError, match="artifacts_url"):
+            Settings(artifacts_url=bad)
+    assert Settings(artifacts_url="  ").artifacts_url is None  # empty: the data dir
+
+
 @pytest.mark.slow  # a second moto server (one that checks credentials), CLI processes
 def test_bad_store_settings_stop_the_worker_at_start_naming_the_setting(
     s3_server: S3Server, s3_bucket: str, tmp_path: Path
@@ -262,3 +279,18 @@ async def test_a_stage_whose_store_goes_away_is_interrupted_then_done_not_failed
     assert built.stages["build"].state == "succeeded", built.error
     assert ArtifactStore(f"{s3_bucket}/m").exists(built.artifacts.train_file)
     await pool.aclose()
+
+
+def test_a_machine_keeps_only_its_newest_trainer_logs(tmp_path: Path) -> None:
+    """Trainers' logs stay on the machine that ran them, where prune cannot reach: each
+    new trainer trims them to the newest ``KEPT_LOGS``."""
+    from modfactory.backends.local import KEPT_LOGS, _keep_newest
+
+    for i in range(KEPT_LOGS + 10):
+        log = tmp_path / f"local-trainer-ftjob-{i}.log"
+        log.write_text("x")
+        os.utime(log, (1_000 + i, 1_000 + i))
+    (tmp_path / "other.txt").write_text("not a log")
+    _keep_newest(tmp_path, KEPT_LOGS - 1)
+    kept = sorted(int(p.stem.rsplit("-", 1)[1]) for p in tmp_path.glob("local-trainer-*"))
+    assert kept == list(range(11, KEPT_LOGS + 10)) and (tmp_path / "other.txt").exists()

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from modfactory.artifacts import ArtifactStore
 from modfactory.backends.base import BackendError, JobRequest
-from modfactory.backends.local import LocalBackend
+from modfactory.backends.local import MIN_LEASE, LocalBackend
 from modfactory.backends.local_jobs import JobRecords
 from modfactory.backends.local_trainer import CONFIG_ENV, LOST, PAUSE_ENV
 from modfactory.data.build import build_dataset
@@ -43,7 +43,8 @@ async def local(redis_db: str, tmp_path: Path):
 
     def make(**options) -> LocalBackend:
         settings = Settings(redis_url=redis_db, data_dir=tmp_path, worker_lease=2)
-        backend = LocalBackend(ArtifactStore(tmp_path, scratch=tmp_path), lease=2, **options)
+        store = ArtifactStore(tmp_path, scratch=tmp_path)
+        backend = LocalBackend(store, lease=MIN_LEASE, **options)  # the shortest it takes
         clients.append(Redis.from_url(redis_db))
         backend.connect(clients[-1], settings)
         return backend

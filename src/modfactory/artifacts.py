@@ -39,8 +39,7 @@ if TYPE_CHECKING:
 
 
 class StoreSettings(Protocol):
-    """What the store is made from (the settings' fields; named here, not imported, as the
-    settings take their types for these fields from this module)."""
+    """The settings' fields the store is made from (the settings import this module)."""
 
     artifacts_url: str | None
     artifacts_options: SecretStr | None
@@ -95,7 +94,9 @@ def _key(*parts: str) -> str:
 def _checked_url(value: str | None) -> str | None:
     """A directory, or scheme://bucket[/prefix]; whether it works is checked at start."""
     value = (value or "").strip() or None
-    if value and not re.fullmatch(r"([a-z][a-z0-9+.-]*://)?[^\s\x00-\x1f]+", value):
+    scheme, sep, rest = (value or "").partition("://")
+    bad = value and re.search(r"[\s\x00-\x1f]", value)
+    if bad or (sep and not (re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) and rest.strip("/"))):
         raise ValueError("a directory or scheme://bucket[/prefix], e.g. s3://bucket/modfactory")
     return value
 
@@ -158,7 +159,6 @@ class ArtifactStore:
         options = storage_options(settings.artifacts_options)
         return cls(settings.artifacts_url or settings.data_dir, options, settings.data_dir)
 
-    # --- names -------------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"ArtifactStore({display_url(self.url)!r})"
 
@@ -183,9 +183,15 @@ class ArtifactStore:
         return self._fs
 
     def _open(self) -> AbstractFileSystem:
-        try:
-            import fsspec
+        import fsspec
+        from fsspec.registry import known_implementations
 
+        if self.protocol not in known_implementations and self.protocol not in fsspec.registry:
+            raise ArtifactError(
+                f"{SETTING}={display_url(self.url)}: {self.protocol}:// is no storage fsspec "
+                "knows (s3://, gs://, az://, file://…)"
+            )
+        try:
             return fsspec.filesystem(self.protocol, **self.options)
         except ImportError:
             extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
@@ -284,14 +290,8 @@ class ArtifactStore:
         scratch file is); whole or not at all. Returns the key."""
         with self._translated(key):
             if self.local:
-                with self._local_tmp(key) as tmp:
-                    if move:
-                        try:
-                            os.replace(path, tmp)
-                        except OSError:  # another file system: copy instead
-                            shutil.copyfile(path, tmp)
-                    else:
-                        shutil.copyfile(path, tmp)
+                with self._local_tmp(key) as tmp:  # a move is a rename on one file system
+                    (shutil.move if move else shutil.copyfile)(path, tmp)
             else:
                 self.fs.put_file(str(path), self._path(key))
         return key
@@ -308,14 +308,11 @@ class ArtifactStore:
         """Delete ``prefix`` and everything under it (nothing there: nothing done)."""
         with self._translated(prefix):
             path = self._path(prefix)
-            if self.local:
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    Path(path).unlink(missing_ok=True)
-                return
-            keys = self.fs.find(path)
-            if keys:
+            if self.local and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif self.local:
+                Path(path).unlink(missing_ok=True)
+            elif keys := self.fs.find(path):
                 self.fs.rm(keys)
 
     # --- scratch and start-up ----------------------------------------------------------------
@@ -350,12 +347,19 @@ class ArtifactStore:
                 f"{SETTING}={display_url(self.url)}: the bucket or directory does not exist"
             ) from None
         except ArtifactError as exc:
+            if str(exc).startswith(("MODFACTORY_", SETTING)):
+                raise  # it names its setting already
             raise ArtifactError(
                 f"{SETTING}={display_url(self.url)} cannot be used: {exc}"
             ) from None
         except OSError as exc:  # a local directory that cannot be made
             raise ArtifactError(
                 f"{SETTING}={display_url(self.url)} cannot be used: {_first_line(exc)}"
+            ) from None
+        except (TypeError, ValueError) as exc:  # the driver refused an option on first use
+            raise ArtifactError(
+                f"MODFACTORY_ARTIFACTS_OPTIONS: the {self.protocol}:// driver refused them "
+                f"({type(exc).__name__}: {_first_line(exc)})"
             ) from None
 
 

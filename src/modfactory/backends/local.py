@@ -62,8 +62,11 @@ MODEL_PREFIX = "ft:classifier:local:"
 RANGES: HyperRanges = {"seed": (int, 0, 2**32 - 1)}  # what the grid's fits draw on
 FITS_PER_SECOND = 15_000  # train rows x candidates fitted per second here, for the estimate
 MAX_TRAINER_STARTS = 3
+STARTUP = 30.0  # seconds a trainer may take to start and renew its lease (a loaded machine)
+MIN_LEASE = 6.0  # a trainer's lease outlasts its renewing thread starved by a busy machine
 DEADLINE_GRACE = 10.0  # seconds past its deadline before a job is failed from outside
 CACHED_MODELS = 4  # loaded models kept in memory: a challenger, its champion, and a few
+KEPT_LOGS = 50  # trainers' logs kept on each machine (prune, elsewhere, cannot reach them)
 _JOB_ID = re.compile(r"ftjob-[\w-]{1,64}")
 _FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 
@@ -85,7 +88,7 @@ class LocalBackend(Backend):
         self.store = store
         self.grid: Grid = grid
         self.train_timeout = train_timeout
-        self.lease = lease
+        self.lease = max(lease, MIN_LEASE)
         self.defaults: dict[str, float | int] = {"seed": 42}
         self.records: JobRecords | None = None  # set by ``connect``
         self._trainer_config: dict[str, Any] = {}
@@ -197,7 +200,7 @@ class LocalBackend(Backend):
             fine_tuned_model=fine_tuned,
             checkpoints=[Checkpoint(**c) for c in progress.checkpoints],
             classifier_targets=[ClassifierTarget(name=job.target, labels=job.labels)],
-            metadata={**job.metadata, **_chosen(progress)},
+            metadata={**job.metadata, **progress.as_metadata()},
             error=error,
         )
 
@@ -297,10 +300,11 @@ class LocalBackend(Backend):
     async def _start_trainer(self, job_id: str) -> None:
         """Take the job's lease and start a trainer with it (nothing when the lease is
         taken: another look has just started one)."""
-        token = new_token()
-        if not await self._records().take_lease(job_id, token, self.lease):
+        token = new_token()  # the lease covers the trainer's start-up; then it renews it
+        if not await self._records().take_lease(job_id, token, max(self.lease, STARTUP)):
             return
         await self._records().update(job_id, started_once)
+        await asyncio.to_thread(_keep_newest, self._log_path(job_id).parent, KEPT_LOGS - 1)
         env = {**os.environ, CONFIG_ENV: json.dumps(self._trainer_config)}
         with self._log_path(job_id).open("ab") as log:
             self._trainers.append(
@@ -375,12 +379,11 @@ def _file_key(file_id: str) -> str:
     return backend_key("local", "files", f"{file_id}.jsonl")
 
 
-def _chosen(progress: TrainerProgress) -> dict[str, Any]:
-    """What the trainer chose per label, and the candidate it is fitting, as metadata."""
-    found: dict[str, Any] = {"selection": progress.selection} if progress.selection else {}
-    if progress.candidate and progress.state == "running":
-        found["fitting"] = progress.candidate
-    return found
+def _keep_newest(directory: Path, count: int) -> None:
+    """Delete all but the ``count`` newest trainers' logs in ``directory``."""
+    logs = sorted(directory.glob("local-trainer-*.log"), key=lambda p: p.stat().st_mtime)
+    for old in logs[: max(0, len(logs) - count)]:
+        old.unlink(missing_ok=True)
 
 
 def scores_of(bundle: dict[str, Any], inputs: list[str]) -> list[TargetScores]:

@@ -58,6 +58,14 @@ class TrainerProgress(BaseModel):
     selection: dict[str, Any] | None = None
     error: str | None = None
 
+    def as_metadata(self) -> dict[str, Any]:
+        """What the trainer chose per label, and the candidate it is fitting, as a job's
+        metadata."""
+        found: dict[str, Any] = {"selection": self.selection} if self.selection else {}
+        if self.candidate and self.state == "running":
+            found["fitting"] = self.candidate
+        return found
+
 
 def job_key(prefix: str, job_id: str, part: str = "") -> str:
     """The Redis key of a job's record (``part``: ``progress`` or ``trainer``)."""
@@ -137,20 +145,22 @@ class TrainerLease:
         return TrainerProgress.model_validate_json(raw) if raw else TrainerProgress()
 
     def _while_held(self, also: Any) -> bool:
-        """Run ``also(pipe)`` in a transaction that holds only if the lease is still ours."""
+        """Run ``also(pipe)`` in a transaction that holds only if the lease is still ours
+        (a concurrent change of the key, e.g. our own renewal, is no loss: try again)."""
         from redis.exceptions import WatchError
 
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(self.key)
-                if pipe.get(self.key) != self.token:
-                    return False
-                pipe.multi()
-                also(pipe)
-                pipe.execute()
-                return True
-            except WatchError:
-                return False
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(self.key)
+                    if pipe.get(self.key) != self.token:
+                        return False
+                    pipe.multi()
+                    also(pipe)
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue
 
     def renew(self, seconds: float) -> bool:
         """Extend the lease; False when it is no longer ours (lapsed, or taken by another)."""

@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from modfactory.artifacts import ArtifactNotFound, ArtifactStore, ArtifactsUnavailable, backend_key
 from modfactory.backends.local_jobs import LocalJob, TrainerLease, TrainerProgress, now
@@ -54,6 +54,12 @@ def overdue(timeout: float) -> str:
     )
 
 
+def lost(why: str) -> NoReturn:
+    """Stop at once: the job's lease is not this trainer's any more."""
+    print(f"the job's lease is lost ({why}); another trainer may hold it: stopping", flush=True)
+    os._exit(LOST)
+
+
 class Trainer:
     """One job's training, under its lease."""
 
@@ -66,7 +72,7 @@ class Trainer:
     def report(self) -> None:
         """Write the progress; stop at once if the job is another trainer's now."""
         if not self.lease.write(self.progress):
-            os._exit(LOST)
+            lost("its progress could not be written")
 
     def finish(self, state: str, error: str | None = None) -> None:
         self.progress.state = state  # type: ignore[assignment]
@@ -91,12 +97,12 @@ class Trainer:
             time.sleep(self.lease_seconds / 3)
             try:
                 if not self.lease.renew(self.lease_seconds):
-                    os._exit(LOST)
+                    lost(f"not renewed for {time.monotonic() - last:.1f} s")
                 last = time.monotonic()
                 reason = self.stop_reason(self.lease.job())
-            except Exception:  # Redis away: the lease may lapse; stop before another starts
+            except Exception as exc:  # Redis away: the lease may lapse; stop before another
                 if time.monotonic() - last > self.lease_seconds:
-                    os._exit(LOST)
+                    lost(f"Redis unreachable for {time.monotonic() - last:.1f} s ({exc})")
                 continue
             if reason is not None:
                 self.finish(*reason)
@@ -159,7 +165,7 @@ class Trainer:
         out = io.BytesIO()
         joblib.dump(bundle, out)
         if not self.lease.renew(self.lease_seconds):
-            os._exit(LOST)  # another trainer has the job: it stores the model
+            lost("before storing the model")  # another trainer has the job: it stores it
         self.patiently(lambda: self.store.save(model_key(job.id), out.getvalue()))
         self.finish("succeeded")
 

@@ -16,6 +16,7 @@ from modfactory.cli.app import (
     DataDirOpt,
     JsonOpt,
     app,
+    check_artifacts,
     err,
     load_settings,
     open_redis,
@@ -64,6 +65,7 @@ def classify(
     from modfactory.data.texts import file_format, read_texts, write_scores
 
     settings = load_settings(data_dir)
+    check_artifacts(settings)  # a model may be read from it
 
     async def act() -> tuple[ServedModel, list[Scored]]:
         if bool(texts) == (input_file is not None):

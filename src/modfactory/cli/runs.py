@@ -218,8 +218,10 @@ def report(
     from modfactory.artifacts import ArtifactStore
     from modfactory.evaluation.report import report_data, write_report
 
+    settings = load_settings(data_dir)
+    check_artifacts(settings)
     run_ = with_producer(data_dir, lambda p: p.run(run_id))
-    store = ArtifactStore.from_settings(load_settings(data_dir))
+    store = ArtifactStore.from_settings(settings)
     json_key, html_key = run_command(asyncio.to_thread(write_report, run_, store))
     if as_json:
         out.print_json(json.dumps(report_data(run_)))
