@@ -183,6 +183,7 @@ LOCAL_FILES = {
     "artifacts": "the artifact store itself",
     "fileio": "atomic writes, for the store and the caches",
     "data.build": "builds into the scratch directory it is given",
+    "data.feedback": "adds corrections to a build in scratch; reads `feedback import`'s file",
     "data.recipe": "writes and reads JSONL files in scratch and for `dataset build`",
     "data.sources": "sources are local directories; fingerprints are cached",
     "data.synthetic": "generated sources, cached",

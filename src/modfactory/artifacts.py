@@ -74,14 +74,16 @@ def backend_key(backend: str, *parts: str) -> str:
     return _key(backend, *parts)
 
 
-def dataset_key(run_id: str, name: str) -> str:
-    """A file of the run's built data set (``train.jsonl``, ``distribution.png``…)."""
+def dataset_key(run_id: str, name: str) -> str:  # train.jsonl, distribution.png…
     return run_key(run_id, "dataset", name)
 
 
-def checkpoint_prefix(run_id: str, name: str) -> str:
-    """Where evaluate keeps the answered batches of one classification (``name``)."""
+def checkpoint_prefix(run_id: str, name: str) -> str:  # one classification's batches
     return run_key(run_id, "evaluate", name)
+
+
+def feedback_key(model_name: str, *parts: str) -> str:  # moderators' corrections, compacted
+    return _key("feedback", model_name, *parts)
 
 
 def _key(*parts: str) -> str:
@@ -158,9 +160,6 @@ class ArtifactStore:
     def from_settings(cls, settings: StoreSettings) -> ArtifactStore:
         options = storage_options(settings.artifacts_options)
         return cls(settings.artifacts_url or settings.data_dir, options, settings.data_dir)
-
-    def __repr__(self) -> str:
-        return f"ArtifactStore({display_url(self.url)!r})"
 
     def url_of(self, key: str) -> str:
         """Where ``key`` is, as people read it (a path for a directory, else a URL)."""

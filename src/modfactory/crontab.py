@@ -151,3 +151,14 @@ def _cron_friendly(value: int) -> int:
 
 CronPeriod = Annotated[int, AfterValidator(_cron_friendly)]
 """Seconds between two runs of a cron job: a divisor of a minute, or minutes of an hour."""
+
+
+def _schedule_or_none(value: str | None) -> str | None:
+    """A bad schedule is refused when the settings load (naming the field); blank: unset."""
+    if value is not None and value.strip():
+        parse_cron(value)
+        return value.strip()
+    return None
+
+
+CronText = Annotated[str | None, AfterValidator(_schedule_or_none)]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import AfterValidator
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -86,3 +88,9 @@ def check_backend_name(name: str) -> str:
             f"adds one through the entry-point group {ENTRY_POINT_GROUP!r})"
         )
     return name
+
+
+BackendSetting = Annotated[
+    str, AfterValidator(lambda name: name if name == "auto" else check_backend_name(name))
+]
+"""MODFACTORY_BACKEND: ``auto`` or an installed backend's name (entry points read on use)."""

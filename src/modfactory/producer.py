@@ -20,6 +20,7 @@ from modfactory.data.sources import fingerprint, parse_source
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
+from modfactory.store.feedback import FeedbackLog
 from modfactory.store.registry import ModelRecord, ModelRegistry
 from modfactory.store.retention import prune_runs
 from modfactory.store.run import STAGES, ActiveRunExists, Run, RunSpec, RunState, RunStateError
@@ -98,9 +99,8 @@ class Producer:
         active = await self.store.active_run(spec.model_name)  # cheap early answer
         if active is None:
             if spec.source_fingerprint is None:
-                spec = spec.model_copy(
-                    update={"source_fingerprint": await self.source_fingerprint(spec.source)}
-                )
+                fingerprint = await self.source_fingerprint(spec.source, spec.model_name)
+                spec = spec.model_copy(update={"source_fingerprint": fingerprint})
             try:
                 run = await self.store.create(spec)  # the atomic check
             except ActiveRunExists as exc:
@@ -112,10 +112,15 @@ class Producer:
             return Submission(active, created=False)
         raise ActiveRunExists(active)
 
-    async def source_fingerprint(self, source: str) -> str | None:
-        """The source's current fingerprint (see ``sources.fingerprint``)."""
+    async def source_fingerprint(self, source: str, model_name: str | None = None) -> str | None:
+        """The source's current fingerprint (see ``sources.fingerprint``), and how many
+        corrections ``model_name`` has (a new one is a change the schedule sees)."""
         cache = self.settings.data_dir / "cache"
-        return await asyncio.to_thread(fingerprint, parse_source(source), cache)
+        found = await asyncio.to_thread(fingerprint, parse_source(source), cache)
+        if found is not None and model_name:
+            corrections = await FeedbackLog(self.redis, self.settings.queue_name).count(model_name)
+            found += f"+feedback:{corrections}" if corrections else ""
+        return found
 
     async def enqueue(self, stage: str, run_id: str) -> Run:
         """Queue one stage of an existing run again (a failed stage is reset to pending)."""

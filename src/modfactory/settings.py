@@ -14,7 +14,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modfactory.artifacts import ArtifactsUrl, StorageOptions, storage_options
-from modfactory.crontab import CronPeriod
+from modfactory.crontab import CronPeriod, CronText
+from modfactory.plugins import BackendSetting
 from modfactory.redaction import provider_secrets, redact, secret_leaves, url_password
 from modfactory.values import CIVIL_COMMENTS_LABELS, HeadlineMetric, RecipeParams
 
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
     )
 
     # --- training -------------------------------------------------------------------
-    backend: str = Field(
+    backend: BackendSetting = Field(
         "auto",
         description="auto (mistral when MISTRAL_API_KEY is set, else local), local, "
         "mistral, or the name of an installed backend plugin.",
@@ -185,7 +186,7 @@ class Settings(BaseSettings):
         description="A trigger while the model name has an unfinished run: refuse it "
         "(HTTP 409, CLI exit 4), or coalesce (answer with the unfinished run).",
     )
-    retrain_cron: str | None = Field(
+    retrain_cron: CronText = Field(
         None,
         description="Retrain on this cron schedule (e.g. '0 3 * * *'; 6 fields: seconds first). "
         "A tick is skipped, with the reason recorded, while a run is unfinished or when the "
@@ -253,6 +254,29 @@ class Settings(BaseSettings):
         gt=0,
         le=60,
         description="How often `modfactory serve` reads the registry for a new champion (s).",
+    )
+
+    # --- the human loop: moderators' corrections become the next model's data ---------
+    review_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of POST /v1/feedback (secret; MODFACTORY_WEBHOOK_TOKEN is "
+        "accepted too, MODFACTORY_SERVE_TOKEN never: a scoring client cannot write data).",
+    )
+    feedback_rate: int = Field(
+        600, ge=1, description="Most corrections one token may send per minute (429 beyond)."
+    )
+    feedback_holdout: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of corrected texts (by a hash of the text: always the same ones) "
+        "held out as the live test set; the rest joins the train split.",
+    )
+    retrain_after_feedback: int | None = Field(
+        None,
+        ge=1,
+        description="Start a run of a model name once this many corrections arrived since "
+        "its champion's data was built (unset: corrections wait for the next run).",
     )
 
     # --- retention ---------------------------------------------------------------------
@@ -323,24 +347,6 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("retrain_cron")
-    @classmethod
-    def _valid_cron(cls, value: str | None) -> str | None:
-        """Reject a bad schedule when the settings load, naming the field at fault."""
-        from modfactory.crontab import parse_cron
-
-        if value is not None and value.strip():
-            parse_cron(value)
-            return value.strip()
-        return None
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        from modfactory import plugins  # (imported, not read: entry points are read on use)
-
-        return value if value == "auto" else plugins.check_backend_name(value)
-
     @field_validator("wandb_api_key")
     @classmethod
     def _wandb_key_length(cls, value: SecretStr | None) -> SecretStr | None:
@@ -359,6 +365,7 @@ class Settings(BaseSettings):
             self.webhook_secret,
             self.webhook_token,
             self.serve_token,
+            self.review_token,
         )
         values = [k.get_secret_value() for k in keys if k is not None]
         values += [url_password(self.redis_url), url_password(self.artifacts_url)]

@@ -141,6 +141,17 @@ class SplitSummary(BaseModel):
     file: str
 
 
+class FeedbackUse(BaseModel):
+    """The corrections a build added: texts in all, in train, in the live test set; up to
+    which number of the model name's log; labels named that the data set does not have."""
+
+    rows: int
+    train_rows: int
+    live_rows: int
+    upto_seq: int
+    ignored_labels: list[str] = Field(default_factory=list)
+
+
 class DatasetSummary(BaseModel):
     """What a build produced; recorded with the run and saved as ``dataset.json``."""
 
@@ -152,6 +163,7 @@ class DatasetSummary(BaseModel):
     chart: str | None = None
     engine: Literal["fast", "stream"] = "stream"
     engine_note: str | None = None  # why ``auto`` streamed
+    feedback: FeedbackUse | None = None  # corrections added (``live`` split: held out)
 
 
 # --- test metrics (``evaluation.metrics`` measures them; the run records them) -----------
@@ -239,6 +251,8 @@ class PromotionDecision(_Measured):
     promoted: bool
     reason: str
     model_id: str | None = None  # the challenger's model, the champion's if promoted
+    live_challenger: float | None = None  # ``metric`` on the live test set, when there was one
+    live_champion: float | None = None
 
 
 class SplitMetrics(_Measured):
@@ -256,6 +270,7 @@ class SplitMetrics(_Measured):
     flagged: FlaggedScores | None = None  # absent from runs measured before it was
     baselines: dict[str, Headline] = Field(default_factory=dict)
     promotion: PromotionDecision | None = None
+    live: SplitMetrics | None = None  # the live test set (corrections held out), measured alike
 
     def value(self, name: HeadlineMetric) -> float | None:
         group, key = HEADLINE_METRICS[name]

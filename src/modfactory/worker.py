@@ -39,13 +39,6 @@ from modfactory.store.runs import RunStore
 log = logging.getLogger("modfactory.worker")
 
 
-def _every(seconds: int) -> dict[str, set[int]]:
-    """arq cron fields for "every ``seconds``" (a divisor of 60, or whole minutes of 60)."""
-    if seconds < 60:
-        return {"second": set(range(0, 60, seconds))}
-    return {"second": {0}, "minute": set(range(0, 60, seconds // 60))}
-
-
 def preload(settings: Settings) -> None:
     """Import the libraries the stages use (scikit-learn, scipy, matplotlib; the Mistral SDK
     when a key is set) before the worker takes a job: a worker killed while importing loses
@@ -86,7 +79,7 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
         if "modfactory" in ctx:
             await ctx["modfactory"].close()
 
-    every = _every(settings.reconcile_interval)
+    every = queue.every(settings.reconcile_interval)
     reconciling = queue.once_per_tick(
         reconcile, RECONCILE_JOB, every, settings.job_timeout, settings.reconcile_interval
     )

@@ -32,6 +32,7 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
     """Run a worker until interrupted (embedded Redis when MODFACTORY_REDIS_URL is unset)."""
     from modfactory.logs import configure_logging
     from modfactory.store.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+    from modfactory.triggers.feedback import feedback_cron_jobs
     from modfactory.triggers.schedule import retrain_cron_jobs
     from modfactory.worker import build_worker
 
@@ -41,7 +42,8 @@ def worker_command(data_dir: DataDirOpt = None) -> None:
 
     def run_worker(settings: Settings) -> None:
         try:
-            build_worker(settings, triggers=retrain_cron_jobs(settings)).run()
+            triggers = retrain_cron_jobs(settings) + feedback_cron_jobs(settings)
+            build_worker(settings, triggers=triggers).run()
         except asyncio.CancelledError:  # arq re-raises the jobs it cancelled on SIGTERM
             logging.getLogger("modfactory.worker").info(
                 "stopped; the jobs it interrupted run again on the next worker"

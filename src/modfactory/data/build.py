@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from modfactory.data import recipe
+from modfactory.data.feedback import Corrections, add_to_build
 from modfactory.data.recipe import SPLITS, RecipeError, Row
 from modfactory.data.sources import Source, open_splits, parquet_split_files
 from modfactory.values import DatasetSummary, RecipeParams, SplitSummary
@@ -40,10 +41,12 @@ def build_dataset(
     data_dir: Path,
     progress: BuildProgress | None = None,
     engine: Engine = "auto",
+    corrections: Corrections | None = None,
 ) -> DatasetSummary:
-    """Run the recipe on ``source`` and write the three JSONL files under ``out_dir``."""
+    """Run the recipe on ``source`` and write the three JSONL files under ``out_dir``; then
+    add ``corrections`` (to train, and the held-out ones as ``live.jsonl``)."""
     with _gc_paused():
-        return _build(source, params, out_dir, data_dir, progress, engine)
+        return _build(source, params, out_dir, data_dir, progress, engine, corrections)
 
 
 def _build(
@@ -53,6 +56,7 @@ def _build(
     data_dir: Path,
     progress: BuildProgress | None,
     engine: Engine,
+    corrections: Corrections | None,
 ) -> DatasetSummary:
     files, note = choose_engine(source, data_dir, engine)
     threading.Thread(target=_import_charts, daemon=True).start()  # while Arrow decodes
@@ -69,6 +73,9 @@ def _build(
         splits[split] = SplitSummary(
             rows=counts.rows, safe=counts.safe, labels=counts.labels, file=str(path)
         )
+    used = None
+    if corrections is not None and corrections.rows:
+        used = add_to_build(out_dir, splits, corrections, kept)
     summary = DatasetSummary(
         source=str(source),
         synthetic=source.synthetic,
@@ -77,6 +84,7 @@ def _build(
         splits=splits,
         engine="fast" if files is not None else "stream",
         engine_note=note,
+        feedback=used,
     )
     from modfactory import charts  # matplotlib: only when a chart is drawn
 

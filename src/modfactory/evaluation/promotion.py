@@ -1,8 +1,10 @@
 """Champion / challenger: is a finished run's model better than the one in production?
 
-Both models are measured on the challenger's own test file, so the numbers compare like
-with like; the challenger is promoted only if it beats the champion on the configured
-metric by at least the configured margin. A random baseline is reported beside them.
+Both models are measured on the challenger's own test file (and live test set: the
+corrections held out), so the numbers compare like with like; the challenger is promoted
+only if it beats the champion on the configured metric by at least the configured margin —
+on the live test set when there is one, without losing more than the margin on the
+source's test file. A random baseline is reported beside them.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ def decide_promotion(
     champion: SplitMetrics | None,
     metric: HeadlineMetric,
     margin: float,
+    champion_live: SplitMetrics | None = None,
 ) -> tuple[bool, str]:
-    """(promote?, why) from the two reports on the same test file (champion None: none yet)."""
+    """(promote?, why) from the two reports on the same test file (champion None: none yet).
+    With a live test set measured for both (``challenger.live``, ``champion_live``), the
+    challenger must beat the champion there by ``margin`` and lose no more than ``margin``
+    on the source's test file."""
     mine = challenger.value(metric)
     if champion is None:
         return True, "first model under this name"
@@ -36,4 +42,14 @@ def decide_promotion(
     if mine is None or theirs is None:
         return False, f"{metric} is undefined on this test file"
     verdict = f"{metric} {mine:.4f} vs champion {theirs:.4f} (margin {margin:g})"
-    return mine >= theirs + margin, verdict
+    live = challenger.live
+    if live is None or champion_live is None:
+        return mine >= theirs + margin, verdict
+    mine_live, theirs_live = live.value(metric), champion_live.value(metric)
+    if mine_live is None or theirs_live is None:
+        return mine >= theirs + margin, f"{verdict}; {metric} is undefined on the live test set"
+    verdict = (
+        f"live test set: {metric} {mine_live:.4f} vs champion {theirs_live:.4f}; source test: "
+        f"{mine:.4f} vs {theirs:.4f} (margin {margin:g})"
+    )
+    return mine_live >= theirs_live + margin and mine >= theirs - margin, verdict

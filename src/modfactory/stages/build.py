@@ -1,5 +1,6 @@
 """build: the cookbook's dataset recipe → train / validation / test JSONL and charts, built
-in scratch on this machine and kept in the artifact store."""
+in scratch on this machine and kept in the artifact store; the model name's corrections
+(compacted first, ``stages.feedback``) join train, and their held-out share is ``live``."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from typing import Any
 
 from modfactory.artifacts import ArtifactStore, dataset_key, run_key
 from modfactory.data.build import build_dataset
+from modfactory.data.feedback import Corrections
 from modfactory.data.sources import parse_source
 from modfactory.stages.context import StageContext
+from modfactory.stages.feedback import all_corrections
+from modfactory.store.feedback import FeedbackLog
 from modfactory.store.run import Run
-from modfactory.values import DatasetSummary
+from modfactory.values import DatasetSummary, FeedbackUse
 
 # One build at a time per worker process: builds are CPU- and memory-heavy, so two at once
 # gain little, and two at once race inside `datasets`' progress bars (tqdm deletes its
@@ -29,6 +33,9 @@ def _build_alone(*args: Any) -> DatasetSummary:
 async def build_splits(sc: StageContext, run: Run) -> None:
     """Waits for nothing; records the split files, label counts and distribution chart."""
     report = sc.progress_reporter(run.id, "build")
+    feedback = FeedbackLog(sc.redis, sc.settings.queue_name)
+    rows, upto = await all_corrections(sc.artifacts, feedback, run.spec.model_name, compact=True)
+    corrections = Corrections(rows, upto, sc.settings.feedback_holdout)
 
     def build_and_keep() -> DatasetSummary:
         with sc.artifacts.scratch() as out:
@@ -39,11 +46,12 @@ async def build_splits(sc: StageContext, run: Run) -> None:
                 sc.settings.data_dir,
                 lambda split, done, total: report(f"{split} rows", done, total),
                 sc.settings.build_engine,
+                corrections,
             )
             return _keep(sc.artifacts, run.id, summary)
 
     summary = await asyncio.to_thread(build_and_keep)
-    rows = ", ".join(f"{split} {s.rows:,}" for split, s in summary.splits.items())
+    counts = ", ".join(f"{split} {s.rows:,}" for split, s in summary.splits.items())
     await sc.store.finish_stage(
         run.id,
         "build",
@@ -53,8 +61,18 @@ async def build_splits(sc: StageContext, run: Run) -> None:
             **{f"{split}_file": s.file for split, s in summary.splits.items()},
             "distribution_chart": summary.chart,
         },
-        message=f"built {rows} rows ({summary.engine} engine)"
-        + (" (synthetic data)" if summary.synthetic else ""),
+        message=f"built {counts} rows ({summary.engine} engine)"
+        + (" (synthetic data)" if summary.synthetic else "")
+        + (_used(summary.feedback) if summary.feedback else ""),
+    )
+
+
+def _used(used: FeedbackUse) -> str:
+    lacking = ", ".join(used.ignored_labels)
+    ignored = f"; labels the data set lacks ignored: {lacking}" if lacking else ""
+    return (
+        f"; {used.rows:,} corrected texts (to #{used.upto_seq}): {used.train_rows:,} in train, "
+        f"{used.live_rows:,} held out as the live test set{ignored}"
     )
 
 

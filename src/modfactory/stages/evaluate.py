@@ -52,7 +52,7 @@ async def evaluate_model(sc: StageContext, run: Run) -> None:
     splits = await score_splits(sc, run, backend)
     metrics, artifacts = await measure(sc, run, splits)
     for _ in range(MEASURES):
-        decision = await decide(sc, run, backend, metrics, splits["test"])
+        decision = await decide(sc, run, backend, metrics, splits["test"], splits.get("live"))
         try:
             return await record(sc, run, metrics, decision, artifacts)
         except ChampionChanged as exc:
@@ -63,8 +63,10 @@ async def evaluate_model(sc: StageContext, run: Run) -> None:
 async def score_splits(sc: StageContext, run: Run, backend: Backend) -> dict[str, Scored]:
     """Validation and test, classified by the run's model."""
     splits = {}
-    for split in ("validation", "test"):
+    for split in ("validation", "test", "live"):
         key = getattr(run.artifacts, f"{split}_file")
+        if key is None and split == "live":
+            continue  # no corrections held out
         text = await asyncio.to_thread(sc.artifacts.load_text, key)
         records = parse_jsonl(text.splitlines(), sc.artifacts.url_of(key))
         texts = [r["text"] for r in records]
@@ -84,6 +86,10 @@ async def measure(
     step = _steps(sc, run)
     thresholds = await asyncio.to_thread(tune_thresholds, valid.truth, valid.scores, labels)
     metrics = await asyncio.to_thread(evaluate_scores, test.truth, test.scores, labels, thresholds)
+    if (live := splits.get("live")) is not None:
+        metrics.live = await asyncio.to_thread(
+            evaluate_scores, live.truth, live.scores, labels, thresholds
+        )
     step(1)
     metrics.baselines = await _baselines(sc, run, test.texts, test.truth, labels)
     step(2)
@@ -101,14 +107,21 @@ async def measure(
 
 
 async def decide(
-    sc: StageContext, run: Run, backend: Backend, metrics: SplitMetrics, test: Scored
+    sc: StageContext,
+    run: Run,
+    backend: Backend,
+    metrics: SplitMetrics,
+    test: Scored,
+    live: Scored | None = None,
 ) -> PromotionDecision:
-    """Measure the current champion on this test file (its numbers join ``metrics``'s
-    baselines) and decide by the promotion rule."""
+    """Measure the current champion on this test file and on the live test set, if there
+    is one (its numbers join the baselines of each) and decide by the promotion rule."""
     settings = sc.settings
     name, metric = run.spec.model_name, settings.promotion_metric
     champion = (await ModelRegistry(sc.redis, settings.queue_name).get(name)).champion
     metrics.baselines.pop("champion", None)  # a measure of an earlier champion
+    if metrics.live is not None:
+        metrics.live.baselines.pop("champion", None)
 
     def decided(promoted: bool, reason: str, **measured: float | None) -> PromotionDecision:
         return PromotionDecision(
@@ -121,6 +134,7 @@ async def decide(
             promoted=promoted,
             reason=reason,
             model_id=run.artifacts.model_id,
+            **({"live_challenger": metrics.live.value(metric)} if metrics.live else {}),
         )
 
     if champion is None:
@@ -133,11 +147,23 @@ async def decide(
         judge = backend if their_backend == run.spec.backend else sc.backend(their_backend)
     except BackendError as exc:
         return decided(False, f"the champion {champion.run_id} cannot be measured: {exc}")
+    labels = list(metrics.labels)
     scores = await _classify(sc, run, judge, champion.model_id, test.texts, "champion")
-    theirs = await asyncio.to_thread(evaluate_scores, test.truth, scores, list(metrics.labels))
+    theirs = await asyncio.to_thread(evaluate_scores, test.truth, scores, labels)
     metrics.baselines["champion"] = theirs.headline(run_id=champion.run_id)
-    promoted, reason = decide_promotion(metrics, theirs, metric, settings.promotion_margin)
-    return decided(promoted, reason, champion=theirs.value(metric))
+    theirs_live = None
+    if live is not None and metrics.live is not None:
+        scores = await _classify(sc, run, judge, champion.model_id, live.texts, "champion_live")
+        theirs_live = await asyncio.to_thread(evaluate_scores, live.truth, scores, labels)
+        metrics.live.baselines["champion"] = theirs_live.headline(run_id=champion.run_id)
+    margin = settings.promotion_margin
+    promoted, reason = decide_promotion(metrics, theirs, metric, margin, theirs_live)
+    return decided(
+        promoted,
+        reason,
+        champion=theirs.value(metric),
+        live_champion=theirs_live.value(metric) if theirs_live else None,
+    )
 
 
 async def record(

@@ -112,6 +112,13 @@ async def enqueue_poll(redis: ArqRedis, queue: str, run_id: str, seq: int, delay
     return bool(queued)
 
 
+def every(seconds: int) -> dict[str, set[int]]:
+    """arq cron fields for "every ``seconds``" (a divisor of 60, or whole minutes of 60)."""
+    if seconds < 60:
+        return {"second": set(range(0, 60, seconds))}
+    return {"second": {0}, "minute": set(range(0, 60, seconds // 60))}
+
+
 def once_per_tick(
     job: Any, name: str, fields: dict[str, Any], timeout: int, keep_result: float
 ) -> CronJob:

@@ -74,6 +74,7 @@ class Artifacts(BaseModel):
     train_file: str | None = None
     validation_file: str | None = None
     test_file: str | None = None
+    live_file: str | None = None  # the corrections held out (when there were any)
     distribution_chart: str | None = None
     train_file_id: str | None = None
     validation_file_id: str | None = None
@@ -91,6 +92,7 @@ FILE_ARTIFACTS = (
     "train_file",
     "validation_file",
     "test_file",
+    "live_file",
     "distribution_chart",
     "loss_chart",
     "metrics_file",

@@ -9,6 +9,8 @@ Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<mess
   ``modfactory runs --json`` / ``status --json`` print.
 - ``POST /v1/moderations``, ``POST /v1/classifications`` — the champion's answers, in the
   shape of Mistral's API (see ``moderation_api``); bearer token only.
+- ``POST /v1/feedback`` — a moderator's correction, the next run's data (``feedback_api``);
+  the review token only.
 - ``GET /healthz`` — Redis reachable and a worker heartbeat seen recently (200, else 503).
 - ``GET /metrics`` — Prometheus text (see ``monitoring``; the serving counters of this
   process after them).
@@ -41,6 +43,7 @@ from modfactory.serving.meter import ServeMeter
 from modfactory.serving.shadow import Shadow
 from modfactory.settings import Settings
 from modfactory.store import queue
+from modfactory.store.feedback import RateLimit
 from modfactory.store.health import queued_without_worker, worker_heartbeat
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 from modfactory.store.shadow import ShadowLog
@@ -62,6 +65,7 @@ from modfactory.triggers.errors import (
     redis_down,
     unexpected,
 )
+from modfactory.triggers.feedback_api import feedback
 from modfactory.triggers.moderation_api import classifications, moderations
 from modfactory.triggers.monitoring import prometheus_text
 from modfactory.values import RecipeParams
@@ -93,7 +97,9 @@ def create_app(settings: Settings) -> Starlette:
     one line naming the setting) without a shared Redis or with a weak secret or token."""
     if not settings.redis_url:
         raise ValueError("modfactory serve needs a shared Redis: set MODFACTORY_REDIS_URL")
-    check_secrets(settings.webhook_secret, settings.webhook_token, settings.serve_token)
+    check_secrets(
+        settings.webhook_secret, settings.webhook_token, settings.serve_token, settings.review_token
+    )
     app = Starlette(
         routes=[
             Route("/v1/retrain", retrain, methods=["POST"]),
@@ -101,6 +107,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
             Route("/v1/moderations", moderations, methods=["POST"]),
             Route("/v1/classifications", classifications, methods=["POST"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
@@ -130,6 +137,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         raise
     app.state.producer = Producer(pool, settings)
     app.state.replays = ReplayGuard(pool, settings.queue_name, settings.webhook_tolerance)
+    app.state.feedback_rate = RateLimit(
+        pool, settings.queue_name, "feedback", settings.feedback_rate
+    )
     backends: dict[str, Backend] = {}
 
     def backend(name: str) -> Backend:

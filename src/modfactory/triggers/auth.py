@@ -23,15 +23,19 @@ _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")  # ASCII digits only: "²" is a digit
 
 
 def check_secrets(
-    secret: SecretStr | None, token: SecretStr | None, serve_token: SecretStr | None = None
+    secret: SecretStr | None,
+    token: SecretStr | None,
+    serve_token: SecretStr | None = None,
+    review_token: SecretStr | None = None,
 ) -> None:
     """Raise ValueError (one line, naming the setting, never the value) unless each secret
-    set is at least MIN_SECRET_LENGTH characters, at least one is set, and no token is the
-    signing secret."""
+    set is at least MIN_SECRET_LENGTH characters, at least one is set, and no two are the
+    same (a token would then also sign, or a scoring client also write training data)."""
     named = (
         ("MODFACTORY_WEBHOOK_SECRET", secret),
         ("MODFACTORY_WEBHOOK_TOKEN", token),
         ("MODFACTORY_SERVE_TOKEN", serve_token),
+        ("MODFACTORY_REVIEW_TOKEN", review_token),
     )
     for name, value in named:
         if value is None:
@@ -49,17 +53,14 @@ def check_secrets(
             "(bearer), or MODFACTORY_SERVE_TOKEN to serve only: modfactory serve takes no "
             "unauthenticated request"
         )
-    for name, value in named[1:]:
-        same = (
-            secret is not None
-            and value is not None
-            and hmac.compare_digest(secret.get_secret_value(), value.get_secret_value())
-        )
-        if same:
-            raise ValueError(
-                f"MODFACTORY_WEBHOOK_SECRET and {name} are the same value: "
-                "a bearer token sent with every request would then also sign requests"
-            )
+    given = [(name, value.get_secret_value()) for name, value in named if value is not None]
+    for i, (first, one) in enumerate(given):
+        for second, other in given[i + 1 :]:
+            if hmac.compare_digest(one.encode(), other.encode()):
+                raise ValueError(
+                    f"{first} and {second} are the same value: each must be its own (a "
+                    "token would then also sign requests, or a scoring client retrain)"
+                )
 
 
 class AuthError(Exception):

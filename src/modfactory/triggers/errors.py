@@ -46,7 +46,9 @@ async def read_body(request: Request, limit: int, which: str) -> bytes:
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": 'Bearer, HMAC realm="modfactory"'} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": 'Bearer, HMAC realm="modfactory"'} if exc.status == 401 else {}
+    if "retry_after" in exc.extra:
+        headers["Retry-After"] = str(exc.extra["retry_after"])
     if exc.status == 401:
         log.warning("refused %s %s: %s", request.method, request.url.path, exc.message)
     return JSONResponse({"error": exc.message, **exc.extra}, exc.status, headers=headers)

@@ -36,6 +36,7 @@ class Decision(BaseModel):
     reason: str
     run_id: str | None = None
     tick: str | None = None  # the arq cron job id: one decision per tick
+    trigger: Literal["cron", "feedback"] = "cron"  # the schedule, or corrections (``feedback``)
 
 
 class ScheduleLog:
@@ -88,7 +89,7 @@ async def decide_tick(producer: Producer) -> Decision:
         spec = producer.spec()
     except (RecipeError, ValueError) as exc:
         return skipped(f"the settings do not make a run: {exc}")
-    spec.source_fingerprint = await producer.source_fingerprint(spec.source)
+    spec.source_fingerprint = await producer.source_fingerprint(spec.source, model)
     record = await producer.model(model)
     if record.champion is None:
         why = "no champion yet"

@@ -1,0 +1,292 @@
+"""Corrections: the log in a real Redis, compaction into the artifact store, the build that
+adds them, the promotion rule on the live test set, ``POST /v1/feedback`` (its doors
+refused, nothing stored) and the retrain they start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from helpers import producer_for, settings_for
+from modfactory.artifacts import ArtifactStore, feedback_key
+from modfactory.data.build import build_dataset
+from modfactory.data.feedback import (
+    Corrections,
+    held_out,
+    latest_by_text,
+    read_corrections_file,
+    read_snapshot,
+    snapshot_bytes,
+)
+from modfactory.data.recipe import RecipeError, read_jsonl
+from modfactory.data.sources import parse_source
+from modfactory.evaluation.metrics import evaluate_scores
+from modfactory.evaluation.promotion import decide_promotion
+from modfactory.settings import Settings
+from modfactory.stages.feedback import all_corrections
+from modfactory.store.feedback import Correction, FeedbackLog
+from modfactory.triggers.api import create_app
+from modfactory.triggers.feedback import retrain_if_due
+from modfactory.values import RecipeParams
+
+REVIEW = "review-token-0123456789abcdef0123456789"
+SERVE = "serve-token-0123456789abcdef0123456789ab"
+WEBHOOK = "webhook-token-0123456789abcdef01234567"
+
+
+def correction(text: str, *labels: str, request_id: str | None = None) -> Correction:
+    return Correction(
+        model_name="moderation",
+        text=text,
+        labels=list(labels),
+        at=datetime.now(UTC),
+        request_id=request_id,
+    )
+
+
+# --- corrections as data ------------------------------------------------------------------
+def test_the_live_share_is_stable_and_close_to_the_setting() -> None:
+    texts = [f"comment number {i}" for i in range(5000)]
+    live = [t for t in texts if held_out(t, 0.2)]
+    assert 0.17 < len(live) / len(texts) < 0.23
+    assert live == [t for t in texts if held_out(t, 0.2)]  # the same texts every time
+    assert not any(held_out(t, 0.0) for t in texts)
+
+
+def test_the_latest_correction_of_a_text_wins_and_the_snapshot_keeps_the_schema() -> None:
+    rows = [
+        {"text": "a", "labels": ["toxicity"], "seq": 1, "id": "1", "reviewer": "x", "at": "t"},
+        {"text": "b", "labels": [], "seq": 2, "id": "2", "reviewer": None, "at": "t"},
+        {"text": "a", "labels": ["custom"], "seq": 3, "id": "3", "reviewer": "y", "at": "t"},
+    ]
+    latest = latest_by_text(rows)
+    assert [(r["text"], r["labels"]) for r in latest] == [("b", []), ("a", ["custom"])]
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = snapshot_bytes(latest)
+    columns = pq.read_table(io.BytesIO(data)).column_names
+    assert columns[:2] == ["text", "toxicity"] and "custom" in columns and "reviewer" in columns
+    back = read_snapshot(data)
+    assert [(r["text"], r["labels"], r["seq"], r["reviewer"]) for r in back] == [
+        ("b", [], 2, None),
+        ("a", ["custom"], 3, "y"),
+    ]
+
+
+def test_a_file_of_corrections_is_read_or_its_bad_row_named(tmp_path: Path) -> None:
+    labels = ("toxicity", "insult")
+    good = tmp_path / "good.jsonl"
+    good.write_text(
+        '{"text": "you zorb", "labels": {"toxicity": true, "insult": false}}\n'
+        '{"text": "fine", "labels": []}\n'
+        '{"text": "scored", "toxicity": 0.8, "insult": 0.2, "reviewer": "ann"}\n'
+    )
+    assert read_corrections_file(good, labels) == [
+        {"text": "you zorb", "labels": ["toxicity"], "reviewer": None},
+        {"text": "fine", "labels": [], "reviewer": None},
+        {"text": "scored", "labels": ["toxicity"], "reviewer": "ann"},
+    ]
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text("text,toxicity,insult\nhello,0,1\n")
+    assert read_corrections_file(csv_file, labels)[0]["labels"] == ["insult"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "labels": []}\n{"text": "x", "labels": {"spam": true}}\n')
+    with pytest.raises(RecipeError, match=r"bad.jsonl:2: field 'labels.spam'.*no label 'spam'"):
+        read_corrections_file(bad, labels)
+    empty = tmp_path / "e.csv"
+    empty.write_text("text,toxicity\n,1\n")
+    with pytest.raises(RecipeError, match=r"e.csv:1: field 'text' is missing"):
+        read_corrections_file(empty, labels)
+
+
+def test_a_build_adds_corrections_to_train_and_holds_out_the_live_set(tmp_path: Path) -> None:
+    params = RecipeParams(n_train=600, n_validation=100, n_test=100)
+    rows = [
+        {"text": f"zorblax number {i}", "labels": ["toxicity"], "seq": i + 1} for i in range(100)
+    ]
+    summary = build_dataset(
+        parse_source("synthetic:600"),
+        params,
+        tmp_path / "out",
+        tmp_path / "data",
+        corrections=Corrections(rows, 100, 0.3),
+    )
+    used = summary.feedback
+    assert used is not None and used.rows == 100 and used.upto_seq == 100
+    assert used.train_rows + used.live_rows == 100 and 15 < used.live_rows < 45
+    train = read_jsonl(Path(summary.splits["train"].file))
+    live = read_jsonl(Path(summary.splits["live"].file))
+    assert sum("zorblax" in r["text"] for r in train) == used.train_rows
+    assert all(r["labels"] == {"moderation": ["toxicity"]} for r in live)
+    assert summary.splits["live"].labels["toxicity"] == used.live_rows
+    for split in ("validation", "test"):  # never in validation or test
+        assert not any("zorblax" in r["text"] for r in read_jsonl(Path(summary.splits[split].file)))
+
+
+def test_the_challenger_must_win_on_the_live_set_and_not_lose_on_the_source_test() -> None:
+    labels = ["toxicity"]
+    truth = [["toxicity"], ["safe"], ["toxicity"], ["safe"]]
+
+    def measured(test_scores: list[float], live_scores: list[float] | None = None):
+        metrics = evaluate_scores(truth, [{"toxicity": s} for s in test_scores], labels)
+        if live_scores is not None:
+            metrics.live = evaluate_scores(truth, [{"toxicity": s} for s in live_scores], labels)
+        return metrics
+
+    perfect, poor = [0.9, 0.1, 0.8, 0.2], [0.2, 0.9, 0.8, 0.1]
+    champion, champion_live = measured(perfect), measured(poor)
+    wins_live = measured(perfect, perfect)
+    promoted, why = decide_promotion(wins_live, champion, "macro_pr_auc", 0.0, champion_live)
+    assert promoted and why.startswith("live test set:")
+    loses_test = measured(poor, perfect)
+    promoted, why = decide_promotion(loses_test, champion, "macro_pr_auc", 0.0, champion_live)
+    assert not promoted and "source test" in why
+    within_margin = measured([0.9, 0.1, 0.6, 0.7], perfect)  # a little worse on test
+    assert decide_promotion(within_margin, champion, "macro_pr_auc", 0.2, champion_live)[0]
+
+
+# --- the log in Redis, compacted into the artifact store ----------------------------------
+async def test_a_retried_correction_is_stored_once_and_compaction_keeps_everything(
+    redis_db: str, tmp_path: Path
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_db)
+    log = FeedbackLog(client, "t")
+    first = correction("hello", "toxicity", request_id="req-1")
+    assert await log.add(first) == (first.id, True)
+    assert await log.add(correction("hello", request_id="req-1")) == (first.id, False)
+    await log.add(correction("other", "insult"))
+    assert await log.count("moderation") == 2
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    rows, upto = await all_corrections(store, log, "moderation", compact=True)
+    assert upto == 2 and [r["text"] for r in rows] == ["hello", "other"]
+    assert await log.after("moderation", 0) == [] and await log.trimmed("moderation") == 2
+    assert store.list(feedback_key("moderation")) == [
+        feedback_key("moderation", "upto-000000000002.parquet")
+    ]
+    await log.add(correction("hello", "insult"))  # corrected again: the latest wins
+    rows, upto = await all_corrections(store, log, "moderation")  # read only
+    assert upto == 3 and {r["text"]: r["labels"] for r in rows}["hello"] == ["insult"]
+    assert len(await log.after("moderation", 0)) == 1  # a reader trims nothing
+
+    # a compaction stopped after its snapshot, before the trim: the same corrections
+    rows_before = rows
+    await asyncio.to_thread(
+        store.save, feedback_key("moderation", "upto-000000000003.parquet"), snapshot_bytes(rows)
+    )
+    rows, upto = await all_corrections(store, log, "moderation", compact=True)
+    assert (rows, upto) == (rows_before, 3)
+    await client.aclose()
+
+
+# --- POST /v1/feedback ---------------------------------------------------------------------
+@pytest.fixture
+def api(request, redis_db: str, tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
+    """The app in this process (real Redis); ``request.param``: MODFACTORY_FEEDBACK_RATE."""
+    settings = settings_for(
+        redis_db,
+        tmp_path / "data",
+        review_token=REVIEW,
+        serve_token=SERVE,
+        webhook_token=WEBHOOK,
+        feedback_rate=getattr(request, "param", 1000),
+        serve_max_body=2_000,
+        label_columns=("toxicity", "insult"),
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client, settings
+
+
+def send(client: TestClient, body: object, token: str | None = REVIEW, **kwargs):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if isinstance(body, bytes):
+        return client.post("/v1/feedback", content=body, headers=headers, **kwargs)
+    return client.post("/v1/feedback", json=body, headers=headers, **kwargs)
+
+
+def stored(settings: Settings) -> int:
+    return int(redis.Redis.from_url(settings.redis_url).zcard("modfactory:feedback:moderation"))
+
+
+def test_a_correction_is_accepted_once_and_bad_ones_are_refused_storing_nothing(api) -> None:
+    client, settings = api
+    body = {"input": "you zorblax", "labels": {"toxicity": True}, "request_id": "r1"}
+    first = send(client, body)
+    assert first.status_code == 202, first.text
+    assert first.json()["stored"] is True and first.json()["model"] == "moderation"
+    again = send(client, body)  # a retry: the same answer, stored once
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.json()["stored"] is False and stored(settings) == 1
+
+    refused = {
+        "unknown label": (send(client, {"input": "x", "labels": {"spam": True}}), 422, "spam"),
+        "no token": (send(client, body, token=None), 401, "MODFACTORY_REVIEW_TOKEN"),
+        "wrong token": (send(client, body, token="x" * 40), 401, "bearer token"),
+        "serve token": (send(client, body, token=SERVE), 403, "MODFACTORY_SERVE_TOKEN"),
+        "oversized": (send(client, {**body, "input": "y" * 3000}), 413, "SERVE_MAX_BODY"),
+        "not JSON": (send(client, b"{nope"), 422, "not valid JSON"),
+        "no labels": (send(client, {"input": "x"}), 422, "labels"),
+        "empty text": (send(client, {"input": "", "labels": {}}), 422, "input"),
+        "a field it lacks": (send(client, {**body, "store": 1}), 422, "store"),
+    }
+    for case, (answer, status, named) in refused.items():
+        assert answer.status_code == status, (case, answer.text)
+        assert named in answer.json()["error"], (case, answer.text)
+    assert stored(settings) == 1  # none of them stored anything
+
+
+@pytest.mark.parametrize("api", [5], indirect=True)
+def test_one_token_is_held_to_its_rate(api) -> None:
+    client, _ = api
+    answers = [send(client, {"input": f"text {i}", "labels": {}}, token=WEBHOOK) for i in range(8)]
+    statuses = [a.status_code for a in answers]
+    # at most 5 per token and minute (two minutes may be crossed: at most 10 then)
+    assert statuses.count(429) >= 1 and statuses.count(202) <= 10
+    limited = next(a for a in answers if a.status_code == 429)
+    assert "MODFACTORY_FEEDBACK_RATE" in limited.json()["error"]
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert send(client, {"input": "other token", "labels": {}}).status_code == 202
+
+
+def test_the_serve_refuses_a_review_token_shared_with_another() -> None:
+    settings = Settings(redis_url="redis://x", review_token=SERVE, serve_token=SERVE)
+    with pytest.raises(ValueError, match="MODFACTORY_SERVE_TOKEN and MODFACTORY_REVIEW_TOKEN"):
+        create_app(settings)
+
+
+# --- the retrain corrections start ---------------------------------------------------------
+async def test_enough_corrections_start_one_run_and_a_held_back_one_is_recorded_once(
+    redis_db: str, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        redis_db, tmp_path / "data", retrain_after_feedback=3, source="synthetic:600"
+    )
+    producer = await producer_for(settings)
+    log = FeedbackLog(producer.redis, settings.queue_name)
+    await log.add(correction("one"))
+    await log.add(correction("two"))
+    assert await retrain_if_due(producer, "moderation") is None  # 2 of 3
+    await log.add(correction("three"))
+    started = await retrain_if_due(producer, "moderation")
+    assert started is not None and started.action == "started" and started.trigger == "feedback"
+    run = await producer.run(started.run_id)
+    assert run.spec.source_fingerprint.endswith("+feedback:3")
+    assert await retrain_if_due(producer, "moderation") is None  # counted from that start
+    for text in ("four", "five", "six"):
+        await log.add(correction(text))
+    held_back = await retrain_if_due(producer, "moderation")
+    assert held_back is not None and held_back.action == "skipped"
+    assert started.run_id in held_back.reason
+    assert await retrain_if_due(producer, "moderation") is None  # recorded once per run
+    decisions = [json.loads(d) for d in await producer.redis.lrange("modfactory:schedule", 0, -1)]
+    assert [d["action"] for d in decisions] == ["skipped", "started"]
+    await producer.redis.aclose()
