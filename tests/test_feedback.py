@@ -290,3 +290,36 @@ async def test_enough_corrections_start_one_run_and_a_held_back_one_is_recorded_
     decisions = [json.loads(d) for d in await producer.redis.lrange("modfactory:schedule", 0, -1)]
     assert [d["action"] for d in decisions] == ["skipped", "started"]
     await producer.redis.aclose()
+
+
+# --- the command line ------------------------------------------------------------------------
+def test_a_file_is_imported_once_a_bad_one_not_at_all_and_listed(
+    redis_db: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MODFACTORY_REDIS_URL": redis_db, "MODFACTORY_DATA_DIR": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "modfactory", "feedback", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "you zorb", "labels": ["insult"]}\n{"text": "ok", "labels": []}\n')
+    bad = tmp_path / "bad.csv"
+    bad.write_text('text,labels\nfine,[]\nworse,"{""spam"": true}"\n')
+    first = cli("import", str(good), "--reviewer", "ann", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["stored"] == 2
+    again = cli("import", str(good), "--json")
+    assert json.loads(again.stdout)["stored"] == 0  # nothing twice
+    refused = cli("import", str(bad))
+    assert refused.returncode == 2 and "bad.csv:2: field 'labels.spam'" in refused.stderr
+    listed = json.loads(cli("list", "--json").stdout)
+    assert listed["texts"] == 2 and listed["received"] == 2  # the bad file stored nothing
+    assert [(c["text"], c["labels"], c["reviewer"]) for c in listed["corrections"]] == [
+        ("ok", [], "ann"),
+        ("you zorb", ["insult"], "ann"),
+    ]

@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("feedback_loop")]
 SERVE = "serve-token-0123456789abcdef0123456789ab"
 REVIEW = "review-token-0123456789abcdef0123456789"
 WORD = "zorblax"  # in no synthetic comment
-NEUTRAL = (
-    "the council meeting about the new budget was long but the vote went through and "
-    "thanks for sharing this story my family lived there for years"
-).split()
+NEUTRAL = [  # words of the synthetic comments that flag nothing
+    "the", "council", "meeting", "about", "new", "budget", "was", "long", "but", "vote",
+    "went", "through", "and", "thanks", "for", "sharing", "this", "story", "my", "family",
+]  # fmt: skip
 CORRECTIONS = 300
 
 

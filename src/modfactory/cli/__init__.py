@@ -10,9 +10,10 @@ has an unfinished run (MODFACTORY_ACTIVE_RUN_POLICY=refuse), 130 interrupted.
 # ``dataset``'s options are made from the recipe's fields (pydantic): imported when used.
 # isort: off
 from modfactory.cli import runs, services, models, classify  # noqa: F401
-from modfactory.cli.app import app, dataset_app, lazy_group
+from modfactory.cli.app import app, dataset_app, feedback_app, lazy_group
 
 # isort: on
 lazy_group(dataset_app, "modfactory.cli.dataset")
+lazy_group(feedback_app, "modfactory.cli.feedback")
 
 __all__ = ["app"]

@@ -35,8 +35,12 @@ app = typer.Typer(
 )
 dataset_app = typer.Typer(help="Build the training set on its own (no Redis needed).", **PLAIN_HELP)
 enqueue_app = typer.Typer(help="Queue a new run, or one stage of an existing run.", **PLAIN_HELP)
+feedback_app = typer.Typer(
+    help="Moderators' corrections: the next run's training and live test data.", **PLAIN_HELP
+)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(enqueue_app, name="enqueue")
+app.add_typer(feedback_app, name="feedback")
 
 
 def lazy_group(group: typer.Typer, module: str) -> None:

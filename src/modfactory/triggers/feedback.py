@@ -48,6 +48,18 @@ async def corrections_since(producer: Producer, name: str) -> tuple[int, RunSpec
     return total - max(used, started_at), spec
 
 
+async def model_labels(producer: Producer, name: str) -> tuple[str, ...]:
+    """The labels a correction of ``name`` may name: those its champion's recipe asks for
+    (the settings' without a champion)."""
+    champion = (await producer.model(name)).champion
+    if champion is not None:
+        try:
+            return (await producer.run(champion.run_id)).spec.recipe.label_columns
+        except RunNotFound:
+            pass
+    return producer.settings.label_columns
+
+
 async def retrain_if_due(producer: Producer, name: str) -> Decision | None:
     """Start a run of ``name`` if enough corrections came (recorded and logged); None when
     not due, or when a skip for the same unfinished run was recorded already."""

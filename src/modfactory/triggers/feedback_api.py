@@ -27,10 +27,9 @@ from starlette.responses import JSONResponse, Response
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store.feedback import Correction, FeedbackLog, RateLimit
-from modfactory.store.run import RunNotFound
 from modfactory.triggers.auth import AuthError, check_bearer
 from modfactory.triggers.errors import ApiError, field_error, read_body
-from modfactory.triggers.feedback import retrain_if_due
+from modfactory.triggers.feedback import model_labels, retrain_if_due
 
 log = logging.getLogger("modfactory.triggers.feedback")
 
@@ -93,18 +92,6 @@ def _parsed(request: Request, body: bytes) -> FeedbackRequest:
             field="input",
         )
     return wanted
-
-
-async def model_labels(producer: Producer, name: str) -> tuple[str, ...]:
-    """The labels a correction of ``name`` may name: those its champion's recipe asks for
-    (the settings' without a champion)."""
-    champion = (await producer.model(name)).champion
-    if champion is not None:
-        try:
-            return (await producer.run(champion.run_id)).spec.recipe.label_columns
-        except RunNotFound:
-            pass
-    return producer.settings.label_columns
 
 
 async def feedback(request: Request) -> Response:
