@@ -323,3 +323,78 @@ def test_a_file_is_imported_once_a_bad_one_not_at_all_and_listed(
         ("ok", [], "ann"),
         ("you zorb", ["insult"], "ann"),
     ]
+
+
+# --- the review queue ------------------------------------------------------------------------
+def item(answer: str, uncertainty: float, *, random: bool = False, age: float = 0):
+    from datetime import timedelta
+
+    from modfactory.store.review import ReviewItem
+
+    return ReviewItem(
+        id=f"{answer}.0",
+        model_name="moderation",
+        text=f"text of {answer}",
+        scores={"toxicity": 0.5 + uncertainty},
+        flags={"toxicity": True},
+        champion_run="run-1",
+        at=datetime.now(UTC) - timedelta(seconds=age),
+        uncertainty=uncertainty,
+        random=random,
+    )
+
+
+async def test_the_queue_keeps_the_most_uncertain_and_leases_each_text_to_one_reviewer(
+    redis_db: str,
+) -> None:
+    from modfactory.store.review import ReviewQueue
+
+    client = redis.asyncio.Redis.from_url(redis_db)
+    queue = ReviewQueue(client, "t", capacity=4, max_age=60)
+    random_pick = item("random", 0.45, random=True)
+    await queue.add([item("sure", 0.4), item("unsure", 0.01), random_pick])
+    await queue.add([item("middling", 0.2), item("stale", 0.0, age=120)])
+    assert await queue.size("moderation") == 4  # "sure" went: the least uncertain
+    first = await queue.lease("moderation", 2, 30)
+    assert [i.id for i in first] == ["random.0", "unsure.0"]  # stale dropped on the way
+    second = await queue.lease("moderation", 5, 30)
+    assert [i.id for i in second] == ["middling.0"]  # never a text leased to another
+    await queue.release("moderation", "unsure.0")  # skipped: free for the next one
+    assert [i.id for i in await queue.lease("moderation", 5, 30)] == ["unsure.0"]
+    await queue.remove("moderation", "unsure.0")
+    assert await queue.size("moderation") == 2 and await queue.get("moderation", "unsure.0") is None
+    await client.aclose()
+
+
+def test_a_review_text_is_answered_by_its_answer_id_once(api) -> None:
+    from modfactory.store.review import ReviewQueue
+
+    client, settings = api
+
+    async def queue_one() -> None:
+        r = redis.asyncio.Redis.from_url(settings.redis_url)
+        await ReviewQueue(r, settings.queue_name, 10, 3600).add([item("mod-abc", 0.1)])
+        await r.aclose()
+
+    asyncio.run(queue_one())
+    auth = {"Authorization": f"Bearer {REVIEW}"}
+    assert client.get("/v1/review", headers={"Authorization": f"Bearer {SERVE}"}).status_code == 403
+    assert client.get("/v1/review").status_code == 401
+    assert client.get("/v1/review?limit=0", headers=auth).status_code == 422
+    handed = client.get("/v1/review", headers=auth).json()
+    assert handed["labels"] == ["toxicity", "insult"] and handed["waiting"] == 1
+    [one] = handed["items"]
+    assert (one["answer_id"], one["index"], one["text"]) == ("mod-abc", 0, "text of mod-abc")
+    assert client.get("/v1/review", headers=auth).json()["items"] == []  # leased
+    answer = {"answer_id": "mod-abc", "index": 0, "labels": {"insult": True}}
+    assert send(client, answer).status_code == 202
+    assert send(client, answer).status_code == 404  # answered: out of the queue
+    both = send(client, {**answer, "input": "a text too"})
+    assert both.status_code == 422 and "answer_id" in both.json()["error"]
+    log = FeedbackLog(redis.asyncio.Redis.from_url(settings.redis_url), settings.queue_name)
+    [stored_one] = asyncio.run(log.after("moderation", 0))
+    assert (stored_one.text, stored_one.labels, stored_one.via) == (
+        "text of mod-abc",
+        ["insult"],
+        "review",
+    )

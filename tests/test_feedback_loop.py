@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from pathlib import Path
 
 import httpx
@@ -68,7 +69,8 @@ async def test_corrections_retrain_and_the_new_champion_flags_the_new_word(
         tmp_path / "data",
         source="synthetic:3000",
         retrain_after_feedback=CORRECTIONS,
-        promotion_margin=0.05,  # the source test may lose a little (here 0.017)
+        promotion_margin=0.05,
+        review_sample=1.0,  # the source test may lose a little (here 0.017)
         serve_refresh_interval=0.5,
     )
     producer = await producer_for(settings)
@@ -114,6 +116,9 @@ async def test_corrections_retrain_and_the_new_champion_flags_the_new_word(
         assert decision.reason.startswith("live test set:")
         assert second.metrics.live is not None and second.metrics.live.rows == used.live_rows
         assert decision.live_challenger > decision.live_champion
+        measured = second.metrics.live.baselines["champion"]  # shown beside it, kept
+        assert measured.run_id == first.id
+        assert measured.value(decision.metric) == decision.live_champion
 
         deadline = asyncio.get_running_loop().time() + 30
         while (await asyncio.to_thread(flags, url, fresh))[1] != second_id:
@@ -121,4 +126,51 @@ async def test_corrections_retrain_and_the_new_champion_flags_the_new_word(
             await asyncio.sleep(0.2)
         categories, _ = await asyncio.to_thread(flags, url, fresh)
         assert categories["toxicity"] and categories["insult"]
+
+        # the review queue: a text the request let the server keep is handed out to review
+        # and answered by its answer id; one sent with "store": false is kept nowhere
+        private = f"private words {uuid.uuid4().hex}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            serve, review = ({"Authorization": f"Bearer {token}"} for token in (SERVE, REVIEW))
+            hidden = {"input": private, "store": False}
+            assert (await client.post("/v1/moderations", json=hidden, headers=serve)).is_success
+            kept = await client.post("/v1/moderations", json={"input": fresh}, headers=serve)
+            deadline = asyncio.get_running_loop().time() + 10
+            while not (handed := (await client.get("/v1/review", headers=review)).json()["items"]):
+                assert asyncio.get_running_loop().time() < deadline, "nothing to review"
+                await asyncio.sleep(0.1)
+            [item] = [i for i in handed if i["answer_id"] == kept.json()["id"]]
+            assert item["text"] == fresh and item["champion_run"] == second_id
+            answer = {"answer_id": item["answer_id"], "index": 0, "labels": {"toxicity": True}}
+            assert (
+                await client.post("/v1/feedback", json=answer, headers=review)
+            ).status_code == 202
+        assert not await redis_holds(producer.redis, private)
+        assert not any(private.encode() in f.read_bytes() for f in files(tmp_path))
     await producer.redis.aclose()
+
+
+def files(root: Path) -> list[Path]:
+    return [f for f in root.rglob("*") if f.is_file()]
+
+
+async def redis_holds(client, needle: str) -> bool:
+    """Does any key or value of this Redis database contain ``needle``?"""
+    wanted = needle.encode()
+    async for key in client.scan_iter(count=1000):
+        kind = (await client.type(key)).decode()
+        if kind == "string":
+            values = [await client.get(key)]
+        elif kind == "hash":
+            values = [v for pair in (await client.hgetall(key)).items() for v in pair]
+        elif kind == "zset":
+            values = await client.zrange(key, 0, -1)
+        elif kind == "list":
+            values = await client.lrange(key, 0, -1)
+        elif kind == "set":
+            values = list(await client.smembers(key))
+        else:
+            values = [str(await client.xrange(key)).encode()] if kind == "stream" else []
+        if wanted in key or any(wanted in (v or b"") for v in values):
+            return True
+    return False

@@ -129,9 +129,8 @@ class Settings(BaseSettings):
     mistral_max_retries: int = Field(
         6, ge=0, le=20, description="Retries of a request on 429, 5xx, timeouts, lost connections."
     )
-    max_cost: float | None = Field(
+    max_cost: Annotated[float | None, Field(ge=0)] = Field(
         None,
-        ge=0,
         description="Cost cap: a job quoted above it waits for `modfactory approve RUN`.",
     )
     local_grid: Literal["small", "full", "off"] = Field(
@@ -140,9 +139,8 @@ class Settings(BaseSettings):
         "small (plain and NB-weighted n-grams x 3 strengths), full (2 n-gram sets x 2 "
         "weightings x 7 strengths) or off (one plain candidate, C = 1: the fastest).",
     )
-    local_train_timeout: float = Field(
+    local_train_timeout: Annotated[float, Field(ge=1)] = Field(
         3600.0,
-        ge=1,
         description="Local backend: longest a training job may run (s); its trainer "
         "process is then stopped and the job fails, naming this setting.",
     )
@@ -162,9 +160,8 @@ class Settings(BaseSettings):
         description="Most classify and moderate calls per second over all workers: the "
         "evaluate stage's share of MODFACTORY_MISTRAL_RPS (unset: no limit of its own).",
     )
-    mistral_rps: float | None = Field(
+    mistral_rps: Annotated[float | None, Field(ge=0.01)] = Field(
         5.0,
-        ge=0.01,
         description="Most Mistral API requests per second over all workers and runs "
         "(Mistral limits each API key); shared through Redis (unset: no limit).",
     )
@@ -237,10 +234,8 @@ class Settings(BaseSettings):
     serve_max_body: int = Field(
         2_000_000, ge=1, description="Largest serving request body (bytes; 413 beyond)."
     )
-    serve_max_batch: int = Field(
+    serve_max_batch: Annotated[int, Field(ge=1, le=10_000)] = Field(
         256,
-        ge=1,
-        le=10_000,
         description="Most texts scored in one call, gathered across concurrent requests.",
     )
     shadow: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -249,10 +244,8 @@ class Settings(BaseSettings):
         "off the request path, its agreement with the champion recorded per label "
         "(comma-separated; 1 or all: every name; unset: none).",
     )
-    serve_refresh_interval: float = Field(
+    serve_refresh_interval: Annotated[float, Field(gt=0, le=60)] = Field(
         1.0,
-        gt=0,
-        le=60,
         description="How often `modfactory serve` reads the registry for a new champion (s).",
     )
 
@@ -265,71 +258,74 @@ class Settings(BaseSettings):
     feedback_rate: int = Field(
         600, ge=1, description="Most corrections one token may send per minute (429 beyond)."
     )
-    feedback_holdout: float = Field(
+    feedback_holdout: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.2,
-        ge=0,
-        lt=1,
         description="Share of corrected texts (by a hash of the text: always the same ones) "
         "held out as the live test set; the rest joins the train split.",
     )
-    retrain_after_feedback: int | None = Field(
+    retrain_after_feedback: Annotated[int | None, Field(ge=1)] = Field(
         None,
-        ge=1,
         description="Start a run of a model name once this many corrections arrived since "
         "its champion's data was built (unset: corrections wait for the next run).",
     )
 
+    review_sample: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="Share of the texts `serve` answers offered to the review queue (kept "
+        "most uncertain first, plus a random tenth; never a request with store=false; 0: off).",
+    )
+    review_queue_max: int = Field(1000, ge=1, description="Most texts waiting per model name.")
+    review_max_age: float = Field(
+        604_800, gt=0, description="Seconds a text waits in the review queue before it goes."
+    )
+    drift_window: float = Field(
+        3600, gt=0, description="Seconds per window of served scores (drift: each vs the first)."
+    )
+    drift_alert: float = Field(
+        0.2, gt=0, description="PSI of a label's served scores that raises modfactory_drift_alert."
+    )
+
     # --- retention ---------------------------------------------------------------------
-    keep_runs: int | None = Field(
+    keep_runs: Annotated[int | None, Field(ge=1)] = Field(
         500,
-        ge=1,
         description="Finished runs kept: older ones are pruned (Redis and run directory) "
         "daily by the reconciler and by `modfactory prune`, except champions and the runs "
         "a rollback needs (unset: no limit by count).",
     )
-    keep_days: float | None = Field(
+    keep_days: Annotated[float | None, Field(gt=0)] = Field(
         None,
-        gt=0,
         description="Finished runs younger than this many days are kept whatever "
         "MODFACTORY_KEEP_RUNS says (unset: no limit by age).",
     )
 
     # --- worker ----------------------------------------------------------------------
     max_jobs: int = Field(10, ge=1, description="Concurrent arq jobs per worker.")
-    job_timeout: int = Field(
+    job_timeout: Annotated[int, Field(ge=10)] = Field(
         600,
-        ge=10,
         description="Longest a single stage job may run (s) before it is interrupted and "
         "queued again.",
     )
-    worker_lease: float = Field(
+    worker_lease: Annotated[float, Field(ge=1, le=600)] = Field(
         15,
-        ge=1,
-        le=600,
         description="A worker renews its lease every third of this (s); a job whose worker "
         "has not renewed it for this long (killed, its machine lost) is taken up again by the "
         "reconciler (the second round to find it lost: a Redis restart lapses every lease).",
     )
     health_check_interval: int = Field(30, ge=1, description="Worker heartbeat period (s).")
-    stage_max_attempts: int = Field(
+    stage_max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
         5,
-        ge=1,
-        le=100,
         description="Attempts of one stage that make no progress (a lost worker, an "
         "unreachable backend, a timeout, each at the same point) before the run fails naming "
         "the stage and how its last attempt ended; attempts that moved the stage on do not "
         "count.",
     )
-    reconcile_interval: CronPeriod = Field(
+    reconcile_interval: Annotated[CronPeriod, Field(ge=1, le=3600)] = Field(
         60,
-        ge=1,
-        le=3600,
         description="Seconds between two rounds of the reconciler, which queues the lost "
         "step of any unfinished run again (a divisor of 60, or of 3600 in whole minutes).",
     )
-    queued_alert_after: int = Field(
+    queued_alert_after: Annotated[int, Field(ge=1)] = Field(
         300,
-        ge=1,
         description="A run queued this long (s) while no worker is alive is reported by "
         "`modfactory runs` and makes /healthz say so.",
     )

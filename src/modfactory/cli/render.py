@@ -56,14 +56,16 @@ def progress_table(run: Run) -> Table:
     return table
 
 
-def metrics_table(metrics: SplitMetrics, synthetic: bool, width: int) -> list[Table]:
-    """The test metrics (``evaluation.tables``) fitted to ``width``, without the support and
-    confusion counts (the report has them), then their bootstrap intervals; label names and
-    numbers are never cut."""
+def metrics_table(
+    metrics: SplitMetrics, synthetic: bool, width: int, split: str = "test"
+) -> list[Table]:
+    """The metrics of one split (``evaluation.tables``) fitted to ``width``, without the
+    support and confusion counts (the report has them), then their bootstrap intervals;
+    label names and numbers are never cut."""
     from modfactory.evaluation import tables
 
     built = tables.metrics_table(metrics, counts=False, intervals=False)
-    title = f"test metrics ({metrics.rows:,} rows); thresholds tuned on validation"
+    title = f"{split} metrics ({metrics.rows:,} rows); thresholds tuned on validation"
     columns = [
         Column(_SHORT_HEADERS.get(c, c), _METRIC_PRIORITY.get(c, 0), justify="right")
         for c in built.columns
@@ -85,7 +87,7 @@ def metrics_table(metrics: SplitMetrics, synthetic: bool, width: int) -> list[Ta
         [Column(c, justify="left" if i == 0 else "right") for i, c in enumerate(intervals.columns)],
         [list(cells) for _, cells in intervals.rows],
         width,
-        "bootstrap 95 % intervals on test",
+        f"bootstrap 95 % intervals on {split}",
     )
     return [table, bounds]
 
@@ -153,6 +155,10 @@ def print_comparison(metrics: SplitMetrics) -> None:
     for name, values in metrics.baselines.items():
         shown = tables.number(values.value(metric))
         out.print(f"{name} baseline {metric}: {shown}", highlight=False)
+    live = metrics.live.baselines.get("champion") if metrics.live else None
+    if live is not None:
+        shown = tables.number(live.value(metric))
+        out.print(f"champion on the live test set {metric}: {shown}", highlight=False)
     verdict = "[green]promoted[/green]" if promotion.promoted else "kept as a candidate"
     out.print(
         f"model {escape(promotion.model_name)}: {verdict} — {escape(promotion.reason)}",
@@ -170,6 +176,10 @@ def print_run(run: Run, as_json: bool) -> None:
         ):
             out.line()
             out.print(table)
+        if run.metrics.live is not None:  # the corrections held out
+            for table in metrics_table(run.metrics.live, False, out.width, "live test set"):
+                out.line()
+                out.print(table)
         print_comparison(run.metrics)
     for label, key in (
         ("distribution chart", run.artifacts.distribution_chart),

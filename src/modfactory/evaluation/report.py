@@ -111,6 +111,20 @@ def _comparison_table(metrics: SplitMetrics | None) -> str:
     return f"<table><tr><th>baseline</th>{header}</tr>\n{body}</table>"
 
 
+def _live_section(metrics: SplitMetrics | None) -> str:
+    """The live test set's numbers beside the source's, when the run had corrections."""
+    live = metrics.live if metrics else None
+    if live is None:
+        return ""
+    return (
+        f"<h2>Live test set</h2><p>{live.rows:,} texts moderators corrected, held out from "
+        "training (<code>MODFACTORY_FEEDBACK_HOLDOUT</code>, by a hash of the text): how the "
+        "model does on the traffic it serves, measured alike (thresholds tuned on "
+        "validation). With it, promotion asks for a win here and no loss beyond the margin "
+        f"on the source's test split.</p>{_metrics_table(live)}{_comparison_table(live)}"
+    )
+
+
 def _verdict(promotion: PromotionDecision | None) -> str:
     if not promotion:
         return ""
@@ -183,6 +197,7 @@ Intervals: bootstrap 95 %.</p>
 {_metrics_table(metrics)}
 <h2>Compared with</h2>
 {_comparison_table(metrics)}
+{_live_section(metrics)}
 <h2>Precision-recall</h2>{_image(images.get("precision_recall"), "precision-recall curves")}
 {_selection_table(meta)}
 <h2>Training</h2>{_image(images.get("loss"), "loss curves")}

@@ -155,7 +155,8 @@ async def decide(
     if live is not None and metrics.live is not None:
         scores = await _classify(sc, run, judge, champion.model_id, live.texts, "champion_live")
         theirs_live = await asyncio.to_thread(evaluate_scores, live.truth, scores, labels)
-        metrics.live.baselines["champion"] = theirs_live.headline(run_id=champion.run_id)
+        champion_live = theirs_live.headline(run_id=champion.run_id)
+        metrics.live.baselines = {**metrics.live.baselines, "champion": champion_live}
     margin = settings.promotion_margin
     promoted, reason = decide_promotion(metrics, theirs, metric, margin, theirs_live)
     return decided(

@@ -9,8 +9,8 @@ Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<mess
   ``modfactory runs --json`` / ``status --json`` print.
 - ``POST /v1/moderations``, ``POST /v1/classifications`` — the champion's answers, in the
   shape of Mistral's API (see ``moderation_api``); bearer token only.
-- ``POST /v1/feedback`` — a moderator's correction, the next run's data (``feedback_api``);
-  the review token only.
+- ``POST /v1/feedback``, ``GET /v1/review`` — a moderator's correction, the next run's
+  data, and the queue of served texts to review (``feedback_api``); the review token only.
 - ``GET /healthz`` — Redis reachable and a worker heartbeat seen recently (200, else 503).
 - ``GET /metrics`` — Prometheus text (see ``monitoring``; the serving counters of this
   process after them).
@@ -40,6 +40,7 @@ from modfactory.data.sources import allowed_source
 from modfactory.producer import Producer
 from modfactory.serving.champions import ChampionServer
 from modfactory.serving.meter import ServeMeter
+from modfactory.serving.review import ReviewSampler
 from modfactory.serving.shadow import Shadow
 from modfactory.settings import Settings
 from modfactory.store import queue
@@ -65,7 +66,7 @@ from modfactory.triggers.errors import (
     redis_down,
     unexpected,
 )
-from modfactory.triggers.feedback_api import feedback
+from modfactory.triggers.feedback_api import feedback, review, review_queue
 from modfactory.triggers.moderation_api import classifications, moderations
 from modfactory.triggers.monitoring import prometheus_text
 from modfactory.values import RecipeParams
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/moderations", moderations, methods=["POST"]),
             Route("/v1/classifications", classifications, methods=["POST"]),
             Route("/v1/feedback", feedback, methods=["POST"]),
+            Route("/v1/review", review, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
@@ -156,12 +158,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         on_call=meter.batch.observe,
     )
     app.state.shadow = Shadow(champions, ShadowLog(pool, settings.queue_name))
+    app.state.review = ReviewSampler(review_queue(pool, settings), settings.review_sample)
     refreshing = asyncio.create_task(champions.refresh_forever(settings.serve_refresh_interval))
     try:
         yield
     finally:
         refreshing.cancel()
         await app.state.shadow.drain()
+        await app.state.review.drain()
         for each in backends.values():
             await each.close()
         await pool.aclose()

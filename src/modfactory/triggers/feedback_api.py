@@ -1,10 +1,12 @@
 """``POST /v1/feedback``: a person's correction of what a model answered, kept as training
-and test data for the model name's next run.
+and test data for the model name's next run; ``GET /v1/review``: the texts waiting for one.
 
 Body: ``{"model": <name>, "input": <text>, "labels": {<label>: true|false, ...},
-"request_id": <the sender's id>, "reviewer": <who>}``; labels not named count as not
-flagged, a label the model does not have is refused (422, naming it). Sent again with the
-same ``request_id``, it is stored once and answered alike. Bearer MODFACTORY_REVIEW_TOKEN
+"request_id": <the sender's id>, "reviewer": <who>}`` — or, for a text of the review queue,
+``"answer_id"`` and ``"index"`` of the served answer instead of ``input``. Labels not named
+count as not flagged, a label the model does not have is refused (422, naming it). Sent
+again with the same ``request_id``, it is stored once and answered alike. Bearer
+MODFACTORY_REVIEW_TOKEN
 (or MODFACTORY_WEBHOOK_TOKEN) — never the serve token (403): a scoring client must not be
 able to write training data. Bounded as the serving endpoints are (MODFACTORY_SERVE_MAX_BODY,
 MODFACTORY_SERVE_MAX_CHARS) and at MODFACTORY_FEEDBACK_RATE corrections per token and
@@ -16,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from redis.asyncio import Redis
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,11 +31,13 @@ from starlette.responses import JSONResponse, Response
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store.feedback import Correction, FeedbackLog, RateLimit
+from modfactory.store.review import ReviewQueue
 from modfactory.triggers.auth import AuthError, check_bearer
 from modfactory.triggers.errors import ApiError, field_error, read_body
 from modfactory.triggers.feedback import model_labels, retrain_if_due
 
 log = logging.getLogger("modfactory.triggers.feedback")
+REVIEW_LEASE = 600  # seconds a reviewer holds the texts handed out
 
 
 class FeedbackRequest(BaseModel):
@@ -40,10 +46,18 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, pattern=r"^[\w][\w.-]*$", max_length=200)
-    input: str = Field(min_length=1)
+    input: str | None = Field(None, min_length=1)
+    answer_id: str | None = Field(None, pattern=r"^[\w-]{1,80}$")  # a served answer's text…
+    index: int = Field(0, ge=0, le=10_000)  # …the index-th of its input (kept for review)
     labels: dict[str, bool]
     request_id: str | None = Field(None, min_length=1, max_length=200)
     reviewer: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_text(self) -> FeedbackRequest:
+        if (self.input is None) == (self.answer_id is None):
+            raise ValueError("give the text as 'input', or a served answer's 'answer_id'")
+        return self
 
 
 def authenticate_reviewer(request: Request) -> str:
@@ -84,7 +98,7 @@ def _parsed(request: Request, body: bytes) -> FeedbackRequest:
         if exc.errors()[0]["type"] == "json_invalid":
             raise ApiError(422, f"body is not valid JSON: {exc.errors()[0]['msg']}") from None
         raise field_error(exc) from None
-    if len(wanted.input) > settings.serve_max_chars:
+    if wanted.input is not None and len(wanted.input) > settings.serve_max_chars:
         raise ApiError(
             422,
             f"body field 'input': {len(wanted.input):,} characters; at most "
@@ -118,15 +132,29 @@ async def feedback(request: Request) -> Response:
                 f"(its labels: {', '.join(labels)})",
                 field=f"labels.{label}",
             )
+    queue = review_queue(producer.redis, settings)
+    item = None
+    if wanted.answer_id is not None:
+        item = await queue.get(name, f"{wanted.answer_id}.{wanted.index}")
+        if item is None:
+            raise ApiError(
+                404,
+                f"answer {wanted.answer_id} text {wanted.index} of model {name!r} is not kept: "
+                "only texts sampled for review are (MODFACTORY_REVIEW_SAMPLE), until they are "
+                "answered or MODFACTORY_REVIEW_MAX_AGE passes; send the text as 'input'",
+            )
     correction = Correction(
         model_name=name,
-        text=wanted.input,
+        text=item.text if item else wanted.input or "",
+        via="review" if item else "api",
         labels=[label for label, flagged in wanted.labels.items() if flagged],
         reviewer=wanted.reviewer,
         at=datetime.now(UTC),
         request_id=wanted.request_id,
     )
     feedback_id, stored = await FeedbackLog(producer.redis, settings.queue_name).add(correction)
+    if item is not None:
+        await queue.remove(name, item.id)
     due = stored and settings.retrain_after_feedback
     return JSONResponse(
         {"id": feedback_id, "model": name, "stored": stored},
@@ -140,3 +168,39 @@ async def _retrain_if_due(producer: Producer, name: str) -> None:
         await retrain_if_due(producer, name)
     except Exception:  # the correction is stored; the worker's round looks again
         log.exception("feedback of %s: could not start a retrain", name)
+
+
+def review_queue(redis: Redis, settings: Settings) -> ReviewQueue:
+    return ReviewQueue(
+        redis, settings.queue_name, settings.review_queue_max, settings.review_max_age
+    )
+
+
+async def review(request: Request) -> Response:
+    """``GET /v1/review?model=NAME&limit=N``: up to N texts to review (default 10, at most
+    100), most uncertain first, each leased to this caller for REVIEW_LEASE seconds —
+    answer one with ``POST /v1/feedback`` and its ``answer_id`` and ``index``."""
+    settings: Settings = request.app.state.settings
+    authenticate_reviewer(request)
+    name = request.query_params.get("model") or settings.model_name
+    if not re.fullmatch(r"[\w][\w.-]{0,199}", name):
+        raise ApiError(422, f"query parameter 'model': {name[:80]!r} is not a model name")
+    limit = request.query_params.get("limit", "10")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise ApiError(422, f"query parameter 'limit': {limit[:20]!r} is not a number in 1-100")
+    producer: Producer = request.app.state.producer
+    queue = review_queue(producer.redis, settings)
+    items = await queue.lease(name, int(limit), REVIEW_LEASE)
+    shown = []
+    for item in items:
+        answer_id, _, index = item.id.rpartition(".")
+        shown.append({**item.model_dump(mode="json"), "answer_id": answer_id, "index": int(index)})
+    waiting = await queue.size(name)
+    return JSONResponse(
+        {
+            "model": name,
+            "labels": list(await model_labels(producer, name)),
+            "waiting": waiting,
+            "items": shown,
+        }
+    )

@@ -6,7 +6,9 @@ defaults to MODFACTORY_MODEL_NAME), with a bearer token (MODFACTORY_SERVE_TOKEN,
 MODFACTORY_WEBHOOK_TOKEN). Moderations answer per text ``categories`` (label -> flagged,
 at the thresholds tuned on validation, or 0.5: MODFACTORY_SERVE_THRESHOLDS) and
 ``category_scores`` over the moderation labels; classifications answer the classifier's
-own output, ``{<target>: {"scores": {...}}}`` (with ``safe``, when it has that label). Every
+own output, ``{<target>: {"scores": {...}}}`` (with ``safe``, when it has that label). With
+MODFACTORY_REVIEW_SAMPLE, a sample of the texts joins the review queue unless the request
+says ``"store": false`` (``serving.review``). Every
 answer names the champion that gave it: the ``champion`` field and the
 ``X-Modfactory-Champion-Run`` / ``X-Modfactory-Model-Id`` headers. An application written
 against Mistral's SDK works unchanged with ``server_url`` pointed here.
@@ -42,10 +44,11 @@ class ClassificationRequest(BaseModel):
     model: str | None = Field(None, pattern=r"^[\w.:-]+$", max_length=200)
     input: str | list[str]
     metadata: dict[str, Any] | None = None
+    store: bool = True  # false: the texts are never kept for review (Perspective's doNotStore)
 
 
-def _texts(request: Request, body: bytes) -> tuple[str | None, list[str]]:
-    """The model name and texts asked for; 422 naming the field or the limit at fault."""
+def _texts(request: Request, body: bytes) -> tuple[ClassificationRequest, list[str]]:
+    """The request and its texts; 422 naming the field or the limit at fault."""
     settings: Settings = request.app.state.settings
     try:
         asked = ClassificationRequest.model_validate_json(body)
@@ -71,7 +74,7 @@ def _texts(request: Request, body: bytes) -> tuple[str | None, list[str]]:
                 f"{settings.serve_max_chars:,} (MODFACTORY_SERVE_MAX_CHARS)",
                 field=f"input.{i}",
             )
-    return asked.model, texts
+    return asked, texts
 
 
 def _authenticate(request: Request) -> None:
@@ -142,8 +145,8 @@ async def _scored(request: Request, prefix: str) -> Scored:
     text, the answer's common fields)."""
     _authenticate(request)
     settings: Settings = request.app.state.settings
-    name, texts = _texts(request, await read_body(request, settings.serve_max_body, "SERVE"))
-    champion = await _champion(request, name)
+    asked, texts = _texts(request, await read_body(request, settings.serve_max_body, "SERVE"))
+    champion = await _champion(request, asked.model)
     try:
         scores = await champion.scores(texts)
     except BackendUnavailable as exc:
@@ -155,8 +158,11 @@ async def _scored(request: Request, prefix: str) -> Scored:
     flags = [champion.moderation(s)[0] for s in scores]
     meter.scored(champion.model_name, flags)
     request.app.state.shadow.observe(champion, texts, flags)
+    answer_id = f"{prefix}-{uuid.uuid4().hex}"
+    if asked.store:
+        request.app.state.review.offer(champion, answer_id, texts, scores, flags)
     answer = {
-        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "id": answer_id,
         "model": champion.model_name,
         "champion": {"run_id": champion.run_id, "model_id": champion.model_id},
     }
