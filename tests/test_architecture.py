@@ -197,6 +197,7 @@ LOCAL_FILES = {
     "backends.mistral": "uploads a file it is given",
     "cli.dataset": "`dataset build --out DIR`, the user's directory",
     "cli.classify": "the user's input and output files",
+    "cli.feedback": "the user's file of corrections",
 }
 FILE_CALLS = {"read_text", "write_text", "read_bytes", "write_bytes", "mkdir", "unlink"}
 FILE_CALLS |= {"rmtree", "iterdir", "glob", "rglob", "copyfile", "atomic_output", "filesystem"}

@@ -398,3 +398,38 @@ def test_a_review_text_is_answered_by_its_answer_id_once(api) -> None:
         ["insult"],
         "review",
     )
+
+
+def test_the_terminal_review_labels_skips_and_quits(redis_db: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from modfactory.store.review import ReviewQueue
+
+    async def queue_three() -> None:
+        r = redis.asyncio.Redis.from_url(redis_db)
+        queue = ReviewQueue(r, "modfactory", 10, 3600)
+        await queue.add([item("a", 0.01), item("b", 0.02), item("c", 0.03), item("d", 0.04)])
+        await r.aclose()
+
+    asyncio.run(queue_three())
+    env = {**os.environ, "MODFACTORY_REDIS_URL": redis_db, "MODFACTORY_DATA_DIR": str(tmp_path)}
+    env["MODFACTORY_LABEL_COLUMNS"] = "toxicity,insult"
+    done = subprocess.run(
+        [sys.executable, "-m", "modfactory", "review", "--reviewer", "ann", "--json"],
+        input="2\nnonsense\n\ns\nq\n",  # a: insult; b: as flagged (toxicity); c: skipped; quit
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"labelled": 2, "skipped": 1, "waiting": 2}
+    assert "not understood: 'nonsense'" in done.stderr and "text of a" in done.stderr
+    log = FeedbackLog(redis.asyncio.Redis.from_url(redis_db), "modfactory")
+    stored_ones = asyncio.run(log.after("moderation", 0))
+    assert [(c.text, c.labels, c.reviewer, c.via) for c in stored_ones] == [
+        ("text of a", ["insult"], "ann", "review"),
+        ("text of b", ["toxicity"], "ann", "review"),
+    ]
