@@ -433,3 +433,57 @@ def test_the_terminal_review_labels_skips_and_quits(redis_db: str, tmp_path: Pat
         ("text of a", ["insult"], "ann", "review"),
         ("text of b", ["toxicity"], "ann", "review"),
     ]
+
+
+# --- drift -------------------------------------------------------------------------------------
+def test_psi_is_zero_for_the_same_scores_and_large_for_moved_ones() -> None:
+    from modfactory.evaluation.drift import psi
+
+    assert psi([10, 20, 30, 40], [1, 2, 3, 4]) == pytest.approx(0.0)
+    assert psi([90, 10, 0, 0], [10, 10, 40, 40]) > 1.0
+    assert 0 < psi([50, 50], [55, 45]) < 0.05
+
+
+async def test_a_champions_moved_scores_raise_the_drift_alert_on_metrics(redis_db: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from modfactory.store.drift import DriftLog, WindowCounts
+    from modfactory.store.registry import ModelRegistry
+    from modfactory.triggers.monitoring import prometheus_text
+
+    client = redis.asyncio.Redis.from_url(redis_db)
+    await ModelRegistry(client, "t").promote("moderation", "run-1", "m-1", "first")
+    log = DriftLog(client, "t", window=60)
+
+    def served(scores: list[float]) -> WindowCounts:
+        counts = WindowCounts()
+        for score in scores:
+            counts.add({"toxicity": score, "insult": 0.1}, {"toxicity": score >= 0.5})
+        return counts
+
+    await log.add("moderation", "run-1", 1_000, served([0.05] * 90 + [0.9] * 10))
+    await log.add("moderation", "run-1", 1_010, served([0.05] * 10))  # the same window
+    calm = await prometheus_text(client, "t", 60, 0.2)
+    await log.add("moderation", "run-1", 5_000, served([0.05] * 40 + [0.9] * 60))  # later
+
+    def gauges(text: bytes) -> dict[str, dict[tuple, float]]:
+        found: dict[str, dict[tuple, float]] = {}
+        for family in text_string_to_metric_families(text.decode()):
+            for sample in family.samples:
+                key = tuple(sorted(sample.labels.items()))
+                found.setdefault(sample.name, {})[key] = sample.value
+        return found
+
+    before, after = gauges(calm), gauges(await prometheus_text(client, "t", 60, 0.2))
+    alert = (("model_name", "moderation"), ("run_id", "run-1"))
+    assert before["modfactory_drift_alert"][alert] == 0  # one window: nothing to compare
+    assert after["modfactory_drift_alert"][alert] == 1
+    psi_of = {dict(k)["label"]: v for k, v in after["modfactory_drift_psi"].items()}
+    assert psi_of["toxicity"] > 0.2 > psi_of["insult"]
+    rates = {
+        (dict(k)["label"], dict(k)["window"]): v
+        for k, v in after["modfactory_drift_flag_rate"].items()
+    }
+    assert rates[("toxicity", "first")] == pytest.approx(10 / 110)
+    assert rates[("toxicity", "latest")] == pytest.approx(0.6)
+    await client.aclose()

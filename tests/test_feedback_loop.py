@@ -142,10 +142,19 @@ async def test_corrections_retrain_and_the_new_champion_flags_the_new_word(
             [item] = [i for i in handed if i["answer_id"] == kept.json()["id"]]
             assert item["text"] == fresh and item["champion_run"] == second_id
             answer = {"answer_id": item["answer_id"], "index": 0, "labels": {"toxicity": True}}
-            assert (
-                await client.post("/v1/feedback", json=answer, headers=review)
-            ).status_code == 202
-        assert not await redis_holds(producer.redis, private)
+            answered = await client.post("/v1/feedback", json=answer, headers=review)
+            assert answered.status_code == 202, answered.text
+            # what the new champion serves is counted for drift, on /metrics
+            drift = (
+                'modfactory_drift_flag_rate{label="toxicity",model_name="moderation",'
+                f'run_id="{second_id}",window="first"}}'
+            )
+            deadline = asyncio.get_running_loop().time() + 10
+            while drift not in (await client.get("/metrics")).text:
+                assert asyncio.get_running_loop().time() < deadline, "no drift counts"
+                await asyncio.sleep(0.1)
+        assert await redis_holds(producer.redis, fresh)  # the search finds what is there…
+        assert not await redis_holds(producer.redis, private)  # …and no trace of this one
         assert not any(private.encode() in f.read_bytes() for f in files(tmp_path))
     await producer.redis.aclose()
 

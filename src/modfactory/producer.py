@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline
 from modfactory.artifacts import ArtifactStore
 from modfactory.backends import get_backend, job_data
 from modfactory.data.sources import fingerprint, parse_source
+from modfactory.evaluation.drift import Drift, champion_drifts
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
@@ -70,6 +71,11 @@ class Producer:
     async def shadows(self) -> list[ShadowTally]:
         """How candidates shadowing their champion on served traffic agreed with it."""
         return await ShadowLog(self.redis, self.settings.queue_name).tallies()
+
+    async def drifts(self) -> list[Drift]:
+        """How each champion's served scores moved since its first window of serving."""
+        s = self.settings
+        return await champion_drifts(self.redis, s.queue_name, s.drift_window, s.drift_alert)
 
     # --- changes ----------------------------------------------------------------------------
     def spec(

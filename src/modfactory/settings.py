@@ -319,8 +319,10 @@ class Settings(BaseSettings):
         "the stage and how its last attempt ended; attempts that moved the stage on do not "
         "count.",
     )
-    reconcile_interval: Annotated[CronPeriod, Field(ge=1, le=3600)] = Field(
+    reconcile_interval: CronPeriod = Field(  # range first: the divisor check then divides
         60,
+        ge=1,
+        le=3600,
         description="Seconds between two rounds of the reconciler, which queues the lost "
         "step of any unfinished run again (a divisor of 60, or of 3600 in whole minutes).",
     )

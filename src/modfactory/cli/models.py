@@ -28,24 +28,29 @@ if TYPE_CHECKING:
 
 @app.command()
 def models(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Model names with their champion, earlier champions and candidates."""
+    """Model names with their champion, earlier champions and candidates; how shadowing
+    candidates agree with it, and how its served scores drifted since it was promoted."""
 
-    async def read(producer: Producer) -> tuple[list[ModelRecord], list[ShadowTally]]:
-        return await producer.models(), await producer.shadows()
+    async def read(producer: Producer) -> tuple[list[ModelRecord], list[ShadowTally], list]:
+        return await producer.models(), await producer.shadows(), await producer.drifts()
 
-    records, shadows = with_producer(data_dir, read)
+    records, shadows, drifts = with_producer(data_dir, read)
+    drift = {d.model_name: d for d in drifts}
     if as_json:
         shown = [
             {
                 **r.model_dump(mode="json"),
                 "shadow": [t.model_dump() for t in shadows if t.model_name == r.name],
+                "drift": drift[r.name].model_dump() if r.name in drift else None,
             }
             for r in records
         ]
         out.print_json(json.dumps(shown))
         return
     for record in records:
-        print_model(record, [t for t in shadows if t.model_name == record.name])
+        print_model(
+            record, [t for t in shadows if t.model_name == record.name], drift.get(record.name)
+        )
     if not records:
         out.print("no model yet: a run that succeeds becomes the first champion")
 

@@ -17,6 +17,7 @@ from modfactory.cli.fit import Column, fitted_table, wrapped
 from modfactory.store.stage_names import STAGES
 
 if TYPE_CHECKING:
+    from modfactory.evaluation.drift import Drift
     from modfactory.store.registry import ModelRecord
     from modfactory.store.run import Run
     from modfactory.store.shadow import ShadowTally
@@ -211,9 +212,11 @@ def print_run(run: Run, as_json: bool) -> None:
     )
 
 
-def print_model(record: ModelRecord, shadows: list[ShadowTally] | None = None) -> None:
+def print_model(
+    record: ModelRecord, shadows: list[ShadowTally] | None = None, drift: Drift | None = None
+) -> None:
     """The champion, earlier champions, candidates; then how shadowing candidates agreed
-    with the champion on served traffic."""
+    with the champion on served traffic, and how its served scores drifted."""
     rows = []
     if record.champion:
         c = record.champion
@@ -240,6 +243,23 @@ def print_model(record: ModelRecord, shadows: list[ShadowTally] | None = None) -
             f"served texts — flags agree: {agreement or 'no label'}",
             highlight=False,
         )
+    if drift is not None:
+        out.print(_drift_line(drift), highlight=False)
+
+
+def _drift_line(drift: Drift) -> str:
+    if drift.windows < 2:
+        return f"drift: one window served so far ({drift.texts_latest:,} texts): nothing to compare"
+    moved = ", ".join(
+        f"{escape(label)} PSI {d.psi:.2f} (flagged {d.flag_rate_first:.1%} → "
+        f"{d.flag_rate_latest:.1%})"
+        for label, d in drift.labels.items()
+    )
+    alert = " [red]ALERT (MODFACTORY_DRIFT_ALERT)[/red]" if drift.alert else ""
+    return (
+        f"drift of {drift.run_id}, latest window ({drift.texts_latest:,} texts) vs its first "
+        f"({drift.texts_first:,}):{alert} {moved}"
+    )
 
 
 def show_model(record: ModelRecord, as_json: bool) -> None:

@@ -17,6 +17,7 @@ from modfactory.cli.app import DataDirOpt, JsonOpt, app, err, load_settings, out
 
 if TYPE_CHECKING:
     from modfactory.producer import Producer
+    from modfactory.store.feedback import Correction
     from modfactory.store.review import ReviewItem
 
 HELP = "labels to flag by number (1 3), Enter: as the model did, 0: none, s: skip, q: quit"
@@ -35,7 +36,7 @@ def review(
     """Label served texts waiting for review, most uncertain first; each answer is a
     correction (as `POST /v1/feedback`), the next run's data. The texts and prompts go to
     stderr, answers are read from stdin."""
-    from modfactory.store.feedback import Correction, FeedbackLog
+    from modfactory.store.feedback import FeedbackLog
     from modfactory.triggers.feedback import model_labels, retrain_if_due
     from modfactory.triggers.feedback_api import REVIEW_LEASE, review_queue
 
@@ -61,16 +62,7 @@ def review(
                 if answer is None:
                     break
                 continue
-            correction = Correction(
-                model_name=name,
-                text=item.text,
-                labels=answer,
-                reviewer=who,
-                at=datetime.now(UTC),
-                request_id=f"review:{item.id}",
-                via="review",
-            )
-            await log.add(correction)
+            await log.add(_correction(item, answer, who))
             await queue.remove(name, item.id)
             done["labelled"] += 1
         done["waiting"] = await queue.size(name)
@@ -85,6 +77,20 @@ def review(
     out.print(
         f"{done['labelled']} labelled, {done['skipped']} skipped; {done['waiting']} waiting "
         f"for review of {name!r}"
+    )
+
+
+def _correction(item: ReviewItem, labels: list[str], reviewer: str) -> Correction:
+    from modfactory.store.feedback import Correction
+
+    return Correction(
+        model_name=item.model_name,
+        text=item.text,
+        labels=labels,
+        reviewer=reviewer,
+        at=datetime.now(UTC),
+        request_id=f"review:{item.id}",  # answered twice (a lease lapsed): stored once
+        via="review",
     )
 
 

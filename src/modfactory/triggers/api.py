@@ -39,11 +39,13 @@ from modfactory.data.recipe import RecipeError
 from modfactory.data.sources import allowed_source
 from modfactory.producer import Producer
 from modfactory.serving.champions import ChampionServer
+from modfactory.serving.drift import DriftMeter
 from modfactory.serving.meter import ServeMeter
 from modfactory.serving.review import ReviewSampler
 from modfactory.serving.shadow import Shadow
 from modfactory.settings import Settings
 from modfactory.store import queue
+from modfactory.store.drift import DriftLog
 from modfactory.store.feedback import RateLimit
 from modfactory.store.health import queued_without_worker, worker_heartbeat
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
@@ -159,11 +161,15 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     )
     app.state.shadow = Shadow(champions, ShadowLog(pool, settings.queue_name))
     app.state.review = ReviewSampler(review_queue(pool, settings), settings.review_sample)
+    app.state.drift = DriftMeter(DriftLog(pool, settings.queue_name, settings.drift_window))
     refreshing = asyncio.create_task(champions.refresh_forever(settings.serve_refresh_interval))
+    counting = asyncio.create_task(app.state.drift.flush_forever(settings.serve_refresh_interval))
     try:
         yield
     finally:
         refreshing.cancel()
+        counting.cancel()
+        await app.state.drift.flush()
         await app.state.shadow.drain()
         await app.state.review.drain()
         for each in backends.values():
@@ -335,6 +341,9 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """``GET /metrics``: Prometheus text."""
-    text = await prometheus_text(_producer(request).redis, _settings(request).queue_name)
+    settings = _settings(request)
+    text = await prometheus_text(
+        _producer(request).redis, settings.queue_name, settings.drift_window, settings.drift_alert
+    )
     text += request.app.state.serve_meter.exposition()
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

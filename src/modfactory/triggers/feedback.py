@@ -21,6 +21,7 @@ from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
 from modfactory.store.feedback import FeedbackLog
+from modfactory.store.registry import RegistryError
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 from modfactory.triggers.schedule import Decision, ScheduleLog
 
@@ -48,15 +49,25 @@ async def corrections_since(producer: Producer, name: str) -> tuple[int, RunSpec
     return total - max(used, started_at), spec
 
 
+class UnknownModel(RegistryError):
+    """Corrections of a model name that has no champion (and is not the settings' own)."""
+
+
 async def model_labels(producer: Producer, name: str) -> tuple[str, ...]:
     """The labels a correction of ``name`` may name: those its champion's recipe asks for
-    (the settings' without a champion)."""
+    (the settings' for MODFACTORY_MODEL_NAME before its first champion). UnknownModel for
+    any other name without a champion: corrections never make up a model name."""
     champion = (await producer.model(name)).champion
     if champion is not None:
         try:
             return (await producer.run(champion.run_id)).spec.recipe.label_columns
         except RunNotFound:
             pass
+    if name != producer.settings.model_name:
+        raise UnknownModel(
+            f"model {name!r} has no champion: corrections are for a model that exists "
+            f"(or for MODFACTORY_MODEL_NAME={producer.settings.model_name!r})"
+        )
     return producer.settings.label_columns
 
 
@@ -71,7 +82,10 @@ async def retrain_if_due(producer: Producer, name: str) -> Decision | None:
         return None
     why = f"{since} corrections of {name!r} (MODFACTORY_RETRAIN_AFTER_FEEDBACK={due})"
     prefix, redis = producer.settings.queue_name, producer.redis
+    active = await producer.active_run(name)  # the cheap answer, while a run is under way
     try:
+        if active is not None:
+            raise ActiveRunExists(active)
         wanted = spec.model_copy(update={"source_fingerprint": None}) if spec else None
         wanted = wanted or producer.spec(model_name=name)
         submission = await producer.submit(wanted)

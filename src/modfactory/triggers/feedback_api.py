@@ -34,7 +34,7 @@ from modfactory.store.feedback import Correction, FeedbackLog, RateLimit
 from modfactory.store.review import ReviewQueue
 from modfactory.triggers.auth import AuthError, check_bearer
 from modfactory.triggers.errors import ApiError, field_error, read_body
-from modfactory.triggers.feedback import model_labels, retrain_if_due
+from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
 
 log = logging.getLogger("modfactory.triggers.feedback")
 REVIEW_LEASE = 600  # seconds a reviewer holds the texts handed out
@@ -123,7 +123,7 @@ async def feedback(request: Request) -> Response:
     wanted = _parsed(request, await read_body(request, settings.serve_max_body, "SERVE"))
     producer: Producer = request.app.state.producer
     name = wanted.model or settings.model_name
-    labels = await model_labels(producer, name)
+    labels = await _labels(producer, name)
     for label in wanted.labels:
         if label not in labels:
             raise ApiError(
@@ -168,6 +168,13 @@ async def _retrain_if_due(producer: Producer, name: str) -> None:
         await retrain_if_due(producer, name)
     except Exception:  # the correction is stored; the worker's round looks again
         log.exception("feedback of %s: could not start a retrain", name)
+
+
+async def _labels(producer: Producer, name: str) -> tuple[str, ...]:
+    try:
+        return await model_labels(producer, name)
+    except UnknownModel as exc:
+        raise ApiError(404, str(exc)) from None
 
 
 def review_queue(redis: Redis, settings: Settings) -> ReviewQueue:

@@ -158,6 +158,7 @@ async def _scored(request: Request, prefix: str) -> Scored:
     flags = [champion.moderation(s)[0] for s in scores]
     meter.scored(champion.model_name, flags)
     request.app.state.shadow.observe(champion, texts, flags)
+    request.app.state.drift.observe(champion, scores, flags)
     answer_id = f"{prefix}-{uuid.uuid4().hex}"
     if asked.store:
         request.app.state.review.offer(champion, answer_id, texts, scores, flags)

@@ -3,7 +3,8 @@
 Runs by state and stage durations come from the two small indexes the run store keeps in
 the same transactions as the runs; queue depth from arq's queue; backend API errors from a
 counter the backends bump on every failed request (retried or not); scheduled-retrain
-decisions from the schedule log; shadow agreement from the shadow log. Nothing here is
+decisions from the schedule log; shadow agreement from the shadow log; the drift of each
+champion's served scores from the drift log. Nothing here is
 process-local, so any number of ``modfactory serve`` replicas report the same numbers
 (the serving counters each process adds after these are its own).
 """
@@ -25,6 +26,7 @@ from prometheus_client.core import (
 from redis.asyncio import Redis
 
 from modfactory.backends.api_errors import api_errors_key
+from modfactory.evaluation.drift import Drift, champion_drifts
 from modfactory.store.health import worker_heartbeat
 from modfactory.store.run import STAGE_BUCKETS, RunState
 from modfactory.store.runs import RunStore
@@ -44,9 +46,10 @@ class _Readings:
     decisions: dict[str, int]
     worker_up: bool
     shadows: list[ShadowTally]
+    drifts: list[Drift]
 
 
-async def _read(redis: Redis, queue_name: str) -> _Readings:
+async def _read(redis: Redis, queue_name: str, window: float, alert_at: float) -> _Readings:
     store = RunStore(redis, queue_name)
     await store.reindex()
     histogram: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
@@ -68,6 +71,7 @@ async def _read(redis: Redis, queue_name: str) -> _Readings:
         decisions=await ScheduleLog(redis, queue_name).counts(),
         worker_up=bool(await worker_heartbeat(redis, queue_name)),
         shadows=await ShadowLog(redis, queue_name).tallies(),
+        drifts=await champion_drifts(redis, queue_name, window, alert_at),
     )
 
 
@@ -110,6 +114,7 @@ def _families(read: _Readings) -> Iterator[Metric]:
         "modfactory_worker_up", "1 if a worker heartbeat is recent.", value=int(read.worker_up)
     )
     yield from _shadow_families(read.shadows)
+    yield from _drift_families(read.drifts)
 
 
 def _shadow_families(shadows: list[ShadowTally]) -> Iterator[Metric]:
@@ -131,9 +136,39 @@ def _shadow_families(shadows: list[ShadowTally]) -> Iterator[Metric]:
     yield agreement
 
 
-async def prometheus_text(redis: Redis, queue_name: str) -> bytes:
+def _drift_families(drifts: list[Drift]) -> Iterator[Metric]:
+    psi = GaugeMetricFamily(
+        "modfactory_drift_psi",
+        "PSI of a champion's served scores, latest window vs the first after promotion.",
+        labels=["model_name", "run_id", "label"],
+    )
+    rate = GaugeMetricFamily(
+        "modfactory_drift_flag_rate",
+        "Share of served texts flagged, in the first window after promotion and the latest.",
+        labels=["model_name", "run_id", "label", "window"],
+    )
+    alert = GaugeMetricFamily(
+        "modfactory_drift_alert",
+        "1 when a label's PSI is at or above MODFACTORY_DRIFT_ALERT.",
+        labels=["model_name", "run_id"],
+    )
+    for drift in drifts:
+        key = [drift.model_name, drift.run_id]
+        for label, d in drift.labels.items():
+            psi.add_metric([*key, label], d.psi)
+            rate.add_metric([*key, label, "first"], d.flag_rate_first)
+            rate.add_metric([*key, label, "latest"], d.flag_rate_latest)
+        alert.add_metric(key, int(drift.alert))
+    yield psi
+    yield rate
+    yield alert
+
+
+async def prometheus_text(
+    redis: Redis, queue_name: str, drift_window: float = 3600, drift_alert: float = 0.2
+) -> bytes:
     """The Prometheus text exposition of everything above."""
-    read = await _read(redis, queue_name)
+    read = await _read(redis, queue_name, drift_window, drift_alert)
 
     class Snapshot:
         def collect(self) -> Iterator[Metric]:
