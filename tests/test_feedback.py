@@ -237,6 +237,7 @@ def test_a_correction_is_accepted_once_and_bad_ones_are_refused_storing_nothing(
         "no labels": (send(client, {"input": "x"}), 422, "labels"),
         "empty text": (send(client, {"input": "", "labels": {}}), 422, "input"),
         "a field it lacks": (send(client, {**body, "store": 1}), 422, "store"),
+        "a made-up model": (send(client, {**body, "model": "nope"}), 404, "no champion"),
     }
     for case, (answer, status, named) in refused.items():
         assert answer.status_code == status, (case, answer.text)
