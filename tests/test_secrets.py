@@ -49,6 +49,7 @@ WEBHOOK_SECRET = "whsec-live-" + "e5f6" * 8
 WEBHOOK_TOKEN = "tok-live-" + "g7h8" * 8
 REDIS_PASSWORD = "redis-pw-" + "i9j0" * 6
 SERVE_TOKEN = "serve-live-" + "u1v2" * 8
+REVIEW_TOKEN = "review-live-" + "y5z6" * 8
 S3_SECRET = "s3-secret-live-" + "w3x4" * 6  # in MODFACTORY_ARTIFACTS_OPTIONS
 # Wrong or refused values: an error about them must not repeat them either.
 WRONG_API_KEY = "sk-mistral-wrong-" + "k1l2" * 6
@@ -63,6 +64,7 @@ SECRETS = {
     "webhook token": WEBHOOK_TOKEN,
     "Redis password": REDIS_PASSWORD,
     "serve token": SERVE_TOKEN,
+    "review token": REVIEW_TOKEN,
     "S3 secret (options)": S3_SECRET,
     "S3 secret (environment)": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     "wrong Mistral API key": WRONG_API_KEY,
@@ -169,6 +171,7 @@ async def test_no_secret_appears_in_any_output(
         webhook_secret=WEBHOOK_SECRET,
         webhook_token=WEBHOOK_TOKEN,
         serve_token=SERVE_TOKEN,
+        review_token=REVIEW_TOKEN,
         webhook_sources=("synthetic",),
         backend="mistral",
         mistral_training_steps=5,
@@ -256,6 +259,14 @@ async def test_no_secret_appears_in_any_output(
         wrong = {"Authorization": f"Bearer {WRONG_TOKEN}"}
         refused = httpx.post(f"{url}/v1/moderations", json={"input": "hi"}, headers=wrong)
         assert out.http("POST /v1/moderations (wrong token)", refused).status_code == 401
+        # a correction, the review queue, and a correction refused
+        reviewing = {"Authorization": f"Bearer {REVIEW_TOKEN}"}
+        correction = {"input": "hi there", "labels": {"toxicity": True}}
+        answer = httpx.post(f"{url}/v1/feedback", json=correction, headers=reviewing)
+        assert out.http("POST /v1/feedback", answer).status_code == 202, answer.text
+        out.http("GET /v1/review", httpx.get(f"{url}/v1/review", headers=reviewing))
+        refused = httpx.post(f"{url}/v1/feedback", json=correction, headers=wrong)
+        assert out.http("POST /v1/feedback (wrong token)", refused).status_code == 401
         out.http("GET /metrics", httpx.get(f"{url}/metrics"))
         out.http("GET /healthz", httpx.get(f"{url}/healthz"))
 
@@ -269,6 +280,7 @@ async def test_no_secret_appears_in_any_output(
             ("models",),
             ("models", "--json"),
             ("schedule", "--json"),
+            ("feedback", "list", "--json"),
             ("prune", "--dry-run", "--json"),
             ("report", good.id),
             ("classify", "some text", "--json"),
@@ -348,8 +360,10 @@ def test_redaction_takes_every_configured_secret_out_of_a_text() -> None:
         webhook_secret=WEBHOOK_SECRET,
         webhook_token=WEBHOOK_TOKEN,
         serve_token=SERVE_TOKEN,
+        review_token=REVIEW_TOKEN,
         webhook_sources=("synthetic",),
     )
-    keys = (API_KEY, WANDB_KEY, WEBHOOK_SECRET, WEBHOOK_TOKEN, SERVE_TOKEN, REDIS_PASSWORD)
-    assert redact(" / ".join(keys), settings.secret_values()) == " / ".join(["***"] * 6)
+    keys = (API_KEY, WANDB_KEY, WEBHOOK_SECRET, WEBHOOK_TOKEN, SERVE_TOKEN, REVIEW_TOKEN)
+    keys += (REDIS_PASSWORD,)
+    assert redact(" / ".join(keys), settings.secret_values()) == " / ".join(["***"] * 7)
     assert Settings(redis_url="redis://cache:6379/0").secret_values() == ()
