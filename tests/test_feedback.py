@@ -488,3 +488,30 @@ async def test_a_champions_moved_scores_raise_the_drift_alert_on_metrics(redis_d
     assert rates[("toxicity", "first")] == pytest.approx(10 / 110)
     assert rates[("toxicity", "latest")] == pytest.approx(0.6)
     await client.aclose()
+
+
+async def test_corrections_held_back_by_an_unfinished_run_start_one_on_the_next_round(
+    redis_db: str, tmp_path: Path
+) -> None:
+    from modfactory.stages.context import StageContext
+    from modfactory.triggers.feedback import feedback_retrain
+
+    settings = settings_for(
+        redis_db, tmp_path / "data", retrain_after_feedback=2, source="synthetic:600"
+    )
+    producer = await producer_for(settings)
+    busy = (await producer.submit(producer.spec())).run  # a run under way (no worker here)
+    log = FeedbackLog(producer.redis, settings.queue_name)
+    await log.add(correction("one"))
+    await log.add(correction("two"))
+    ctx = {"modfactory": StageContext(settings, producer.store, producer.redis)}
+    await feedback_retrain(ctx)
+    assert (await producer.runs(5))[0].id == busy.id  # held back
+    await producer.store.cancel(busy.id, "done with it")
+    await feedback_retrain(ctx)  # the worker's next round
+    newest = (await producer.runs(5))[0]
+    assert newest.id != busy.id and newest.spec.source_fingerprint.endswith("+feedback:2")
+    await feedback_retrain(ctx)
+    assert len(await producer.runs(5)) == 2  # one run for those corrections
+    await ctx["modfactory"].close()
+    await producer.redis.aclose()
