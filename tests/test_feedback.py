@@ -515,3 +515,23 @@ async def test_corrections_held_back_by_an_unfinished_run_start_one_on_the_next_
     assert len(await producer.runs(5)) == 2  # one run for those corrections
     await ctx["modfactory"].close()
     await producer.redis.aclose()
+
+
+async def test_corrections_sent_after_redis_lost_its_data_are_kept_and_count_as_newer(
+    redis_db: str, tmp_path: Path
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_db)
+    log = FeedbackLog(client, "t")
+    store = ArtifactStore(tmp_path / "artifacts")
+    await log.add(correction("hello", "toxicity"))
+    await log.add(correction("other"))
+    assert (await all_corrections(store, log, "moderation", compact=True))[1] == 2
+    await client.flushdb()  # Redis restarted without persistence
+    await log.add(correction("hello"))  # numbered 1 again by a fresh counter
+    rows, upto = await all_corrections(store, log, "moderation")
+    assert upto == 3 and {r["text"]: r["labels"] for r in rows} == {"hello": [], "other": []}
+    await log.add(correction("new"))
+    assert await log.count("moderation") == 4  # counting goes on after the snapshot
+    rows, upto = await all_corrections(store, log, "moderation", compact=True)
+    assert upto == 4 and len(rows) == 3 and await log.after("moderation", 0) == []
+    await client.aclose()

@@ -32,6 +32,10 @@ async def all_corrections(
     try:
         for _ in range(10):
             base, base_seq = await asyncio.to_thread(_newest_snapshot, store, name)
+            if base_seq and await feedback.restore(name, base_seq):
+                log.warning(
+                    "feedback of %s: Redis lost its log; counting on from #%d", name, base_seq
+                )
             pending = await feedback.after(name, base_seq)
             if await feedback.trimmed(name) <= base_seq:
                 break

@@ -1,8 +1,9 @@
 """Moderators' corrections, as a log in Redis: per model name, a sorted set of corrections
 by sequence number (``<prefix>:feedback:<name>``), its counter, and the highest number
-compacted away (``trim``: the artifact store holds what is older, see
-``stages.feedback``). A correction sent again with the same ``request_id`` is stored once
-and answered with the first one's id. Also here: the per-token rate of corrections.
+compacted away (``trim``: the artifact store holds what is older, see ``stages.feedback``;
+a Redis that lost its data is put back in step by ``restore``). A correction sent again
+with the same ``request_id`` is stored once and answered with the first one's id. Also
+here: the per-token rate of corrections.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ return {seq, ARGV[2]}
 """
 
 
+_RESTORE = """
+if redis.call("EXISTS", KEYS[3]) == 1 then return 0 end
+local base = tonumber(ARGV[1])
+local entries = redis.call("ZRANGE", KEYS[1], 0, -1, "WITHSCORES")
+for i = 1, #entries, 2 do
+  redis.call("ZADD", KEYS[1], tonumber(entries[i + 1]) + base, entries[i])
+end
+redis.call("INCRBY", KEYS[2], base)
+redis.call("SET", KEYS[3], base)
+return 1
+"""
+
+
 class Correction(BaseModel):
     """One text as a person labelled it: the labels named are flagged, the others not."""
 
@@ -52,6 +66,7 @@ class FeedbackLog:
         self.redis = redis
         self.prefix = prefix
         self._add = redis.register_script(_ADD)
+        self._restore = redis.register_script(_RESTORE)
 
     def _log(self, model_name: str) -> str:
         return f"{self.prefix}:feedback:{model_name}"
@@ -93,6 +108,13 @@ class FeedbackLog:
             Correction.model_validate_json(body).model_copy(update={"seq": int(n)})
             for body, n in raw
         ]
+
+    async def restore(self, model_name: str, compacted: int) -> bool:
+        """After Redis lost its data (no compaction mark, yet a snapshot up to ``compacted``
+        exists): renumber the corrections that came since after the snapshot's, and go on
+        counting from there. True if it did (a second call does nothing)."""
+        keys = [self._log(model_name), self._seq(model_name), self._trimmed(model_name)]
+        return bool(await self._restore(keys=keys, args=[compacted]))
 
     async def trim(self, model_name: str, upto: int) -> None:
         """Forget the corrections numbered up to ``upto`` (they are compacted elsewhere)."""
