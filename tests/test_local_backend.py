@@ -25,7 +25,8 @@ from modfactory.data.sources import parse_source
 from modfactory.settings import Settings
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 
-# trainer processes; one xdist process runs the module (its fixture is built once)
+# trainer processes; one xdist process runs the module (its fixture is built once), but for
+# its two longest tests (groups of their own: the suite's long pole otherwise)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local_backend")]
 
 
@@ -145,6 +146,7 @@ async def test_a_killed_trainer_is_started_again_once_its_lease_lapses(
     assert len(restarted.checkpoints) == len(restarted.classifier_targets[0].labels)
 
 
+@pytest.mark.xdist_group("grid")  # a long test: beside the others, not after
 async def test_the_default_grid_chooses_and_records_a_model_per_label(
     tmp_path: Path, dataset: Path, local
 ) -> None:
@@ -240,6 +242,7 @@ async def test_a_trainer_past_its_timeout_is_stopped_and_the_job_fails_naming_it
     assert not await trainer_alive(backend, job.id)
 
 
+@pytest.mark.xdist_group("leases")  # a long test: beside the others, not after
 async def test_one_trainer_per_job_a_second_is_refused_and_a_stale_one_stops(
     tmp_path: Path, dataset: Path, slow_trainer, local
 ) -> None:
