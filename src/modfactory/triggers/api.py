@@ -12,6 +12,7 @@ Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<mess
 - ``POST /v1/feedback``, ``GET /v1/review`` — a moderator's correction, the next run's
   data, and the queue of served texts to review (``feedback_api``); the review token only.
 - ``GET /healthz`` — Redis reachable and a worker heartbeat seen recently (200, else 503).
+- ``/ui`` — the dashboard (``ui``): sign-in with a token, a session cookie, CSRF.
 - ``GET /metrics`` — Prometheus text (see ``monitoring``; the serving counters of this
   process after them).
 """
@@ -50,6 +51,7 @@ from modfactory.store.feedback import RateLimit
 from modfactory.store.health import queued_without_worker, worker_heartbeat
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 from modfactory.store.shadow import ShadowLog
+from modfactory.triggers import ui
 from modfactory.triggers.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -114,6 +116,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/review", review, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *ui.routes(),
         ],
         exception_handlers={
             ApiError: api_error,
@@ -126,6 +129,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.artifacts = ArtifactStore.from_settings(settings)
+    app.state.ui_templates = ui.templates()
     return app
 
 

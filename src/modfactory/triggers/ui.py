@@ -1,0 +1,321 @@
+"""``/ui``: the dashboard on ``modfactory serve`` — server-rendered pages (Jinja2, texts
+escaped everywhere), a little plain JavaScript that refreshes the live parts, every asset
+served from the package (no network needed). Sign-in, sessions and CSRF: ``ui_session``.
+
+Pages: runs (newest first, filters, updating themselves), a run (stages, metrics, charts,
+dataset, events; cancel, approve, re-queue a failed stage). Every page carries a
+Content-Security-Policy without inline scripts, and is never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from modfactory.artifacts import ArtifactError, ArtifactStore
+from modfactory.evaluation import tables
+from modfactory.producer import Producer
+from modfactory.store.run import STAGES, Run, RunNotFound, RunState, RunStateError
+from modfactory.triggers.errors import read_body
+from modfactory.triggers.ui_run import CHART_NAMES, run_context
+from modfactory.triggers.ui_session import (
+    LOGIN_COOKIE,
+    Session,
+    csrf_ok,
+    end_session,
+    login_csrf,
+    role_of,
+    session_of,
+    signing_in_possible,
+    start_session,
+)
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
+WRONG_TOKEN_DELAY = 1.0  # seconds before a refused sign-in is answered
+RUNS_SHOWN = 50
+
+
+def templates() -> Environment:
+    return Environment(
+        loader=PackageLoader("modfactory.triggers", "ui_assets/templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/ui", home, methods=["GET"]),
+        Route("/ui/login", login_page, methods=["GET"]),
+        Route("/ui/login", login, methods=["POST"]),
+        Route("/ui/logout", logout, methods=["POST"]),
+        Route("/ui/runs", runs_page, methods=["GET"]),
+        Route("/ui/runs/{run_id}", run_page, methods=["GET"]),
+        Route("/ui/runs/{run_id}/files/{name}", run_file, methods=["GET"]),
+        Route("/ui/runs/{run_id}/{action}", run_action, methods=["POST"]),
+        Mount(
+            "/ui/static",
+            StaticFiles(packages=[("modfactory.triggers", "ui_assets/static")]),
+            name="ui-static",
+        ),
+    ]
+
+
+def _headers(csp: str = CSP) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": csp,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    env: Environment = request.app.state.ui_templates
+    html = env.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status, headers=_headers())
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _signed_in(request: Request, admin: bool = True) -> Session:
+    """The session, or a refusal: to the sign-in page (GET), 403 (anything else, or a
+    reviewer on an admin page)."""
+    session = session_of(request)
+    if session is None:
+        if request.method == "GET":
+            target = "/ui/login?" + urlencode({"next": request.url.path})
+            raise _Refused(RedirectResponse(target, 303, headers=_headers()))
+        raise _Refused(_message(request, None, 403, "Not signed in", "Sign in first."))
+    if admin and not session.admin:
+        raise _Refused(
+            _message(request, session, 403, "Not allowed", "The review token may only review.")
+        )
+    return session
+
+
+def _message(
+    request: Request, session: Session | None, status: int, title: str, message: str
+) -> HTMLResponse:
+    return render(request, "message.html", status, session=session, title=title, message=message)
+
+
+async def posted(request: Request) -> dict[str, str]:
+    """An urlencoded form's fields, its body bounded as every body is (413 beyond)."""
+    body = await read_body(request, request.app.state.settings.webhook_max_body, "WEBHOOK")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+async def _form(request: Request, session: Session | None, csrf: str) -> dict[str, Any]:
+    """The posted form, once its CSRF token is the expected one (else a 403 page)."""
+    form = await posted(request)
+    if not csrf_ok(csrf, form.get("csrf")):
+        raise _Refused(
+            _message(request, session, 403, "Refused", "This form is stale or forged: reload.")
+        )
+    return dict(form)
+
+
+def guarded(handler: Any) -> Any:
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except _Refused as refused:
+            return refused.response
+
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+# --- signing in --------------------------------------------------------------------------------
+async def home(request: Request) -> Response:
+    """``GET /ui``: to the runs (or the sign-in page)."""
+    return RedirectResponse("/ui/runs", 303, headers=_headers())
+
+
+async def login_page(
+    request: Request, error: str | None = None, status: int = 200, nxt: str | None = None
+) -> Response:
+    """``GET /ui/login``: a token field (``next``: where to go once signed in)."""
+    nxt = nxt or request.query_params.get("next", "/ui/runs")
+    csrf = secrets.token_urlsafe(24)
+    response = render(
+        request,
+        "login.html",
+        status,
+        session=None,
+        title="Sign in",
+        error=error,
+        csrf=csrf,
+        possible=signing_in_possible(request.app.state.settings),
+        next=nxt if nxt.startswith("/ui/") and not nxt.startswith("//") else "/ui/runs",
+    )
+    login_csrf(request, response, csrf)
+    return response
+
+
+async def login(request: Request) -> Response:
+    """``POST /ui/login``: the right token starts a session; a wrong one is refused, late."""
+    form = await posted(request)
+    nxt = str(form.get("next", ""))
+    if not csrf_ok(request.cookies.get(LOGIN_COOKIE, ""), form.get("csrf")):
+        return await login_page(request, "The sign-in form expired: try again.", 403, nxt)
+    role = role_of(request.app.state.settings, str(form.get("token", "")))
+    if role is None:
+        await asyncio.sleep(WRONG_TOKEN_DELAY)
+        return await login_page(request, "That token is not accepted here.", 401, nxt)
+    target = nxt if nxt.startswith("/ui/") and not nxt.startswith("//") else "/ui/runs"
+    response = RedirectResponse(target, 303, headers=_headers())
+    start_session(request, response, role)
+    return response
+
+
+@guarded
+async def logout(request: Request) -> Response:
+    """``POST /ui/logout``."""
+    session = _signed_in(request, admin=False)
+    await _form(request, session, session.csrf)
+    response = RedirectResponse("/ui/login", 303, headers=_headers())
+    end_session(request, response)
+    return response
+
+
+# --- runs ---------------------------------------------------------------------------------------
+def _age(at: datetime) -> str:
+    seconds = (datetime.now(UTC) - at).total_seconds()
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _progress(run: Run) -> str:
+    if run.progress and run.stages[run.progress.stage].state == "running":
+        p = run.progress
+        return f"{p.what}: {p.done:,} of {p.total:,}"
+    if run.state == RunState.RUNNING and run.training.status and run.current_stage == "train":
+        last = run.training.checkpoints[-1] if run.training.checkpoints else None
+        return run.training.status + (f" · step {last.step}" if last else "")
+    return ""
+
+
+def run_row(run: Run, metric: str) -> dict[str, Any]:
+    value = run.metrics.value(metric) if run.metrics else None  # type: ignore[arg-type]
+    return {
+        "id": run.id,
+        "model": run.spec.model_name,
+        "state": run.state.value,
+        "stage": run.current_stage or "",
+        "progress": _progress(run),
+        "source": run.spec.source,
+        "backend": run.spec.backend,
+        "metric": tables.number(value) if value is not None else "",
+        "age": _age(run.created_at),
+    }
+
+
+@guarded
+async def runs_page(request: Request) -> Response:
+    """``GET /ui/runs?state=…&model=…`` (``fragment=1``: the table alone, for refreshing)."""
+    session = _signed_in(request)
+    state = request.query_params.get("state", "")
+    model = request.query_params.get("model", "").strip()[:200]
+    producer: Producer = request.app.state.producer
+    wanted = [
+        r
+        for r in await producer.runs(RUNS_SHOWN if not (state or model) else 1000)
+        if (not state or r.state.value == state) and (not model or r.spec.model_name == model)
+    ][:RUNS_SHOWN]
+    metric = request.app.state.settings.promotion_metric
+    query = urlencode({"state": state, "model": model, "fragment": 1})
+    context = {
+        "session": session,
+        "title": "Runs",
+        "page": "runs",
+        "rows": [run_row(r, metric) for r in wanted],
+        "metric": metric,
+        "state": state,
+        "model": model,
+        "states": [s.value for s in RunState],
+        "refresh": f"/ui/runs?{query}",
+    }
+    fragment = request.query_params.get("fragment") == "1"
+    return render(request, "runs_rows.html" if fragment else "runs.html", **context)
+
+
+async def _run(request: Request, session: Session) -> Run:
+    try:
+        return await request.app.state.producer.run(request.path_params["run_id"])
+    except RunNotFound as exc:
+        raise _Refused(_message(request, session, 404, "No such run", str(exc))) from None
+
+
+@guarded
+async def run_page(request: Request) -> Response:
+    """``GET /ui/runs/{id}`` (``fragment=1``: the body alone, for refreshing)."""
+    session = _signed_in(request)
+    run = await _run(request, session)
+    context = run_context(run, session, request.app.state.settings.promotion_metric)
+    fragment = request.query_params.get("fragment") == "1"
+    return render(request, "run_body.html" if fragment else "run.html", **context)
+
+
+@guarded
+async def run_file(request: Request) -> Response:
+    """``GET /ui/runs/{id}/files/{chart or report}``: from the artifact store."""
+    session = _signed_in(request)
+    run = await _run(request, session)
+    name = request.path_params["name"]
+    charts = {chart: field for chart, field, _ in CHART_NAMES}
+    field = "report_html" if name == "report" else charts.get(name)
+    key = getattr(run.artifacts, field, None) if field else None
+    if not key:
+        return _message(request, session, 404, "No such file", f"run {run.id} has no {name}")
+    store: ArtifactStore = request.app.state.artifacts
+    try:
+        data = await asyncio.to_thread(store.load, key)
+    except ArtifactError as exc:
+        return _message(request, session, 503, "Not available", str(exc))
+    if name == "report":
+        return HTMLResponse(data, headers=_headers(REPORT_CSP))
+    return Response(data, media_type="image/png", headers=_headers())
+
+
+@guarded
+async def run_action(request: Request) -> Response:
+    """``POST /ui/runs/{id}/cancel|approve|requeue``: then back to the run."""
+    session = _signed_in(request)
+    await _form(request, session, session.csrf)
+    run = await _run(request, session)
+    producer: Producer = request.app.state.producer
+    action = request.path_params["action"]
+    try:
+        if action == "cancel":
+            await producer.cancel(run.id)
+        elif action == "approve":
+            await producer.approve(run.id)
+        elif action == "requeue":
+            failed = next((s for s in STAGES if run.stages[s].state == "failed"), None)
+            if failed is None:
+                raise RunStateError(f"run {run.id} has no failed stage to queue again")
+            await producer.enqueue(failed, run.id)
+        else:
+            return _message(request, session, 404, "No such action", f"{action!r}")
+    except RunStateError as exc:
+        return _message(request, session, 409, "Not done", str(exc))
+    return RedirectResponse(f"/ui/runs/{run.id}", 303, headers=_headers())

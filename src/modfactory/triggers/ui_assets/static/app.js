@@ -1,0 +1,24 @@
+// Live parts of /ui: an element with data-refresh="<url>" is replaced by that URL's HTML
+// every 2 s until the answer holds a data-final mark. The answer is the server's own
+// rendering (texts escaped there); no inline script exists anywhere (the CSP forbids it).
+"use strict";
+function refresh(element) {
+  const url = element.dataset.refresh;
+  if (!url || element.querySelector("[data-final]")) return;
+  setTimeout(async () => {
+    try {
+      const answer = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (answer.redirected || answer.status === 401 || answer.status === 403) {
+        window.location.assign("/ui/login");
+        return;
+      }
+      if (answer.ok) element.innerHTML = await answer.text();
+    } catch (error) {
+      // the server is away for a moment: try again on the next round
+    }
+    refresh(element);
+  }, 2000);
+}
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-refresh]").forEach(refresh);
+});

@@ -1,0 +1,190 @@
+"""``/ui`` in a real browser: Playwright driving Debian's Chromium (``/usr/bin/chromium``)
+against a real ``modfactory serve``, worker and redis-server. Screenshots of each page go to
+``docs/screenshots/`` (the README shows them)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from helpers import producer_for, serve_process, settings_for, worker_process
+from modfactory.settings import Settings
+from modfactory.store.run import RunState
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("ui"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
+]
+ADMIN = "ui-webhook-token-0123456789abcdef012345"
+REVIEW = "ui-review-token-0123456789abcdef0123456"
+SERVE = "ui-serve-token-0123456789abcdef01234567"
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+XSS = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    url: str
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    url = f"{redis_url}/6"  # this module's own database
+    redis.Redis.from_url(url).flushdb()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    work = tmp_path_factory.mktemp("ui")
+    settings = settings_for(url, work / "data", source="synthetic:3000")
+    tokens = {
+        "MODFACTORY_WEBHOOK_TOKEN": ADMIN,
+        "MODFACTORY_REVIEW_TOKEN": REVIEW,
+        "MODFACTORY_SERVE_TOKEN": SERVE,
+    }
+    with (
+        worker_process(settings, work / "worker.log"),
+        serve_process(settings, work / "serve.log", **tokens) as (_, served),
+    ):
+        yield Deployment(settings, served)
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield chromium
+        await chromium.close()
+
+
+async def signed_in(browser, deployment: Deployment, token: str = ADMIN):
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{deployment.url}/ui/runs")
+    await page.get_by_label("Token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(re.compile(r"/ui/runs"))
+    return page
+
+
+async def test_nothing_is_shown_before_sign_in_and_a_wrong_token_is_refused(
+    browser, deployment: Deployment
+) -> None:
+    producer = await producer_for(deployment.settings)
+    run = (await producer.submit(producer.spec(model_name="secretive"))).run
+    async with httpx.AsyncClient(base_url=deployment.url) as client:
+        for path in ("/ui/runs", f"/ui/runs/{run.id}", f"/ui/runs/{run.id}?fragment=1"):
+            answer = await client.get(path)
+            assert answer.status_code == 303 and answer.headers["location"].startswith("/ui/login")
+            assert run.id not in answer.text
+        for path in ("/ui/runs/files", f"/ui/runs/{run.id}/files/loss"):
+            assert run.id not in (await client.get(path)).text
+    page = await browser.new_page()
+    await page.goto(f"{deployment.url}/ui/runs/{run.id}")
+    assert "/ui/login" in page.url
+    for wrong in ("not-a-token-0123456789abcdef0123456789", SERVE):  # the serve token: nothing
+        await page.get_by_label("Token").fill(wrong)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("alert").wait_for()
+        assert "not accepted" in await page.get_by_role("alert").inner_text()
+        shown = await page.content()  # (the path asked for is kept, to go there once in)
+        assert "/ui/login" in page.url and "secretive" not in shown and "synthetic" not in shown
+    await page.screenshot(path=str(SHOTS / "sign-in.png"))
+    await page.get_by_label("Token").fill(ADMIN)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(re.compile(rf"/ui/runs/{run.id}$"))  # where it was going
+    await page.close()
+    await producer.cancel(run.id)
+    await producer.redis.aclose()
+
+
+async def test_a_run_is_watched_to_its_end_without_a_reload_then_opened(
+    browser, deployment: Deployment
+) -> None:
+    page = await signed_in(browser, deployment)
+    producer = await producer_for(deployment.settings)
+    await page.evaluate("window.stillTheSamePage = true")
+    run = (await producer.submit(producer.spec())).run
+    row = page.get_by_role("row").filter(has_text=run.id)
+    await row.wait_for(timeout=30_000)  # it appeared by itself
+    await row.get_by_text("succeeded").wait_for(timeout=120_000)  # and finished by itself
+    assert await page.evaluate("window.stillTheSamePage") is True  # never reloaded
+    await page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
+
+    await row.get_by_role("link", name=run.id).click()
+    await page.get_by_role("heading", name="Test metrics").wait_for()
+    table = page.locator("table.metrics").first
+    assert await table.get_by_role("row").filter(has_text="toxicity").count() == 1
+    images = page.locator(".charts img")
+    assert await images.count() == 3
+    for i in range(3):
+        await images.nth(i).scroll_into_view_if_needed()
+        await page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=await images.nth(i).element_handle()
+        )
+    assert "succeeded" in await page.locator("h1 .state").inner_text()
+    await page.screenshot(path=str(SHOTS / "run.png"), full_page=True)
+    report = await page.context.request.get(f"{deployment.url}/ui/runs/{run.id}/files/report")
+    assert report.ok and run.id in await report.text()
+    await page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=str(SHOTS / "run-phone.png"))
+    await page.close()
+    await producer.redis.aclose()
+
+
+async def test_a_run_is_cancelled_with_its_button_and_a_forged_form_is_refused(
+    browser, deployment: Deployment
+) -> None:
+    producer = await producer_for(deployment.settings)
+    run = (await producer.submit(producer.spec(source="synthetic:400000", model_name="big"))).run
+    page = await signed_in(browser, deployment)
+    await page.goto(f"{deployment.url}/ui/runs/{run.id}")
+    cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
+    async with httpx.AsyncClient(base_url=deployment.url, cookies=cookies) as client:
+        forged = await client.post(f"/ui/runs/{run.id}/cancel", data={"csrf": "guessed"})
+        assert forged.status_code == 403 and "forged" in forged.text
+        missing = await client.post(f"/ui/runs/{run.id}/cancel")
+        assert missing.status_code == 403
+    assert not (await producer.run(run.id)).state.terminal  # neither did anything
+    await page.get_by_role("button", name="Cancel the run").click()
+    await page.locator("h1 .state", has_text="cancelled").wait_for()
+    assert (await producer.run(run.id)).state == RunState.CANCELLED
+    await page.close()
+    await producer.redis.aclose()
+
+
+async def test_a_hostile_text_is_shown_as_text_and_never_run(
+    browser, deployment: Deployment
+) -> None:
+    producer = await producer_for(deployment.settings)
+    run = (await producer.submit(producer.spec(model_name="hostile"))).run
+    await producer.store.note(run.id, "build", f"a comment said {XSS}")
+    await producer.cancel(run.id)
+    page = await signed_in(browser, deployment)
+    page.on("dialog", lambda dialog: pytest.fail(f"a script ran: {dialog.message}"))
+    await page.goto(f"{deployment.url}/ui/runs/{run.id}")
+    await page.get_by_text("a comment said <script>").wait_for()  # shown as text
+    assert await page.locator('img[src="x"]').count() == 0  # never an element
+    assert await page.title() != "pwned"  # (the page's load event has passed: goto waits)
+    headers = (await page.context.request.get(page.url)).headers
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert "unsafe-inline" not in headers["content-security-policy"]
+    await page.close()
+    await producer.redis.aclose()
+
+
+def test_screenshots_are_where_the_readme_shows_them() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in ("runs.png", "run.png"):
+        assert f"docs/screenshots/{name}" in readme
