@@ -277,3 +277,19 @@ async def test_a_look_queued_by_script_is_what_arq_would_have_queued_once(redis_
         assert await pool.zcard("looks") == 1
     finally:
         await pool.aclose()
+
+
+async def test_runs_are_found_by_state_and_model_name_newest_first(store: RunStore) -> None:
+    made = []
+    for name in ("a", "b", "a", "a.b", "a"):
+        spec = RunSpec(source="s", backend="local", recipe=RecipeParams(), model_name=name)
+        made.append(await store.create(spec, exclusive=False))
+    await store.cancel(made[2].id, "by hand")
+    assert [r.id for r in await store.find(10, model_name="a")] == [
+        made[4].id,
+        made[2].id,
+        made[0].id,
+    ]
+    assert [r.id for r in await store.find(10, state="cancelled")] == [made[2].id]
+    assert [r.id for r in await store.find(1, state="queued", model_name="a")] == [made[4].id]
+    assert await store.find(10, model_name="nobody") == []

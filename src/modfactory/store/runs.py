@@ -17,6 +17,7 @@ reconciler cancels).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,26 @@ class RunStore(RunIndexes):
             else []
         )
         return [Run.model_validate_json(raw) for raw in raws if raw is not None]
+
+    async def find(self, limit: int, state: str = "", model_name: str = "") -> list[Run]:
+        """The newest ``limit`` runs in ``state`` and of ``model_name`` (either may be
+        empty: any): ids by the state index, documents read a hundred at a time."""
+        ids = [i.decode() for i in await self.redis.zrevrange(self._index, 0, -1)]
+        if state:
+            states = await self.redis.hgetall(self.states_key)
+            ids = [i for i in ids if states.get(i.encode(), b"").decode() == state]
+        found: list[Run] = []
+        named = json.dumps({"model_name": model_name}, separators=(",", ":"))[1:-1].encode()
+        for start in range(0, len(ids), 100):
+            raws = await self.redis.mget([self._key(i) for i in ids[start : start + 100]])
+            # a document without the name in it is not parsed (its JSON is compact)
+            runs = [
+                Run.model_validate_json(r) for r in raws if r and (not model_name or named in r)
+            ]
+            found += [r for r in runs if not model_name or r.spec.model_name == model_name]
+            if len(found) >= limit:
+                break
+        return found[:limit]
 
     async def active_run(self, model_name: str) -> Run | None:
         """The unfinished run holding ``model_name``'s slot, if any."""

@@ -236,11 +236,9 @@ async def runs_page(request: Request) -> Response:
     state = request.query_params.get("state", "")
     model = request.query_params.get("model", "").strip()[:200]
     producer: Producer = request.app.state.producer
-    wanted = [
-        r
-        for r in await producer.runs(RUNS_SHOWN if not (state or model) else 1000)
-        if (not state or r.state.value == state) and (not model or r.spec.model_name == model)
-    ][:RUNS_SHOWN]
+    if state and state not in {s.value for s in RunState}:
+        state = ""
+    wanted = await producer.store.find(RUNS_SHOWN, state, model)
     metric = request.app.state.settings.promotion_metric
     query = urlencode({"state": state, "model": model, "fragment": 1})
     context = {
