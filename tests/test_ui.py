@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from helpers import producer_for, serve_process, settings_for, worker_process
+from helpers import producer_for, serve_process, settings_for, wait_until, worker_process
 from modfactory.settings import Settings
 from modfactory.store.run import RunState
 
@@ -184,7 +184,101 @@ async def test_a_hostile_text_is_shown_as_text_and_never_run(
     await producer.redis.aclose()
 
 
+async def test_a_model_is_promoted_and_rolled_back_after_being_told_what_changes(
+    browser, deployment: Deployment
+) -> None:
+    producer = await producer_for(deployment.settings)
+    runs = []
+    for seed in (1, 2):  # two models under one name
+        spec = producer.spec(source="synthetic:1000", model_name="pair", seed=seed)
+        run = (await producer.submit(spec)).run
+        done = await wait_until(producer.store, run.id, lambda r: r.state.terminal)
+        assert done.state == RunState.SUCCEEDED, done.error
+        runs.append(run.id)
+    page = await signed_in(browser, deployment)
+
+    async def champion() -> str:
+        return (await producer.model("pair")).champion.run_id
+
+    async def promote(run_id: str) -> None:
+        await page.goto(f"{deployment.url}/ui/models")
+        await page.get_by_role("row").filter(has_text=run_id).get_by_role("button").click()
+        said = await page.locator(".verdict").inner_text()
+        assert said.startswith(f"{run_id} replaces {await champion()} as the champion of pair")
+        await page.screenshot(path=str(SHOTS / "confirm.png"))
+        await page.get_by_role("button", name="Yes, do it").click()
+        await page.wait_for_url(re.compile(r"/ui/models$"))
+        assert await champion() == run_id
+
+    async def roll_back() -> None:
+        before = (await producer.model("pair")).history[-1].run_id
+        await page.goto(f"{deployment.url}/ui/models")
+        await page.get_by_role("button", name=f"Roll back to {before}").click()
+        assert "becomes the champion of pair again" in await page.locator(".verdict").inner_text()
+        await page.get_by_role("button", name="Yes, do it").click()
+        await page.wait_for_url(re.compile(r"/ui/models$"))
+        assert await champion() == before
+
+    if await champion() == runs[1]:  # the second won: back to the first, then forward again
+        await roll_back()
+        await promote(runs[1])
+    else:  # the second is a candidate: promoted anyway, then rolled back
+        await promote(runs[1])
+        await roll_back()
+    await page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
+    await page.get_by_role("link", name="Schedule").click()
+    await page.get_by_role("heading", name="Recent decisions").wait_for()
+    await page.screenshot(path=str(SHOTS / "schedule.png"), full_page=True)
+    await page.close()
+    await producer.redis.aclose()
+
+
+async def test_a_reviewer_labels_a_text_with_the_keyboard_and_sees_nothing_else(
+    browser, deployment: Deployment
+) -> None:
+    from datetime import UTC, datetime
+
+    from modfactory.store.feedback import FeedbackLog
+    from modfactory.store.review import ReviewItem, ReviewQueue
+
+    client = redis.asyncio.Redis.from_url(deployment.settings.redis_url)
+    prefix = deployment.settings.queue_name
+    text = f"you are a zorblax {XSS}"
+    item = ReviewItem(
+        id="mod-ui.0",
+        model_name="moderation",
+        text=text,
+        scores={"toxicity": 0.45, "insult": 0.3},
+        flags={"toxicity": False, "insult": False},
+        champion_run="run-x",
+        at=datetime.now(UTC),
+        uncertainty=0.05,
+    )
+    await ReviewQueue(client, prefix, 100, 3600).add([item])
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("dialog", lambda dialog: pytest.fail(f"a script ran: {dialog.message}"))
+    await page.goto(f"{deployment.url}/ui")
+    await page.get_by_label("Token").fill(REVIEW)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(re.compile(r"/ui/review"))  # the one page it opens
+    await page.get_by_text("you are a zorblax <script>").wait_for()  # shown as text
+    assert await page.title() != "pwned"
+    await page.keyboard.press("1")  # toxicity, the first label
+    assert await page.locator('input[name="label:toxicity"]').is_checked()
+    assert not await page.locator('input[name="label:insult"]').is_checked()
+    await page.screenshot(path=str(SHOTS / "review.png"))
+    await page.keyboard.press("Enter")
+    await page.get_by_text("Nothing waiting for review").wait_for()
+    [stored] = await FeedbackLog(client, prefix).after("moderation", 0)
+    assert (stored.text, stored.labels, stored.via) == (text, ["toxicity"], "review")
+    for admin_only in ("/ui/runs", "/ui/models"):
+        answer = await page.context.request.get(f"{deployment.url}{admin_only}")
+        assert answer.status == 403
+    await page.close()
+    await client.aclose()
+
+
 def test_screenshots_are_where_the_readme_shows_them() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for name in ("runs.png", "run.png"):
+    for name in ("runs.png", "run.png", "review.png"):
         assert f"docs/screenshots/{name}" in readme

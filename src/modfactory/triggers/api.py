@@ -51,7 +51,7 @@ from modfactory.store.feedback import RateLimit
 from modfactory.store.health import queued_without_worker, worker_heartbeat
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 from modfactory.store.shadow import ShadowLog
-from modfactory.triggers import ui
+from modfactory.triggers import ui, ui_pages
 from modfactory.triggers.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -129,7 +129,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.artifacts = ArtifactStore.from_settings(settings)
-    app.state.ui_templates = ui.templates()
+    app.state.ui_templates = ui_pages.templates()
     return app
 
 

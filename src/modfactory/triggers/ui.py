@@ -3,8 +3,8 @@ escaped everywhere), a little plain JavaScript that refreshes the live parts, ev
 served from the package (no network needed). Sign-in, sessions and CSRF: ``ui_session``.
 
 Pages: runs (newest first, filters, updating themselves), a run (stages, metrics, charts,
-dataset, events; cancel, approve, re-queue a failed stage). Every page carries a
-Content-Security-Policy without inline scripts, and is never cached.
+dataset, events; cancel, approve, re-queue a failed stage), models (``ui_models``: promote,
+roll back) and review (``ui_review``). Shared parts: ``ui_pages``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import asyncio
 import secrets
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -25,7 +24,18 @@ from modfactory.artifacts import ArtifactError, ArtifactStore
 from modfactory.evaluation import tables
 from modfactory.producer import Producer
 from modfactory.store.run import STAGES, Run, RunNotFound, RunState, RunStateError
-from modfactory.triggers.errors import read_body
+from modfactory.triggers import ui_models, ui_review
+from modfactory.triggers.ui_pages import (
+    REPORT_CSP,
+    Refused,
+    checked_form,
+    guarded,
+    message,
+    page_headers,
+    posted,
+    render,
+    signed_in,
+)
 from modfactory.triggers.ui_run import CHART_NAMES, run_context
 from modfactory.triggers.ui_session import (
     LOGIN_COOKIE,
@@ -39,20 +49,8 @@ from modfactory.triggers.ui_session import (
     start_session,
 )
 
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 WRONG_TOKEN_DELAY = 1.0  # seconds before a refused sign-in is answered
 RUNS_SHOWN = 50
-
-
-def templates() -> Environment:
-    return Environment(
-        loader=PackageLoader("modfactory.triggers", "ui_assets/templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-    )
 
 
 def routes() -> list[BaseRoute]:
@@ -65,6 +63,12 @@ def routes() -> list[BaseRoute]:
         Route("/ui/runs/{run_id}", run_page, methods=["GET"]),
         Route("/ui/runs/{run_id}/files/{name}", run_file, methods=["GET"]),
         Route("/ui/runs/{run_id}/{action}", run_action, methods=["POST"]),
+        Route("/ui/models", ui_models.models_page, methods=["GET"]),
+        Route("/ui/schedule", ui_models.schedule_page, methods=["GET"]),
+        Route("/ui/review", ui_review.review_page, methods=["GET"]),
+        Route("/ui/review", ui_review.review_answer, methods=["POST"]),
+        Route("/ui/models/{name}/{what}", ui_models.confirm_page, methods=["GET"]),
+        Route("/ui/models/{name}/{what}", ui_models.change_model, methods=["POST"]),
         Mount(
             "/ui/static",
             StaticFiles(packages=[("modfactory.triggers", "ui_assets/static")]),
@@ -73,79 +77,12 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def _headers(csp: str = CSP) -> dict[str, str]:
-    return {
-        "Content-Security-Policy": csp,
-        "Cache-Control": "no-store",
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-    }
-
-
-def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    env: Environment = request.app.state.ui_templates
-    html = env.get_template(name).render(**context)
-    return HTMLResponse(html, status_code=status, headers=_headers())
-
-
-class _Refused(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-def _signed_in(request: Request, admin: bool = True) -> Session:
-    """The session, or a refusal: to the sign-in page (GET), 403 (anything else, or a
-    reviewer on an admin page)."""
-    session = session_of(request)
-    if session is None:
-        if request.method == "GET":
-            target = "/ui/login?" + urlencode({"next": request.url.path})
-            raise _Refused(RedirectResponse(target, 303, headers=_headers()))
-        raise _Refused(_message(request, None, 403, "Not signed in", "Sign in first."))
-    if admin and not session.admin:
-        raise _Refused(
-            _message(request, session, 403, "Not allowed", "The review token may only review.")
-        )
-    return session
-
-
-def _message(
-    request: Request, session: Session | None, status: int, title: str, message: str
-) -> HTMLResponse:
-    return render(request, "message.html", status, session=session, title=title, message=message)
-
-
-async def posted(request: Request) -> dict[str, str]:
-    """An urlencoded form's fields, its body bounded as every body is (413 beyond)."""
-    body = await read_body(request, request.app.state.settings.webhook_max_body, "WEBHOOK")
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-
-
-async def _form(request: Request, session: Session | None, csrf: str) -> dict[str, Any]:
-    """The posted form, once its CSRF token is the expected one (else a 403 page)."""
-    form = await posted(request)
-    if not csrf_ok(csrf, form.get("csrf")):
-        raise _Refused(
-            _message(request, session, 403, "Refused", "This form is stale or forged: reload.")
-        )
-    return dict(form)
-
-
-def guarded(handler: Any) -> Any:
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except _Refused as refused:
-            return refused.response
-
-    wrapper.__doc__ = handler.__doc__
-    return wrapper
-
-
 # --- signing in --------------------------------------------------------------------------------
 async def home(request: Request) -> Response:
-    """``GET /ui``: to the runs (or the sign-in page)."""
-    return RedirectResponse("/ui/runs", 303, headers=_headers())
+    """``GET /ui``: to the runs, or the review queue for the review token (or sign-in)."""
+    session = session_of(request)
+    target = "/ui/review" if session is not None and not session.admin else "/ui/runs"
+    return RedirectResponse(target, 303, headers=page_headers())
 
 
 async def login_page(
@@ -180,7 +117,9 @@ async def login(request: Request) -> Response:
         await asyncio.sleep(WRONG_TOKEN_DELAY)
         return await login_page(request, "That token is not accepted here.", 401, nxt)
     target = nxt if nxt.startswith("/ui/") and not nxt.startswith("//") else "/ui/runs"
-    response = RedirectResponse(target, 303, headers=_headers())
+    if role == "reviewer" and not target.startswith("/ui/review"):
+        target = "/ui/review"  # the only page a review token opens
+    response = RedirectResponse(target, 303, headers=page_headers())
     start_session(request, response, role)
     return response
 
@@ -188,9 +127,9 @@ async def login(request: Request) -> Response:
 @guarded
 async def logout(request: Request) -> Response:
     """``POST /ui/logout``."""
-    session = _signed_in(request, admin=False)
-    await _form(request, session, session.csrf)
-    response = RedirectResponse("/ui/login", 303, headers=_headers())
+    session = signed_in(request, admin=False)
+    await checked_form(request, session, session.csrf)
+    response = RedirectResponse("/ui/login", 303, headers=page_headers())
     end_session(request, response)
     return response
 
@@ -232,7 +171,7 @@ def run_row(run: Run, metric: str) -> dict[str, Any]:
 @guarded
 async def runs_page(request: Request) -> Response:
     """``GET /ui/runs?state=…&model=…`` (``fragment=1``: the table alone, for refreshing)."""
-    session = _signed_in(request)
+    session = signed_in(request)
     state = request.query_params.get("state", "")
     model = request.query_params.get("model", "").strip()[:200]
     producer: Producer = request.app.state.producer
@@ -260,13 +199,13 @@ async def _run(request: Request, session: Session) -> Run:
     try:
         return await request.app.state.producer.run(request.path_params["run_id"])
     except RunNotFound as exc:
-        raise _Refused(_message(request, session, 404, "No such run", str(exc))) from None
+        raise Refused(message(request, session, 404, "No such run", str(exc))) from None
 
 
 @guarded
 async def run_page(request: Request) -> Response:
     """``GET /ui/runs/{id}`` (``fragment=1``: the body alone, for refreshing)."""
-    session = _signed_in(request)
+    session = signed_in(request)
     run = await _run(request, session)
     context = run_context(run, session, request.app.state.settings.promotion_metric)
     fragment = request.query_params.get("fragment") == "1"
@@ -276,29 +215,29 @@ async def run_page(request: Request) -> Response:
 @guarded
 async def run_file(request: Request) -> Response:
     """``GET /ui/runs/{id}/files/{chart or report}``: from the artifact store."""
-    session = _signed_in(request)
+    session = signed_in(request)
     run = await _run(request, session)
     name = request.path_params["name"]
     charts = {chart: field for chart, field, _ in CHART_NAMES}
     field = "report_html" if name == "report" else charts.get(name)
     key = getattr(run.artifacts, field, None) if field else None
     if not key:
-        return _message(request, session, 404, "No such file", f"run {run.id} has no {name}")
+        return message(request, session, 404, "No such file", f"run {run.id} has no {name}")
     store: ArtifactStore = request.app.state.artifacts
     try:
         data = await asyncio.to_thread(store.load, key)
     except ArtifactError as exc:
-        return _message(request, session, 503, "Not available", str(exc))
+        return message(request, session, 503, "Not available", str(exc))
     if name == "report":
-        return HTMLResponse(data, headers=_headers(REPORT_CSP))
-    return Response(data, media_type="image/png", headers=_headers())
+        return HTMLResponse(data, headers=page_headers(REPORT_CSP))
+    return Response(data, media_type="image/png", headers=page_headers())
 
 
 @guarded
 async def run_action(request: Request) -> Response:
     """``POST /ui/runs/{id}/cancel|approve|requeue``: then back to the run."""
-    session = _signed_in(request)
-    await _form(request, session, session.csrf)
+    session = signed_in(request)
+    await checked_form(request, session, session.csrf)
     run = await _run(request, session)
     producer: Producer = request.app.state.producer
     action = request.path_params["action"]
@@ -313,7 +252,7 @@ async def run_action(request: Request) -> Response:
                 raise RunStateError(f"run {run.id} has no failed stage to queue again")
             await producer.enqueue(failed, run.id)
         else:
-            return _message(request, session, 404, "No such action", f"{action!r}")
+            return message(request, session, 404, "No such action", f"{action!r}")
     except RunStateError as exc:
-        return _message(request, session, 409, "Not done", str(exc))
-    return RedirectResponse(f"/ui/runs/{run.id}", 303, headers=_headers())
+        return message(request, session, 409, "Not done", str(exc))
+    return RedirectResponse(f"/ui/runs/{run.id}", 303, headers=page_headers())

@@ -19,6 +19,25 @@ function refresh(element) {
     refresh(element);
   }, 2000);
 }
+// The review form: 1-9 toggle a label, Enter submits, s skips.
+function shortcuts(form) {
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const box = form.querySelector(`input[data-key="${event.key}"]`);
+    if (box) {
+      box.checked = !box.checked;
+      event.preventDefault();
+    } else if (event.key === "s") {
+      form.querySelector("[data-shortcut=s]").click();
+      event.preventDefault();
+    } else if (event.key === "Enter" && !(event.target instanceof HTMLButtonElement)) {
+      form.requestSubmit();
+      event.preventDefault();
+    }
+  });
+}
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-refresh]").forEach(refresh);
+  const review = document.getElementById("review");
+  if (review) shortcuts(review);
 });
