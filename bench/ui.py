@@ -3,7 +3,8 @@
 Starts an embedded redis-server and ``modfactory serve`` (real uvicorn), stores ``--runs``
 runs (each with a finished run's metrics, so the pages have their numbers to draw),
 signs in once, then asks each page ``--repeat`` times, one request at a time: the runs
-page, its refreshing fragment, a state-filtered list, and a run's page. Prints p50 / p95.
+page, its refreshing fragment, filtered lists, a run's page, models, schedule and review.
+Prints p50 / p95.
 
     python bench/ui.py [--runs 1000] [--repeat 50]
 """
@@ -113,6 +114,9 @@ def main() -> None:
                     ("runs, state=succeeded", "/ui/runs?state=succeeded"),
                     ("runs, a model with no run (reads them all)", "/ui/runs?model=none"),
                     ("a run", f"/ui/runs/{last}"),
+                    ("models", "/ui/models"),
+                    ("schedule", "/ui/schedule"),
+                    ("review (nothing waiting)", "/ui/review"),
                 ):
                     p50, p95 = timed(client, path, args.repeat)
                     print(f"| {title} | {p50:.1f} | {p95:.1f} |", flush=True)
