@@ -14,7 +14,6 @@ from rich.table import Table
 
 from modfactory.cli.app import artifact_url, err, out, print_run_json
 from modfactory.cli.fit import Column, fitted_table, wrapped
-from modfactory.store.stage_names import STAGES
 
 if TYPE_CHECKING:
     from modfactory.evaluation.drift import Drift
@@ -28,28 +27,7 @@ def progress_table(run: Run) -> Table:
     table = Table(title=f"{run.id} — {run.state}", title_justify="left", expand=False)
     for column in ("stage", "state", "time", "detail"):
         table.add_column(column)
-    for name in STAGES:
-        stage = run.stages[name]
-        took = ""
-        if stage.started_at:
-            end = stage.finished_at or run.updated_at
-            took = f"{(end - stage.started_at).total_seconds():.1f} s"
-        detail = stage.error or ""
-        if stage.state == "running" and stage.last_error:
-            detail = f"retrying (attempt {stage.attempts} ended: {stage.last_error})"
-        if name == "train" and run.training.status and not stage.error:
-            last = run.training.checkpoints[-1] if run.training.checkpoints else None
-            detail = run.training.status
-            if last and last.train_loss is not None:
-                detail += f" · step {last.step} train loss {last.train_loss:.4f}"
-            if last and last.valid_loss is not None:
-                detail += f" valid loss {last.valid_loss:.4f}"
-        if name == "build" and run.dataset:
-            detail = ", ".join(f"{s} {v.rows:,}" for s, v in run.dataset.splits.items())
-            detail += " (synthetic)" if run.dataset.synthetic else ""
-        if run.progress and run.progress.stage == name and stage.state == "running":
-            p = run.progress
-            detail = f"{p.what}: {p.done:,} of {p.total:,}"
+    for name, stage, took, detail in run.stage_lines():
         colour = {"succeeded": "green", "failed": "red", "running": "yellow"}.get(
             stage.state, "dim"
         )

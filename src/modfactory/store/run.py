@@ -67,6 +67,36 @@ class Run(BaseModel):
         job_id = self.artifacts.training_job_id
         return job_id if job_id and not self.training.job_over else None
 
+    def stage_lines(self) -> list[tuple[str, StageState, str, str]]:
+        """Per stage, as the CLI and ``/ui`` show it: (name, state, time taken, detail — the
+        error, the attempt being retried, the training job's status and loss, the rows
+        built, or the running stage's progress)."""
+        lines = []
+        for name in STAGES:
+            stage = self.stages[name]
+            took = ""
+            if stage.started_at:
+                end = stage.finished_at or self.updated_at
+                took = f"{(end - stage.started_at).total_seconds():.1f} s"
+            detail = stage.error or ""
+            if stage.state == "running" and stage.last_error:
+                detail = f"retrying (attempt {stage.attempts} ended: {stage.last_error})"
+            if name == "train" and self.training.status and not stage.error:
+                last = self.training.checkpoints[-1] if self.training.checkpoints else None
+                detail = self.training.status
+                if last and last.train_loss is not None:
+                    detail += f" · step {last.step} train loss {last.train_loss:.4f}"
+                if last and last.valid_loss is not None:
+                    detail += f" valid loss {last.valid_loss:.4f}"
+            if name == "build" and self.dataset:
+                detail = ", ".join(f"{s} {v.rows:,}" for s, v in self.dataset.splits.items())
+                detail += " (synthetic)" if self.dataset.synthetic else ""
+            if self.progress and self.progress.stage == name and stage.state == "running":
+                p = self.progress
+                detail = f"{p.what}: {p.done:,} of {p.total:,}"
+            lines.append((name, stage, took, detail))
+        return lines
+
     def to_json_dict(self, url_of: Callable[[str], str] | None = None) -> dict[str, Any]:
         """The document ``status --json`` and ``run --json`` print; with ``url_of`` (the
         artifact store's), ``artifact_urls``: where each artifact is, by its field."""

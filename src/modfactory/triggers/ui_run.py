@@ -18,36 +18,10 @@ CHART_NAMES = (
 
 
 def _stages(run: Run) -> list[dict[str, Any]]:
-    shown = []
-    for name in STAGES:
-        stage = run.stages[name]
-        took = ""
-        if stage.started_at:
-            end = stage.finished_at or run.updated_at
-            took = f"{(end - stage.started_at).total_seconds():.1f} s"
-        detail = stage.error or ""
-        if stage.state == "running" and stage.last_error:
-            detail = f"retrying (attempt {stage.attempts} ended: {stage.last_error})"
-        if name == "train" and run.training.status and not stage.error:
-            last = run.training.checkpoints[-1] if run.training.checkpoints else None
-            detail = run.training.status
-            if last and last.train_loss is not None:
-                detail += f" · step {last.step} train loss {last.train_loss:.4f}"
-        if name == "build" and run.dataset:
-            detail = ", ".join(f"{s} {v.rows:,}" for s, v in run.dataset.splits.items())
-        if run.progress and run.progress.stage == name and stage.state == "running":
-            p = run.progress
-            detail = f"{p.what}: {p.done:,} of {p.total:,}"
-        shown.append(
-            {
-                "name": name,
-                "state": stage.state.value,
-                "attempts": stage.attempts,
-                "took": took,
-                "detail": detail,
-            }
-        )
-    return shown
+    return [
+        {"name": n, "state": st.state.value, "attempts": st.attempts, "took": t, "detail": d}
+        for n, st, t, d in run.stage_lines()
+    ]
 
 
 def _actions(run: Run) -> list[tuple[str, str, str]]:
