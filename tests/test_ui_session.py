@@ -69,6 +69,8 @@ def test_sign_in_needs_its_form_and_the_review_token_opens_only_review(
         assert client.get("/ui/review").status_code == 200
         for page in ("/ui/runs", "/ui/models", "/ui/schedule"):
             assert client.get(page).status_code == 403, page
+        for hostile in ("bad%0d%0aSet-Cookie:%20x=1", "<script>", "a" * 300):
+            assert client.get(f"/ui/review?model={hostile}").status_code == 404
         answer = client.get("/ui/runs")
         assert answer.headers["content-security-policy"].startswith("default-src 'none'")
         assert answer.headers["cache-control"] == "no-store"

@@ -5,6 +5,7 @@ use it (and only it); each answer is a correction, as ``POST /v1/feedback`` stor
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from starlette.background import BackgroundTask
@@ -16,6 +17,7 @@ from modfactory.store.feedback import Correction, FeedbackLog
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
 from modfactory.triggers.feedback_api import REVIEW_LEASE, review_queue
 from modfactory.triggers.ui_pages import (
+    Refused,
     checked_form,
     guarded,
     message,
@@ -23,11 +25,16 @@ from modfactory.triggers.ui_pages import (
     render,
     signed_in,
 )
+from modfactory.triggers.ui_session import session_of
 
 
 def _model(request: Request) -> str:
+    """The model name asked for (the settings' by default); a malformed one is refused."""
     name = request.query_params.get("model") or request.app.state.settings.model_name
-    return name[:200]
+    if not re.fullmatch(r"[\w][\w.-]{0,199}", name):
+        session = session_of(request)
+        raise Refused(message(request, session, 404, "No such model", "not a model name"))
+    return name
 
 
 @guarded
