@@ -30,7 +30,7 @@ from modfactory.stages.context import StageContext  # noqa: E402
 from modfactory.stages.reconciler import reconcile_once  # noqa: E402
 from modfactory.store import queue  # noqa: E402
 from modfactory.store.embedded_redis import EmbeddedRedis  # noqa: E402
-from modfactory.triggers.monitoring import prometheus_text  # noqa: E402
+from modfactory.web.monitoring import prometheus_text  # noqa: E402
 from test_prune import stored_runs  # noqa: E402
 
 

@@ -27,7 +27,7 @@ def fit_and_score(split_dir: str, grid: str) -> dict:
     """In a fresh process: fit, then score validation and test (what the parent prints)."""
     from sklearn.metrics import average_precision_score
 
-    from modfactory.backends.local_selection import fit_all, scores
+    from modfactory.backends.local.selection import fit_all, scores
     from modfactory.data.recipe import TARGET, read_jsonl
 
     def load(split: str) -> tuple[list[str], list[list[str]]]:

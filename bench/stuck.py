@@ -21,7 +21,7 @@ from pathlib import Path
 
 from arq.connections import create_pool
 
-from modfactory.backends.local_trainer import PAUSE_ENV
+from modfactory.backends.local.trainer import PAUSE_ENV
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue

@@ -25,7 +25,7 @@ from helpers import (
 )
 from modfactory.settings import Settings
 from modfactory.stages.reconciler import JOB_NAME as RECONCILE_JOB
-from modfactory.triggers.auth import sign
+from modfactory.web.auth import sign
 
 pytestmark = pytest.mark.slow  # each test runs `modfactory serve` in a process
 

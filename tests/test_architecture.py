@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "modfactory"
 # names (plugins), the artifact store, atomic files and JSON documents in Redis, logging,
 # charts (drawn for the data set, the training curve and the evaluation alike).
 BASE = {"settings", "crontab", "values", "plugins", "artifacts", "fileio", "redis_json"}
-BASE |= {"redaction", "logs", "charts"}
+BASE |= {"redaction", "logs", "charts", "config"}
 # Each wing, and the wings it may import besides itself and BASE.
 MAY_IMPORT: dict[str, set[str]] = {
     "store": set(),
@@ -25,8 +25,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "stages": {"backends", "data", "evaluation", "store"},
     "producer": {"stages", "backends", "data", "evaluation", "store"},
     "worker": {"stages", "backends", "data", "evaluation", "store"},
-    "triggers": {"producer", "serving", "stages", "backends", "data", "evaluation", "store"},
+    "triggers": {"producer", "stages", "backends", "data", "evaluation", "store"},
+    "web": {"triggers", "producer", "serving", "stages", "backends", "data", "evaluation", "store"},
     "cli": {
+        "web",
         "triggers",
         "worker",
         "producer",
@@ -193,8 +195,8 @@ LOCAL_FILES = {
     "cli.app": "the embedded Redis's directory",
     "cli.services": "the embedded Redis's directory",
     "producer": "the sources' fingerprints, cached",
-    "backends.local": "its trainers' logs, and /proc to find a trainer here",
-    "backends.mistral": "uploads a file it is given",
+    "backends.local.backend": "its trainers' logs, and /proc to find a trainer here",
+    "backends.mistral.backend": "uploads a file it is given",
     "cli.dataset": "`dataset build --out DIR`, the user's directory",
     "cli.classify": "the user's input and output files",
     "cli.feedback": "the user's file of corrections",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modfactory.backends.local_trainer import PAUSE_ENV
+from modfactory.backends.local.trainer import PAUSE_ENV
 from modfactory.values import CIVIL_COMMENTS_LABELS
 
 pytestmark = pytest.mark.slow  # the `modfactory` command in processes

@@ -32,9 +32,9 @@ from modfactory.evaluation.promotion import decide_promotion
 from modfactory.settings import Settings
 from modfactory.stages.feedback import all_corrections
 from modfactory.store.feedback import Correction, FeedbackLog
-from modfactory.triggers.api import create_app
 from modfactory.triggers.feedback import retrain_if_due
 from modfactory.values import RecipeParams
+from modfactory.web.app import create_app
 
 REVIEW = "review-token-0123456789abcdef0123456789"
 SERVE = "serve-token-0123456789abcdef0123456789ab"
@@ -450,7 +450,7 @@ async def test_a_champions_moved_scores_raise_the_drift_alert_on_metrics(redis_d
 
     from modfactory.store.drift import DriftLog, WindowCounts
     from modfactory.store.registry import ModelRegistry
-    from modfactory.triggers.monitoring import prometheus_text
+    from modfactory.web.monitoring import prometheus_text
 
     client = redis.asyncio.Redis.from_url(redis_db)
     await ModelRegistry(client, "t").promote("moderation", "run-1", "m-1", "first")

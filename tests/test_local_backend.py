@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 
 from modfactory.artifacts import ArtifactStore
 from modfactory.backends.base import BackendError, JobRequest
-from modfactory.backends.local import MIN_LEASE, LocalBackend
-from modfactory.backends.local_jobs import JobRecords
-from modfactory.backends.local_trainer import CONFIG_ENV, LOST, PAUSE_ENV
+from modfactory.backends.local.backend import MIN_LEASE, LocalBackend
+from modfactory.backends.local.jobs import JobRecords
+from modfactory.backends.local.trainer import CONFIG_ENV, LOST, PAUSE_ENV
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
 from modfactory.settings import Settings
@@ -255,7 +255,7 @@ async def test_one_trainer_per_job_a_second_is_refused_and_a_stale_one_stops(
     [first] = backend._trainers
 
     second = subprocess.run(  # another trainer for the job, with a lease of its own
-        [sys.executable, "-m", "modfactory.backends.local_trainer", job.id, "--token", "mine"],
+        [sys.executable, "-m", "modfactory.backends.local.trainer", job.id, "--token", "mine"],
         env={**os.environ, CONFIG_ENV: json.dumps(backend._trainer_config)},
         capture_output=True,
         text=True,

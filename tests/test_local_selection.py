@@ -1,4 +1,4 @@
-"""The local model chosen on validation (``backends.local_selection``): never worse than
+"""The local model chosen on validation (``backends.local.selection``): never worse than
 plain TF-IDF + logistic regression, calibrated, and honest about rare labels."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.pipeline import FeatureUnion
 
-from modfactory.backends.local_selection import MIN_POSITIVES, fit_all, scores
+from modfactory.backends.local.selection import MIN_POSITIVES, fit_all, scores
 
 pytestmark = pytest.mark.slow  # trains the selection grid on generated data
 

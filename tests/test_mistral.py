@@ -19,7 +19,7 @@ from helpers import producer_for, settings_env, settings_for, wait_until, worker
 from mistral_emulator import MistralEmulator
 from modfactory.store.embedded_redis import EmbeddedRedis
 from modfactory.store.run import RunState
-from modfactory.triggers.monitoring import prometheus_text
+from modfactory.web.monitoring import prometheus_text
 
 pytestmark = pytest.mark.slow
 KEY = "sk-emulated-0123456789abcdef"

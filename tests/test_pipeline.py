@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
-from modfactory.backends.local_trainer import PAUSE_ENV
+from modfactory.backends.local.trainer import PAUSE_ENV
 from modfactory.store import queue
 from modfactory.store.run import STAGES, RunState
 

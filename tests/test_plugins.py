@@ -64,7 +64,7 @@ def test_a_plugin_is_found_by_its_entry_point_and_a_bad_one_is_named(declared) -
         odd="modfactory.values:TrainingJob",
     )
     assert backend_names() == ("local", "mistral", "fine", "gone", "odd")
-    assert backend_class("local").__module__ == "modfactory.backends.local"
+    assert backend_class("local").__module__ == "modfactory.backends.local.backend"
     assert backend_class("fine").name == "local"
     with pytest.raises(
         BackendError,

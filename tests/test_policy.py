@@ -4,6 +4,7 @@ makes of the stage and the run — and no other module of the stages decides it.
 from __future__ import annotations
 
 import ast
+import asyncio
 from pathlib import Path
 
 import fakeredis
@@ -12,8 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from modfactory.backends import BackendError, BackendUnavailable
 from modfactory.data.recipe import RecipeError
-from modfactory.stages.policy import Action, FailurePolicy
-from modfactory.store.run import STAGES, RunSpec, RunState, StageStatus
+from modfactory.stages.policy import CUT_SHORT_FACTOR, Action, FailurePolicy
+from modfactory.store.run import STAGES, Run, RunSpec, RunState, StageStatus
 from modfactory.store.run_parts import StageState
 from modfactory.store.runs import RunStore
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
@@ -127,10 +128,65 @@ def test_a_stage_stalled_max_attempts_times_is_given_up_naming_the_last_end() ->
     assert POLICY.gives_up(StageState(attempts=5, stalled=2, last_error="503")) is None
     said = POLICY.gives_up(StageState(attempts=5, stalled=3, last_error="503"))
     assert said == (
-        "gave up after 3 attempts that made no progress (5 in all; "
+        "gave up after 3 attempts that ran and made no progress (5 in all; "
         "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: 503"
     )
     assert "the worker was lost" in POLICY.gives_up(StageState(attempts=3, stalled=3))
+
+
+def test_attempts_lost_before_they_ran_count_apart_and_still_end_a_stage() -> None:
+    """Workers killed before an attempt could run prove nothing: they do not use up the
+    attempts budget, but a stage whose every attempt dies at once still fails, bounded."""
+    lost_early = StageState(attempts=11, stalled=2, cut_short=3 * CUT_SHORT_FACTOR - 1)
+    assert POLICY.gives_up(lost_early) is None
+    lost_early.cut_short += 1
+    said = POLICY.gives_up(lost_early)
+    assert said is not None and said.startswith(
+        f"gave up after {3 * CUT_SHORT_FACTOR} attempts whose worker was lost within 10 s"
+    )
+    assert "\n" not in said
+
+
+def test_whether_an_attempt_ran_decides_what_its_stalling_counts_as() -> None:
+    """Lost before it ran: cut short. Marked as run (it lasted), or ended of itself with an
+    error: stalled. Moved the stage on: neither."""
+    run = Run(id="run-1", spec=RunSpec(source="synthetic", backend="local", recipe=RecipeParams()))
+    gives_up = POLICY.gives_up
+    assert run.start_stage("evaluate", gives_up)
+    assert run.start_stage("evaluate", gives_up)  # attempt 1 lost at once
+    assert (run.stages["evaluate"].cut_short, run.stages["evaluate"].stalled) == (1, 0)
+    assert not run.mark_ran("evaluate", 1)  # a mark for an earlier attempt is refused
+    assert run.mark_ran("evaluate", 2)
+    assert run.start_stage("evaluate", gives_up)  # attempt 2 lost after it ran
+    assert (run.stages["evaluate"].cut_short, run.stages["evaluate"].stalled) == (1, 1)
+    assert run.interrupt_stage("evaluate", "HTTP 503")
+    assert run.start_stage("evaluate", gives_up)  # attempt 3 ended of itself, quickly
+    assert (run.stages["evaluate"].cut_short, run.stages["evaluate"].stalled) == (1, 2)
+    assert run.record_progress("evaluate", "test texts classified", 64, 882)
+    assert run.start_stage("evaluate", gives_up)  # attempt 4 moved the stage on
+    assert (run.stages["evaluate"].cut_short, run.stages["evaluate"].stalled) == (1, 2)
+
+
+async def test_an_attempt_that_lasts_is_marked_as_run_and_a_quick_one_is_not() -> None:
+    store, run_id = await started("build")
+    quick = FailurePolicy(max_attempts=3, job_timeout=65, min_attempt=0.05)
+    marked = asyncio.Event()
+    mark_ran = store.mark_ran
+
+    async def marking(*args: object) -> None:
+        await mark_ran(*args)  # type: ignore[arg-type]
+        marked.set()
+
+    store.mark_ran = marking  # type: ignore[method-assign]
+    await quick.attempt(store, run_id, "build", marked.wait, attempt=1)  # lasts until marked
+    assert (await store.get(run_id)).stages["build"].ran
+
+    async def nothing() -> None:
+        return None
+
+    store2, run2 = await started("build")
+    await POLICY.attempt(store2, run2, "build", nothing, attempt=1)  # ends before 10 s
+    assert not (await store2.get(run2)).stages["build"].ran
 
 
 def test_no_other_module_of_the_stages_fails_or_interrupts_a_stage() -> None:
@@ -141,3 +197,25 @@ def test_no_other_module_of_the_stages_fails_or_interrupts_a_stage() -> None:
             if isinstance(node, ast.Attribute) and node.attr in ("fail_stage", "interrupt_stage"):
                 deciders.add(path.stem)
     assert deciders == {"policy"}
+
+
+async def test_a_truly_stuck_stage_fails_after_max_attempts_step_limits() -> None:
+    """A step that never returns is cut at the step limit (it ran: it counts), so the stage
+    fails after ``max_attempts`` attempts — within max_attempts x the step limit."""
+    policy = FailurePolicy(max_attempts=2, job_timeout=6, min_attempt=3600)  # limit: 1 s
+    store, run_id = await started("upload")  # attempt 1 under way
+    run, attempts = await store.get(run_id), 0
+    while run is not None:
+        attempts += 1
+        decision = await policy.attempt(
+            store, run_id, "upload", asyncio.Event().wait, attempt=run.stages["upload"].attempts
+        )
+        assert decision is not None and decision.action == Action.INTERRUPT
+        assert decision.reason == "timed out after 1 s (MODFACTORY_JOB_TIMEOUT)"
+        run = await store.start_stage(run_id, "upload", policy.gives_up)
+    failed = await store.get(run_id)
+    assert attempts == 2 and failed.state == RunState.FAILED
+    assert failed.error == (
+        "upload: gave up after 2 attempts that ran and made no progress (2 in all; "
+        "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: timed out after 1 s (MODFACTORY_JOB_TIMEOUT)"
+    )

@@ -17,6 +17,7 @@ from modfactory.stages.reconciler import reconcile_once, requeue_lost_steps
 from modfactory.store import queue
 from modfactory.store.leases import WorkerLease
 from modfactory.store.run import RunSpec, RunState
+from modfactory.store.runs import RunStore
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 from test_stages import ScriptedBackend, job, setup, trained
 
@@ -150,7 +151,7 @@ async def test_a_stage_interrupted_five_times_ends_the_run_failed_naming_it(
     assert len(attempts) == 5
     assert failed.state == RunState.FAILED
     assert failed.error == (
-        "upload: gave up after 5 attempts that made no progress (5 in all; "
+        "upload: gave up after 5 attempts that ran and made no progress (5 in all; "
         f"MODFACTORY_STAGE_MAX_ATTEMPTS); the last: {UNREACHABLE}"
     )
     await pool.aclose()
@@ -295,9 +296,14 @@ class Killer:
         self.answered = 0
         self.hung = asyncio.Event()
         self.left = answers
+        self.lasting: tuple[RunStore, str] | None = None  # each attempt ran before it hangs
 
     async def classify(self, model: str, inputs: list[str]) -> list:
         if self.left == 0:
+            if self.lasting is not None:  # as if MODFACTORY_STAGE_MIN_ATTEMPT had passed
+                store, run_id = self.lasting
+                attempts = (await store.get(run_id)).stages["evaluate"].attempts
+                await store.mark_ran(run_id, "evaluate", attempts)
             self.hung.set()
             await asyncio.Event().wait()  # until killed
         self.left -= 1
@@ -327,18 +333,24 @@ class Killer:
 async def test_a_stage_killed_at_the_same_point_fails_one_killed_while_progressing_succeeds(
     redis_db: str, tmp_path: Path
 ) -> None:
-    """MODFACTORY_STAGE_MAX_ATTEMPTS (5) counts the attempts that made no progress."""
+    """MODFACTORY_STAGE_MAX_ATTEMPTS (5) counts the attempts that ran and made no progress;
+    those killed before they ran count apart."""
     ctx, store, backend, pool, run_id = await evaluating_run(redis_db, tmp_path / "a", texts=80)
     poison = Killer(answers=0)  # every attempt dies before its first batch comes back
     backend.classify = poison.classify
-    for _ in range(5):
+    for _ in range(5):  # killed at once: proves nothing about the stage
         await poison.attempt(ctx, run_id)
         assert (await store.get(run_id)).state == RunState.RUNNING
-    await poison.attempt(ctx, run_id)  # the sixth is not made: five made no progress
+    poison.lasting = (store, run_id)
+    for _ in range(5):  # killed after they ran: each one counts
+        await poison.attempt(ctx, run_id)
+        assert (await store.get(run_id)).state == RunState.RUNNING
+    await poison.attempt(ctx, run_id)  # not made: five ran and made no progress
     failed = await store.get(run_id)
     assert failed.state == RunState.FAILED
+    assert failed.stages["evaluate"].cut_short == 5
     assert failed.error == (
-        "evaluate: gave up after 5 attempts that made no progress (5 in all; "
+        "evaluate: gave up after 5 attempts that ran and made no progress (10 in all; "
         "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: it ended without a result (the worker was lost)"
     )
     await pool.aclose()

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from helpers import producer_for, settings_for, wait_until, worker_process
 from mistral_emulator import MistralEmulator
-from modfactory.backends.local_trainer import PAUSE_ENV
+from modfactory.backends.local.trainer import PAUSE_ENV
 from modfactory.backends.mistral import shared_limiter
 from modfactory.backends.ratelimit import SPACING
 from modfactory.store.health import worker_heartbeat
@@ -112,7 +112,7 @@ async def test_a_stage_that_keeps_failing_ends_the_run_after_its_attempts(
     assert final.state == RunState.FAILED
     assert final.stages["upload"].attempts == 5
     assert final.error.startswith(
-        "upload: gave up after 5 attempts that made no progress (5 in all; "
+        "upload: gave up after 5 attempts that ran and made no progress (5 in all; "
         "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: Mistral did not "
     )
     assert emulator.counts["uploads"] == 0

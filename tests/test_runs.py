@@ -220,10 +220,11 @@ def test_the_rules_of_a_run_hold_on_the_document_alone() -> None:
     assert run.start_stage("build", gives_up) and run.stages["build"].attempts == 1
     assert run.interrupt_stage("build", "Hub unreachable")
     assert run.start_stage("build", gives_up)  # a second attempt
+    assert run.mark_ran("build", 2)  # it ran (and was lost)
     assert run.start_stage("build", gives_up)  # a third is refused: the stage fails
     assert run.state == RunState.FAILED
     assert run.error == (
-        "build: gave up after 2 attempts that made no progress (2 in all; "
+        "build: gave up after 2 attempts that ran and made no progress (2 in all; "
         "MODFACTORY_STAGE_MAX_ATTEMPTS); the last: Hub unreachable"
     )
     assert not run.start_stage("build") and not run.fail_stage("build", "again")

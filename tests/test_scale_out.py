@@ -19,7 +19,7 @@ import redis
 
 from helpers import producer_for, serve_process, settings_for, wait_until, worker_process
 from modfactory.artifacts import ArtifactStore
-from modfactory.backends.local_trainer import PAUSE_ENV
+from modfactory.backends.local.trainer import PAUSE_ENV
 from modfactory.store.run import RunState
 from s3_server import S3Server
 

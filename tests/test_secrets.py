@@ -36,7 +36,7 @@ from mistral_emulator import MistralEmulator
 from modfactory.settings import Settings
 from modfactory.store.embedded_redis import free_port
 from modfactory.store.run import RunState
-from modfactory.triggers.auth import sign
+from modfactory.web.auth import sign
 from redis_process import RedisProcess
 from s3_server import CREDENTIALS, S3Server
 

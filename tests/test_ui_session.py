@@ -10,7 +10,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from helpers import settings_for
-from modfactory.triggers.api import create_app
+from modfactory.web.app import create_app
 
 ADMIN = "ui-admin-token-0123456789abcdef0123456789"
 REVIEW = "ui-review-token-0123456789abcdef012345678"

@@ -1,4 +1,6 @@
-"""Every knob of modfactory, in one place.
+"""Every knob of modfactory, in one class: where things live, the recipe, promotion,
+triggers, retention and the worker here; training (``config.training``) and serving with
+its human loop (``config.serving``) in the groups it gathers.
 
 Values come from the environment (prefix ``MODFACTORY_``) or a ``.env`` file in the
 working directory; the Mistral key is read under its usual name ``MISTRAL_API_KEY``.
@@ -10,12 +12,13 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modfactory.artifacts import ArtifactsUrl, StorageOptions, storage_options
+from modfactory.config.serving import ServingSettings
+from modfactory.config.training import TrainingSettings
 from modfactory.crontab import CronPeriod, CronText
-from modfactory.plugins import BackendSetting
 from modfactory.redaction import provider_secrets, redact, secret_leaves, url_password
 from modfactory.values import CIVIL_COMMENTS_LABELS, HeadlineMetric, RecipeParams
 
@@ -28,7 +31,7 @@ def _recipe(name: str) -> Any:
     return RecipeParams.model_fields[name]
 
 
-class Settings(BaseSettings):
+class Settings(TrainingSettings, ServingSettings, BaseSettings):
     """modfactory configuration (environment, ``.env``, or keyword arguments in code)."""
 
     model_config = SettingsConfigDict(
@@ -90,82 +93,6 @@ class Settings(BaseSettings):
         "(datasets, row by row) or auto (fast when it provably gives the same rows).",
     )
 
-    # --- training -------------------------------------------------------------------
-    backend: BackendSetting = Field(
-        "auto",
-        description="auto (mistral when MISTRAL_API_KEY is set, else local), local, "
-        "mistral, or the name of an installed backend plugin.",
-    )
-    mistral_api_key: SecretStr | None = Field(
-        None,
-        validation_alias=AliasChoices("MISTRAL_API_KEY", "MODFACTORY_MISTRAL_API_KEY"),
-        description="Mistral API key (never logged, never stored in Redis).",
-    )
-    mistral_server_url: str | None = Field(
-        None, description="Mistral API base URL (a proxy or an emulator); unset: the SDK's default."
-    )
-    mistral_model: str = Field("ministral-3b-latest", description="Base model to fine-tune.")
-    mistral_training_steps: int = Field(200, ge=1, description="Classifier Factory training steps.")
-    mistral_learning_rate: float = Field(5e-5, ge=1e-8, le=1, description="Learning rate.")
-    mistral_weight_decay: float | None = Field(
-        None, ge=0, le=1, description="Weight decay (unset: the API's default, 0.1)."
-    )
-    mistral_warmup_fraction: float | None = Field(
-        None, ge=0, le=1, description="Warm-up fraction (unset: the API's default, 0.05)."
-    )
-    mistral_epochs: float | None = Field(
-        None, gt=0, description="Epochs (unset: computed by the API from the steps)."
-    )
-    mistral_seq_len: int | None = Field(None, ge=100, description="Sequence length (unset: API's).")
-    mistral_job_suffix: str = Field(
-        "mf",
-        pattern=r"^[a-z0-9]{0,6}$",
-        description="Mistral backend: start of each job's suffix (the rest identifies the run): "
-        "up to 6 of a-z 0-9.",
-    )
-    wandb_project: str | None = Field(None, description="Weights & Biases project for the job.")
-    wandb_api_key: SecretStr | None = Field(None, description="Weights & Biases key (secret).")
-    mistral_timeout: float = Field(60.0, gt=0, description="Timeout of one API request (s).")
-    mistral_max_retries: int = Field(
-        6, ge=0, le=20, description="Retries of a request on 429, 5xx, timeouts, lost connections."
-    )
-    max_cost: Annotated[float | None, Field(ge=0)] = Field(
-        None,
-        description="Cost cap: a job quoted above it waits for `modfactory approve RUN`.",
-    )
-    local_grid: Literal["small", "full", "off"] = Field(
-        "small",
-        description="Local backend: candidates per label, the best on validation kept — "
-        "small (plain and NB-weighted n-grams x 3 strengths), full (2 n-gram sets x 2 "
-        "weightings x 7 strengths) or off (one plain candidate, C = 1: the fastest).",
-    )
-    local_train_timeout: Annotated[float, Field(ge=1)] = Field(
-        3600.0,
-        description="Local backend: longest a training job may run (s); its trainer "
-        "process is then stopped and the job fails, naming this setting.",
-    )
-    poll_interval: float = Field(
-        5.0, gt=0, description="Seconds between two looks at a training job (±10 % jitter)."
-    )
-    poll_max_interval: float = Field(
-        120.0, gt=0, description="Longest wait between looks while nothing changes (backoff)."
-    )
-    classify_batch_size: int = Field(64, ge=1, le=1024, description="Texts per classify call.")
-    classify_concurrency: int = Field(
-        4, ge=1, le=64, description="Classify calls in flight at once during evaluate."
-    )
-    classify_rps: float | None = Field(
-        4.0,
-        ge=0.01,  # slower would leave a caller waiting for minutes
-        description="Most classify and moderate calls per second over all workers: the "
-        "evaluate stage's share of MODFACTORY_MISTRAL_RPS (unset: no limit of its own).",
-    )
-    mistral_rps: Annotated[float | None, Field(ge=0.01)] = Field(
-        5.0,
-        description="Most Mistral API requests per second over all workers and runs "
-        "(Mistral limits each API key); shared through Redis (unset: no limit).",
-    )
-
     # --- champion / challenger -------------------------------------------------------
     model_name: str = Field(
         "moderation", pattern=r"^[\w.-]+$", description="Registry name the runs compete under."
@@ -215,76 +142,6 @@ class Settings(BaseSettings):
         description="Base URL of run links in webhook answers (unset: the request's own).",
     )
 
-    # --- serving the champion (`modfactory serve`: /v1/moderations, /v1/classifications)
-    serve_token: SecretStr | None = Field(
-        None,
-        description="Bearer token of the serving endpoints (secret; MODFACTORY_WEBHOOK_TOKEN "
-        "is accepted too). Give scoring clients this one: it cannot trigger retrains.",
-    )
-    serve_thresholds: Literal["tuned", "0.5"] = Field(
-        "tuned",
-        description="Flag a label at its threshold tuned on validation (tuned) or above 0.5.",
-    )
-    serve_max_inputs: int = Field(
-        128, ge=1, le=10_000, description="Most texts in one serving request (422 beyond)."
-    )
-    serve_max_chars: int = Field(
-        20_000, ge=1, le=1_000_000, description="Most characters in one text (422 beyond)."
-    )
-    serve_max_body: int = Field(
-        2_000_000, ge=1, description="Largest serving request body (bytes; 413 beyond)."
-    )
-    serve_max_batch: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        256,
-        description="Most texts scored in one call, gathered across concurrent requests.",
-    )
-    shadow: Annotated[tuple[str, ...], NoDecode] = Field(
-        (),
-        description="Model names whose newest candidate also scores every request served, "
-        "off the request path, its agreement with the champion recorded per label "
-        "(comma-separated; 1 or all: every name; unset: none).",
-    )
-    serve_refresh_interval: Annotated[float, Field(gt=0, le=60)] = Field(
-        1.0,
-        description="How often `modfactory serve` reads the registry for a new champion (s).",
-    )
-
-    # --- the human loop: moderators' corrections become the next model's data ---------
-    review_token: SecretStr | None = Field(
-        None,
-        description="Bearer token of POST /v1/feedback (secret; MODFACTORY_WEBHOOK_TOKEN is "
-        "accepted too, MODFACTORY_SERVE_TOKEN never: a scoring client cannot write data).",
-    )
-    feedback_rate: int = Field(
-        600, ge=1, description="Most corrections one token may send per minute (429 beyond)."
-    )
-    feedback_holdout: Annotated[float, Field(ge=0, lt=1)] = Field(
-        0.2,
-        description="Share of corrected texts (by a hash of the text: always the same ones) "
-        "held out as the live test set; the rest joins the train split.",
-    )
-    retrain_after_feedback: Annotated[int | None, Field(ge=1)] = Field(
-        None,
-        description="Start a run of a model name once this many corrections arrived since "
-        "its champion's data was built (unset: corrections wait for the next run).",
-    )
-
-    review_sample: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.0,
-        description="Share of the texts `serve` answers offered to the review queue (kept "
-        "most uncertain first, plus a random tenth; never a request with store=false; 0: off).",
-    )
-    review_queue_max: int = Field(1000, ge=1, description="Most texts waiting per model name.")
-    review_max_age: float = Field(
-        604_800, gt=0, description="Seconds a text waits in the review queue before it goes."
-    )
-    drift_window: float = Field(
-        3600, gt=0, description="Seconds per window of served scores (drift: each vs the first)."
-    )
-    drift_alert: float = Field(
-        0.2, gt=0, description="PSI of a label's served scores that raises modfactory_drift_alert."
-    )
-
     # --- retention ---------------------------------------------------------------------
     keep_runs: Annotated[int | None, Field(ge=1)] = Field(
         500,
@@ -319,6 +176,12 @@ class Settings(BaseSettings):
         "the stage and how its last attempt ended; attempts that moved the stage on do not "
         "count.",
     )
+    stage_min_attempt: Annotated[float, Field(gt=0, le=3600)] = Field(
+        10.0,
+        description="Seconds an attempt must last (or end of itself, with an error) to count "
+        "against MODFACTORY_STAGE_MAX_ATTEMPTS; attempts whose worker was lost sooner are "
+        "allowed four times as often.",
+    )
     reconcile_interval: CronPeriod = Field(  # range first: the divisor check then divides
         60,
         ge=1,
@@ -343,14 +206,6 @@ class Settings(BaseSettings):
             if value.strip().startswith("["):
                 return tuple(json.loads(value))
             return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("wandb_api_key")
-    @classmethod
-    def _wandb_key_length(cls, value: SecretStr | None) -> SecretStr | None:
-        """The API takes 40-character W&B keys; say so before a job is created."""
-        if value is not None and len(value.get_secret_value()) != 40:
-            raise ValueError("a Weights & Biases API key has 40 characters")
         return value
 
     def secret_values(self) -> tuple[str, ...]:

@@ -1,9 +1,8 @@
 """Training backends behind one interface (``base``), found by name in one registry
 (``modfactory.plugins``: the built-ins and any installed package's entry point). Built in:
-``local`` (embedded; its training process in ``local_trainer``, its jobs and their leases
-in Redis in ``local_jobs``) and ``mistral`` (the SDK's
-answers read by ``mistral_answers``, its per-request waste removed by
-``mistral_fastpath``; the shared request rate limit in ``ratelimit``).
+the ``local`` and ``mistral`` sub-packages, each holding the files its backend owns. Shared
+by all: the request rate limit (``ratelimit``) and the count of failed API requests
+(``api_errors``).
 
 May import the data wing (the local backend reads its JSONL files) and the bottom.
 """

@@ -92,6 +92,7 @@ class Backend(ABC):
     suffix_prefix: str = "mf"  # starts each job's suffix; the rest identifies the run
     moderation_model: str | None = None  # a general moderation model runs are compared with
     moderation_labels: ClassVar[dict[str, str]] = {}  # its categories -> our labels
+    look_every: float | None = None  # longest useful wait between looks (None: the setting)
     error_counter: Callable[[str, str], Awaitable[None]] | None = None  # (backend, kind)
 
     @classmethod

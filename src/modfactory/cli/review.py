@@ -38,7 +38,7 @@ def review(
     stderr, answers are read from stdin."""
     from modfactory.store.feedback import FeedbackLog
     from modfactory.triggers.feedback import model_labels, retrain_if_due
-    from modfactory.triggers.feedback_api import REVIEW_LEASE, review_queue
+    from modfactory.web.feedback_api import REVIEW_LEASE, review_queue
 
     settings = load_settings(data_dir)
     name = model or settings.model_name

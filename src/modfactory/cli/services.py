@@ -75,7 +75,7 @@ def serve(
     import uvicorn
 
     from modfactory.logs import configure_logging
-    from modfactory.triggers.api import create_app
+    from modfactory.web.app import create_app
 
     settings = load_settings()
     configure_logging(settings.log_format, logging.INFO, settings.secret_values())

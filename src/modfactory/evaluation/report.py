@@ -136,7 +136,7 @@ def _verdict(promotion: PromotionDecision | None) -> str:
 
 
 def _selection_table(metadata: dict[str, Any]) -> str:
-    """The local model chosen per label on validation (``local_selection``), if any."""
+    """The local model chosen per label on validation (``backends.local.selection``), if any."""
     chosen = metadata.get("selection") or {}
     if not chosen:
         return ""

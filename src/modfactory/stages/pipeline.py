@@ -66,7 +66,8 @@ def stage_job(name: StageName) -> StageJob:
         sc = StageContext.of(ctx)
         run = await sc.store.start_stage(run_id, name, sc.policy.gives_up)
         if run is not None:
-            await sc.policy.attempt(sc.store, run_id, name, lambda: step(sc, run))
+            attempt = run.stages[name].attempts
+            await sc.policy.attempt(sc.store, run_id, name, lambda: step(sc, run), attempt=attempt)
         await advance(sc, run_id, name)
 
     job.__name__ = job.__qualname__ = name

@@ -16,7 +16,15 @@ at it ends — for every stage, and for every look at a training job.
     the training job over otherwise                 FAIL
     the training job still going, or unknown        WAIT: look again
     a stage stalled MODFACTORY_STAGE_MAX_ATTEMPTS   FAIL, naming how the last attempt ended
-      times (attempts without progress)
+      times (attempts that ran, without progress)
+    a stage cut short CUT_SHORT_FACTOR times as     FAIL, saying its workers were lost
+      often (attempts lost before they ran)
+
+An attempt *ran* when it lasted MODFACTORY_STAGE_MIN_ATTEMPT seconds or ended of itself
+(an error recorded: it reached what it was waiting for). An attempt whose worker was killed
+before that proves nothing about the stage — a machine under chaos or load — so it is
+counted apart, with a larger budget: a stage fails only on evidence, yet a stage whose
+every attempt dies at once still ends, after ``max_attempts x CUT_SHORT_FACTOR`` attempts.
 
 An interrupted stage is attempted again by the reconciler, which queues the lost step of
 every unfinished run. Every reason is redacted of the settings' secrets.
@@ -44,6 +52,7 @@ from modfactory.values import JobStatus, TrainingJob
 log = logging.getLogger("modfactory.stages")
 
 LOOK_SHARE = 0.5  # of MODFACTORY_JOB_TIMEOUT one look at a training job may take
+CUT_SHORT_FACTOR = 4  # attempts lost before they ran allowed per attempt that stalled
 
 
 class Action(StrEnum):
@@ -67,10 +76,16 @@ class FailurePolicy:
     max_attempts: int  # MODFACTORY_STAGE_MAX_ATTEMPTS
     job_timeout: int  # MODFACTORY_JOB_TIMEOUT: arq's limit for any job
     secrets: tuple[str, ...] = ()
+    min_attempt: float = 10.0  # MODFACTORY_STAGE_MIN_ATTEMPT: an attempt this long has run
 
     @classmethod
     def of(cls, settings: Settings) -> FailurePolicy:
-        return cls(settings.stage_max_attempts, settings.job_timeout, settings.secret_values())
+        return cls(
+            settings.stage_max_attempts,
+            settings.job_timeout,
+            settings.secret_values(),
+            settings.stage_min_attempt,
+        )
 
     @property
     def step_limit(self) -> float:
@@ -111,13 +126,19 @@ class FailurePolicy:
 
     def gives_up(self, state: StageState) -> str | None:
         """Why a stage about to be attempted again fails instead (None: attempt it)."""
-        if state.stalled < self.max_attempts:
-            return None
-        last = state.last_error or "it ended without a result (the worker was lost)"
-        return (
-            f"gave up after {state.stalled} attempts that made no progress "
-            f"({state.attempts} in all; MODFACTORY_STAGE_MAX_ATTEMPTS); the last: {last}"
-        )
+        if state.stalled >= self.max_attempts:
+            last = state.last_error or "it ended without a result (the worker was lost)"
+            return (
+                f"gave up after {state.stalled} attempts that ran and made no progress "
+                f"({state.attempts} in all; MODFACTORY_STAGE_MAX_ATTEMPTS); the last: {last}"
+            )
+        if state.cut_short >= self.max_attempts * CUT_SHORT_FACTOR:
+            return (
+                f"gave up after {state.cut_short} attempts whose worker was lost within "
+                f"{self.min_attempt:g} s ({state.attempts} in all; MODFACTORY_STAGE_MAX_ATTEMPTS "
+                f"x {CUT_SHORT_FACTOR}): workers keep dying on this stage; see their logs"
+            )
+        return None
 
     async def attempt(
         self,
@@ -128,11 +149,16 @@ class FailurePolicy:
         *,
         limit: float | None = None,
         interrupted: Callable[[str], Awaitable[None]] | None = None,
+        attempt: int | None = None,
     ) -> Decision | None:
         """Run ``step`` within ``limit`` (the step limit by default); if it raises, decide
         and apply the decision (``interrupted(reason)`` instead of interrupting the stage,
-        for a look). None when the step returned."""
+        for a look). Attempt number ``attempt`` is marked as having run once it lasts
+        ``min_attempt`` seconds. None when the step returned."""
         limit = self.step_limit if limit is None else limit
+        marker = None
+        if attempt is not None:
+            marker = asyncio.create_task(self._mark_ran_later(store, run_id, stage, attempt))
         try:
             async with asyncio.timeout(limit):
                 await step()
@@ -145,11 +171,23 @@ class FailurePolicy:
                 log.warning("run %s: %s: %s: %s", run_id, stage, decision.action, decision.reason)
             if decision.action == Action.RAISE:
                 raise  # the stage stays running; the reconciler queues it again
+        finally:
+            if marker is not None:
+                marker.cancel()
         if decision.action == Action.INTERRUPT and interrupted is not None:
             await interrupted(decision.reason)
         else:
             await self.apply(store, run_id, stage, decision)
         return decision
+
+    async def _mark_ran_later(
+        self, store: RunStore, run_id: str, stage: StageName, attempt: int
+    ) -> None:
+        await asyncio.sleep(self.min_attempt)
+        try:
+            await store.mark_ran(run_id, stage, attempt)
+        except Exception:  # Redis away, the run pruned: the attempt learns it at its next write
+            log.warning("run %s: %s: could not mark attempt %d as run", run_id, stage, attempt)
 
     async def apply(
         self, store: RunStore, run_id: str, stage: StageName, decision: Decision

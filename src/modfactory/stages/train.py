@@ -88,7 +88,8 @@ async def look_at_job(sc: StageContext, run_id: str, seq: int) -> bool:
                 await sc.store.note(run_id, "train", decision.reason)
             if updated.training.poll_seq == seq + 1:
                 quiet = updated.training.quiet_looks
-                delay = min(sc.settings.poll_max_interval, sc.settings.poll_interval * 1.5**quiet)
+                every = min(sc.settings.poll_interval, backend_look_every(sc, run))
+                delay = min(sc.settings.poll_max_interval, every * 1.5**quiet)
                 await sc.enqueue_poll(run_id, seq + 1, delay=delay)
             routine.append(True)  # the common look: nothing more to check
 
@@ -97,6 +98,11 @@ async def look_at_job(sc: StageContext, run_id: str, seq: int) -> bool:
         sc.store, run_id, "train", step, limit=policy.look_limit, interrupted=look_again_later
     )
     return not routine
+
+
+def backend_look_every(sc: StageContext, run: Run) -> float:
+    """How often the run's backend says a look is worth it (a local look is a Redis read)."""
+    return sc.backend(run.spec.backend).look_every or sc.settings.poll_interval
 
 
 async def _look(sc: StageContext, run: Run, job_id: str) -> TrainingJob | None:

@@ -111,13 +111,17 @@ class Run(BaseModel):
         """``stage`` runs for one more attempt, unless it is done or the run is over. The
         attempt before, if it ended without moving the stage further (no file uploaded, no
         batch classified, no new training status or checkpoint, no further in its rows),
-        counts as stalled; the stage fails instead when ``gives_up`` (the failure policy's)
-        says why it should. Attempts that made progress never count."""
+        counts as stalled if it ran (``mark_ran``, or it ended of itself), as cut short if
+        it was lost before; the stage fails instead when ``gives_up`` (the failure
+        policy's) says why it should. Attempts that made progress never count."""
         state = self.stages[stage]
         if self.state.terminal or state.state in (StageStatus.SUCCEEDED, StageStatus.FAILED):
             return False
         if state.attempts and not state.moved:
-            state.stalled += 1
+            if state.ran:
+                state.stalled += 1
+            else:
+                state.cut_short += 1
         reason = gives_up(state) if gives_up else None
         if reason:
             self._fail(stage, reason)
@@ -125,11 +129,19 @@ class Run(BaseModel):
         state.state = StageStatus.RUNNING
         state.started_at = state.started_at or now()
         state.attempts += 1
-        state.moved = False
+        state.moved = state.ran = False
         self.state = RunState.RUNNING
         self._event(
             "started" if state.attempts == 1 else f"resumed (attempt {state.attempts})", stage
         )
+        return True
+
+    def mark_ran(self, stage: StageName, attempt: int) -> bool:
+        """Attempt ``attempt`` of ``stage`` has run long enough to count if it stalls."""
+        state = self.stages[stage]
+        if state.state != StageStatus.RUNNING or state.attempts != attempt or state.ran:
+            return False
+        state.ran = True
         return True
 
     def interrupt_stage(self, stage: StageName, error: str) -> bool:
@@ -139,6 +151,7 @@ class Run(BaseModel):
         if self.state.terminal or state.state != StageStatus.RUNNING:
             return False
         state.last_error = error
+        state.ran = True  # it ended of itself: whatever its length, it was a real attempt
         self.progress = None
         self._event(f"attempt {state.attempts} did not finish: {error}; trying again", stage)
         return True

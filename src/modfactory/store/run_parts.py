@@ -43,8 +43,10 @@ class StageState(BaseModel):
     error: str | None = None
     attempts: int = 0
     last_error: str | None = None  # why the latest attempt ended without a result
-    stalled: int = 0  # ended attempts that moved the stage no further (what max attempts counts)
+    stalled: int = 0  # attempts that ran and moved the stage no further (max attempts counts)
+    cut_short: int = 0  # attempts lost before they ran (a killed worker): counted apart
     moved: bool = False  # the current attempt moved the stage further
+    ran: bool = False  # the current attempt ran: for MODFACTORY_STAGE_MIN_ATTEMPT, or to an end
     reached: dict[str, int] = Field(default_factory=dict)  # the furthest each progress got
 
 

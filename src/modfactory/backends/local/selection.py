@@ -8,7 +8,8 @@ strengths — is fitted on the training split; the candidate with the best PR-AU
 validation (Platt scaling) so that a score of 0.8 means about 80 %. A label with fewer
 than ``MIN_POSITIVES`` positive training rows gets one robust setting instead, and says so.
 
-Pure functions of arrays and texts, run by the trainer process (``local_trainer``).
+Pure functions of arrays and texts, run by the trainer process (``trainer``); the fits themselves
+run in ``fitting``'s processes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from modfactory.backends.local.fitting import FitData, Task, fitted_in_order, weighted
 
 Grid = Literal["small", "full", "off"]  # off: one plain candidate per label, no choice
 MIN_POSITIVES = 30  # fewer positive training rows: no grid, the fallback setting
@@ -82,20 +85,6 @@ def nb_ratio(x: Any, y: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     return np.log((p / p.sum()) / (q / q.sum())).astype(np.float32)
 
 
-def _weighted(x: Any, ratio: np.ndarray | None) -> Any:
-    if ratio is None:
-        return x
-    import scipy.sparse as sp
-
-    return (x @ sp.diags(ratio)).tocsr()
-
-
-def _pr_auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(y, score)) if 0 < y.sum() < len(y) else None
-
-
 def _log_loss(y: np.ndarray, decision: np.ndarray) -> float | None:
     """The validation log-loss of a candidate's (uncalibrated) probabilities."""
     if not len(y):
@@ -103,12 +92,6 @@ def _log_loss(y: np.ndarray, decision: np.ndarray) -> float | None:
     from sklearn.metrics import log_loss
 
     return float(log_loss(y, 1 / (1 + np.exp(-decision)), labels=[0, 1]))
-
-
-def _logistic(c: float, seed: int) -> Any:
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(C=c, solver="liblinear", max_iter=1000, random_state=seed)
 
 
 def calibrator(decision: np.ndarray, y: np.ndarray) -> tuple[str, Any]:
@@ -166,65 +149,56 @@ def _candidates(
     return [(f, w, c) for f in g["features"] for w in g["weighting"] for c in g["C"]], None
 
 
-def fit_label(
+def _choose(
     label: str,
-    x_train: dict[str, Any],
-    x_valid: dict[str, Any],
-    y_train: np.ndarray,
+    tasks: list[Task],
+    results: list[dict[str, Any]],
     y_valid: np.ndarray,
-    grid: Grid,
-    seed: int,
-    fitted: Callable[[dict[str, Any]], None],
+    note: str | None,
 ) -> tuple[dict[str, Any], Choice]:
-    """The chosen model of one label and why; ``fitted`` is told after each candidate."""
-    candidates, note = _candidates(grid, int(y_train.sum()), len(y_valid))
-    best: tuple[float, dict[str, Any], tuple[str, str, float]] | None = None
-    ratios: dict[str, np.ndarray] = {}
-    for features, weighting, c in candidates:
-        ratio = None
-        if weighting == "nb":
-            ratio = ratios.get(features)
-            if ratio is None:
-                ratio = ratios[features] = nb_ratio(x_train[features], y_train)
-        model = _logistic(c, seed).fit(_weighted(x_train[features], ratio), y_train)
-        score = (
-            model.decision_function(_weighted(x_valid[features], ratio))
-            if len(y_valid)
-            else np.zeros(0)
-        )
-        pr_auc = _pr_auc(y_valid, score)
-        fitted(
-            {
-                "label": label,
-                "features": features,
-                "weighting": weighting,
-                "C": c,
-                "validation_pr_auc": pr_auc,
-                "valid_loss": _log_loss(y_valid, score),
-            }
-        )
-        rank = -1.0 if pr_auc is None else pr_auc
-        if best is None or rank > best[0]:
-            best = (
-                rank,
-                {"model": model, "ratio": ratio, "score": score},
-                (features, weighting, c),
-            )
-    assert best is not None
-    rank, kept, (features, weighting, c) = best
+    """The candidate with the best validation PR-AUC (the first on a tie), calibrated."""
+    ranks = [-1.0 if r["pr_auc"] is None else r["pr_auc"] for r in results]
+    best = max(range(len(results)), key=lambda i: (ranks[i], -i))
+    task, kept = tasks[best], results[best]
     calibration, fitted_calibrator = calibrator(kept["score"], y_valid)
     chosen = {
-        "features": features,
+        "features": task.features,
         "ratio": kept["ratio"],
         "model": kept["model"],
         "calibration": calibration,
         "calibrator": fitted_calibrator,
     }
+    rank = ranks[best]
     choice = Choice(
-        label, features, weighting, float(c), None if rank < 0 else rank, calibration,
-        len(candidates), note,
+        label, task.features, task.weighting, float(task.C), None if rank < 0 else rank,
+        calibration, len(tasks), note,
     )  # fmt: skip
     return chosen, choice
+
+
+def _plan(
+    labels: list[str], y_train: np.ndarray, grid: Grid, validation_rows: int
+) -> list[tuple[list[Task], str | None]]:
+    """Per label, the candidates to fit and why only the fallback, when it is."""
+    plans = []
+    for j in range(len(labels)):
+        candidates, note = _candidates(grid, int(y_train[:, j].sum()), validation_rows)
+        plans.append(([Task(j, f, w, c) for f, w, c in candidates], note))
+    return plans
+
+
+def _features(
+    train_texts: list[str], valid_texts: list[str], grid: Grid
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The vectorizers of the grid's n-gram sets, fitted on training, and both splits'
+    features."""
+    sets = GRIDS[grid]["features"] if grid != "off" else (FALLBACK[0],)
+    vectorizers = {name: vectorizer(name) for name in sets}
+    x_train = {name: v.fit_transform(train_texts) for name, v in vectorizers.items()}
+    x_valid = {
+        name: v.transform(valid_texts) if valid_texts else None for name, v in vectorizers.items()
+    }
+    return vectorizers, x_train, x_valid
 
 
 def fit_all(
@@ -235,35 +209,48 @@ def fit_all(
     seed: int,
     progress: Progress,
     should_stop: Callable[[], bool] = lambda: False,
+    processes: int = 1,
 ) -> tuple[dict[str, Any], list[Choice]]:
-    """A bundle (``scores`` reads it) with one chosen model per label, and the choices."""
+    """A bundle (``scores`` reads it) with one chosen model per label, and the choices.
+    Candidates are fitted by ``processes`` processes; the choice does not depend on it."""
     (train_texts, train_labels), (valid_texts, valid_labels) = train, valid
     y_train = np.array([[label in row for label in labels] for row in train_labels], dtype=int)
     y_valid = np.array([[label in row for label in labels] for row in valid_labels], dtype=int)
+    y_train = y_train.reshape(len(train_texts), len(labels))
     y_valid = y_valid.reshape(len(valid_texts), len(labels))
-    sets = GRIDS[grid]["features"] if grid != "off" else (FALLBACK[0],)
-    vectorizers = {name: vectorizer(name) for name in sets}
-    x_train = {name: v.fit_transform(train_texts) for name, v in vectorizers.items()}
-    x_valid = {
-        name: v.transform(valid_texts) if valid_texts else None for name, v in vectorizers.items()
+    vectorizers, x_train, x_valid = _features(train_texts, valid_texts, grid)
+    plans = _plan(labels, y_train, grid, len(valid_texts))
+    tasks = [task for label_tasks, _ in plans for task in label_tasks]
+    ratios = {
+        (t.label, t.features): nb_ratio(x_train[t.features], y_train[:, t.label])
+        for t in tasks
+        if t.weighting == "nb"
     }
-    per_fit = fits_per_label(grid)
-    total, done = per_fit * len(labels), [0]
-
-    def fitted(candidate: dict[str, Any]) -> None:
-        done[0] += 1
-        progress(done[0], total, candidate)
-        if should_stop():
-            raise Stopped
-
-    chosen, choices = [], []
-    for j, label in enumerate(labels):
-        model, choice = fit_label(
-            label, x_train, x_valid, y_train[:, j], y_valid[:, j], grid, seed, fitted
+    data = FitData(x_train, x_valid, y_train, y_valid, ratios, seed)
+    results: list[dict[str, Any]] = []
+    with fitted_in_order(data, tasks, processes) as fitted:
+        for task, result in zip(tasks, fitted, strict=True):
+            results.append(result)
+            progress(
+                len(results),
+                len(tasks),
+                {
+                    "label": labels[task.label],
+                    **{k: v for k, v in asdict(task).items() if k != "label"},
+                    "validation_pr_auc": result["pr_auc"],
+                    "valid_loss": _log_loss(y_valid[:, task.label], result["score"]),
+                },
+            )
+            if should_stop():
+                raise Stopped
+    chosen, choices, at = [], [], 0
+    for j, (label_tasks, note) in enumerate(plans):
+        model, choice = _choose(
+            labels[j], label_tasks, results[at : at + len(label_tasks)], y_valid[:, j], note
         )
+        at += len(label_tasks)
         chosen.append(model)
         choices.append(choice)
-        done[0] = (j + 1) * per_fit  # a fallback label fits fewer candidates
     used = {m["features"] for m in chosen}
     bundle = {
         "version": 2,
@@ -279,7 +266,7 @@ def scores(bundle: dict[str, Any], texts: list[str]) -> list[dict[str, float]]:
     x = {name: v.transform(texts) for name, v in bundle["features"].items()}
     columns = []
     for m in bundle["per_label"]:
-        decision = m["model"].decision_function(_weighted(x[m["features"]], m["ratio"]))
+        decision = m["model"].decision_function(weighted(x[m["features"]], m["ratio"]))
         columns.append(calibrated(m, decision).tolist())
     return [dict(zip(bundle["labels"], row, strict=True)) for row in zip(*columns, strict=True)]
 

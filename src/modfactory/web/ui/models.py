@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from modfactory.producer import Producer
 from modfactory.store.registry import RegistryError
 from modfactory.store.run import RunNotFound, RunStateError
-from modfactory.triggers.ui_pages import (
+from modfactory.web.ui.pages import (
     checked_form,
     guarded,
     message,

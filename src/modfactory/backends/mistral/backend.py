@@ -35,8 +35,8 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
-from modfactory.backends.mistral_answers import error_detail, job_of
-from modfactory.backends.mistral_fastpath import speed_up_sdk
+from modfactory.backends.mistral.answers import error_detail, job_of
+from modfactory.backends.mistral.fastpath import speed_up_sdk
 from modfactory.backends.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from modfactory.settings import Settings, redact
 from modfactory.values import JobStatus, TrainingJob, UploadedFile

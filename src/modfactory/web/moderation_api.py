@@ -30,8 +30,9 @@ from modfactory.backends import BackendError, BackendUnavailable
 from modfactory.serving.champions import ChampionServer, NoChampion, ServedModel
 from modfactory.serving.meter import ServeMeter
 from modfactory.settings import Settings
-from modfactory.triggers.auth import AuthError, check_bearer
-from modfactory.triggers.errors import ApiError, field_error, read_body
+from modfactory.web.auth import AuthError, check_bearer
+from modfactory.web.errors import ApiError, field_error
+from modfactory.web.request_body import read_body
 
 Endpoint = Literal["moderations", "classifications"]
 

@@ -11,8 +11,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from modfactory.triggers.errors import read_body
-from modfactory.triggers.ui_session import Session, csrf_ok, session_of
+from modfactory.web.request_body import read_body
+from modfactory.web.ui.session import Session, csrf_ok, session_of
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -23,7 +23,7 @@ REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; fram
 
 def templates() -> Environment:
     return Environment(
-        loader=PackageLoader("modfactory.triggers", "ui_assets/templates"),
+        loader=PackageLoader("modfactory.web.ui", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
 

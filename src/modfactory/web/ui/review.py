@@ -15,8 +15,8 @@ from starlette.responses import RedirectResponse, Response
 from modfactory.producer import Producer
 from modfactory.store.feedback import Correction, FeedbackLog
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
-from modfactory.triggers.feedback_api import REVIEW_LEASE, review_queue
-from modfactory.triggers.ui_pages import (
+from modfactory.web.feedback_api import REVIEW_LEASE, review_queue
+from modfactory.web.ui.pages import (
     Refused,
     checked_form,
     guarded,
@@ -25,7 +25,7 @@ from modfactory.triggers.ui_pages import (
     render,
     signed_in,
 )
-from modfactory.triggers.ui_session import session_of
+from modfactory.web.ui.session import session_of
 
 
 def _model(request: Request) -> str:

@@ -24,8 +24,9 @@ from modfactory.artifacts import ArtifactError, ArtifactStore
 from modfactory.evaluation import tables
 from modfactory.producer import Producer
 from modfactory.store.run import STAGES, Run, RunNotFound, RunState, RunStateError
-from modfactory.triggers import ui_models, ui_review
-from modfactory.triggers.ui_pages import (
+from modfactory.web.ui import models as ui_models
+from modfactory.web.ui import review as ui_review
+from modfactory.web.ui.pages import (
     REPORT_CSP,
     Refused,
     checked_form,
@@ -36,8 +37,8 @@ from modfactory.triggers.ui_pages import (
     render,
     signed_in,
 )
-from modfactory.triggers.ui_run import CHART_NAMES, run_context
-from modfactory.triggers.ui_session import (
+from modfactory.web.ui.run import CHART_NAMES, run_context
+from modfactory.web.ui.session import (
     LOGIN_COOKIE,
     Session,
     csrf_ok,
@@ -71,7 +72,7 @@ def routes() -> list[BaseRoute]:
         Route("/ui/models/{name}/{what}", ui_models.change_model, methods=["POST"]),
         Mount(
             "/ui/static",
-            StaticFiles(packages=[("modfactory.triggers", "ui_assets/static")]),
+            StaticFiles(packages=[("modfactory.web.ui", "static")]),
             name="ui-static",
         ),
     ]

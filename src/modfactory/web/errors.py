@@ -1,7 +1,6 @@
 """How ``modfactory serve`` refuses: an ``ApiError`` becomes ``{"error": "<message>"}``
 with its status, as does every other failure (Redis away: 503; anything unexpected: 500
-with the details in the server log, never in the answer). Bodies are read with a size
-limit here too."""
+with the details in the server log, never in the answer)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-log = logging.getLogger("modfactory.triggers.api")
+log = logging.getLogger("modfactory.web")
 
 
 class ApiError(Exception):
@@ -27,21 +26,6 @@ def field_error(exc: ValidationError, prefix: str = "") -> ApiError:
     first = exc.errors()[0]
     field = prefix + ".".join(str(part) for part in first["loc"])
     return ApiError(422, f"body field {field!r}: {first['msg']}", field=field)
-
-
-async def read_body(request: Request, limit: int, which: str) -> bytes:
-    """The raw body, refused (413) beyond ``limit`` bytes (MODFACTORY_<which>_MAX_BODY) as
-    soon as it is."""
-    too_large = ApiError(413, f"body larger than {limit} bytes (MODFACTORY_{which}_MAX_BODY)")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
 
 
 async def api_error(request: Request, exc: Exception) -> Response:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from modfactory.artifacts import backend_key
 from modfactory.redis_json import update_document
 from modfactory.values import JobStatus
 
@@ -65,6 +66,22 @@ class TrainerProgress(BaseModel):
         if self.candidate and self.state == "running":
             found["fitting"] = self.candidate
         return found
+
+
+CONFIG_ENV = "MODFACTORY_LOCAL_TRAINER"  # JSON: redis_url, prefix, artifacts, lease
+
+
+def model_key(job_id: str) -> str:
+    """Where a local job's model is kept in the artifact store."""
+    return backend_key("local", "jobs", job_id, "model.joblib")
+
+
+def overdue(timeout: float) -> str:
+    """Why a job whose trainer ran past its deadline failed."""
+    return (
+        f"the local trainer ran longer than MODFACTORY_LOCAL_TRAIN_TIMEOUT ({timeout:g} s); "
+        "choose a smaller MODFACTORY_LOCAL_GRID or raise the timeout"
+    )
 
 
 def job_key(prefix: str, job_id: str, part: str = "") -> str:
@@ -172,6 +189,15 @@ class TrainerLease:
 
     def release(self) -> None:
         self._while_held(lambda pipe: pipe.delete(self.key))
+
+
+async def release_lease(redis: Redis, prefix: str, job_id: str, token: str) -> bool:
+    """Delete the job's lease if ``token`` still holds it (a trainer started here, stopped)."""
+    key = job_key(prefix, job_id, "trainer")
+    return bool(await redis.eval(_RELEASE, 1, key, token))
+
+
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
 
 
 # --- changes of a record (``JobRecords.update`` applies them) ----------------------------

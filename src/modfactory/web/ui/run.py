@@ -8,7 +8,7 @@ from typing import Any
 
 from modfactory.evaluation import tables
 from modfactory.store.run import STAGES, Run, RunState
-from modfactory.triggers.ui_session import Session
+from modfactory.web.ui.session import Session
 
 CHART_NAMES = (
     ("distribution", "distribution_chart", "label distribution per split"),

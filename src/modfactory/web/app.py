@@ -1,4 +1,5 @@
-"""``modfactory serve``: the webhook that triggers retrains, the runs API, health, metrics.
+"""``modfactory serve``'s application: the webhook's route (what it starts is
+``triggers.webhook``'s), the runs API, health, metrics, and the other wings' routes.
 
 Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<message>"}``):
 
@@ -26,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,7 +38,6 @@ from starlette.routing import Route
 from modfactory.artifacts import ArtifactStore
 from modfactory.backends import Backend, BackendError, cached_backend
 from modfactory.data.recipe import RecipeError
-from modfactory.data.sources import allowed_source
 from modfactory.producer import Producer
 from modfactory.serving.champions import ChampionServer
 from modfactory.serving.drift import DriftMeter
@@ -51,8 +51,13 @@ from modfactory.store.feedback import RateLimit
 from modfactory.store.health import queued_without_worker, worker_heartbeat
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 from modfactory.store.shadow import ShadowLog
-from modfactory.triggers import ui, ui_pages
-from modfactory.triggers.auth import (
+from modfactory.triggers.webhook import (
+    RetrainRequest,
+    SourceRefused,
+    log_retrain,
+    retrain_spec,
+)
+from modfactory.web.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AuthError,
@@ -61,40 +66,22 @@ from modfactory.triggers.auth import (
     check_secrets,
     check_signature,
 )
-from modfactory.triggers.errors import (
+from modfactory.web.errors import (
     ApiError,
     api_error,
     field_error,
     http_error,
-    read_body,
     redis_down,
     unexpected,
 )
-from modfactory.triggers.feedback_api import feedback, review, review_queue
-from modfactory.triggers.moderation_api import classifications, moderations
-from modfactory.triggers.monitoring import prometheus_text
-from modfactory.values import RecipeParams
+from modfactory.web.feedback_api import feedback, review, review_queue
+from modfactory.web.moderation_api import classifications, moderations
+from modfactory.web.monitoring import prometheus_text
+from modfactory.web.request_body import read_body
+from modfactory.web.ui import pages as ui_pages
+from modfactory.web.ui import routes as ui
 
-log = logging.getLogger("modfactory.triggers.api")
-
-RecipeOverrides = create_model(  # every recipe number, optional; unknown names refused
-    "RecipeOverrides",
-    __config__=ConfigDict(extra="forbid"),
-    **{name: (f.annotation | None, None) for name, f in RecipeParams.model_fields.items()},
-)
-
-
-class RetrainRequest(BaseModel):
-    """The optional body of ``POST /v1/retrain``: what differs from the server's settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str | None = Field(None, max_length=200)  # the sender's delivery id (logged)
-    source: str | None = None
-    backend: str | None = Field(None, max_length=32)  # a name in modfactory.plugins
-    model_name: str | None = Field(None, pattern=r"^[\w.-]+$")
-    hyperparameters: dict[str, float | int] | None = None
-    recipe: RecipeOverrides | None = None  # type: ignore[valid-type]
+log = logging.getLogger("modfactory.web")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -240,22 +227,12 @@ def parse_retrain_request(body: bytes) -> RetrainRequest:
 
 
 def spec_of(request: Request, wanted: RetrainRequest) -> RunSpec:
-    """The run ``wanted`` asks for, checked before anything is created: a source the
-    webhook may name, a valid recipe, hyperparameters in range; else 422."""
-    settings = _settings(request)
-    if wanted.source is not None:
-        try:
-            allowed_source(wanted.source, settings.webhook_allowed_sources)
-        except RecipeError as exc:
-            raise ApiError(422, f"body field 'source': {exc}", field="source") from None
+    """The run ``wanted`` asks for (``triggers.webhook``), checked before anything is
+    created; else 422 naming what is at fault."""
     try:
-        return _producer(request).spec(
-            source=wanted.source,
-            backend=wanted.backend,
-            hyperparameters=wanted.hyperparameters,
-            model_name=wanted.model_name,
-            **(wanted.recipe.model_dump(exclude_none=True) if wanted.recipe else {}),
-        )
+        return retrain_spec(_producer(request), _settings(request), wanted)
+    except SourceRefused as exc:
+        raise ApiError(422, f"body field 'source': {exc}", field="source") from None
     except ValidationError as exc:
         raise field_error(exc, "recipe.") from None
     except (RecipeError, BackendError) as exc:
@@ -279,12 +256,7 @@ async def retrain(request: Request) -> Response:
         raise ApiError(409, str(exc), active_run_id=exc.run.id, url=url) from None
     run = submission.run
     url = run_url(request, run.id)
-    log.info(
-        "retrain requested over HTTP%s: %s",
-        f" (request {wanted.request_id})" if wanted.request_id else "",
-        "created" if submission.created else "coalesced",
-        extra={"run_id": run.id},
-    )
+    log_retrain(wanted, submission)
     return JSONResponse(
         {"run_id": run.id, "url": url, "state": run.state, "created": submission.created},
         status_code=202 if submission.created else 200,

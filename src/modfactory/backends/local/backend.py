@@ -3,7 +3,7 @@ worker looks at the job — no job is tied to a machine.
 
 Uploaded files and models are artifacts (the artifact store: a directory, or a bucket every
 machine shares); a job's record and its trainer's progress are kept in Redis
-(``local_jobs``). Training runs in a process of its own (``local_trainer``) holding the
+(``jobs``). Training runs in a process of its own (``trainer``) holding the
 job's lease: a look that finds neither a live lease nor a finished trainer starts one, here
 (at most ``MAX_TRAINER_STARTS`` times), and a saved model is never retrained.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -21,9 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,20 +34,22 @@ from modfactory.backends.base import (
     TargetScores,
     checked_hyperparameters,
 )
-from modfactory.backends.local_jobs import (
+from modfactory.backends.local.jobs import (
+    CONFIG_ENV,
     JobRecords,
     LocalJob,
     TrainerProgress,
     cancel,
     job_keys,
     new_token,
+    overdue,
+    release_lease,
     started_once,
     url_of,
     when,
 )
-from modfactory.backends.local_selection import Grid, fits_per_label
-from modfactory.backends.local_selection import scores as selection_scores
-from modfactory.backends.local_trainer import CONFIG_ENV, model_key, overdue
+from modfactory.backends.local.models import JOB_ID, MODEL_PREFIX, SavedModels, scores_of
+from modfactory.backends.local.selection import Grid, fits_per_label
 from modfactory.data.recipe import TARGET, RecipeError, parse_jsonl
 from modfactory.settings import Settings
 from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJob, UploadedFile
@@ -58,25 +57,24 @@ from modfactory.values import Checkpoint, ClassifierTarget, JobStatus, TrainingJ
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-MODEL_PREFIX = "ft:classifier:local:"
 RANGES: HyperRanges = {"seed": (int, 0, 2**32 - 1)}  # what the grid's fits draw on
 FITS_PER_SECOND = 15_000  # train rows x candidates fitted per second here, for the estimate
 MAX_TRAINER_STARTS = 3
 STARTUP = 30.0  # seconds a trainer may take to start and renew its lease (a loaded machine)
+STOP_WAIT = 5.0  # seconds a trainer told to stop has to release its lease and exit
 MIN_LEASE = 6.0  # a trainer's lease outlasts its renewing thread starved by a busy machine
 DEADLINE_GRACE = 10.0  # seconds past its deadline before a job is failed from outside
-CACHED_MODELS = 4  # loaded models kept in memory: a challenger, its champion, and a few
 KEPT_LOGS = 50  # trainers' logs kept on each machine (prune, elsewhere, cannot reach them)
-_JOB_ID = re.compile(r"ftjob-[\w-]{1,64}")
 _FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 
 
 class LocalBackend(Backend):
-    """TF-IDF + per-label logistic regression chosen on validation (``local_selection``),
+    """TF-IDF + per-label logistic regression chosen on validation (``selection``),
     trained in a child process."""
 
     name = "local"
     base_model = "tfidf-logreg"
+    look_every = 1.0  # a look reads a few Redis keys: a finished job is seen within a second
 
     def __init__(
         self,
@@ -84,17 +82,19 @@ class LocalBackend(Backend):
         train_timeout: float = 3600.0,
         grid: Grid = "small",
         lease: float = 15.0,
+        processes: int | None = None,
     ) -> None:
         self.store = store
+        self.processes = processes
         self.grid: Grid = grid
         self.train_timeout = train_timeout
         self.lease = max(lease, MIN_LEASE)
         self.defaults: dict[str, float | int] = {"seed": 42}
         self.records: JobRecords | None = None  # set by ``connect``
         self._trainer_config: dict[str, Any] = {}
-        self._models: OrderedDict[str, Any] = OrderedDict()  # the few used last (LRU)
-        self._models_lock = threading.Lock()  # classify runs in worker threads
-        self._trainers: list[subprocess.Popen[bytes]] = []
+        self.models = SavedModels(store)
+        self._trainers: list[tuple[subprocess.Popen[bytes], str, str]] = []  # job id, token
+        self._trainers_end_with_us = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
@@ -103,12 +103,16 @@ class LocalBackend(Backend):
             train_timeout=settings.local_train_timeout,
             grid=settings.local_grid,
             lease=settings.worker_lease,
+            processes=settings.local_train_processes,
         )
 
     def connect(self, redis: Redis, settings: Settings) -> None:
         """Jobs are kept in this Redis; trainers are told how to reach it and the store."""
         super().connect(redis, settings)
         self.records = JobRecords(redis, settings.queue_name)
+        # An embedded Redis ends with this process: so do the trainers started here, their
+        # leases released, and the next worker on the same data resumes at once.
+        self._trainers_end_with_us = settings.redis_url is None
         self._trainer_config = {
             "redis_url": settings.redis_url or url_of(redis),
             "prefix": settings.queue_name,
@@ -116,6 +120,7 @@ class LocalBackend(Backend):
             "artifacts_options": self.store.options,
             "scratch": str(self.store.scratch_dir),
             "lease": self.lease,
+            "processes": self.processes,
         }
 
     @classmethod
@@ -155,7 +160,7 @@ class LocalBackend(Backend):
         return self.records
 
     async def _job(self, job_id: str) -> LocalJob:
-        job = await self._records().get(job_id) if _JOB_ID.fullmatch(job_id) else None
+        job = await self._records().get(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
             raise BackendError(f"local backend: no job {job_id!r}")
         return job
@@ -163,7 +168,7 @@ class LocalBackend(Backend):
     async def create_job(self, request: JobRequest) -> TrainingJob:
         """Idempotent: the job id comes from the suffix (the run id)."""
         job_id = f"ftjob-{request.suffix}"
-        if not _JOB_ID.fullmatch(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise BackendError(f"local backend: {request.suffix!r} cannot name a job")
         if await self._records().get(job_id) is None:
             files = [request.training_file_id, *request.validation_file_ids[:1]]
@@ -182,7 +187,7 @@ class LocalBackend(Backend):
 
     async def get_job(self, job_id: str) -> TrainingJob:
         """Advance the job as far as its record and trainer allow, then describe it."""
-        self._trainers = [p for p in self._trainers if p.poll() is None]  # reap
+        self._trainers = [t for t in self._trainers if t[0].poll() is None]  # reap
         job = await self._job(job_id)
         if job.status == JobStatus.QUEUED:
             found = await asyncio.to_thread(self._validate, job)
@@ -294,6 +299,22 @@ class LocalBackend(Backend):
         return await self.get_job(job_id)
 
     # --- the trainer process -------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop the trainers started here when they end with this process (an embedded
+        Redis): each releases its lease as it stops (SIGTERM)."""
+        if not self._trainers_end_with_us:
+            return
+        alive = [t for t in self._trainers if t[0].poll() is None]
+        for trainer, _, _ in alive:
+            trainer.terminate()
+        for trainer, job_id, token in alive:
+            try:
+                await asyncio.to_thread(trainer.wait, STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                trainer.kill()
+            with contextlib.suppress(Exception):  # stopped before it could release it itself
+                await release_lease(self._records().redis, self._records().prefix, job_id, token)
+
     def _log_path(self, job_id: str) -> Path:
         return self.store.local_dir("logs") / f"local-trainer-{job_id}.log"
 
@@ -308,19 +329,23 @@ class LocalBackend(Backend):
         env = {**os.environ, CONFIG_ENV: json.dumps(self._trainer_config)}
         with self._log_path(job_id).open("ab") as log:
             self._trainers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "modfactory.backends.local_trainer",
-                        job_id,
-                        "--token",
-                        token,
-                    ],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                (
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "modfactory.backends.local.trainer",
+                            job_id,
+                            "--token",
+                            token,
+                        ],
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    ),
+                    job_id,
+                    token,
                 )
             )
 
@@ -333,46 +358,23 @@ class LocalBackend(Backend):
             command = Path(f"/proc/{progress.pid}/cmdline").read_bytes()
         except OSError:
             return
-        if b"local_trainer" in command and job_id.encode() in command:
+        if b"backends.local.trainer" in command and job_id.encode() in command:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(progress.pid, signal.SIGKILL)
 
-    # --- inference -----------------------------------------------------------------------
+    # --- inference: the saved models (``models``) -----------------------------------------
     async def classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
-        return await asyncio.to_thread(self._classify, model, inputs)
+        return await asyncio.to_thread(self.models.scores, model, inputs)
 
     async def scorer(self, model: str) -> Scorer:
         """The model loaded once (off the event loop) and kept by the scorer itself, never
         evicted by other models; each call scores in a worker thread."""
-        bundle = await asyncio.to_thread(self._load, model)
+        bundle = await asyncio.to_thread(self.models.load, model)
 
         async def score(inputs: list[str]) -> list[TargetScores]:
             return await asyncio.to_thread(scores_of, bundle, inputs)
 
         return score
-
-    def _load(self, model: str) -> dict[str, Any]:
-        job_id = model.removeprefix(MODEL_PREFIX)
-        if not model.startswith(MODEL_PREFIX) or not _JOB_ID.fullmatch(job_id):
-            raise BackendError(f"local backend: {model!r} is not a local model id")
-        try:
-            data = self.store.load(model_key(job_id))
-        except ArtifactNotFound:
-            where = self.store.url_of(model_key(job_id))
-            raise BackendError(f"local backend: model {model!r} not found at {where}") from None
-        import joblib
-
-        return joblib.load(io.BytesIO(data))
-
-    def _classify(self, model: str, inputs: list[str]) -> list[TargetScores]:
-        with self._models_lock:
-            if model not in self._models:
-                self._models[model] = self._load(model)
-                while len(self._models) > CACHED_MODELS:
-                    self._models.popitem(last=False)
-            self._models.move_to_end(model)
-            bundle = self._models[model]
-        return scores_of(bundle, inputs)
 
 
 def _file_key(file_id: str) -> str:
@@ -384,14 +386,3 @@ def _keep_newest(directory: Path, count: int) -> None:
     logs = sorted(directory.glob("local-trainer-*.log"), key=lambda p: p.stat().st_mtime)
     for old in logs[: max(0, len(logs) - count)]:
         old.unlink(missing_ok=True)
-
-
-def scores_of(bundle: dict[str, Any], inputs: list[str]) -> list[TargetScores]:
-    """A saved model's scores of ``inputs``: per text, each label's probability."""
-    if bundle.get("version") != 2:  # the plain SGD models of earlier versions' grid "off"
-        raise BackendError(
-            "local backend: this model was saved in a format no longer read (plain SGD); "
-            "train it again"
-        )
-    target = bundle["target"]
-    return [{target: {"scores": s}} for s in selection_scores(bundle, inputs)]

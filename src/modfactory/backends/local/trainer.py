@@ -1,7 +1,7 @@
-"""The local backend's training process: per label, the model ``local_selection`` chooses
+"""The local backend's training process: per label, the model ``selection`` chooses
 on validation — on whichever machine started it.
 
-Run as ``python -m modfactory.backends.local_trainer JOB_ID --token TOKEN`` by the local
+Run as ``python -m modfactory.backends.local.trainer JOB_ID --token TOKEN`` by the local
 backend, which took the job's lease for TOKEN and passes the rest in the environment
 (``CONFIG_ENV``: Redis, the key prefix, the artifact store, the lease; never on the command
 line, where other users could read a password). It renews the lease every third of its
@@ -19,9 +19,11 @@ modfactory's and nothing else reads it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -31,27 +33,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from modfactory.artifacts import ArtifactNotFound, ArtifactStore, ArtifactsUnavailable, backend_key
-from modfactory.backends.local_jobs import LocalJob, TrainerLease, TrainerProgress, now
+from modfactory.artifacts import ArtifactNotFound, ArtifactStore, ArtifactsUnavailable
+from modfactory.backends.local.jobs import (
+    CONFIG_ENV,
+    LocalJob,
+    TrainerLease,
+    TrainerProgress,
+    model_key,
+    now,
+    overdue,
+)
 from modfactory.data.recipe import parse_jsonl
 
-CONFIG_ENV = "MODFACTORY_LOCAL_TRAINER"  # JSON: redis_url, prefix, artifacts, lease
 PAUSE_ENV = "MODFACTORY_TEST_TRAINER_PAUSE"  # test-only: a slow trainer (see above)
 LOST = 3  # exit status: the lease is not (or no longer) this trainer's
 T = TypeVar("T")
-
-
-def model_key(job_id: str) -> str:
-    """Where a local job's model is kept in the artifact store."""
-    return backend_key("local", "jobs", job_id, "model.joblib")
-
-
-def overdue(timeout: float) -> str:
-    """Why a job whose trainer ran past its deadline failed."""
-    return (
-        f"the local trainer ran longer than MODFACTORY_LOCAL_TRAIN_TIMEOUT ({timeout:g} s); "
-        "choose a smaller MODFACTORY_LOCAL_GRID or raise the timeout"
-    )
 
 
 def lost(why: str) -> NoReturn:
@@ -63,10 +59,17 @@ def lost(why: str) -> NoReturn:
 class Trainer:
     """One job's training, under its lease."""
 
-    def __init__(self, lease: TrainerLease, store: ArtifactStore, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        lease: TrainerLease,
+        store: ArtifactStore,
+        lease_seconds: float,
+        processes: int | None = None,
+    ) -> None:
         self.lease = lease
         self.store = store
         self.lease_seconds = lease_seconds
+        self.processes = processes
         self.progress = TrainerProgress(host=socket.gethostname(), pid=os.getpid())
 
     def report(self) -> None:
@@ -126,12 +129,13 @@ class Trainer:
         return [r["text"] for r in rows], [r["labels"][target] for r in rows]
 
     def train(self) -> None:
-        """Fit the grid of ``local_selection`` (one checkpoint per candidate fitted), record
+        """Fit the grid of ``selection`` (one checkpoint per candidate fitted), record
         the choice per label, store the model; stop early if the job is cancelled or runs
         out of time."""
         import joblib
 
-        from modfactory.backends.local_selection import Stopped, choices_json, fit_all
+        from modfactory.backends.local.fitting import default_processes
+        from modfactory.backends.local.selection import Stopped, choices_json, fit_all
 
         job = self.lease.job()
         self.progress.started_at = now()
@@ -156,6 +160,7 @@ class Trainer:
                 int(job.hyperparameters["seed"]),
                 fitted,
                 should_stop=self.paused_or_stopped,
+                processes=self.processes or default_processes(),
             )
         except Stopped:
             return
@@ -199,7 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     store = ArtifactStore(
         config["artifacts_url"], config["artifacts_options"], Path(config["scratch"])
     )
-    trainer = Trainer(lease, store, seconds)
+    trainer = Trainer(lease, store, seconds, config.get("processes"))
+
+    def stop(signum: int, frame: object) -> None:
+        """Told to stop (its worker ends with an embedded Redis): the lease goes first."""
+        with contextlib.suppress(Exception):
+            lease.release()
+        os._exit(LOST)
+
+    signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=trainer.keep_lease, daemon=True).start()
     try:
         trainer.train()

@@ -32,9 +32,10 @@ from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store.feedback import Correction, FeedbackLog, RateLimit
 from modfactory.store.review import ReviewQueue
-from modfactory.triggers.auth import AuthError, check_bearer
-from modfactory.triggers.errors import ApiError, field_error, read_body
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
+from modfactory.web.auth import AuthError, check_bearer
+from modfactory.web.errors import ApiError, field_error
+from modfactory.web.request_body import read_body
 
 log = logging.getLogger("modfactory.triggers.feedback")
 REVIEW_LEASE = 600  # seconds a reviewer holds the texts handed out

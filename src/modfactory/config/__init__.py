@@ -1,0 +1,1 @@
+"""The groups of settings ``modfactory.settings.Settings`` gathers, one concept each."""
