@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "modfactory"
 # names (plugins), the artifact store, atomic files and JSON documents in Redis, logging,
 # charts (drawn for the data set, the training curve and the evaluation alike).
 BASE = {"settings", "crontab", "values", "plugins", "artifacts", "fileio", "redis_json"}
-BASE |= {"redaction", "logs", "charts", "config"}
+BASE |= {"redaction", "logs", "charts", "config", "artifact_keys"}
 # Each wing, and the wings it may import besides itself and BASE.
 MAY_IMPORT: dict[str, set[str]] = {
     "store": set(),

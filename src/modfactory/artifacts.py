@@ -19,23 +19,58 @@ the URL, without its user part.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, SecretStr
+from pydantic import SecretStr
 
+from modfactory.artifact_keys import (
+    IN_PROGRESS,
+    KEY_SEGMENT,
+    SETTING,
+    ArtifactError,
+    ArtifactNotFound,
+    ArtifactsUnavailable,
+    ArtifactsUrl,
+    StorageOptions,
+    backend_key,
+    checked_key,
+    checkpoint_prefix,
+    dataset_key,
+    display_url,
+    feedback_key,
+    run_key,
+    storage_options,
+)
 from modfactory.fileio import atomic_output
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
+
+__all__ = [
+    "SETTING",
+    "ArtifactError",
+    "ArtifactNotFound",
+    "ArtifactStore",
+    "ArtifactsUnavailable",
+    "ArtifactsUrl",
+    "Folder",
+    "StorageOptions",
+    "StoreSettings",
+    "backend_key",
+    "checkpoint_prefix",
+    "dataset_key",
+    "display_url",
+    "feedback_key",
+    "run_key",
+    "storage_options",
+]
 
 
 class StoreSettings(Protocol):
@@ -44,92 +79,6 @@ class StoreSettings(Protocol):
     artifacts_url: str | None
     artifacts_options: SecretStr | None
     data_dir: Path
-
-
-SETTING = "MODFACTORY_ARTIFACTS_URL"
-_PART = re.compile(r"[\w][\w.=-]*")  # one segment of a key: never empty, "..", or a path
-_TMP = re.compile(r"^\..+\.tmp$")  # a writer's file in progress (``atomic_output``): unlisted
-
-
-class ArtifactError(Exception):
-    """The artifact store refused (a bad setting, no access, a missing object); the message
-    names the setting and URL or the key, never a credential."""
-
-
-class ArtifactNotFound(ArtifactError):
-    """An artifact the run document names is not in the store."""
-
-
-class ArtifactsUnavailable(ArtifactError):
-    """The store could not be reached (down, a timeout, a dropped connection): try later."""
-
-
-def run_key(run_id: str, *parts: str) -> str:
-    """The key of a run's artifact: ``runs/<run>/<parts>``."""
-    return _key("runs", run_id, *parts)
-
-
-def backend_key(backend: str, *parts: str) -> str:
-    """The key of a file a backend keeps (an uploaded file, a model): ``<backend>/<parts>``."""
-    return _key(backend, *parts)
-
-
-def dataset_key(run_id: str, name: str) -> str:  # train.jsonl, distribution.png…
-    return run_key(run_id, "dataset", name)
-
-
-def checkpoint_prefix(run_id: str, name: str) -> str:  # one classification's batches
-    return run_key(run_id, "evaluate", name)
-
-
-def feedback_key(model_name: str, *parts: str) -> str:  # moderators' corrections, compacted
-    return _key("feedback", model_name, *parts)
-
-
-def _key(*parts: str) -> str:
-    for part in (p for whole in parts for p in whole.split("/")):
-        if not _PART.fullmatch(part):
-            raise ArtifactError(f"not a valid artifact key segment: {part[:80]!r}")
-    return "/".join(parts)
-
-
-def _checked_url(value: str | None) -> str | None:
-    """A directory, or scheme://bucket[/prefix]; whether it works is checked at start."""
-    value = (value or "").strip() or None
-    scheme, sep, rest = (value or "").partition("://")
-    bad = value and re.search(r"[\s\x00-\x1f]", value)
-    if bad or (sep and not (re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) and rest.strip("/"))):
-        raise ValueError("a directory or scheme://bucket[/prefix], e.g. s3://bucket/modfactory")
-    return value
-
-
-def storage_options(value: SecretStr | None) -> dict[str, Any]:
-    """MODFACTORY_ARTIFACTS_OPTIONS parsed: fsspec's storage options ({} when unset)."""
-    if value is None or not value.get_secret_value().strip():
-        return {}
-    try:
-        options = json.loads(value.get_secret_value())
-    except ValueError:
-        options = None
-    if not isinstance(options, dict):
-        raise ValueError("must be a JSON object of fsspec storage options")
-    return options
-
-
-def _checked_options(value: SecretStr | None) -> SecretStr | None:
-    return value if storage_options(value) else None
-
-
-ArtifactsUrl = Annotated[str | None, AfterValidator(_checked_url)]
-StorageOptions = Annotated[SecretStr | None, AfterValidator(_checked_options)]
-
-
-def display_url(url: str) -> str:
-    """``url`` without a user or password, as shown in messages."""
-    split = urlsplit(url)
-    if split.scheme and "@" in split.netloc:
-        split = split._replace(netloc=split.netloc.rpartition("@")[2])
-    return urlunsplit(split) if split.scheme else url
 
 
 class ArtifactStore:
@@ -171,7 +120,7 @@ class ArtifactStore:
         if os.path.isabs(key):
             return key  # a path from an earlier version's run document (see ``_fs_for``)
         parts = PurePosixPath(key).parts
-        if not parts or any(not _PART.fullmatch(p) for p in parts):
+        if not parts or any(not KEY_SEGMENT.fullmatch(p) for p in parts):
             raise ArtifactError(f"not a valid artifact key: {key[:200]!r}")
         return f"{self.root}/{key}"
 
@@ -268,7 +217,7 @@ class ArtifactStore:
                 return []
         root = self.root.rstrip("/") + "/"
         keys = [str(p).removeprefix(root) for p in found]
-        return sorted(k for k in keys if not _TMP.match(PurePosixPath(k).name))
+        return sorted(k for k in keys if not IN_PROGRESS.match(PurePosixPath(k).name))
 
     # --- writing -------------------------------------------------------------------------
     def save(self, key: str, data: bytes) -> str:
@@ -375,15 +324,15 @@ class Folder:
 
     def read(self, name: str) -> bytes | None:
         try:
-            return self.store.load(_key(self.prefix, name))
+            return self.store.load(checked_key(self.prefix, name))
         except ArtifactNotFound:
             return None
 
     def write(self, name: str, data: bytes) -> None:
-        self.store.save(_key(self.prefix, name), data)
+        self.store.save(checked_key(self.prefix, name), data)
 
     def delete(self, name: str) -> None:
-        self.store.delete(_key(self.prefix, name))
+        self.store.delete(checked_key(self.prefix, name))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from modfactory.artifacts import ArtifactsUrl, StorageOptions, storage_options
+from modfactory.artifact_keys import ArtifactsUrl, StorageOptions, storage_options
 from modfactory.config.serving import ServingSettings
 from modfactory.config.training import TrainingSettings
 from modfactory.crontab import CronPeriod, CronText
