@@ -252,7 +252,7 @@ async def test_one_trainer_per_job_a_second_is_refused_and_a_stale_one_stops(
     job = await submit(backend, dataset, "runlease")
     await backend.start_job(job.id)
     await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
-    [first] = backend._trainers
+    [(first, _, _)] = backend._trainers
 
     second = subprocess.run(  # another trainer for the job, with a lease of its own
         [sys.executable, "-m", "modfactory.backends.local.trainer", job.id, "--token", "mine"],

@@ -88,10 +88,13 @@ def default_processes() -> int:
 
 
 def _die_with_parent() -> None:
-    """A fitting process ends with the trainer that forked it, even SIGKILLed (Linux)."""
+    """A fitting process ends with the trainer that forked it, even SIGKILLed (Linux), and
+    a SIGTERM (the pool's end) just ends it: the trainer's handler, which releases the
+    job's lease, is the trainer's alone."""
     import ctypes
     import signal
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:

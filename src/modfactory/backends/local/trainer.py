@@ -206,10 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     trainer = Trainer(lease, store, seconds, config.get("processes"))
 
+    trainer_pid = os.getpid()
+
     def stop(signum: int, frame: object) -> None:
         """Told to stop (its worker ends with an embedded Redis): the lease goes first."""
-        with contextlib.suppress(Exception):
-            lease.release()
+        if os.getpid() == trainer_pid:  # never in a fitting process forked from here
+            with contextlib.suppress(Exception):
+                lease.release()
         os._exit(LOST)
 
     signal.signal(signal.SIGTERM, stop)
