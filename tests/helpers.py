@@ -26,9 +26,11 @@ from modfactory.store.runs import RunStore
 
 def settings_for(redis_url: str, data_dir: Path, **more: object) -> Settings:
     """Test settings: fast looks, a short job timeout, a killed worker's job taken up again
-    within seconds (a 4 s lease, a reconcile round every 2 s)."""
+    within seconds (a 4 s lease, a reconcile round every 2 s), Mistral's retries at a tenth
+    of their backoff."""
     values = {
         "poll_interval": 0.3,
+        "mistral_retry_backoff": 0.05,
         "job_timeout": 15,
         "worker_lease": 4,
         "reconcile_interval": 2,

@@ -71,7 +71,7 @@ def test_run_json_status_and_runs_agree_across_an_embedded_redis_restart(tmp_pat
     assert report == json.loads(Path(urls["report_json"]).read_text())
     assert report["metrics"]["thresholds_from"] == "validation" and report["synthetic"] is True
     page = Path(urls["report_html"]).read_text()
-    assert page.count('src="data:image/png;base64,') == 3  # distribution, loss, precision-recall
+    assert page.count('src="data:image/svg+xml;base64,') == 3  # distribution, loss, PR curves
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert all(label in page for label in run["dataset"]["labels"]) and "SYNTHETIC" in page
 
@@ -113,7 +113,7 @@ def test_dataset_build_needs_no_redis_and_prints_json(tmp_path: Path) -> None:
         "train.jsonl",
         "validation.jsonl",
         "test.jsonl",
-        "distribution.png",
+        "distribution.svg",
         "dataset.json",
     }
     assert not (tmp_path / "data" / "redis").exists()

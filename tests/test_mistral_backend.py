@@ -17,7 +17,10 @@ KEY = "sk-unit-0123456789"
 
 
 def backend_for(emulator: MistralEmulator, **more: object) -> MistralBackend:
-    return MistralBackend(Settings(mistral_api_key=KEY, mistral_server_url=emulator.url, **more))
+    settings = {"mistral_retry_backoff": 0.05, **more}  # retries at test speed
+    return MistralBackend(
+        Settings(mistral_api_key=KEY, mistral_server_url=emulator.url, **settings)
+    )
 
 
 async def uploaded(backend: MistralBackend, tmp_path: Path) -> str:

@@ -94,7 +94,7 @@ async def test_a_lost_machine_s_run_is_finished_served_and_reported_from_other_m
 
     # Everything the run made is in the bucket, under its keys.
     keys = set(s3_server.keys(bucket.removeprefix("s3://").split("/")[0]))
-    for key in ("dataset/train.jsonl", "dataset/distribution.png", "loss.png", "report.html"):
+    for key in ("dataset/train.jsonl", "dataset/distribution.svg", "loss.svg", "report.html"):
         assert f"modfactory/runs/{run.id}/{key}" in keys
     assert f"modfactory/local/jobs/{final.artifacts.training_job_id}/model.joblib" in keys
     assert not any(p.name.endswith(".jsonl") for p in second.data_dir.rglob("*"))  # no copies
@@ -129,4 +129,4 @@ async def test_a_lost_machine_s_run_is_finished_served_and_reported_from_other_m
     assert classified.returncode == 0, classified.stderr
     assert json.loads(classified.stdout)["results"][0]["categories"]["insult"] is True
     page = ArtifactStore(bucket).load_text(f"runs/{run.id}/report.html")
-    assert page.count('src="data:image/png;base64,') == 3  # its charts, read from the bucket
+    assert page.count('src="data:image/svg+xml;base64,') == 3  # its charts, read from the bucket

@@ -103,3 +103,32 @@ def test_no_secret_appears_in_a_settings_error_or_repr() -> None:
     )
     for secret in ("redis-pass-42", "sk-mistral-secret-42", "x" * 40, "y" * 40):
         assert secret not in shown
+
+
+def test_without_the_mistral_sdk_a_key_asks_for_the_extra_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    """The SDK is an extra (``modfactory[mistral]``): without it, a run on the Mistral backend
+    is refused at once with the command that installs it, and a local run with a key set
+    leaves Mistral's moderation baseline out instead of failing its evaluation."""
+    hide_sdk = "import sys; sys.modules['mistralai'] = None; from modfactory.cli import app; app()"
+    env = {
+        **os.environ,
+        "MISTRAL_API_KEY": "sk-very-secret",
+        "MODFACTORY_DATA_DIR": str(tmp_path / "data"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", hide_sdk, "run", "--source", "synthetic:300"],
+        env=env, text=True, capture_output=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'modfactory[mistral]'" in done.stderr and "Traceback" not in done.stderr
+    assert "sk-very-secret" not in done.stderr + done.stdout
+    assert not list((tmp_path / "data").glob("runs/*"))  # nothing was built
+
+    assert Settings(mistral_api_key="k").moderation_baseline == "mistral"  # installed here
+    with pytest.MonkeyPatch.context() as hidden:
+        hidden.setitem(sys.modules, "mistralai", None)  # as if not installed
+        assert Settings(mistral_api_key="k").moderation_baseline is None
+        with pytest.raises(BackendError, match=r"pip install 'modfactory\[mistral\]'"):
+            get_backend("mistral", Settings(mistral_api_key="k"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from arq.connections import create_pool
@@ -29,6 +30,7 @@ from modfactory.values import (
 evaluate = JOBS["evaluate"]
 train = JOBS["train"]
 poll_training = JOBS["poll_training"]
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 class ScriptedBackend(Backend):
@@ -134,9 +136,13 @@ async def test_looks_start_once_never_fork_and_chain_evaluation(
         "SUCCESS",
     ][1:]
     assert [c.step for c in run.training.checkpoints] == [1, 2, 3]
-    assert run.artifacts.loss_chart == f"runs/{run_id}/loss.png"  # a key in the store
+    assert run.artifacts.loss_chart == f"runs/{run_id}/loss.svg"  # a key in the store
     chart = ctx["modfactory"].artifacts.load(run.artifacts.loss_chart)
-    assert chart.startswith(b"\x89PNG") and (tmp_path / run.artifacts.loss_chart).is_file()
+    drawn = ElementTree.fromstring(chart)  # an SVG: its loss lines through the 3 steps
+    assert drawn.tag == f"{SVG}svg" and b"valid loss" in chart
+    lines = [len(p.get("points", "").split()) for p in drawn.iter(f"{SVG}polyline")]
+    assert lines and set(lines) == {3}
+    assert (tmp_path / run.artifacts.loss_chart).is_file()
     assert await pool.exists(f"arq:job:{run_id}:evaluate")
     assert not await pool.exists(f"arq:job:{run_id}:poll:2")
     await poll_training(ctx, run_id, 1)  # a late duplicate look changes nothing

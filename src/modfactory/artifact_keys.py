@@ -41,7 +41,7 @@ def backend_key(backend: str, *parts: str) -> str:
     return checked_key(backend, *parts)
 
 
-def dataset_key(run_id: str, name: str) -> str:  # train.jsonl, distribution.png…
+def dataset_key(run_id: str, name: str) -> str:  # train.jsonl, distribution.svg…
     return run_key(run_id, "dataset", name)
 
 

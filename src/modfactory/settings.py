@@ -9,6 +9,7 @@ working directory; the Mistral key is read under its usual name ``MISTRAL_API_KE
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -238,8 +239,9 @@ class Settings(TrainingSettings, ServingSettings, BaseSettings):
 
     @property
     def moderation_baseline(self) -> str | None:
-        """The backend whose moderation model runs are compared with (Mistral's, with a key)."""
-        return "mistral" if self.mistral_api_key else None
+        """The backend whose moderation model runs are compared with (Mistral's, with a key
+        and its SDK installed)."""
+        return "mistral" if self.mistral_api_key and find_spec("mistralai") else None
 
     @property
     def default_backend(self) -> str:

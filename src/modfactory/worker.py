@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 from collections.abc import Sequence
@@ -40,15 +41,14 @@ log = logging.getLogger("modfactory.worker")
 
 
 def preload(settings: Settings) -> None:
-    """Import the libraries the stages use (scikit-learn, scipy, matplotlib; the Mistral SDK
+    """Import the libraries the stages use (scikit-learn, scipy; the Mistral SDK
     when a key is set) before the worker takes a job: a worker killed while importing loses
     no attempt of any stage, and each stage makes progress from its first second. (The
     modules import them lazily, so the CLI and ``serve`` start without them.)"""
-    import matplotlib.figure  # noqa: F401
     import scipy.stats  # noqa: F401
     import sklearn.metrics  # noqa: F401
 
-    if settings.mistral_api_key:
+    if settings.mistral_api_key and importlib.util.find_spec("mistralai"):
         import mistralai.client  # noqa: F401
 
 

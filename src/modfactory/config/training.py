@@ -54,6 +54,13 @@ class TrainingSettings(BaseModel):
     mistral_max_retries: int = Field(
         6, ge=0, le=20, description="Retries of a request on 429, 5xx, timeouts, lost connections."
     )
+    mistral_retry_backoff: float = Field(
+        0.5,
+        gt=0,
+        le=30,
+        description="Backoff before a retry: full jitter on this · 2^attempt (s), capped at 30 s; "
+        "a 429's Retry-After is waited instead.",
+    )
     max_cost: Annotated[float | None, Field(ge=0)] = Field(
         None,
         description="Cost cap: a job quoted above it waits for `modfactory approve RUN`.",

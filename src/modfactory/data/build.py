@@ -59,7 +59,6 @@ def _build(
     corrections: Corrections | None,
 ) -> DatasetSummary:
     files, note = choose_engine(source, data_dir, engine)
-    threading.Thread(target=_import_charts, daemon=True).start()  # while Arrow decodes
     filtered = _filtered_splits(source, params, data_dir, files, progress)
 
     dropped = recipe.labels_to_drop(filtered, params)
@@ -86,17 +85,13 @@ def _build(
         engine_note=note,
         feedback=used,
     )
-    from modfactory import charts  # matplotlib: only when a chart is drawn
+    from modfactory import charts
 
-    chart = out_dir / "distribution.png"
+    chart = out_dir / f"distribution{charts.SUFFIX}"
     chart.write_bytes(charts.distribution_chart(summary.splits, kept, summary.synthetic))
     summary.chart = str(chart)
     (out_dir / "dataset.json").write_text(summary.model_dump_json(indent=2))
     return summary
-
-
-def _import_charts() -> None:
-    from modfactory import charts  # noqa: F401  (matplotlib, half a second)
 
 
 _gc_lock = threading.Lock()

@@ -12,6 +12,7 @@ import html
 import json
 from typing import Any
 
+from modfactory import charts
 from modfactory.artifacts import ArtifactNotFound, ArtifactStore, run_key
 from modfactory.evaluation import tables
 from modfactory.store.run import Run
@@ -50,26 +51,27 @@ def report_data(run: Run) -> dict[str, Any]:
 def write_report(run: Run, store: ArtifactStore) -> tuple[str, str]:
     """Write ``report.json`` and ``report.html`` among the run's artifacts; their keys."""
     data = report_data(run)
-    images = {name: _png(store, key) for name, key in data["charts"].items()}
+    images = {name: _chart(store, key) for name, key in data["charts"].items()}
     json_key = store.save_text(run_key(run.id, "report.json"), json.dumps(data, indent=2))
     html_key = store.save_text(run_key(run.id, "report.html"), render_html(data, images))
     return json_key, html_key
 
 
-def _png(store: ArtifactStore, key: str | None) -> bytes | None:
+def _chart(store: ArtifactStore, key: str | None) -> tuple[bytes, str] | None:
+    """A chart's bytes and media type (SVG; PNG in runs made before the charts were SVG)."""
     if not key:
         return None
     try:
-        return store.load(key)
+        return store.load(key), "image/png" if key.endswith(".png") else charts.MEDIA_TYPE
     except ArtifactNotFound:
         return None
 
 
-def _image(png: bytes | None, alt: str) -> str:
-    if not png:
+def _image(chart: tuple[bytes, str] | None, alt: str) -> str:
+    if not chart:
         return ""
-    encoded = base64.b64encode(png).decode()
-    return f'<figure><img alt="{alt}" src="data:image/png;base64,{encoded}"></figure>'
+    encoded = base64.b64encode(chart[0]).decode()
+    return f'<figure><img alt="{alt}" src="data:{chart[1]};base64,{encoded}"></figure>'
 
 
 def _cell(text: str) -> str:
@@ -160,7 +162,7 @@ def _selection_table(metadata: dict[str, Any]) -> str:
 
 def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
     """The page: headline, verdict, metrics table with confusion counts, baselines, charts
-    (``images``: each chart's PNG, by the names of ``data["charts"]``)."""
+    (``images``: each chart's bytes and media type, by the names of ``data["charts"]``)."""
     e = html.escape
     metrics = SplitMetrics.model_validate(data["metrics"]) if data["metrics"] else None
     meta = data["training"]["metadata"] or {}

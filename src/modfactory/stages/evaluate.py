@@ -93,9 +93,9 @@ async def measure(
     step(1)
     metrics.baselines = await _baselines(sc, run, test.texts, test.truth, labels)
     step(2)
-    png = await asyncio.to_thread(charts.pr_curves, test.truth, test.scores, labels, thresholds)
-    pr_chart = run_key(run.id, "precision_recall.png")
-    await asyncio.to_thread(sc.artifacts.save, pr_chart, png)
+    svg = await asyncio.to_thread(charts.pr_curves, test.truth, test.scores, labels, thresholds)
+    pr_chart = run_key(run.id, f"precision_recall{charts.SUFFIX}")
+    await asyncio.to_thread(sc.artifacts.save, pr_chart, svg)
     step(3)
     artifacts = {
         "metrics_file": run_key(run.id, "metrics.json"),

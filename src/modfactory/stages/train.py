@@ -137,12 +137,14 @@ def _over_the_cap(run: Run, job: TrainingJob) -> str | None:
 async def _succeeded(sc: StageContext, run: Run, job: TrainingJob, message: str) -> None:
     chart = None
     if run.training.checkpoints:
-        png = await asyncio.to_thread(
+        svg = await asyncio.to_thread(
             charts.loss_chart,
             [c.model_dump() for c in run.training.checkpoints],
             f"{run.id}: {job.fine_tuned_model}",
         )
-        chart = await asyncio.to_thread(sc.artifacts.save, run_key(run.id, "loss.png"), png)
+        chart = await asyncio.to_thread(
+            sc.artifacts.save, run_key(run.id, f"loss{charts.SUFFIX}"), svg
+        )
     await sc.store.finish_stage(
         run.id,
         "train",

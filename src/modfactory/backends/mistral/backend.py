@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -79,6 +80,12 @@ class _CookielessClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
+SDK_MISSING = (
+    "the mistral backend needs the Mistral SDK, an extra of modfactory's: "
+    "pip install 'modfactory[mistral]'"
+)
+
+
 class MistralBackend(Backend):
     """The ``mistral`` backend."""
 
@@ -93,6 +100,8 @@ class MistralBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         if settings.mistral_api_key is None:
             raise BackendError("the mistral backend needs MISTRAL_API_KEY")
+        if importlib.util.find_spec("mistralai") is None:
+            raise BackendError(SDK_MISSING)
         self.settings = settings
         self.base_model = settings.mistral_model
         self.suffix_prefix = settings.mistral_job_suffix
@@ -124,6 +133,10 @@ class MistralBackend(Backend):
         process on this Redis (Mistral's limits are per API key)."""
         super().connect(redis, settings)
         self.limiter = shared_limiter(settings, redis)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter on MODFACTORY_MISTRAL_RETRY_BACKOFF · 2^attempt, capped at 30 s."""
+        return random.uniform(0, min(30.0, self.settings.mistral_retry_backoff * 2**attempt))
 
     async def _pace(self, request: httpx.Request) -> None:
         """Wait for the rate limiter; the last step before ``request`` is sent."""
@@ -216,7 +229,7 @@ class MistralBackend(Backend):
                     f"Mistral did not answer the request to {what} after {attempts} attempts "
                     f"({reason})"
                 )
-            delay = retry_after if retry_after is not None else _backoff(attempt)
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
             log.info("%s: %s, retry %d/%d in %.1f s", what, reason, attempt, attempts - 1, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
@@ -382,8 +395,3 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return min(max(float(value), 0.0), 60.0) if value is not None else None
     except ValueError:
         return None
-
-
-def _backoff(attempt: int) -> float:
-    """Full jitter on 0.5 s · 2^attempt, capped at 30 s."""
-    return random.uniform(0, min(30.0, 0.5 * 2**attempt))

@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from modfactory import charts
 from modfactory.artifacts import ArtifactError, ArtifactStore
 from modfactory.evaluation import tables
 from modfactory.producer import Producer
@@ -219,8 +220,8 @@ async def run_file(request: Request) -> Response:
     session = signed_in(request)
     run = await _run(request, session)
     name = request.path_params["name"]
-    charts = {chart: field for chart, field, _ in CHART_NAMES}
-    field = "report_html" if name == "report" else charts.get(name)
+    fields = {chart: field for chart, field, _ in CHART_NAMES}
+    field = "report_html" if name == "report" else fields.get(name)
     key = getattr(run.artifacts, field, None) if field else None
     if not key:
         return message(request, session, 404, "No such file", f"run {run.id} has no {name}")
@@ -231,7 +232,8 @@ async def run_file(request: Request) -> Response:
         return message(request, session, 503, "Not available", str(exc))
     if name == "report":
         return HTMLResponse(data, headers=page_headers(REPORT_CSP))
-    return Response(data, media_type="image/png", headers=page_headers())
+    media_type = "image/png" if key.endswith(".png") else charts.MEDIA_TYPE  # PNG: older runs
+    return Response(data, media_type=media_type, headers=page_headers())
 
 
 @guarded
