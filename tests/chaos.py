@@ -51,6 +51,7 @@ async def run_chaos(
     runs: int = 6,
     workers: int = 2,
     kill_every: float = 4.0,
+    kill_for: float | None = None,
     lose_rate: float = 0.2,
     redis_restarts: int = 1,
     rows: int = 2000,
@@ -58,7 +59,8 @@ async def run_chaos(
     say=print,
 ) -> ChaosReport:
     """Submit ``runs`` runs (one model name each), then kill a random worker every
-    ``kill_every`` seconds (±50 %) and Redis ``redis_restarts`` times until all are over."""
+    ``kill_every`` seconds (±50 %) — for the first ``kill_for`` seconds, or until all runs
+    are over — and Redis ``redis_restarts`` times."""
     rng = random.Random(7)
     redis = RedisProcess(work / "redis", append_only=True)
     redis.start()
@@ -117,7 +119,7 @@ async def run_chaos(
             for slot, proc in enumerate(procs):
                 if proc is None or proc.poll() is not None:
                     spawn(slot)
-            if now >= next_kill:
+            if now >= next_kill and (kill_for is None or now - begin < kill_for):
                 victim = procs[rng.randrange(workers)]
                 if victim is not None and victim.poll() is None:
                     victim.send_signal(signal.SIGKILL)

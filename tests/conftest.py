@@ -23,6 +23,45 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 
+# The longest tests start first, so that none of them is what the suite waits for at the end
+# (pytest-xdist hands tests out in collection order). Keep in step with the slowest list
+# printed at the end of each run.
+LONGEST_FIRST = (
+    "test_secrets.py::",
+    "test_scale_out.py::",
+    "test_chaos.py::",
+    "test_fast_build.py::test_a_changed_shuffle",
+    "test_pipeline.py::test_a_killed_worker",
+    "test_mistral.py::test_chaos",
+    "test_cli.py::test_an_interrupted_run",
+    "test_local_backend.py::",
+    "test_fast_build.py::test_an_hf_source",
+    "test_cookbook_equivalence.py::",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has named each test's group
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first, then the other slow ones, then the fast tier (each in its
+    collection order). And a loud stop if ``xdist_group`` is ignored (pytest 9.1 broke
+    pytest-xdist 3.8's groups): a module's processes would then start once per test process."""
+    grouped = [item for item in items if item.get_closest_marker("xdist_group")]
+    if config.getvalue("loadgroup") and grouped and "@" not in grouped[0].nodeid:
+        raise pytest.UsageError(
+            f"pytest-xdist ignores xdist_group under this pytest ({pytest.__version__}): "
+            "install the versions pyproject.toml's test extra pins"
+        )
+
+    def rank(item: pytest.Item) -> int:
+        where = item.nodeid.rpartition("/")[2]
+        longest = [i for i, prefix in enumerate(LONGEST_FIRST) if where.startswith(prefix)]
+        if longest:
+            return longest[0]
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free loopback port, for this test process's session (each

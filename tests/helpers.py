@@ -77,7 +77,11 @@ def worker_process(
     finally:
         if process.poll() is None:
             process.terminate()
-            process.wait(20)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:  # a stage's thread outliving arq's cancel
+                process.kill()
+                process.wait(10)
         if machine:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # its trainers, if any outlived it

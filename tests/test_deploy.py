@@ -64,6 +64,6 @@ def test_every_modfactory_service_runs_a_real_command_with_real_settings() -> No
 def test_the_image_starts_a_worker_and_env_example_lists_every_setting() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["modfactory", "worker"]' in dockerfile
-    assert "pip install --no-cache-dir '.[s3]'" in dockerfile  # the image speaks S3
+    assert "pip install --no-cache-dir '.[s3,mistral]'" in dockerfile  # S3, and Mistral
     listed = set(re.findall(r"^# ?([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert listed == SETTINGS
