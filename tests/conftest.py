@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     collection order). And a loud stop if ``xdist_group`` is ignored (pytest 9.1 broke
     pytest-xdist 3.8's groups): a module's processes would then start once per test process."""
     grouped = [item for item in items if item.get_closest_marker("xdist_group")]
-    if config.getvalue("loadgroup") and grouped and "@" not in grouped[0].nodeid:
+    if getattr(config.option, "loadgroup", False) and grouped and "@" not in grouped[0].nodeid:
         raise pytest.UsageError(
             f"pytest-xdist ignores xdist_group under this pytest ({pytest.__version__}): "
             "install the versions pyproject.toml's test extra pins"

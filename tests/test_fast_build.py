@@ -120,8 +120,8 @@ def changed_datasets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_changed_shuffle_algorithm_makes_the_build_stream_the_new_rows(
     tmp_path: Path, changed_datasets: None
 ) -> None:
-    directory = civil_comments_parquet(tmp_path / "src", 4000)
-    params = RecipeParams(n_train=2500, n_validation=1000, n_test=1000)
+    directory = civil_comments_parquet(tmp_path / "src", 1500)
+    params = RecipeParams(n_train=900, n_validation=300, n_test=300)
     summary = build_dataset(parse_source(str(directory)), params, tmp_path / "out", tmp_path / "d")
     assert summary.engine == "stream"
     assert "differently from modfactory's fast build" in summary.engine_note
@@ -129,7 +129,7 @@ def test_a_changed_shuffle_algorithm_makes_the_build_stream_the_new_rows(
     files = {
         s: sorted(str(p) for p in directory.glob(f"{s}-*")) for s in ("train", "validation", "test")
     }
-    n = {"train": 2500, "validation": 1000, "test": 1000}
+    n = {"train": 900, "validation": 300, "test": 300}
     expected = cookbook_build("parquet", files, n, CIVIL_COMMENTS_LABELS, seed=42)
     for split, lines in written(tmp_path / "out").items():
         got = sorted((r["text"], tuple(r["labels"]["moderation"])) for r in map(json.loads, lines))

@@ -83,10 +83,19 @@ def check_hub_reachable(name: str) -> None:
         )
 
 
-def _import_datasets() -> None:
-    """Import ``datasets`` with its and the Hub client's log lines sent through ours only."""
-    import datasets  # noqa: F401  (the import installs the libraries' own stderr handlers)
+STREAM_END_PAUSE = 0.1  # s; ``datasets`` waits 5 s after every parquet stream (see below)
 
+
+def _import_datasets() -> None:
+    """Import ``datasets`` with its and the Hub client's log lines sent through ours only.
+
+    After each stream of parquet files ``datasets`` sleeps 5 s, so that Arrow's reading
+    threads are gone before a program that exits right after a scan does (apache/arrow
+    #39862, #45214: a 100 ms pause is reported to be enough). A build streams three splits
+    and then writes its files, so it waits ``STREAM_END_PAUSE`` instead of 15 s."""
+    import datasets  # (the import installs the libraries' own stderr handlers)
+
+    datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = STREAM_END_PAUSE
     adopt_library_loggers("datasets", "huggingface_hub")
 
 
