@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from arq.connections import create_pool
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -46,7 +44,7 @@ async def timed(what, repeat: int = 5) -> float:
 
 async def measure(url: str, data: Path, runs: int) -> tuple[float, float]:
     settings = Settings(redis_url=url, data_dir=data, keep_runs=None)
-    pool = await create_pool(queue.redis_settings(url))
+    pool = await queue.open_pool(url, "modfactory")
     await pool.flushdb()
     producer = Producer(pool, settings)
     await stored_runs(producer, runs, unfinished=3)
@@ -69,7 +67,7 @@ async def bench(url: str, data: Path, runs: int) -> None:
         startup, scrape = await measure(url, data, n)
         print(f"{n:>22,}{startup:>22.1f}{scrape:>16.1f}")
     settings = Settings(redis_url=url, data_dir=data)
-    pool = await create_pool(queue.redis_settings(url))
+    pool = await queue.open_pool(url, "modfactory")
     start = time.perf_counter()
     pruned = await Producer(pool, settings).prune()
     took = time.perf_counter() - start

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from arq import func
-from arq.connections import create_pool
 
 from modfactory.backends.mistral import MistralBackend
 from modfactory.settings import Settings
@@ -60,12 +59,7 @@ async def bench(args: argparse.Namespace, redis_url: str, emulator_url: str, dat
         job_timeout=60,
         mistral_rps=args.rps,  # the rate measured at: one API key's (see --rps)
     )
-    pool = await create_pool(
-        queue.redis_settings(redis_url),
-        job_serializer=queue.serialize,
-        job_deserializer=queue.deserialize,
-        default_queue_name=settings.queue_name,
-    )
+    pool = await queue.open_pool(redis_url, settings.queue_name)
     store = RunStore(pool, settings.queue_name)
 
     sample = data / "train.jsonl"

@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from arq.connections import create_pool
-
 from modfactory.backends.local.trainer import PAUSE_ENV
 from modfactory.producer import Producer
 from modfactory.settings import Settings
@@ -43,12 +41,7 @@ async def queued_again(producer: Producer, run_id: str, since: float, timeout: f
 
 async def bench(url: str, data: Path) -> None:
     settings = Settings(redis_url=url, data_dir=data)
-    pool = await create_pool(
-        queue.redis_settings(url),
-        job_serializer=queue.serialize,
-        job_deserializer=queue.deserialize,
-        default_queue_name=settings.queue_name,
-    )
+    pool = await queue.open_pool(url, settings.queue_name)
     producer = Producer(pool, settings)
     env = {**os.environ, "MODFACTORY_REDIS_URL": url, "MODFACTORY_DATA_DIR": str(data)}
     env[PAUSE_ENV] = "1000"  # a trainer that goes on until the run is cancelled

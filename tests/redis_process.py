@@ -67,3 +67,48 @@ class RedisProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+class SentinelProcess:
+    """``redis-server --sentinel`` on a free loopback port, watching ``primary`` as ``service``
+    (one sentinel's vote is a quorum; a primary silent for ``down_after_ms`` is down)."""
+
+    def __init__(
+        self, directory: Path, primary: RedisProcess, service: str = "mymaster", *,
+        quorum: int = 1, down_after_ms: int = 1000,
+    ) -> None:  # fmt: skip
+        self.directory = directory
+        self.port = free_port()
+        self.config = directory / f"sentinel-{self.port}.conf"
+        self.lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {directory}",
+            f"sentinel monitor {service} 127.0.0.1 {primary.port} {quorum}",
+            f"sentinel down-after-milliseconds {service} {down_after_ms}",
+            f"sentinel failover-timeout {service} {max(3 * down_after_ms, 3000)}",
+            *([f"sentinel auth-pass {service} {primary.password}"] if primary.password else []),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config.write_text("\n".join(self.lines) + "\n")
+        self.process = subprocess.Popen(
+            [redis_server_binary(), str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = sync_redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except sync_redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server --sentinel did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)

@@ -243,7 +243,6 @@ async def test_a_stage_whose_store_goes_away_is_interrupted_then_done_not_failed
 ) -> None:
     """The endpoint away mid-stage: the attempt is interrupted (the reconciler queues it
     again), and the next attempt, once the store is back, does the stage."""
-    from arq.connections import create_pool
 
     from modfactory.stages.context import StageContext
     from modfactory.stages.pipeline import JOBS
@@ -258,7 +257,7 @@ async def test_a_stage_whose_store_goes_away_is_interrupted_then_done_not_failed
         artifacts_url=f"{s3_bucket}/m",
         artifacts_options='{"config_kwargs": {"retries": {"max_attempts": 1}}}',
     )
-    pool = await create_pool(queue.redis_settings(redis_db), default_queue_name="modfactory")
+    pool = await queue.open_pool(redis_db, "modfactory")
     store = RunStore(pool, settings.queue_name)
     ctx = {"modfactory": StageContext(settings, store, pool)}
     run = await store.create(

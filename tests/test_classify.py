@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from arq.connections import create_pool
 
 from mistral_emulator import MistralEmulator
 from mistral_emulator import trained_model as train_on_emulator
@@ -118,11 +117,7 @@ async def test_restarting_the_evaluate_stage_resends_no_finished_batch(
         classify_rps=None,
         mistral_rps=None,
     )
-    pool = await create_pool(
-        queue.redis_settings(redis_db),
-        job_serializer=queue.serialize,
-        job_deserializer=queue.deserialize,
-    )
+    pool = await queue.open_pool(redis_db, "modfactory")
     producer = Producer(pool, settings)
     ctx = {
         "modfactory": StageContext(settings, producer.store, pool, backends={"mistral": backend})

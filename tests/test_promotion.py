@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import pytest
-from arq.connections import create_pool
 
 from modfactory.backends.base import Backend
 from modfactory.producer import Producer
@@ -85,11 +84,7 @@ async def finished_training(
 
 async def promotion_setup(redis_db: str, tmp_path: Path):
     settings = Settings(redis_url=redis_db, data_dir=tmp_path)
-    pool = await create_pool(
-        queue.redis_settings(redis_db),
-        job_serializer=queue.serialize,
-        job_deserializer=queue.deserialize,
-    )
+    pool = await queue.open_pool(redis_db, "modfactory")
     producer = Producer(pool, settings)
     backend = ModelsOfKnownQuality()
     ctx = {"modfactory": StageContext(settings, producer.store, pool, backends={"local": backend})}

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from arq.connections import create_pool
 
 from modfactory.producer import Producer
 from modfactory.settings import Settings
@@ -50,7 +49,7 @@ async def test_ten_thousand_finished_runs_are_pruned_to_the_limit_keeping_the_ch
     redis_db: str, tmp_path: Path
 ) -> None:
     settings = Settings(redis_url=redis_db, data_dir=tmp_path, keep_runs=500)
-    pool = await create_pool(queue.redis_settings(redis_db))
+    pool = await queue.open_pool(redis_db, "modfactory")
     producer = Producer(pool, settings)
     ids = await stored_runs(producer, 10_000, unfinished=3)
     finished, unfinished = ids[:10_000], ids[10_000:]
@@ -99,7 +98,7 @@ async def test_ten_thousand_finished_runs_are_pruned_to_the_limit_keeping_the_ch
 async def test_young_runs_are_kept_by_age_and_the_reconciler_prunes_once_a_day(
     redis_db: str, tmp_path: Path
 ) -> None:
-    pool = await create_pool(queue.redis_settings(redis_db))
+    pool = await queue.open_pool(redis_db, "modfactory")
     settings = Settings(redis_url=redis_db, data_dir=tmp_path, keep_runs=10, keep_days=30)
     producer = Producer(pool, settings)
     old = await stored_runs(producer, 40)  # made in January 2026: older than 30 days
@@ -120,7 +119,7 @@ async def test_young_runs_are_kept_by_age_and_the_reconciler_prunes_once_a_day(
 
 
 async def test_the_prune_command_lists_then_deletes(redis_db: str, tmp_path: Path) -> None:
-    pool = await create_pool(queue.redis_settings(redis_db))
+    pool = await queue.open_pool(redis_db, "modfactory")
     ids = await stored_runs(Producer(pool, Settings(redis_url=redis_db)), 5)
     env = {**os.environ, "MODFACTORY_REDIS_URL": redis_db, "MODFACTORY_KEEP_RUNS": "2"}
 
@@ -146,7 +145,7 @@ async def test_the_prune_command_lists_then_deletes(redis_db: str, tmp_path: Pat
 async def test_a_run_promoted_while_prune_runs_is_kept(redis_db: str, tmp_path: Path) -> None:
     """prune reads which runs to keep, then deletes one by one; a run promoted by hand in
     between is checked again in the transaction that would delete it."""
-    pool = await create_pool(queue.redis_settings(redis_db))
+    pool = await queue.open_pool(redis_db, "modfactory")
     producer = Producer(pool, Settings(redis_url=redis_db, data_dir=tmp_path, keep_runs=2))
     ids = await stored_runs(producer, 6)
     old = ids[0]
@@ -179,7 +178,7 @@ async def test_prune_deletes_a_run_s_objects_and_its_local_job_in_a_bucket(
     settings = Settings(
         redis_url=redis_db, data_dir=tmp_path, artifacts_url=f"{s3_bucket}/p", keep_runs=1
     )
-    pool = await create_pool(queue.redis_settings(redis_db))
+    pool = await queue.open_pool(redis_db, "modfactory")
     producer = Producer(pool, settings)
     ids = await stored_runs(producer, 3)
     store = ArtifactStore.from_settings(settings)

@@ -65,7 +65,7 @@ def test_an_invalid_setting_is_named_by_the_cli(tmp_path: Path) -> None:
 
 
 def test_a_redis_password_never_reaches_a_message() -> None:
-    from modfactory.store.queue import redacted
+    from modfactory.redis_connections import redacted
 
     assert redacted("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert redacted("rediss://user:s3cret@host/1") == "rediss://user:***@host/1"

@@ -8,7 +8,6 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from arq.connections import create_pool
 
 from modfactory.backends.base import Backend, BackendUnavailable, JobRequest, TargetScores
 from modfactory.evaluation.metrics import tune_thresholds
@@ -70,12 +69,7 @@ class ScriptedBackend(Backend):
 
 async def setup(redis_db: str, tmp_path: Path, script: list[TrainingJob]):
     settings = Settings(redis_url=redis_db, data_dir=tmp_path, poll_interval=60)
-    pool = await create_pool(
-        queue.redis_settings(redis_db),
-        job_serializer=queue.serialize,
-        job_deserializer=queue.deserialize,
-        default_queue_name=settings.queue_name,
-    )
+    pool = await queue.open_pool(redis_db, settings.queue_name)
     store = RunStore(pool, settings.queue_name)
     backend = ScriptedBackend(script)
     ctx = {"modfactory": StageContext(settings, store, pool, backends={"local": backend})}

@@ -21,6 +21,7 @@ from modfactory.config.serving import ServingSettings
 from modfactory.config.training import TrainingSettings
 from modfactory.crontab import CronPeriod, CronText
 from modfactory.redaction import provider_secrets, redact, secret_leaves, url_password
+from modfactory.redis_connections import RedisCaFile, RedisUrl
 from modfactory.values import CIVIL_COMMENTS_LABELS, HeadlineMetric, RecipeParams
 
 __all__ = ["CIVIL_COMMENTS_LABELS", "HeadlineMetric", "Settings", "redact"]
@@ -51,11 +52,18 @@ class Settings(TrainingSettings, ServingSettings, BaseSettings):
         description="This machine's own files (embedded Redis, caches, scratch, logs), and the "
         "artifacts when MODFACTORY_ARTIFACTS_URL is unset.",
     )
-    redis_url: str | None = Field(
+    redis_url: RedisUrl = Field(
         None,
         repr=False,  # may hold a password
-        description="Redis to use, e.g. redis://localhost:6379/0. Unset: the CLI starts an "
-        "embedded redis-server with its data under DATA_DIR/redis.",
+        description="Redis to use: redis://[user:password@]host[:port][/db], rediss://… "
+        "(TLS), unix:///path.sock, or redis+sentinel://host:26379[,host:26379…]/service[/db] "
+        "(the sentinels of a primary and its replicas). Unset: the CLI starts an embedded "
+        "redis-server with its data under DATA_DIR/redis.",
+    )
+    redis_ca_file: RedisCaFile = Field(
+        None,
+        description="PEM file of the authority that signs the Redis server's TLS certificate "
+        "(rediss:// URLs), when it is not one the system trusts.",
     )
     queue_name: str = Field("modfactory", description="arq queue name (and Redis key prefix).")
     artifacts_url: ArtifactsUrl = Field(

@@ -91,7 +91,6 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
             for name, job in JOBS.items()
         ],
         "queue_name": settings.queue_name,
-        "redis_settings": queue.redis_settings(settings.redis_url or "redis://localhost:6379"),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "on_job_start": on_job_start,
@@ -116,9 +115,25 @@ def build_worker(
     ``triggers``: as for ``worker_options``)."""
     options = worker_options(settings, triggers)
     if redis is not None:
-        del options["redis_settings"]
-        options["redis_pool"] = redis
-    return Worker(**{**options, **overrides})
+        return Worker(redis_pool=redis, **{**options, **overrides})
+    return PooledWorker(settings, **{**options, **overrides})
+
+
+class PooledWorker(Worker):
+    """arq's Worker on the pool ``queue.open_pool`` makes (TLS, Sentinel, time-outs: the
+    one connection factory), opened in the worker's own event loop when it starts."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        super().__init__(**options)
+        self._redis_url = settings.redis_url or "redis://localhost:6379"
+        self._redis_ca_file = settings.redis_ca_file
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await queue.open_pool(
+                self._redis_url, self.queue_name, ca_file=self._redis_ca_file
+            )
+        await super().main()
 
 
 async def stop_worker(worker: Worker) -> None:

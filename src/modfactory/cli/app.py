@@ -222,6 +222,7 @@ def run_command(coro: Any) -> Any:
 @asynccontextmanager
 async def open_redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]:
     """A pool on MODFACTORY_REDIS_URL, or on an embedded server (then ``embedded`` is True)."""
+    from modfactory.redis_connections import redacted
     from modfactory.store import queue
     from modfactory.store.embedded_redis import EmbeddedRedis
 
@@ -231,13 +232,15 @@ async def open_redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         url = await asyncio.to_thread(embedded.start)
     try:
-        pool = await queue.open_pool(url, settings.queue_name, retries=0)  # say so at once
+        pool = await queue.open_pool(
+            url, settings.queue_name, retries=0, ca_file=settings.redis_ca_file
+        )  # say so at once
     except Exception as exc:
         if embedded:
             embedded.stop()
         why = f"{type(exc).__name__}: {exc}".rstrip(": ")
         raise CliError(
-            f"cannot reach Redis at {queue.redacted(url)} (MODFACTORY_REDIS_URL): {why}"
+            f"cannot reach Redis at {redacted(url)} (MODFACTORY_REDIS_URL): {why}"
         ) from None
     try:
         yield pool, embedded is not None

@@ -8,17 +8,21 @@ never pickle: whoever can write to Redis must not be able to run code on the wor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from arq import cron
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.cron import CronJob
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from redis.exceptions import RedisError
+
+from modfactory.redis_connections import async_client
 
 POLL_JOB = "poll_training"
 
@@ -31,34 +35,26 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return json.loads(data)
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-async def open_pool(url: str, queue_name: str, retries: int = 5) -> ArqRedis:
-    """The one way to connect: an arq pool on ``url`` with JSON jobs on ``queue_name``
-    (the CLI, ``serve`` and the tests open theirs here; the worker gives arq the same
-    ``redis_settings``)."""
-    return await create_pool(
-        redis_settings(url, retries),
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name=queue_name,
-    )
-
-
-def redis_settings(url: str, retries: int = 5) -> RedisSettings:
-    """arq's connection settings for ``url``: 5 s to connect, ``retries`` more tries (1 s
-    apart) when the first fails."""
-    settings = RedisSettings.from_dsn(url)
-    settings.conn_timeout = 5
-    settings.conn_retries = retries
-    return settings
+async def open_pool(
+    url: str, queue_name: str, retries: int = 5, ca_file: Path | None = None
+) -> ArqRedis:
+    """The one arq pool (JSON jobs on ``queue_name``) of the CLI, ``serve``, the workers and the
+    tests, made by ``redis_connections`` and answering a PING: tried ``retries`` more times,
+    1 s apart, while Redis does not answer."""
+    for attempt in range(retries + 1):
+        pool: ArqRedis = async_client(url, ca_file, ArqRedis)  # type: ignore[assignment]
+        pool.job_serializer = serialize
+        pool.job_deserializer = deserialize
+        pool.default_queue_name = queue_name
+        try:
+            await pool.ping()
+            return pool
+        except (TimeoutError, RedisError, OSError):
+            await pool.aclose()
+            if attempt == retries:
+                raise
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def stage_job_id(run_id: str, stage: str) -> str:

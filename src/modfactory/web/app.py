@@ -39,6 +39,7 @@ from modfactory.artifacts import ArtifactStore
 from modfactory.backends import Backend, BackendError, cached_backend
 from modfactory.data.recipe import RecipeError
 from modfactory.producer import Producer
+from modfactory.redis_connections import redacted
 from modfactory.serving.champions import ChampionServer
 from modfactory.serving.drift import DriftMeter
 from modfactory.serving.meter import ServeMeter
@@ -126,9 +127,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     url = settings.redis_url or ""
     try:
-        pool = await queue.open_pool(url, settings.queue_name)
+        pool = await queue.open_pool(url, settings.queue_name, ca_file=settings.redis_ca_file)
     except (RedisError, OSError) as exc:
-        log.error("cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", queue.redacted(url), exc)
+        log.error("cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", redacted(url), exc)
         raise
     app.state.producer = Producer(pool, settings)
     app.state.replays = ReplayGuard(pool, settings.queue_name, settings.webhook_tolerance)

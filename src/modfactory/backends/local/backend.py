@@ -115,6 +115,7 @@ class LocalBackend(Backend):
         self._trainers_end_with_us = settings.redis_url is None
         self._trainer_config = {
             "redis_url": settings.redis_url or url_of(redis),
+            "redis_ca_file": str(settings.redis_ca_file) if settings.redis_ca_file else None,
             "prefix": settings.queue_name,
             "artifacts_url": self.store.url,
             "artifacts_options": self.store.options,

@@ -232,10 +232,9 @@ def url_of(redis: Redis) -> str:
 
     kwargs = redis.connection_pool.connection_kwargs
     user, password = quote(kwargs.get("username") or ""), quote(kwargs.get("password") or "")
-    if kwargs.get("path"):
-        auth = f"&username={user}&password={password}" if password else ""
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}{auth}"
     auth = f"{user}:{password}@" if password else ""
+    if kwargs.get("path"):
+        return f"unix://{auth}{kwargs['path']}?db={kwargs.get('db', 0)}"
     scheme = "rediss" if "SSL" in redis.connection_pool.connection_class.__name__ else "redis"
     host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
     return f"{scheme}://{auth}{host}:{port}/{kwargs.get('db', 0)}"

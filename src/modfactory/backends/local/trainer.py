@@ -44,6 +44,7 @@ from modfactory.backends.local.jobs import (
     overdue,
 )
 from modfactory.data.recipe import parse_jsonl
+from modfactory.redis_connections import sync_client
 
 PAUSE_ENV = "MODFACTORY_TEST_TRAINER_PAUSE"  # test-only: a slow trainer (see above)
 LOST = 3  # exit status: the lease is not (or no longer) this trainer's
@@ -188,14 +189,13 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import redis as sync_redis
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("job_id")
     parser.add_argument("--token", required=True, help="the lease taken for this trainer")
     args = parser.parse_args(argv)
     config = json.loads(os.environ[CONFIG_ENV])
-    redis = sync_redis.Redis.from_url(config["redis_url"])
+    ca_file = config.get("redis_ca_file")
+    redis = sync_client(config["redis_url"], Path(ca_file) if ca_file else None)
     lease = TrainerLease(redis, config["prefix"], args.job_id, args.token)
     seconds = float(config["lease"])
     if not lease.renew(seconds):

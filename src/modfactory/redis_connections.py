@@ -1,0 +1,228 @@
+"""Redis connections: the one grammar of ``MODFACTORY_REDIS_URL`` and the one factory of clients.
+
+Every Redis client the project makes — arq's pool and worker (``store.queue.open_pool``),
+``serve``, the CLI, the local trainer's lease and progress writer (and, through them, the rate
+limiter and the stores) — is made here, so a new client cannot forget TLS, Sentinel or the
+time-outs. The URL forms:
+
+- ``redis://[user:password@]host[:port][/db]`` — one server (port 6379, database 0);
+- ``rediss://…`` — the same over TLS, the server's certificate checked against the system's
+  authorities or ``MODFACTORY_REDIS_CA_FILE``;
+- ``unix:///path/to/redis.sock[?db=N]`` — a local socket;
+- ``redis+sentinel://[user:password@]host[:port][,host[:port]…]/<service>[/<db>]`` — the
+  sentinels (port 26379), which name the current primary of ``<service>``; the user and
+  password are the primary's.
+
+Parsing is pure (the settings check it at load); the clients' libraries are imported only
+by the functions that make clients.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import parse_qs, unquote
+
+from pydantic import AfterValidator
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+REDIS_PORT = 6379
+SENTINEL_PORT = 26379
+CONNECT_TIMEOUT = 5.0  # s to open a connection (a server that is down answers at once)
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+FORMS = (
+    "redis://[user:password@]host[:port][/db], rediss://… (TLS), unix:///path.sock, or "
+    "redis+sentinel://[user:password@]host[:port][,host[:port]…]/service[/db]"
+)
+_HOST = re.compile(r"\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+")
+
+
+class RedisUrlError(ValueError):
+    """``MODFACTORY_REDIS_URL`` is not one of the forms above (the message never holds the
+    password)."""
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where a URL points: one server, a socket, or the sentinels of a service."""
+
+    scheme: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    service: str | None = None  # the Sentinel service (the primary's name)
+    socket_path: str | None = None
+
+    @property
+    def sentinel(self) -> bool:
+        return self.scheme == "redis+sentinel"
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "rediss"
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}"
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """The target of ``url``; RedisUrlError naming what is wrong, without the password."""
+    shown = redacted(url)
+    scheme, sep, rest = url.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in SCHEMES:
+        raise RedisUrlError(f"{shown!r} is not a Redis URL: use {FORMS}")
+    rest, _, query = rest.partition("?")
+    if "#" in rest:
+        raise RedisUrlError(f"{shown!r}: a Redis URL has no #fragment")
+    userinfo, at, rest = rest.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    credentials = {
+        "username": unquote(username) or None if at else None,
+        "password": unquote(password) or None if at else None,
+    }
+    netloc, slash, path = rest.partition("/")
+    options = _query(query, shown)
+    if scheme == "unix":
+        if netloc or not path:
+            raise RedisUrlError(f"{shown!r}: a socket URL is unix:///absolute/path.sock")
+        db = _db(options.pop("db", "0"), shown)
+        _no_more(options, shown)
+        return RedisTarget(scheme, db=db, socket_path="/" + path, **credentials)
+    _no_more(options, shown)
+    default_port = SENTINEL_PORT if scheme == "redis+sentinel" else REDIS_PORT
+    hosts = tuple(_host(part, default_port, shown) for part in netloc.split(","))
+    segments = path.split("/") if slash and path else []
+    if scheme == "redis+sentinel":
+        if not segments or not segments[0]:
+            raise RedisUrlError(
+                f"{shown!r}: a Sentinel URL names the service after the sentinels: "
+                "redis+sentinel://host:26379[,host:26379…]/service[/db]"
+            )
+        if len(segments) > 2:
+            raise RedisUrlError(f"{shown!r}: a Sentinel URL ends with /service[/db]")
+        service = unquote(segments[0])
+        db = _db(segments[1], shown) if len(segments) == 2 else 0
+        return RedisTarget(scheme, hosts, db, service=service, **credentials)
+    if len(hosts) > 1:
+        raise RedisUrlError(f"{shown!r}: several hosts need redis+sentinel://")
+    if len(segments) > 1:
+        raise RedisUrlError(f"{shown!r}: the path is one database number, e.g. /0")
+    db = _db(segments[0], shown) if segments else 0
+    return RedisTarget(scheme, hosts, db, **credentials)
+
+
+def _query(query: str, shown: str) -> dict[str, str]:
+    parsed = parse_qs(query, keep_blank_values=True)
+    return {name: values[-1] for name, values in parsed.items()}
+
+
+def _no_more(options: dict[str, str], shown: str) -> None:
+    if options:
+        raise RedisUrlError(
+            f"{shown!r}: query options are not read ({', '.join(sorted(options))}); "
+            "the database goes in the path, TLS in the scheme (rediss://), "
+            "a private CA in MODFACTORY_REDIS_CA_FILE"
+        )
+
+
+def _db(text: str, shown: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise RedisUrlError(f"{shown!r}: the database must be a number, not {text!r}")
+    return int(text)
+
+
+def _host(part: str, default_port: int, shown: str) -> tuple[str, int]:
+    host, port = part, ""
+    if ":" in part and not part.endswith("]"):
+        host, _, port = part.rpartition(":")
+    if not _HOST.fullmatch(host):
+        raise RedisUrlError(f"{shown!r}: {part!r} is not host[:port]")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise RedisUrlError(f"{shown!r}: the port of {part!r} is not a number from 1 to 65535")
+    return host.strip("[]"), int(port) if port else default_port
+
+
+def _checked_url(value: str | None) -> str | None:
+    """``value`` stripped (None when empty) once it parses."""
+    value = (value or "").strip() or None
+    if value is not None:
+        parse_redis_url(value)
+    return value
+
+
+def _checked_ca_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"{str(value)!r} is not a file (a PEM file of certificate authorities)")
+    return value
+
+
+RedisCaFile = Annotated[Path | None, AfterValidator(_checked_ca_file)]  # MODFACTORY_REDIS_CA_FILE
+RedisUrl = Annotated[str | None, AfterValidator(_checked_url)]  # MODFACTORY_REDIS_URL
+
+
+def _options(target: RedisTarget, ca_file: Path | None) -> dict[str, Any]:
+    """Keyword arguments every client of ``target`` is made with (sync or async alike)."""
+    options: dict[str, Any] = {
+        "db": target.db,
+        "username": target.username,
+        "password": target.password,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": 15,  # a connection idle that long is checked before use
+    }
+    if target.tls:
+        options |= {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if ca_file is not None:
+            options["ssl_ca_certs"] = str(ca_file)
+    if target.socket_path:
+        options["unix_socket_path"] = target.socket_path
+    return options
+
+
+def async_client(
+    url: str, ca_file: Path | None = None, redis_class: type | None = None
+) -> redis.asyncio.Redis:
+    """An asyncio client of ``url`` (not yet connected); ``redis_class``: e.g. arq's ArqRedis."""
+    from redis.asyncio import Redis
+    from redis.asyncio.sentinel import Sentinel
+
+    target = parse_redis_url(url)
+    cls = redis_class or Redis
+    options = _options(target, ca_file)
+    if target.sentinel:
+        sentinel_options = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        sentinels = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options, **options)
+        return sentinels.master_for(target.service, redis_class=cls)
+    if target.socket_path:
+        return cls(**options)
+    host, port = target.hosts[0]
+    return cls(host=host, port=port, **options)
+
+
+def sync_client(url: str, ca_file: Path | None = None) -> redis.Redis:
+    """A blocking client of ``url`` (the local trainer's process writes with one)."""
+    import redis as sync_redis
+    from redis.sentinel import Sentinel
+
+    target = parse_redis_url(url)
+    options = _options(target, ca_file)
+    if target.sentinel:
+        sentinel_options = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        sentinels = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options, **options)
+        return sentinels.master_for(target.service)
+    if target.socket_path:
+        return sync_redis.Redis(**options)
+    host, port = target.hosts[0]
+    return sync_redis.Redis(host=host, port=port, **options)
