@@ -5,10 +5,15 @@ Sentinel URL reaches the primary the sentinels name (real `redis-server` process
 from __future__ import annotations
 
 import re
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.exceptions import RedisError
 from typer.testing import CliRunner
 
 from modfactory.redis_connections import (
@@ -20,6 +25,7 @@ from modfactory.redis_connections import (
     sync_client,
 )
 from modfactory.store import queue
+from modfactory.store.embedded_redis import free_port
 from redis_process import RedisProcess, SentinelProcess
 
 SECRET = "pw-9f3c1e"
@@ -138,3 +144,87 @@ async def test_a_sentinel_url_reaches_the_primary_it_names(sentinel_url: str) ->
     client = async_client(sentinel_url)
     assert await client.zcard("modfactory") == 1
     await client.aclose()
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A real redis-server speaking only TLS on loopback, its certificate (for localhost and
+    127.0.0.1) signed by a private authority: (port, the authority's PEM file)."""
+    binary = shutil.which("redis-server")
+    if (
+        binary is None
+        or "libssl" not in subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    ):
+        pytest.skip("no redis-server built with TLS on this machine")
+    ca_key, ca, key, csr, cert = (
+        tmp_path / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
+    )
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=modfactory test CA",
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        csr,
+        "-subj",
+        "/CN=localhost",
+    )
+    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", "1", "-extfile", tmp_path / "san.ext")  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not _accepts(port):  # the port opens once the server is ready
+            assert server.poll() is None and time.monotonic() < deadline, "no TLS redis-server"
+            time.sleep(0.05)
+        yield port, ca
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_a_tls_url_checks_the_server_against_the_ca_file(tls_redis: tuple[int, Path]) -> None:
+    port, ca = tls_redis
+    url = f"rediss://localhost:{port}/0"
+    pool = await queue.open_pool(url, "modfactory", retries=0, ca_file=ca)
+    try:
+        await pool.set("k", "over TLS")
+    finally:
+        await pool.aclose()
+    assert sync_client(url, ca).get("k") == b"over TLS"
+    # Without the private authority the server is not trusted: no connection at all.
+    with pytest.raises(RedisError, match="certificate verify failed"):
+        await queue.open_pool(url, "modfactory", retries=0)
