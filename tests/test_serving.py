@@ -511,3 +511,57 @@ async def test_shadowing_records_how_the_newest_candidate_agrees_with_the_champi
     assert (tally["champion"], tally["candidate"]) == (champion, candidate)
     human = await asyncio.to_thread(deployment.cli, "models")
     assert f"shadow: {candidate} vs champion {champion}" in human.stdout
+
+
+def _proxy(listen: int, target: int) -> subprocess.Popen:
+    """tests/tcp_proxy.py from ``listen`` to ``target``, once it accepts connections."""
+    import socket
+
+    proxy = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "tcp_proxy.py"), str(listen), str(target)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", listen)) == 0:
+                return proxy
+        assert proxy.poll() is None and time.monotonic() < deadline, "the proxy did not start"
+        time.sleep(0.05)
+
+
+def test_serve_answers_from_the_champion_it_holds_while_redis_is_away(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A `serve` whose Redis goes away (its only path to it cut) keeps answering moderation
+    requests from the champion it holds — counters and review offers may wait, never the
+    answer — and goes on once Redis is back."""
+    redis_port = int(deployment.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+    port = free_port()
+    proxy = _proxy(port, redis_port)
+    settings = deployment.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/7"})
+    log = tmp_path / "serve.log"
+    with (
+        serve_process(settings, log, MODFACTORY_SERVE_TOKEN=TOKEN) as (_, url),
+        httpx.Client(base_url=url, headers=auth(), timeout=30) as http,
+    ):
+        first = http.post("/v1/moderations", json={"input": TEXTS})
+        assert first.status_code == 200  # the champion is loaded and held now
+        champion = first.headers["x-modfactory-champion-run"]
+        proxy.kill()
+        proxy.wait(10)
+        assert http.get("/healthz").json()["redis"].startswith("unreachable")
+        away = [http.post("/v1/moderations", json={"input": TEXTS}) for _ in range(20)]
+        away += [http.post("/v1/classifications", json={"input": TEXTS}) for _ in range(5)]
+        assert [r.status_code for r in away] == [200] * 25, away[-1].text
+        assert {r.headers["x-modfactory-champion-run"] for r in away} == {champion}
+        assert away[0].json()["results"] == first.json()["results"]
+        proxy = _proxy(port, redis_port)
+        back = http.post("/v1/moderations", json={"input": TEXTS})
+        assert back.status_code == 200
+        deadline = time.monotonic() + 30
+        while http.get("/healthz").json()["redis"] != "ok":  # reconnects on its own
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+    proxy.kill()
+    proxy.wait(10)
