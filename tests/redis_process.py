@@ -12,6 +12,18 @@ import redis as sync_redis
 from modfactory.store.embedded_redis import free_port, redis_server_binary
 
 
+def answers_ping(port: int, password: str | None, what: str) -> None:
+    """Return once the server on ``port`` answers PING (it is ready), within 10 s."""
+    client = sync_redis.Redis(port=port, password=password)
+    for _ in range(200):
+        try:
+            client.ping()
+            return
+        except sync_redis.RedisError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
 class RedisProcess:
     """redis-server on a free loopback port, kept when restarted; ``append_only``: with an
     append-only file fsynced on every write (else no persistence at all)."""
@@ -49,14 +61,7 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = sync_redis.Redis(port=self.port, password=self.password)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except sync_redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        answers_ping(self.port, self.password, "redis-server")
 
     def kill(self) -> None:
         if self.process is not None:
@@ -99,14 +104,7 @@ class SentinelProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = sync_redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except sync_redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server --sentinel did not start")
+        answers_ping(self.port, None, "redis-server --sentinel")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

