@@ -240,3 +240,9 @@ async def test_a_tls_url_checks_the_server_against_the_ca_file(tls_redis: tuple[
     # Without the private authority the server is not trusted: no connection at all.
     with pytest.raises(RedisError, match="certificate verify failed"):
         await queue.open_pool(url, "modfactory", retries=0)
+
+
+def test_an_empty_ca_file_setting_is_unset() -> None:
+    from modfactory.settings import Settings
+
+    assert Settings(redis_ca_file="  ").redis_ca_file is None

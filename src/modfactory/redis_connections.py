@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, unquote
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 if TYPE_CHECKING:
     import redis
@@ -94,7 +94,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         "password": unquote(password) or None if at else None,
     }
     netloc, slash, path = rest.partition("/")
-    options = _query(query, shown)
+    options = _query(query)
     if scheme == "unix":
         if netloc or not path:
             raise RedisUrlError(f"{shown!r}: a socket URL is unix:///absolute/path.sock")
@@ -124,7 +124,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     return RedisTarget(scheme, hosts, db, **credentials)
 
 
-def _query(query: str, shown: str) -> dict[str, str]:
+def _query(query: str) -> dict[str, str]:
     parsed = parse_qs(query, keep_blank_values=True)
     return {name: values[-1] for name, values in parsed.items()}
 
@@ -163,13 +163,19 @@ def _checked_url(value: str | None) -> str | None:
     return value
 
 
+def _unset_when_empty(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _checked_ca_file(value: Path | None) -> Path | None:
     if value is not None and not value.is_file():
         raise ValueError(f"{str(value)!r} is not a file (a PEM file of certificate authorities)")
     return value
 
 
-RedisCaFile = Annotated[Path | None, AfterValidator(_checked_ca_file)]  # MODFACTORY_REDIS_CA_FILE
+RedisCaFile = Annotated[
+    Path | None, BeforeValidator(_unset_when_empty), AfterValidator(_checked_ca_file)
+]  # MODFACTORY_REDIS_CA_FILE
 RedisUrl = Annotated[str | None, AfterValidator(_checked_url)]  # MODFACTORY_REDIS_URL
 
 
@@ -191,6 +197,21 @@ def _options(target: RedisTarget, ca_file: Path | None) -> dict[str, Any]:
     return options
 
 
+def _client(url: str, ca_file: Path | None, redis_class: type, sentinel_class: type) -> Any:
+    """A client of ``url`` of ``redis_class``, through ``sentinel_class`` for a Sentinel URL
+    (the blocking and the asyncio library differ in their classes only)."""
+    target = parse_redis_url(url)
+    options = _options(target, ca_file)
+    if target.sentinel:
+        sentinel_options = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        sentinels = sentinel_class(list(target.hosts), sentinel_kwargs=sentinel_options, **options)
+        return sentinels.master_for(target.service, redis_class=redis_class)
+    if target.socket_path:
+        return redis_class(**options)
+    host, port = target.hosts[0]
+    return redis_class(host=host, port=port, **options)
+
+
 def async_client(
     url: str, ca_file: Path | None = None, redis_class: type | None = None
 ) -> redis.asyncio.Redis:
@@ -198,31 +219,12 @@ def async_client(
     from redis.asyncio import Redis
     from redis.asyncio.sentinel import Sentinel
 
-    target = parse_redis_url(url)
-    cls = redis_class or Redis
-    options = _options(target, ca_file)
-    if target.sentinel:
-        sentinel_options = {"socket_connect_timeout": CONNECT_TIMEOUT}
-        sentinels = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options, **options)
-        return sentinels.master_for(target.service, redis_class=cls)
-    if target.socket_path:
-        return cls(**options)
-    host, port = target.hosts[0]
-    return cls(host=host, port=port, **options)
+    return _client(url, ca_file, redis_class or Redis, Sentinel)
 
 
 def sync_client(url: str, ca_file: Path | None = None) -> redis.Redis:
     """A blocking client of ``url`` (the local trainer's process writes with one)."""
-    import redis as sync_redis
+    from redis import Redis
     from redis.sentinel import Sentinel
 
-    target = parse_redis_url(url)
-    options = _options(target, ca_file)
-    if target.sentinel:
-        sentinel_options = {"socket_connect_timeout": CONNECT_TIMEOUT}
-        sentinels = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options, **options)
-        return sentinels.master_for(target.service)
-    if target.socket_path:
-        return sync_redis.Redis(**options)
-    host, port = target.hosts[0]
-    return sync_redis.Redis(host=host, port=port, **options)
+    return _client(url, ca_file, Redis, Sentinel)
