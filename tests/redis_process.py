@@ -26,7 +26,8 @@ def answers_ping(port: int, password: str | None, what: str) -> None:
 
 class RedisProcess:
     """redis-server on a free loopback port, kept when restarted; ``append_only``: with an
-    append-only file fsynced on every write (else no persistence at all)."""
+    append-only file fsynced on every write (else no persistence at all); ``replica_of``:
+    the port of the primary it starts as a replica of (None: a primary)."""
 
     def __init__(
         self, directory: Path, *, append_only: bool = False, password: str | None = None
@@ -38,9 +39,11 @@ class RedisProcess:
         auth = f":{password}@" if password else ""
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+        self.replica_of: int | None = None
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        replica = ("--replicaof", "127.0.0.1", str(self.replica_of)) if self.replica_of else ()
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
@@ -54,9 +57,13 @@ class RedisProcess:
                 "yes" if self.append_only else "no",
                 "--appendfsync",
                 "always",
+                "--repl-diskless-sync-delay",  # a replica is sent the data at once, not in 5 s
+                "0",
                 "--dir",
                 str(self.directory),
                 *(("--requirepass", self.password) if self.password else ()),
+                *(("--masterauth", self.password) if self.password and self.replica_of else ()),
+                *replica,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "modfactory"
 # set, the training curve and the evaluation alike).
 BASE = {"settings", "crontab", "values", "plugins", "artifacts", "fileio", "redis_json"}
 BASE |= {"redaction", "logs", "charts", "config", "artifact_keys", "redis_connections"}
+BASE |= {"redis_replication"}
 # Each wing, and the wings it may import besides itself and BASE.
 MAY_IMPORT: dict[str, set[str]] = {
     "store": set(),

@@ -132,7 +132,7 @@ def sentinel_url(tmp_path: Path) -> Iterator[str]:
 
 
 async def test_a_sentinel_url_reaches_the_primary_it_names(sentinel_url: str) -> None:
-    pool = await queue.open_pool(sentinel_url, "modfactory", retries=0)
+    pool = await queue.open_pool(sentinel_url, "modfactory", patience=0)
     try:
         assert pool.default_queue_name == "modfactory"
         assert await queue.enqueue_stage(pool, "modfactory", "build", "run-1")
@@ -231,7 +231,7 @@ def _accepts(port: int) -> bool:
 async def test_a_tls_url_checks_the_server_against_the_ca_file(tls_redis: tuple[int, Path]) -> None:
     port, ca = tls_redis
     url = f"rediss://localhost:{port}/0"
-    pool = await queue.open_pool(url, "modfactory", retries=0, ca_file=ca)
+    pool = await queue.open_pool(url, "modfactory", patience=0, ca_file=ca)
     try:
         await pool.set("k", "over TLS")
     finally:
@@ -239,7 +239,7 @@ async def test_a_tls_url_checks_the_server_against_the_ca_file(tls_redis: tuple[
     assert sync_client(url, ca).get("k") == b"over TLS"
     # Without the private authority the server is not trusted: no connection at all.
     with pytest.raises(RedisError, match="certificate verify failed"):
-        await queue.open_pool(url, "modfactory", retries=0)
+        await queue.open_pool(url, "modfactory", patience=0)
 
 
 def test_an_empty_ca_file_setting_is_unset() -> None:

@@ -13,6 +13,13 @@ time-outs. The URL forms:
   sentinels (port 26379), which name the current primary of ``<service>``; the user and
   password are the primary's.
 
+A client made here waits out a failover: a command whose connection fails (refused, reset,
+timed out, or answered READONLY by a primary turned replica) is sent again on a new
+connection — which, through Sentinel, goes to whichever server is primary now — with a
+growing pause (up to 1 s), for ``patience`` seconds in all. It also carries how many
+replicas its acknowledged writes wait for (``min_replicas``, read by
+``redis_replication.replicated``).
+
 Parsing is pure (the settings check it at load); the clients' libraries are imported only
 by the functions that make clients.
 """
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 CONNECT_TIMEOUT = 5.0  # s to open a connection (a server that is down answers at once)
+READ_TIMEOUT = 15.0  # s to wait for an answer (no command of ours blocks longer; WAIT: 1 s)
+PATIENCE = 30.0  # s a worker's or trainer's command waits for Redis (or a new primary)
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 FORMS = (
     "redis://[user:password@]host[:port][/db], rediss://… (TLS), unix:///path.sock, or "
@@ -179,14 +188,25 @@ RedisCaFile = Annotated[
 RedisUrl = Annotated[str | None, AfterValidator(_checked_url)]  # MODFACTORY_REDIS_URL
 
 
-def _options(target: RedisTarget, ca_file: Path | None) -> dict[str, Any]:
-    """Keyword arguments every client of ``target`` is made with (sync or async alike)."""
+def _options(
+    target: RedisTarget, ca_file: Path | None, retry: Any, answer_within: float | None = None
+) -> dict[str, Any]:
+    """Keyword arguments every client of ``target`` is made with (sync or async alike);
+    ``answer_within``: seconds to connect and to answer, when shorter than the defaults."""
+    from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
+
     options: dict[str, Any] = {
         "db": target.db,
         "username": target.username,
         "password": target.password,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_connect_timeout": min(CONNECT_TIMEOUT, answer_within or CONNECT_TIMEOUT),
+        "socket_timeout": min(READ_TIMEOUT, answer_within or READ_TIMEOUT),
+        "socket_keepalive": True,  # a peer lost without a word is noticed
         "health_check_interval": 15,  # a connection idle that long is checked before use
+        "retry": retry,
+        # sent again on a new connection: a lost one, a replica that was the primary, a
+        # server still loading its data after a restart
+        "retry_on_error": [ConnectionError, TimeoutError, ReadOnlyError, BusyLoadingError],
     }
     if target.tls:
         options |= {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
@@ -197,34 +217,88 @@ def _options(target: RedisTarget, ca_file: Path | None) -> dict[str, Any]:
     return options
 
 
-def _client(url: str, ca_file: Path | None, redis_class: type, sentinel_class: type) -> Any:
+def _retries(patience: float) -> tuple[Any, int]:
+    """A backoff (0.1 s doubling to 1 s) and the number of tries it takes to span
+    ``patience`` seconds."""
+    from redis.backoff import ExponentialBackoff
+
+    backoff, waited, tries = ExponentialBackoff(cap=1.0, base=0.05), 0.0, 0
+    while waited < patience:
+        tries += 1
+        waited += backoff.compute(tries)
+    return backoff, tries
+
+
+def _client(
+    url: str,
+    ca_file: Path | None,
+    redis_class: type,
+    sentinel_class: type,
+    retry: tuple[type, float],
+    min_replicas: int,
+    answer_within: float | None = None,
+) -> Any:
     """A client of ``url`` of ``redis_class``, through ``sentinel_class`` for a Sentinel URL
     (the blocking and the asyncio library differ in their classes only)."""
     target = parse_redis_url(url)
-    options = _options(target, ca_file)
+    retry_class, patience = retry
+    options = _options(target, ca_file, retry_class(*_retries(patience)), answer_within)
     if target.sentinel:
-        sentinel_options = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        sentinel_options = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": 2.0}
         sentinels = sentinel_class(list(target.hosts), sentinel_kwargs=sentinel_options, **options)
-        return sentinels.master_for(target.service, redis_class=redis_class)
-    if target.socket_path:
-        return redis_class(**options)
-    host, port = target.hosts[0]
-    return redis_class(host=host, port=port, **options)
+        client = sentinels.master_for(target.service, redis_class=redis_class)
+    elif target.socket_path:
+        client = redis_class(**options)
+    else:
+        host, port = target.hosts[0]
+        client = redis_class(host=host, port=port, **options)
+    client.min_replicas = min_replicas
+    client.patience = patience
+    return client
 
 
 def async_client(
-    url: str, ca_file: Path | None = None, redis_class: type | None = None
+    url: str,
+    ca_file: Path | None = None,
+    redis_class: type | None = None,
+    *,
+    patience: float = PATIENCE,
+    min_replicas: int = 0,
+    answer_within: float | None = None,
 ) -> redis.asyncio.Redis:
-    """An asyncio client of ``url`` (not yet connected); ``redis_class``: e.g. arq's ArqRedis."""
+    """An asyncio client of ``url`` (not yet connected); ``redis_class``: e.g. arq's ArqRedis;
+    ``patience``: seconds a command waits for Redis; ``min_replicas``: how many replicas an
+    acknowledged write waits for; ``answer_within``: seconds a connection may take to open
+    and a command to be answered, when shorter than the defaults."""
     from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
 
-    return _client(url, ca_file, redis_class or Redis, Sentinel)
+    retry = (Retry, patience)
+    return _client(url, ca_file, redis_class or Redis, Sentinel, retry, min_replicas, answer_within)
 
 
-def sync_client(url: str, ca_file: Path | None = None) -> redis.Redis:
-    """A blocking client of ``url`` (the local trainer's process writes with one)."""
+def set_patience(client: redis.asyncio.Redis, patience: float) -> None:
+    """Make the asyncio ``client`` wait ``patience`` seconds for Redis from now on."""
+    from redis.asyncio.retry import Retry
+
+    client.set_retry(Retry(*_retries(patience)))
+    client.patience = patience  # type: ignore[attr-defined]
+
+
+def sync_client(
+    url: str,
+    ca_file: Path | None = None,
+    *,
+    patience: float = PATIENCE,
+    min_replicas: int = 0,
+    answer_within: float | None = None,
+) -> redis.Redis:
+    """A blocking client of ``url`` (the local trainer's process writes with one);
+    ``answer_within``: as for ``async_client``."""
     from redis import Redis
+    from redis.retry import Retry
     from redis.sentinel import Sentinel
 
-    return _client(url, ca_file, Redis, Sentinel)
+    retry = (Retry, patience)
+    return _client(url, ca_file, Redis, Sentinel, retry, min_replicas, answer_within)

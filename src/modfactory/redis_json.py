@@ -1,4 +1,5 @@
-"""Atomic read-modify-write of one JSON document in Redis (WATCH/MULTI, retried on conflict)."""
+"""Atomic read-modify-write of one JSON document in Redis (WATCH/MULTI, retried on conflict),
+acknowledged once replicated (``redis_replication``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
+
+from modfactory.redis_replication import replicated
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,7 +30,8 @@ async def update_document(
     ``change`` returns False to leave the document untouched; a concurrent writer makes
     the whole step run again on the new value, so no update is ever lost. ``guard`` may
     WATCH and read more keys after the change (and raise to refuse it); ``also`` queues
-    more writes into the same transaction.
+    more writes into the same transaction. Either way it returns once the replicas the
+    client asks for hold the document as returned (NotReplicated else: not acknowledged).
     """
     while True:
         async with redis.pipeline(transaction=True) as pipe:
@@ -36,6 +40,7 @@ async def update_document(
                 document = load(await pipe.get(key))
                 if not change(document):
                     await pipe.unwatch()
+                    await replicated(redis, f"the read of {key}")  # acted on: not to be lost
                     return document, False
                 if guard is not None:
                     await guard(pipe, document)
@@ -44,6 +49,7 @@ async def update_document(
                 if also is not None:
                     also(pipe, document)
                 await pipe.execute()
-                return document, True
             except WatchError:
                 continue
+        await replicated(redis, f"the write of {key}")
+        return document, True

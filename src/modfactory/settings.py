@@ -65,6 +65,13 @@ class Settings(TrainingSettings, ServingSettings, BaseSettings):
         description="PEM file of the authority that signs the Redis server's TLS certificate "
         "(rediss:// URLs), when it is not one the system trusts.",
     )
+    redis_min_replicas: Annotated[int, Field(ge=0, le=16)] = Field(
+        0,
+        description="Replicas that must hold a write before it is acknowledged: a run "
+        "created, a correction taken, a file uploaded, a job created or started, a promotion "
+        "(Redis WAIT). 0: a single Redis, or loss of the last second's writes in a failover "
+        "accepted; 1 with a primary and a replica.",
+    )
     queue_name: str = Field("modfactory", description="arq queue name (and Redis key prefix).")
     artifacts_url: ArtifactsUrl = Field(
         None,

@@ -38,6 +38,7 @@ from modfactory.store.leases import WorkerLease
 from modfactory.store.runs import RunStore
 
 log = logging.getLogger("modfactory.worker")
+REDIS_AWAY_PAUSE = 1.0  # s between polls while Redis fails at once
 
 
 def preload(settings: Settings) -> None:
@@ -115,25 +116,45 @@ def build_worker(
     ``triggers``: as for ``worker_options``)."""
     options = worker_options(settings, triggers)
     if redis is not None:
-        return Worker(redis_pool=redis, **{**options, **overrides})
-    return PooledWorker(settings, **{**options, **overrides})
+        options["redis_pool"] = redis
+    return FleetWorker(settings, **{**options, **overrides})
 
 
-class PooledWorker(Worker):
-    """arq's Worker on the pool ``queue.open_pool`` makes (TLS, Sentinel, time-outs: the
-    one connection factory), opened in the worker's own event loop when it starts."""
+class FleetWorker(Worker):
+    """arq's Worker on the pool ``queue.open_pool`` makes (TLS, Sentinel, time-outs, waiting
+    out a failover: the one connection factory), opened in the worker's own event loop when
+    it starts, and outliving a Redis that is away longer than the pool waits: arq's loop
+    would end the worker; this one says so and polls again once Redis answers."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         super().__init__(**options)
-        self._redis_url = settings.redis_url or "redis://localhost:6379"
-        self._redis_ca_file = settings.redis_ca_file
+        self._settings = settings
+        self._redis_away_since: float | None = None
 
     async def main(self) -> None:
         if self._pool is None:
             self._pool = await queue.open_pool(
-                self._redis_url, self.queue_name, ca_file=self._redis_ca_file
+                self._settings.redis_url or "redis://localhost:6379",
+                self.queue_name,
+                ca_file=self._settings.redis_ca_file,
+                min_replicas=self._settings.redis_min_replicas,
             )
         await super().main()
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            loop = asyncio.get_running_loop()
+            if self._redis_away_since is None:
+                self._redis_away_since = loop.time()
+                log.warning("Redis unreachable (%s: %s); waiting for it", type(exc).__name__, exc)
+            await asyncio.sleep(REDIS_AWAY_PAUSE)  # an error at once (e.g. refused auth)
+            return
+        if self._redis_away_since is not None:
+            away = asyncio.get_running_loop().time() - self._redis_away_since
+            log.warning("Redis answers again after %.1f s; polling the queue", away)
+            self._redis_away_since = None
 
 
 async def stop_worker(worker: Worker) -> None:

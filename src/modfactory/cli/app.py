@@ -101,6 +101,7 @@ HyperOpt = Annotated[
 
 
 EXIT_ACTIVE_RUN = 4
+CLI_PATIENCE = 15.0  # s a command waits for Redis once it reached it (a failover)
 
 
 class CliError(Exception):
@@ -233,8 +234,13 @@ async def open_redis(settings: Settings) -> AsyncIterator[tuple[ArqRedis, bool]]
         url = await asyncio.to_thread(embedded.start)
     try:
         pool = await queue.open_pool(
-            url, settings.queue_name, retries=0, ca_file=settings.redis_ca_file
-        )  # say so at once
+            url,
+            settings.queue_name,
+            ca_file=settings.redis_ca_file,
+            patience=CLI_PATIENCE,
+            min_replicas=settings.redis_min_replicas,
+            first_answer_within=0,  # say so at once
+        )
     except Exception as exc:
         if embedded:
             embedded.stop()

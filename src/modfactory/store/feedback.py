@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
+from modfactory.redis_replication import replicated
+
 REQUEST_IDS_KEPT = 7 * 86_400  # seconds a request id is remembered (retries come sooner)
 
 _ADD = """
@@ -90,6 +92,7 @@ class FeedbackLog:
             keys=[self._log(name), self._seq(name), request_key, f"{self.prefix}:feedback-models"],
             args=[body, correction.id, name, REQUEST_IDS_KEPT],
         )
+        await replicated(self.redis, f"correction {correction.id}")
         return stored_id.decode() if isinstance(stored_id, bytes) else stored_id, seq != 0
 
     async def count(self, model_name: str) -> int:

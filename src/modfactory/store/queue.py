@@ -8,7 +8,6 @@ never pickle: whoever can write to Redis must not be able to run code on the wor
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from pathlib import Path
@@ -22,7 +21,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
-from modfactory.redis_connections import async_client
+from modfactory.redis_connections import PATIENCE, async_client, set_patience
 
 POLL_JOB = "poll_training"
 
@@ -36,25 +35,32 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 
 async def open_pool(
-    url: str, queue_name: str, retries: int = 5, ca_file: Path | None = None
+    url: str,
+    queue_name: str,
+    *,
+    ca_file: Path | None = None,
+    patience: float = PATIENCE,
+    min_replicas: int = 0,
+    first_answer_within: float | None = None,
 ) -> ArqRedis:
     """The one arq pool (JSON jobs on ``queue_name``) of the CLI, ``serve``, the workers and the
-    tests, made by ``redis_connections`` and answering a PING: tried ``retries`` more times,
-    1 s apart, while Redis does not answer."""
-    for attempt in range(retries + 1):
-        pool: ArqRedis = async_client(url, ca_file, ArqRedis)  # type: ignore[assignment]
-        pool.job_serializer = serialize
-        pool.job_deserializer = deserialize
-        pool.default_queue_name = queue_name
-        try:
-            await pool.ping()
-            return pool
-        except (TimeoutError, RedisError, OSError):
-            await pool.aclose()
-            if attempt == retries:
-                raise
-            await asyncio.sleep(1)
-    raise AssertionError("unreachable")
+    tests, made by ``redis_connections`` (``patience``, ``min_replicas``: see there) and
+    answering a PING — waited for ``first_answer_within`` seconds (default: ``patience``)."""
+    first = patience if first_answer_within is None else first_answer_within
+    pool: ArqRedis = async_client(  # type: ignore[assignment]
+        url, ca_file, ArqRedis, patience=first, min_replicas=min_replicas
+    )
+    pool.job_serializer = serialize
+    pool.job_deserializer = deserialize
+    pool.default_queue_name = queue_name
+    try:
+        await pool.ping()
+    except (TimeoutError, RedisError, OSError):
+        await pool.aclose()
+        raise
+    if first != patience:
+        set_patience(pool, patience)
+    return pool
 
 
 def stage_job_id(run_id: str, stage: str) -> str:

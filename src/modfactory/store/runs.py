@@ -24,6 +24,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from modfactory.redis_json import update_document
+from modfactory.redis_replication import replicated
 from modfactory.store.registry import ModelRecord, load_record
 from modfactory.store.run import (
     ChampionChanged,
@@ -67,6 +68,7 @@ class RunStore(RunQueries):
                     break
                 except WatchError:
                     continue
+        await replicated(self.redis, f"the creation of run {run.id}")
         run._log_events()
         return run
 

@@ -83,6 +83,8 @@ from modfactory.web.ui import pages as ui_pages
 from modfactory.web.ui import routes as ui
 
 log = logging.getLogger("modfactory.web")
+STARTUP_PATIENCE = 5.0  # s serve waits for Redis as it starts
+SERVE_PATIENCE = 2.0  # s a request waits for Redis (a failover): then 503, never a lost 202
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -127,7 +129,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     url = settings.redis_url or ""
     try:
-        pool = await queue.open_pool(url, settings.queue_name, ca_file=settings.redis_ca_file)
+        pool = await queue.open_pool(
+            url,
+            settings.queue_name,
+            ca_file=settings.redis_ca_file,
+            patience=SERVE_PATIENCE,
+            min_replicas=settings.redis_min_replicas,
+            first_answer_within=STARTUP_PATIENCE,
+        )
     except (RedisError, OSError) as exc:
         log.error("cannot reach Redis at %s (MODFACTORY_REDIS_URL): %s", redacted(url), exc)
         raise

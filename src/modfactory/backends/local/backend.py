@@ -116,6 +116,7 @@ class LocalBackend(Backend):
         self._trainer_config = {
             "redis_url": settings.redis_url or url_of(redis),
             "redis_ca_file": str(settings.redis_ca_file) if settings.redis_ca_file else None,
+            "redis_min_replicas": settings.redis_min_replicas,
             "prefix": settings.queue_name,
             "artifacts_url": self.store.url,
             "artifacts_options": self.store.options,

@@ -10,16 +10,21 @@ the job: the next look starts a trainer — one, as the lease is taken with SET 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
 import socket
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
 
 from modfactory.artifacts import backend_key
 from modfactory.redis_json import update_document
+from modfactory.redis_replication import NotReplicated, replicated, replicated_sync
 from modfactory.values import JobStatus
 
 if TYPE_CHECKING:
@@ -68,6 +73,7 @@ class TrainerProgress(BaseModel):
         return found
 
 
+log = logging.getLogger("modfactory.backends.local")
 CONFIG_ENV = "MODFACTORY_LOCAL_TRAINER"  # JSON: redis_url, prefix, artifacts, lease
 
 
@@ -136,29 +142,74 @@ class JobRecords:
         return raw.decode() if raw else None
 
     async def take_lease(self, job_id: str, token: str, seconds: float) -> bool:
-        """Take the job's lease for a trainer about to start; False when one holds it."""
+        """Take the job's lease for a trainer about to start; False when one holds it, or
+        when it is not replicated in time (a lease a failover may lose starts no trainer)."""
         key = job_key(self.prefix, job_id, "trainer")
-        return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
+        if not await self.redis.set(key, token, nx=True, px=int(seconds * 1000)):
+            return False
+        try:
+            await replicated(self.redis, f"the trainer lease of local job {job_id}")
+        except NotReplicated as exc:
+            log.warning("%s: no trainer started", exc)
+            with contextlib.suppress(RedisError):
+                await release_lease(self.redis, self.prefix, job_id, token)
+            return False
+        return True
+
+
+class LeaseLost(Exception):
+    """The trainer cannot be sure it still holds the lease: it must stop at once."""
+
+
+SAFE_SHARE = 0.75  # of a lease: how long after its last renewal a trainer may go on
 
 
 class TrainerLease:
-    """The trainer's side: its lease, renewed; progress written only while it is held."""
+    """The trainer's side: its lease, renewed; progress written only while it is held.
 
-    def __init__(self, redis: sync_redis.Redis, prefix: str, job_id: str, token: str) -> None:
+    A renewal counts once the replicas the client asks for hold it (``redis_replication``),
+    and the trainer may go on for ``SAFE_SHARE`` of a lease from when that renewal was
+    *sent* — before the lease can lapse on the primary or on any replica that may be made
+    primary. Redis unreachable (a failover) is waited out within that time; past it every
+    call raises LeaseLost and the trainer exits, so a lease that lapses never has a live
+    trainer behind it when the next look starts another. (Redis counts a lease's time to
+    live on its own clock, as this process does: clocks must not run at different rates.)
+    """
+
+    def __init__(
+        self, redis: sync_redis.Redis, prefix: str, job_id: str, token: str, seconds: float
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.job_id = job_id
         self.token = token.encode()
+        self.seconds = seconds
         self.key = job_key(prefix, job_id, "trainer")
+        self.safe_until = time.monotonic() + seconds * SAFE_SHARE  # the backend just took it
+
+    def _patiently(self, action: Any) -> Any:
+        """``action()``, tried again while Redis is unreachable, until it is not safe to."""
+        from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
+
+        delay = 0.1
+        while True:
+            try:
+                return action()
+            except (ConnectionError, TimeoutError, ReadOnlyError) as exc:
+                left = self.safe_until - time.monotonic()
+                if left <= 0:
+                    raise LeaseLost(f"Redis unreachable until the lease is unsafe ({exc})") from exc
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 1.0)
 
     def job(self) -> LocalJob:
-        raw = self.redis.get(job_key(self.prefix, self.job_id))
+        raw = self._patiently(lambda: self.redis.get(job_key(self.prefix, self.job_id)))
         if raw is None:
             raise LookupError(f"no local job {self.job_id!r}")
         return LocalJob.model_validate_json(raw)
 
     def progress(self) -> TrainerProgress:
-        raw = self.redis.get(job_key(self.prefix, self.job_id, "progress"))
+        raw = self._patiently(lambda: self.redis.get(job_key(self.prefix, self.job_id, "progress")))
         return TrainerProgress.model_validate_json(raw) if raw else TrainerProgress()
 
     def _while_held(self, also: Any) -> bool:
@@ -166,22 +217,34 @@ class TrainerLease:
         (a concurrent change of the key, e.g. our own renewal, is no loss: try again)."""
         from redis.exceptions import WatchError
 
-        while True:
-            with self.redis.pipeline() as pipe:
-                try:
-                    pipe.watch(self.key)
-                    if pipe.get(self.key) != self.token:
-                        return False
-                    pipe.multi()
-                    also(pipe)
-                    pipe.execute()
-                    return True
-                except WatchError:
-                    continue
+        def attempt() -> bool:
+            while True:
+                with self.redis.pipeline() as pipe:
+                    try:
+                        pipe.watch(self.key)
+                        if pipe.get(self.key) != self.token:
+                            return False
+                        pipe.multi()
+                        also(pipe)
+                        pipe.execute()
+                        return True
+                    except WatchError:
+                        continue
 
-    def renew(self, seconds: float) -> bool:
-        """Extend the lease; False when it is no longer ours (lapsed, or taken by another)."""
-        return self._while_held(lambda pipe: pipe.pexpire(self.key, int(seconds * 1000)))
+        if time.monotonic() > self.safe_until:
+            raise LeaseLost("the lease was not renewed in time")
+        return bool(self._patiently(attempt))
+
+    def renew(self) -> bool:
+        """Extend the lease; False when it is no longer ours (lapsed, or taken by another).
+        LeaseLost when it cannot be renewed and replicated in time."""
+        sent = time.monotonic()
+        if not self._while_held(lambda pipe: pipe.pexpire(self.key, int(self.seconds * 1000))):
+            return False
+        what = f"the lease of local job {self.job_id}"
+        self._patiently(lambda: replicated_sync(self.redis, what, self.safe_until))
+        self.safe_until = sent + self.seconds * SAFE_SHARE
+        return True
 
     def write(self, progress: TrainerProgress) -> bool:
         key = job_key(self.prefix, self.job_id, "progress")

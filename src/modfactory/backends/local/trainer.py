@@ -5,11 +5,13 @@ Run as ``python -m modfactory.backends.local.trainer JOB_ID --token TOKEN`` by t
 backend, which took the job's lease for TOKEN and passes the rest in the environment
 (``CONFIG_ENV``: Redis, the key prefix, the artifact store, the lease; never on the command
 line, where other users could read a password). It renews the lease every third of its
-length and stops at once when the lease is no longer its own (it lapsed while this machine
-was cut off, and another trainer took the job), when the job is cancelled, or when its
-deadline passes. It reads the split files from the artifact store, writes a checkpoint
-(with its validation loss) after every candidate fitted, and stores the model last, in one
-write; a saved model is never retrained. An unreachable store is waited for, not a failure.
+length, waits out a Redis failover as long as the lease is safe (``jobs.TrainerLease``),
+and stops at once when the lease is no longer its own or no longer safe (Redis away too
+long: it stops before the lease can lapse, so no second trainer starts beside it), when the
+job is cancelled, or when its deadline passes. It reads the split files from the artifact
+store, writes a checkpoint (with its validation loss) after every candidate fitted, and
+stores the model last, in one write; a saved model is never retrained. An unreachable
+store is waited for, not a failure.
 
 Tests that need a slow trainer set ``MODFACTORY_TEST_TRAINER_PAUSE`` (seconds to wait after
 each candidate, watching for a cancel or the deadline meanwhile); it is no setting of
@@ -36,6 +38,7 @@ from typing import Any, NoReturn, TypeVar
 from modfactory.artifacts import ArtifactNotFound, ArtifactStore, ArtifactsUnavailable
 from modfactory.backends.local.jobs import (
     CONFIG_ENV,
+    LeaseLost,
     LocalJob,
     TrainerLease,
     TrainerProgress,
@@ -75,7 +78,11 @@ class Trainer:
 
     def report(self) -> None:
         """Write the progress; stop at once if the job is another trainer's now."""
-        if not self.lease.write(self.progress):
+        try:
+            written = self.lease.write(self.progress)
+        except LeaseLost as exc:
+            lost(str(exc))
+        if not written:
             lost("its progress could not be written")
 
     def finish(self, state: str, error: str | None = None) -> None:
@@ -100,14 +107,12 @@ class Trainer:
         while True:
             time.sleep(self.lease_seconds / 3)
             try:
-                if not self.lease.renew(self.lease_seconds):
+                if not self.lease.renew():
                     lost(f"not renewed for {time.monotonic() - last:.1f} s")
                 last = time.monotonic()
                 reason = self.stop_reason(self.lease.job())
-            except Exception as exc:  # Redis away: the lease may lapse; stop before another
-                if time.monotonic() - last > self.lease_seconds:
-                    lost(f"Redis unreachable for {time.monotonic() - last:.1f} s ({exc})")
-                continue
+            except LeaseLost as exc:  # Redis away too long: stop before the lease lapses
+                lost(f"{exc}; last renewed {time.monotonic() - last:.1f} s ago")
             if reason is not None:
                 self.finish(*reason)
                 os._exit(0)
@@ -170,7 +175,7 @@ class Trainer:
         self.report()
         out = io.BytesIO()
         joblib.dump(bundle, out)
-        if not self.lease.renew(self.lease_seconds):
+        if not self.lease.renew():
             lost("before storing the model")  # another trainer has the job: it stores it
         self.patiently(lambda: self.store.save(model_key(job.id), out.getvalue()))
         self.finish("succeeded")
@@ -195,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = json.loads(os.environ[CONFIG_ENV])
     ca_file = config.get("redis_ca_file")
-    redis = sync_client(config["redis_url"], Path(ca_file) if ca_file else None)
-    lease = TrainerLease(redis, config["prefix"], args.job_id, args.token)
     seconds = float(config["lease"])
-    if not lease.renew(seconds):
+    redis = sync_client(
+        config["redis_url"],
+        Path(ca_file) if ca_file else None,
+        patience=0,  # the lease waits for Redis itself, as long as it is safe to
+        min_replicas=int(config.get("redis_min_replicas") or 0),
+        answer_within=max(1.0, seconds / 8),
+    )
+    lease = TrainerLease(redis, config["prefix"], args.job_id, args.token, seconds)
+    if not lease.renew():
         print(f"job {args.job_id}: the lease is not this trainer's; stopping", flush=True)
         return LOST
     store = ArtifactStore(
@@ -219,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=trainer.keep_lease, daemon=True).start()
     try:
         trainer.train()
+    except LeaseLost as exc:
+        lost(str(exc))
     except ArtifactNotFound as exc:
         trainer.finish("failed", str(exc))
         return 1

@@ -1,0 +1,88 @@
+"""Losing the Redis primary (real processes: a primary, a replica, three sentinels): runs in
+flight on both backends go on and succeed with nothing done twice, ``serve`` answers every
+moderation request, and every correction it acknowledged is in the next build; with the
+replica gone stale on purpose, MODFACTORY_REDIS_MIN_REPLICAS decides what can be lost."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from failover import ReplicatedRedis, run_failover
+from helpers import settings_for
+from modfactory.producer import Producer
+from modfactory.redis_replication import NotReplicated
+from modfactory.store import queue
+from modfactory.store.feedback import Correction, FeedbackLog
+from modfactory.store.runs import RunStore
+
+pytestmark = pytest.mark.slow  # redis-servers, sentinels, workers, trainers and a server
+
+
+async def test_runs_serve_and_corrections_come_through_two_failovers(tmp_path: Path) -> None:
+    report = await run_failover(tmp_path)
+    print(report)
+    assert report.states and set(report.states.values()) == {"succeeded"}, report.errors
+    assert len(report.failovers) == 2
+    assert report.mistral == {"jobs": 1, "starts": 1, "uploads": 2}
+    assert report.trainer_starts == [1, 1, 1]  # one trainer per local run ...
+    assert report.trainers_finished == ["succeeded"] * 3  # ... that finished
+    assert set(report.moderation) == {200}, report.moderation  # every one answered ...
+    assert report.moderation_in_outages[200] > 20  # ... those sent with no primary too
+    assert report.corrections_accepted > 10
+    assert report.corrections_missing == []
+
+
+async def test_with_a_stale_replica_min_replicas_decides_whether_an_acknowledged_write_is_lost(
+    tmp_path: Path,
+) -> None:
+    """The replica takes nothing from the primary for a while (replication held still), then
+    the primary dies and that replica is made primary. A correction and a run created in
+    that while are acknowledged (202, "run … started") or not as their writes are:
+    with MODFACTORY_REDIS_MIN_REPLICAS=1 they are refused and nothing acknowledged is lost;
+    with 0 they are acknowledged and lost — the caveat the README gives."""
+    ha = ReplicatedRedis(tmp_path)
+    ha.start()
+    settings = settings_for(ha.url, tmp_path / "data")
+    try:
+        outcomes = {}
+        for min_replicas in (1, 0):
+            pool = await queue.open_pool(
+                ha.url, settings.queue_name, patience=2, min_replicas=min_replicas
+            )
+            feedback = FeedbackLog(pool, settings.queue_name)
+            before = await feedback.add(correction(f"before the pause, {min_replicas}"))
+            ha.stale_replica()
+            stale_text = f"while the replica is stale, {min_replicas}"
+            acknowledged: list[str] = []  # "correction", and the run's id
+            try:
+                await feedback.add(correction(stale_text))
+                acknowledged.append("correction")
+            except NotReplicated as exc:
+                assert "0 of 1 replicas acknowledged it" in str(exc)
+            try:
+                spec = Producer(pool, settings).spec(model_name=f"stale-{min_replicas}")
+                acknowledged.append((await RunStore(pool, settings.queue_name).create(spec)).id)
+            except NotReplicated:
+                pass
+            await asyncio.to_thread(ha.kill_primary, stale_replica=True)
+            texts = [c.text for c in await feedback.after("moderation", 0)]
+            runs = [r.id for r in await RunStore(pool, settings.queue_name).list(20)]
+            there = {"correction": stale_text in texts} | {run_id: True for run_id in runs}
+            kept = [what for what in acknowledged if there.get(what)]
+            assert f"before the pause, {min_replicas}" in texts and before[1]
+            outcomes[min_replicas] = (acknowledged, kept)
+            await pool.aclose()
+    finally:
+        ha.stop()
+    acknowledged, kept = outcomes[1]
+    assert acknowledged == [] and kept == []  # refused, so the caller knows to try again
+    acknowledged, kept = outcomes[0]
+    assert len(acknowledged) == 2 and kept == []  # acknowledged, then lost with the primary
+
+
+def correction(text: str) -> Correction:
+    return Correction(model_name="moderation", text=text, labels=["toxicity"], at=datetime.now(UTC))
