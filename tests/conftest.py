@@ -27,6 +27,7 @@ for _name in list(os.environ):
 # (pytest-xdist hands tests out in collection order). Keep in step with the slowest list
 # printed at the end of each run.
 LONGEST_FIRST = (
+    "test_failover.py::",
     "test_secrets.py::",
     "test_scale_out.py::",
     "test_chaos.py::",

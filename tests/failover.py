@@ -45,7 +45,7 @@ class ReplicatedRedis:
             for _ in range(3)
         ]
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"  # url_for(db): another database
         self.failovers: list[float] = []  # seconds from each kill to a new primary named
         self.outages: list[tuple[float, float]] = []  # monotonic: killed, pair whole again
 
@@ -59,6 +59,9 @@ class ReplicatedRedis:
         while not all(self._knows_everyone(s) for s in self.sentinels):  # hello messages
             assert time.monotonic() < deadline, "the sentinels did not find each other"
             time.sleep(0.05)
+
+    def url_for(self, db: int) -> str:
+        return f"{self.url.rsplit('/', 1)[0]}/{db}"
 
     def stop(self) -> None:
         for process in [*self.sentinels, *self.servers]:
@@ -197,24 +200,34 @@ def _correct(url: str, stop: threading.Event, accepted: list[str], refused: Coun
 
 
 async def run_failover(
-    work: Path, *, min_replicas: int = 1, rows: int = 2000, say=print
+    work: Path,
+    *,
+    min_replicas: int = 1,
+    rows: int = 2000,
+    ha: ReplicatedRedis | None = None,
+    db: int = 0,
+    say=print,
 ) -> FailoverReport:
     """A champion trained and served; then three local runs and a Mistral run (emulator) on
     two workers while ``serve`` answers moderation requests and takes corrections; the
     primary SIGKILLed while they train and again while one evaluates; then the next build
-    of the corrected model."""
+    of the corrected model. ``ha``: a ReplicatedRedis to use (its database ``db``; else one
+    is started, and stopped at the end)."""
     begin = time.monotonic()
-    ha = ReplicatedRedis(work)
-    ha.start()
+    own = ha is None
+    if ha is None:
+        ha = ReplicatedRedis(work)
+        ha.start()
+    failovers_before = len(ha.failovers)
     emulator = MistralEmulator(api_key=KEY)
     emulator.timing = Timing(step=1.5, checkpoints=5)  # 9 s of training
     emulator.__enter__()
     settings = settings_for(
-        ha.url,
+        ha.url_for(db),
         work / "data",
         source=f"synthetic:{rows}",
         local_grid="off",
-        worker_lease=10,  # a trainer's lease: a failover (about 2.5 s) is well inside it
+        worker_lease=20,  # a trainer goes on 15 s without a replica: a failover takes 2-5 s
         redis_min_replicas=min_replicas,
         mistral_api_key=KEY,
         mistral_server_url=emulator.url,
@@ -365,7 +378,8 @@ async def run_failover(
         ),
     }
     await producer.redis.aclose()
-    ha.stop()
+    if own:
+        ha.stop()
     return FailoverReport(
         states={r.id: str(r.state) for r in finished},
         errors={r.id: r.error or "" for r in finished if str(r.state) != "succeeded"},
@@ -376,12 +390,12 @@ async def run_failover(
         moderation_in_outages=Counter(
             status
             for sent, status in moderation
-            if any(killed <= sent <= whole for killed, whole in ha.outages)
+            if any(killed <= sent <= whole for killed, whole in ha.outages[failovers_before:])
         ),
         corrections_accepted=len(accepted),
         corrections_refused=refused,
         corrections_missing=missing,
-        failovers=ha.failovers,
+        failovers=ha.failovers[failovers_before:],
         job_taken=job_taken,
         training_looked_at=looked_at,
         wall=time.monotonic() - begin,

@@ -1,4 +1,5 @@
-"""docker-compose.yml, Dockerfile and .env.example, checked statically (no Docker engine here)."""
+"""docker-compose.yml, docker-compose.ha.yml, Dockerfile and .env.example, checked statically
+(no Docker engine here; the sentinels' configuration by a real sentinel)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
+from modfactory.redis_connections import parse_redis_url
 from modfactory.settings import Settings
+from redis_process import RedisProcess, SentinelProcess
 
 pytestmark = pytest.mark.slow  # every service's command is run for its --help
 
@@ -67,3 +71,56 @@ def test_the_image_starts_a_worker_and_env_example_lists_every_setting() -> None
     assert "pip install --no-cache-dir '.[s3,mistral]'" in dockerfile  # S3, and Mistral
     listed = set(re.findall(r"^# ?([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert listed == SETTINGS
+
+
+def test_the_ha_file_runs_a_primary_a_replica_three_sentinels_and_points_everyone_at_them(
+    tmp_path: Path,
+) -> None:
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    ha = yaml.safe_load((ROOT / "docker-compose.ha.yml").read_text())
+    services = ha["services"]
+    sentinels = sorted(name for name in services if name.startswith("sentinel-"))
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    replica = services["redis-replica"]["command"]
+    assert replica[:4] == ["redis-server", "--replicaof", "redis", "6379"]
+    for server in ("redis", "redis-replica"):
+        command = services[server]["command"]
+        assert command[0] == "redis-server" and "--appendonly" in command
+        assert command[command.index("--repl-diskless-sync-delay") + 1] == "0"
+    for name in ("worker", "webhook"):  # overrides of services the base file defines
+        assert name in base
+        environment = services[name]["environment"]
+        target = parse_redis_url(environment["MODFACTORY_REDIS_URL"])
+        assert target.sentinel and target.service == "modfactory"
+        assert sorted(host for host, _ in target.hosts) == sentinels
+        assert {port for _, port in target.hosts} == {26379}
+        assert environment["MODFACTORY_REDIS_MIN_REPLICAS"] == "1"
+        named = {k.removeprefix("MODFACTORY_").lower(): v for k, v in environment.items()}
+        assert Settings(**named).redis_min_replicas == 1
+        assert set(sentinels) <= set(services[name]["depends_on"])
+    assert "redis-replica-data" in ha["volumes"]
+
+    # the sentinels' configuration, as their command writes it, is one a real sentinel takes
+    script = services["sentinel-1"]["command"][0]
+    lines = re.findall(r"'([^']*)'", script.split(">")[0])[1:]
+    assert "sentinel monitor modfactory redis 6379 2" in lines
+    assert script.rstrip().endswith("exec redis-server /tmp/sentinel.conf --sentinel")
+    primary = RedisProcess(tmp_path / "primary")
+    primary.start()
+    sentinel = SentinelProcess(tmp_path / "sentinel", primary, "modfactory")
+    sentinel.lines = [
+        line.replace("6379", str(primary.port)).replace(" redis ", " 127.0.0.1 ")
+        if "monitor" in line
+        else f"port {sentinel.port}"
+        if line.startswith("port ")
+        else line
+        for line in lines
+    ]
+    try:
+        sentinel.start()
+        answer = redis.Redis(port=sentinel.port).sentinel_master("modfactory")
+        assert answer["port"] == primary.port and answer["quorum"] == 2
+        assert answer["down-after-milliseconds"] == 5000
+    finally:
+        sentinel.stop()
+        primary.stop()
