@@ -227,6 +227,7 @@ async def run_failover(
         work / "data",
         source=f"synthetic:{rows}",
         local_grid="off",
+        job_timeout=30,  # a look waits out a failover well inside its limit (half of this)
         worker_lease=20,  # a trainer goes on 15 s without a replica: a failover takes 2-5 s
         redis_min_replicas=min_replicas,
         mistral_api_key=KEY,

@@ -34,6 +34,7 @@ from modfactory.stages.feedback import all_corrections
 from modfactory.store.feedback import Correction, FeedbackLog
 from modfactory.triggers.feedback import retrain_if_due
 from modfactory.values import RecipeParams
+from modfactory.web import app as web_app
 from modfactory.web.app import create_app
 
 REVIEW = "review-token-0123456789abcdef0123456789"
@@ -243,6 +244,23 @@ def test_a_correction_is_accepted_once_and_bad_ones_are_refused_storing_nothing(
         assert answer.status_code == status, (case, answer.text)
         assert named in answer.json()["error"], (case, answer.text)
     assert stored(settings) == 1  # none of them stored anything
+
+
+def test_a_correction_no_replica_holds_is_refused_with_503_not_acknowledged(
+    redis_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MODFACTORY_REDIS_MIN_REPLICAS=1 and a Redis with no replica: the correction is written
+    but never acknowledged — 503, to be tried again (its request id stores it once)."""
+    monkeypatch.setattr(web_app, "SERVE_PATIENCE", 0.2)  # how long a request waits
+    settings = settings_for(
+        redis_db, tmp_path / "data", review_token=REVIEW, serve_token=SERVE, redis_min_replicas=1,
+        label_columns=("toxicity", "insult"),
+    )  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        answer = send(client, {"input": "you zorblax", "labels": {"toxicity": True}})
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert "0 of 1 replicas acknowledged it" in answer.json()["error"]
+    assert "MODFACTORY_REDIS_MIN_REPLICAS" in answer.json()["error"]
 
 
 @pytest.mark.parametrize("api", [5], indirect=True)

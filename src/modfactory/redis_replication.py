@@ -42,23 +42,30 @@ def _give_up(what: str, got: int, need: int, waited: float) -> NotReplicated:
     )
 
 
+def _wait_ms(until: float) -> int:
+    """One WAIT's time-out: at most WAIT_MS, at most what is left until ``until``."""
+    return max(1, min(WAIT_MS, int((until - time.monotonic()) * 1000)))
+
+
+def _until(redis: Any) -> float:
+    return time.monotonic() + float(getattr(redis, "patience", 0) or 0)
+
+
 async def replicated(redis: Any, what: str) -> None:
     """Return once ``wanted(redis)`` replicas hold every write made before this call."""
     need = wanted(redis)
     if not need:
         return
-    started = time.monotonic()
-    patience = float(getattr(redis, "patience", 0) or 0)
+    started, until = time.monotonic(), _until(redis)
     while True:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.incr(PROBE_KEY)
-            pipe.execute_command("WAIT", need, WAIT_MS)
+            pipe.execute_command("WAIT", need, _wait_ms(until))
             _, got = await pipe.execute()
-        waited = time.monotonic() - started
         if got >= need:
             return
-        if waited >= patience:
-            raise _give_up(what, got, need, waited)
+        if time.monotonic() >= until:
+            raise _give_up(what, got, need, time.monotonic() - started)
 
 
 def replicated_sync(redis: Any, what: str, until: float | None = None) -> None:
@@ -67,14 +74,11 @@ def replicated_sync(redis: Any, what: str, until: float | None = None) -> None:
     need = wanted(redis)
     if not need:
         return
-    started = time.monotonic()
-    if until is None:
-        until = started + float(getattr(redis, "patience", 0) or 0)
+    started, until = time.monotonic(), _until(redis) if until is None else until
     while True:
-        left_ms = max(1, min(WAIT_MS, int((until - time.monotonic()) * 1000)))
         with redis.pipeline(transaction=False) as pipe:
             pipe.incr(PROBE_KEY)
-            pipe.execute_command("WAIT", need, left_ms)
+            pipe.execute_command("WAIT", need, _wait_ms(until))
             _, got = pipe.execute()
         if got >= need:
             return

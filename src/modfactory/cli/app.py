@@ -180,10 +180,12 @@ def run_command(coro: Any) -> Any:
     """
 
     from pydantic import ValidationError
+    from redis.exceptions import RedisError
 
     from modfactory.artifacts import ArtifactError
     from modfactory.backends import BackendError
     from modfactory.data.recipe import RecipeError
+    from modfactory.redis_replication import NotReplicated
     from modfactory.store.embedded_redis import EmbeddedRedisError
     from modfactory.store.registry import RegistryError
     from modfactory.store.run import ActiveRunExists, RunNotFound, RunStateError
@@ -209,6 +211,15 @@ def run_command(coro: Any) -> Any:
         RegistryError,
     ) as exc:
         print_error(exc)
+        raise typer.Exit(2) from None
+    except NotReplicated as exc:
+        print_error(exc)
+        raise typer.Exit(2) from None
+    except RedisError as exc:  # away longer than a command waits (CLI_PATIENCE)
+        print_error(
+            f"Redis unreachable for {CLI_PATIENCE:g} s (MODFACTORY_REDIS_URL): "
+            f"{type(exc).__name__}: {exc}; nothing acknowledged was lost: try again"
+        )
         raise typer.Exit(2) from None
     except ValidationError as exc:  # a recipe number out of range: one line naming it
         first = exc.errors()[0]

@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modfactory.redis_replication import NotReplicated
+
 log = logging.getLogger("modfactory.web")
 
 
@@ -49,8 +51,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def redis_down(request: Request, exc: Exception) -> Response:
+    """503, to be tried again: Redis unreachable, or a write it took not yet replicated
+    (MODFACTORY_REDIS_MIN_REPLICAS) — either way nothing was acknowledged."""
+    if isinstance(exc, NotReplicated):
+        log.warning("not acknowledged: %s", exc)
+        return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "1"})
     log.warning("Redis unreachable: %s", type(exc).__name__)
-    return JSONResponse({"error": "Redis is unreachable (MODFACTORY_REDIS_URL)"}, 503)
+    return JSONResponse(
+        {"error": "Redis is unreachable (MODFACTORY_REDIS_URL)"}, 503, headers={"Retry-After": "1"}
+    )
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
