@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -38,11 +40,13 @@ class ReplicatedRedis:
     def __init__(self, work: Path, *, down_after_ms: int = 1000) -> None:
         self.servers = [RedisProcess(work / "redis-a"), RedisProcess(work / "redis-b")]
         self.servers[1].replica_of = self.servers[0].port
+        # A sentinel fsyncs its state file at every change: on a busy disk that stalls it
+        # past down-after-milliseconds, and it then takes a healthy primary for dead.
+        shm = Path("/dev/shm")
+        self._state = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() else work))
+        watch = {"quorum": 2, "down_after_ms": down_after_ms, "ping_period_ms": 500}
         self.sentinels = [
-            SentinelProcess(
-                work / "sentinels", self.servers[0], SERVICE, quorum=2, down_after_ms=down_after_ms
-            )
-            for _ in range(3)
+            SentinelProcess(self._state, self.servers[0], SERVICE, **watch) for _ in range(3)
         ]
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"  # url_for(db): another database
@@ -66,6 +70,7 @@ class ReplicatedRedis:
     def stop(self) -> None:
         for process in [*self.sentinels, *self.servers]:
             process.stop()
+        shutil.rmtree(self._state, ignore_errors=True)
 
     def _ask(self, sentinel: SentinelProcess) -> sync_redis.Redis:
         return sync_redis.Redis(port=sentinel.port, socket_timeout=2, decode_responses=True)
@@ -228,7 +233,8 @@ async def run_failover(
         source=f"synthetic:{rows}",
         local_grid="off",
         job_timeout=30,  # a look waits out a failover well inside its limit (half of this)
-        worker_lease=20,  # a trainer goes on 15 s without a replica: a failover takes 2-5 s
+        worker_lease=30,  # a trainer works through 12.5 s away: a failover takes 2-3 s, or
+        # about 9 s when the sentinels' first election is split (each voted for itself)
         redis_min_replicas=min_replicas,
         mistral_api_key=KEY,
         mistral_server_url=emulator.url,
@@ -289,7 +295,13 @@ async def run_failover(
                     if condition(runs):
                         break
                     if all(r.state.terminal for r in runs):
-                        raise AssertionError(f"the runs ended before {what}")
+                        trained = {
+                            r.spec.model_name: (
+                                r.stages["train"].started_at, r.stages["train"].finished_at
+                            )
+                            for r in runs
+                        }  # fmt: skip
+                        raise AssertionError(f"the runs ended before {what}: trained {trained}")
                     await asyncio.sleep(0.1)
                 kills_at.append("; ".join(f"{r.spec.model_name}: {r.current_stage}" for r in runs))
                 seqs = {r.id: r.training.poll_seq for r in runs}
@@ -313,14 +325,12 @@ async def run_failover(
                 job_taken.append(taken)
                 looked_at.append(looked)
 
-            def training(runs) -> bool:
+            def training(runs) -> bool:  # seen running by the last look at its job
+                def running(run) -> bool:
+                    return run.current_stage == "train" and run.training.status == "RUNNING"
+
                 mistral = next(r for r in runs if r.id == mistral_id)
-                local = [r for r in runs if r.id != mistral_id]
-                return (
-                    mistral.current_stage == "train"
-                    and mistral.training.checkpoints
-                    and any(r.current_stage == "train" and r.training.checkpoints for r in local)
-                )
+                return running(mistral) and any(running(r) for r in runs if r.id != mistral_id)
 
             await kill_when(training, "while the runs train")
             await kill_when(
@@ -355,6 +365,10 @@ async def run_failover(
                     }
             missing = [t for t in accepted if t not in texts]
             await producer.cancel(following.id)
+    except BaseException:
+        if own:
+            ha.stop()  # the Redis set started here ends with the run, however it ends
+        raise
     finally:
         stop.set()
         emulator.__exit__(None, None, None)

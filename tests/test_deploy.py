@@ -12,6 +12,7 @@ import pytest
 import redis
 import yaml
 
+from modfactory.backends.local.jobs import outage_ridden_out
 from modfactory.redis_connections import parse_redis_url
 from modfactory.settings import Settings
 from redis_process import RedisProcess, SentinelProcess
@@ -87,6 +88,13 @@ def test_the_ha_file_runs_a_primary_a_replica_three_sentinels_and_points_everyon
         command = services[server]["command"]
         assert command[0] == "redis-server" and "--appendonly" in command
         assert command[command.index("--repl-diskless-sync-delay") + 1] == "0"
+    script = services["sentinel-1"]["command"][0]
+    lines = re.findall(r"'([^']*)'", script.split(">")[0])[1:]  # the sentinels' config
+    down_after_s = next(
+        int(line.split()[-1]) / 1000
+        for line in lines
+        if line.startswith("sentinel down-after-milliseconds ")
+    )
     for name in ("worker", "webhook"):  # overrides of services the base file defines
         assert name in base
         environment = services[name]["environment"]
@@ -97,12 +105,12 @@ def test_the_ha_file_runs_a_primary_a_replica_three_sentinels_and_points_everyon
         assert environment["MODFACTORY_REDIS_MIN_REPLICAS"] == "1"
         named = {k.removeprefix("MODFACTORY_").lower(): v for k, v in environment.items()}
         assert Settings(**named).redis_min_replicas == 1
+        # a trainer works through a failover: down-after, an election, and then some
+        assert outage_ridden_out(Settings(**named).worker_lease) >= 4 * down_after_s
         assert set(sentinels) <= set(services[name]["depends_on"])
     assert "redis-replica-data" in ha["volumes"]
 
     # the sentinels' configuration, as their command writes it, is one a real sentinel takes
-    script = services["sentinel-1"]["command"][0]
-    lines = re.findall(r"'([^']*)'", script.split(">")[0])[1:]
     assert "sentinel monitor modfactory redis 6379 2" in lines
     assert script.rstrip().endswith("exec redis-server /tmp/sentinel.conf --sentinel")
     primary = RedisProcess(tmp_path / "primary")

@@ -36,7 +36,7 @@ async def test_a_write_no_replica_holds_is_refused_and_with_none_asked_for_nothi
     assert (await RunStore(plain, settings.queue_name).get(run.id)).id == run.id
     await plain.aclose()
     nowhere = async_client(f"redis://127.0.0.1:{free_port()}/0", patience=0)
-    await replicated(nowhere, "nothing")  # none asked for: not even a command is sent
+    await replicated(nowhere, "nothing", None)  # none asked for: not even a command is sent
 
 
 def test_a_trainer_away_from_redis_gives_up_its_lease_before_it_can_lapse() -> None:

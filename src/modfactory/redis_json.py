@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from modfactory.redis_replication import replicated
+from modfactory.redis_replication import read_history, replicated
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,10 +37,12 @@ async def update_document(
         async with redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(key)
+                history = await read_history(pipe, redis)
                 document = load(await pipe.get(key))
                 if not change(document):
                     await pipe.unwatch()
-                    await replicated(redis, f"the read of {key}")  # acted on: not to be lost
+                    # acted on, so not to be lost
+                    await replicated(redis, f"the read of {key}", history)
                     return document, False
                 if guard is not None:
                     await guard(pipe, document)
@@ -51,5 +53,5 @@ async def update_document(
                 await pipe.execute()
             except WatchError:
                 continue
-        await replicated(redis, f"the write of {key}")
+        await replicated(redis, f"the write of {key}", history)
         return document, True

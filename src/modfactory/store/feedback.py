@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from modfactory.redis_replication import replicated
+from modfactory.redis_replication import note_history, replicated
 
 REQUEST_IDS_KEPT = 7 * 86_400  # seconds a request id is remembered (retries come sooner)
 
@@ -67,7 +67,6 @@ class FeedbackLog:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._add = redis.register_script(_ADD)
         self._restore = redis.register_script(_RESTORE)
 
     def _log(self, model_name: str) -> str:
@@ -88,11 +87,13 @@ class FeedbackLog:
             digest = hashlib.sha256(correction.request_id.encode()).hexdigest()[:32]
             request_key = f"{self.prefix}:feedback-request:{name}:{digest}"
         body = correction.model_dump_json(exclude={"seq"})
-        seq, stored_id = await self._add(
-            keys=[self._log(name), self._seq(name), request_key, f"{self.prefix}:feedback-models"],
-            args=[body, correction.id, name, REQUEST_IDS_KEPT],
-        )
-        await replicated(self.redis, f"correction {correction.id}")
+        keys = [self._log(name), self._seq(name), request_key, f"{self.prefix}:feedback-models"]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.eval(_ADD, len(keys), *keys, body, correction.id, name, REQUEST_IDS_KEPT)
+            noted = note_history(pipe, self.redis)
+            answers = await pipe.execute()
+        (seq, stored_id), history = answers[0], answers[-1] if noted else None
+        await replicated(self.redis, f"correction {correction.id}", history)
         return stored_id.decode() if isinstance(stored_id, bytes) else stored_id, seq != 0
 
     async def count(self, model_name: str) -> int:

@@ -24,7 +24,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from modfactory.redis_json import update_document
-from modfactory.redis_replication import replicated
+from modfactory.redis_replication import note_history, replicated
 from modfactory.store.registry import ModelRecord, load_record
 from modfactory.store.run import (
     ChampionChanged,
@@ -64,11 +64,13 @@ class RunStore(RunQueries):
                     pipe.hincrby(self.state_counts_key, str(run.state), 1)
                     if exclusive:
                         pipe.set(self._slot(spec.model_name), run.id)
-                    await pipe.execute()
+                    noted = note_history(pipe, self.redis)
+                    answers = await pipe.execute()
+                    history = answers[-1] if noted else None
                     break
                 except WatchError:
                     continue
-        await replicated(self.redis, f"the creation of run {run.id}")
+        await replicated(self.redis, f"the creation of run {run.id}", history)
         run._log_events()
         return run
 

@@ -24,7 +24,12 @@ from redis.exceptions import RedisError
 
 from modfactory.artifacts import backend_key
 from modfactory.redis_json import update_document
-from modfactory.redis_replication import NotReplicated, replicated, replicated_sync
+from modfactory.redis_replication import (
+    NotReplicated,
+    note_history,
+    replicated,
+    replicated_sync,
+)
 from modfactory.values import JobStatus
 
 if TYPE_CHECKING:
@@ -145,10 +150,15 @@ class JobRecords:
         """Take the job's lease for a trainer about to start; False when one holds it, or
         when it is not replicated in time (a lease a failover may lose starts no trainer)."""
         key = job_key(self.prefix, job_id, "trainer")
-        if not await self.redis.set(key, token, nx=True, px=int(seconds * 1000)):
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, token, nx=True, px=int(seconds * 1000))
+            noted = note_history(pipe, self.redis)
+            answers = await pipe.execute()
+        taken, history = answers[0], answers[-1] if noted else None
+        if not taken:
             return False
         try:
-            await replicated(self.redis, f"the trainer lease of local job {job_id}")
+            await replicated(self.redis, f"the trainer lease of local job {job_id}", history)
         except NotReplicated as exc:
             log.warning("%s: no trainer started", exc)
             with contextlib.suppress(RedisError):
@@ -162,6 +172,12 @@ class LeaseLost(Exception):
 
 
 SAFE_SHARE = 0.75  # of a lease: how long after its last renewal a trainer may go on
+RENEW_SHARE = 1 / 3  # of a lease: how often a trainer renews it
+
+
+def outage_ridden_out(lease_seconds: float) -> float:
+    """The longest Redis outage (a failover) a trainer works through: past it, it stops."""
+    return lease_seconds * (SAFE_SHARE - RENEW_SHARE)
 
 
 class TrainerLease:
@@ -212,37 +228,52 @@ class TrainerLease:
         raw = self._patiently(lambda: self.redis.get(job_key(self.prefix, self.job_id, "progress")))
         return TrainerProgress.model_validate_json(raw) if raw else TrainerProgress()
 
-    def _while_held(self, also: Any) -> bool:
+    def _held(self, also: Any) -> Any:
         """Run ``also(pipe)`` in a transaction that holds only if the lease is still ours
-        (a concurrent change of the key, e.g. our own renewal, is no loss: try again)."""
+        (a concurrent change of the key, e.g. our own renewal, is no loss: try again).
+        False when the lease is no longer ours, else the primary's replication history it
+        ran in (``note_history``; True when the client waits for no replica)."""
         from redis.exceptions import WatchError
 
-        def attempt() -> bool:
-            while True:
-                with self.redis.pipeline() as pipe:
-                    try:
-                        pipe.watch(self.key)
-                        if pipe.get(self.key) != self.token:
-                            return False
-                        pipe.multi()
-                        also(pipe)
-                        pipe.execute()
-                        return True
-                    except WatchError:
-                        continue
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(self.key)
+                    if pipe.get(self.key) != self.token:
+                        return False
+                    pipe.multi()
+                    also(pipe)
+                    noted = note_history(pipe, self.redis)
+                    answers = pipe.execute()
+                    return answers[-1] if noted else True
+                except WatchError:
+                    continue
 
+    def _still_safe(self) -> None:
         if time.monotonic() > self.safe_until:
             raise LeaseLost("the lease was not renewed in time")
-        return bool(self._patiently(attempt))
+
+    def _while_held(self, also: Any) -> bool:
+        """``_held(also)``, patiently, while the lease is safe: False if it is not ours."""
+        self._still_safe()
+        return self._patiently(lambda: self._held(also)) is not False
 
     def renew(self) -> bool:
         """Extend the lease; False when it is no longer ours (lapsed, or taken by another).
-        LeaseLost when it cannot be renewed and replicated in time."""
+        LeaseLost when it cannot be renewed and replicated in time. A renewal the primary
+        took but that a failover may lose is made again, on the new primary."""
         sent = time.monotonic()
-        if not self._while_held(lambda pipe: pipe.pexpire(self.key, int(self.seconds * 1000))):
-            return False
         what = f"the lease of local job {self.job_id}"
-        self._patiently(lambda: replicated_sync(self.redis, what, self.safe_until))
+
+        def renewed() -> bool:
+            history = self._held(lambda pipe: pipe.pexpire(self.key, int(self.seconds * 1000)))
+            if history is not False:
+                replicated_sync(self.redis, what, history, self.safe_until)
+            return history is not False
+
+        self._still_safe()
+        if not self._patiently(renewed):
+            return False
         self.safe_until = sent + self.seconds * SAFE_SHARE
         return True
 

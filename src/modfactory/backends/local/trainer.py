@@ -38,6 +38,7 @@ from typing import Any, NoReturn, TypeVar
 from modfactory.artifacts import ArtifactNotFound, ArtifactStore, ArtifactsUnavailable
 from modfactory.backends.local.jobs import (
     CONFIG_ENV,
+    RENEW_SHARE,
     LeaseLost,
     LocalJob,
     TrainerLease,
@@ -105,7 +106,7 @@ class Trainer:
         once when the lease is lost, or when the job is cancelled or overdue."""
         last = time.monotonic()
         while True:
-            time.sleep(self.lease_seconds / 3)
+            time.sleep(self.lease_seconds * RENEW_SHARE)
             try:
                 if not self.lease.renew():
                     lost(f"not renewed for {time.monotonic() - last:.1f} s")
