@@ -59,7 +59,8 @@ def main() -> None:
             f"{len(report.corrections_missing)} missing from the next build"
         )
         print(
-            f"  Mistral run: {report.mistral}; local trainers started {report.trainer_starts}, "
+            f"  Mistral run: {report.mistral}; local trainers ran {report.trainers_ran} "
+            f"(leases taken {report.trainer_starts}), "
             f"finished {report.trainers_finished}"
         )
     print()

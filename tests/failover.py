@@ -158,7 +158,8 @@ class FailoverReport:
     states: dict[str, str]  # run id -> state, the four runs in flight
     errors: dict[str, str]
     mistral: dict[str, int]  # jobs, starts, uploads of the Mistral run
-    trainer_starts: list[int]  # per local run: trainers started for its job
+    trainer_starts: list[int]  # per local run: leases taken to start a trainer (tries)
+    trainers_ran: list[int]  # per local run: trainer processes that ran (each counts itself)
     trainers_finished: list[str]  # per local run: its trainer's last state
     moderation: Counter[int]  # status -> answers, of every request sent meanwhile
     moderation_in_outages: Counter[int]  # of those sent from a kill to the pair whole again
@@ -374,13 +375,15 @@ async def run_failover(
         emulator.__exit__(None, None, None)
 
     records = JobRecords(producer.redis, settings.queue_name)
-    starts, finished_states = [], []
+    starts, ran, finished_states = [], [], []
     for run in finished:
         if run.id == mistral_id:
             continue
         job_id = run.artifacts.training_job_id
         starts.append((await records.get(job_id)).trainer_starts)
-        finished_states.append((await records.progress(job_id)).state)
+        progress = await records.progress(job_id)
+        ran.append(progress.trainer)
+        finished_states.append(progress.state)
     run_of_file = {fid: f["filename"].rsplit("-", 1)[0] for fid, f in emulator.files.items()}
     mistral = {
         "jobs": sum(
@@ -400,6 +403,7 @@ async def run_failover(
         errors={r.id: r.error or "" for r in finished if str(r.state) != "succeeded"},
         mistral=mistral,
         trainer_starts=starts,
+        trainers_ran=ran,
         trainers_finished=finished_states,
         moderation=Counter(status for _, status in moderation),
         moderation_in_outages=Counter(

@@ -18,10 +18,11 @@ from redis.asyncio import Redis
 from modfactory.artifacts import ArtifactStore
 from modfactory.backends.base import BackendError, JobRequest
 from modfactory.backends.local.backend import MIN_LEASE, LocalBackend
-from modfactory.backends.local.jobs import JobRecords
+from modfactory.backends.local.jobs import JobRecords, started_once
 from modfactory.backends.local.trainer import CONFIG_ENV, LOST, PAUSE_ENV
 from modfactory.data.build import build_dataset
 from modfactory.data.sources import parse_source
+from modfactory.redis_replication import NotReplicated
 from modfactory.settings import Settings
 from modfactory.values import JobStatus, RecipeParams, TrainingJob
 
@@ -124,6 +125,7 @@ async def test_train_then_classify(tmp_path: Path, dataset: Path, local) -> None
     await backend.get_job(job.id)
     assert model.stat().st_mtime_ns == mtime
     assert (await record(backend, job.id)).trainer_starts == 1
+    assert (await backend.records.progress(job.id)).trainer == 1
 
     # Another process with the same settings (serving, say) reads the model from the store.
     elsewhere = LocalBackend(ArtifactStore(tmp_path))
@@ -143,6 +145,7 @@ async def test_a_killed_trainer_is_started_again_once_its_lease_lapses(
     restarted = await wait_for(backend, job.id, lambda j: j.terminal, timeout=180)
     assert restarted.status == JobStatus.SUCCESS
     assert (await record(backend, job.id)).trainer_starts == 2
+    assert (await backend.records.progress(job.id)).trainer == 2  # the second counted itself
     assert len(restarted.checkpoints) == len(restarted.classifier_targets[0].labels)
 
 
@@ -222,6 +225,34 @@ async def test_cancelling_a_job_kills_its_trainer_at_once(
         assert time.monotonic() < deadline, "the trainer outlived its cancelled job"
         await asyncio.sleep(0.02)
     assert (await backend.cancel_job(job.id)).status == JobStatus.CANCELLED  # idempotent
+
+
+async def test_a_start_whose_count_is_not_written_leaves_no_lease_and_no_trainer(
+    dataset: Path, slow_trainer, local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is taken, then counting the start fails (a failover): no trainer starts,
+    the lease is handed back, and the next look starts the one trainer at once."""
+    slow_trainer(1000)
+    backend = local(grid="off")
+    job = await submit(backend, dataset, "runcount")
+    records = backend.records
+    update = records.update
+
+    async def refused(job_id: str, change):
+        if change is started_once:
+            raise NotReplicated("the Redis primary changed before its replicas acknowledged it")
+        return await update(job_id, change)
+
+    monkeypatch.setattr(records, "update", refused)
+    with pytest.raises(NotReplicated):
+        await backend.start_job(job.id)
+    assert backend._trainers == [] and await records.trainer(job.id) is None
+
+    monkeypatch.setattr(records, "update", update)
+    await backend.get_job(job.id)  # no lease to wait out
+    await wait_for(backend, job.id, lambda j: len(j.checkpoints) >= 1)
+    assert len(backend._trainers) == 1 and (await records.progress(job.id)).trainer == 1
+    await backend.cancel_job(job.id)
 
 
 async def test_a_trainer_past_its_timeout_is_stopped_and_the_job_fails_naming_it(

@@ -326,7 +326,12 @@ class LocalBackend(Backend):
         token = new_token()  # the lease covers the trainer's start-up; then it renews it
         if not await self._records().take_lease(job_id, token, max(self.lease, STARTUP)):
             return
-        await self._records().update(job_id, started_once)
+        try:
+            await self._records().update(job_id, started_once)
+        except BaseException:  # no trainer under it: the next look need not wait it out
+            with contextlib.suppress(Exception):
+                await release_lease(self._records().redis, self._records().prefix, job_id, token)
+            raise
         await asyncio.to_thread(_keep_newest, self._log_path(job_id).parent, KEPT_LOGS - 1)
         env = {**os.environ, CONFIG_ENV: json.dumps(self._trainer_config)}
         with self._log_path(job_id).open("ab") as log:

@@ -50,7 +50,7 @@ class LocalJob(BaseModel):
     grid: str = "small"
     labels: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    trainer_starts: int = 0
+    trainer_starts: int = 0  # leases taken to start a trainer (tries: at most MAX_TRAINER_STARTS)
     deadline: float | None = None  # Unix time the trainer must be done by
     deadline_seconds: float | None = None
     error: str | None = None
@@ -60,6 +60,7 @@ class TrainerProgress(BaseModel):
     """What the trainer holding the lease reports: a checkpoint per candidate fitted."""
 
     state: Literal["running", "succeeded", "failed", "cancelled"] = "running"
+    trainer: int = 0  # which trainer of the job reports: 1 the first that ran, 2 the next…
     host: str = ""
     pid: int = 0
     started_at: datetime | None = None

@@ -145,8 +145,14 @@ class Trainer:
         from modfactory.backends.local.selection import Stopped, choices_json, fit_all
 
         job = self.lease.job()
+        self.progress.trainer = self.lease.progress().trainer + 1  # it counts itself
         self.progress.started_at = now()
         self.report()
+        print(
+            f"trainer {self.progress.trainer} of job {job.id}: "
+            f"{self.progress.host}, pid {self.progress.pid}",
+            flush=True,
+        )
         if self.patiently(lambda: self.store.exists(model_key(job.id))):
             return self.finish("succeeded")  # saved by a trainer lost just after
         train_data = self.split(job.training_file, job.target)
