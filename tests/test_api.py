@@ -100,7 +100,7 @@ async def test_a_signed_trigger_creates_a_queued_run(server: str, settings: Sett
 @pytest.mark.parametrize(
     ("case", "status", "message"),
     [
-        ("no signature", 401, "unauthenticated: send X-Modfactory-Timestamp"),
+        ("no signature", 401, "X-Modfactory-Timestamp and X-Modfactory-Signature"),
         ("wrong secret", 401, "X-Modfactory-Signature does not match"),
         ("body changed after signing", 401, "X-Modfactory-Signature does not match"),
         ("stale timestamp", 401, "s old; at most 300 s allowed (MODFACTORY_WEBHOOK_TOLERANCE"),
@@ -108,7 +108,7 @@ async def test_a_signed_trigger_creates_a_queued_run(server: str, settings: Sett
         ("timestamp not a number", 401, "must be Unix seconds"),
         ("timestamp in superscript digits", 401, "must be Unix seconds (1 to 12 digits 0-9)"),
         ("timestamp of 5,000 digits", 401, "must be Unix seconds (1 to 12 digits 0-9)"),
-        ("wrong bearer token", 401, "bearer token is not MODFACTORY_WEBHOOK_TOKEN"),
+        ("wrong bearer token", 401, "token is not an account's token or MODFACTORY_WEBHOOK_TOKEN"),
         ("oversized body", 413, "body larger than 65536 bytes (MODFACTORY_WEBHOOK_MAX_BODY)"),
         ("invalid JSON", 422, "body is not valid JSON"),
         ("unknown field", 422, "body field 'modle_name': Extra inputs are not permitted"),
@@ -224,15 +224,17 @@ def test_the_serve_token_scores_but_cannot_retrain_and_the_webhook_token_does_bo
     settings: Settings, tmp_path: Path
 ) -> None:
     """MODFACTORY_SERVE_TOKEN is for scoring clients: /v1/retrain and the runs API refuse
-    it; the webhook token is accepted by the serving endpoints too (no champion yet: 404)."""
+    it (403, naming the role they need); the webhook token is accepted by the serving
+    endpoints too (no champion yet: 404)."""
     serve_token = "serve-only-token-0123456789abcdef0123"
     env = {"MODFACTORY_WEBHOOK_TOKEN": TOKEN, "MODFACTORY_SERVE_TOKEN": serve_token}
     with serve_process(settings, tmp_path / "serve.log", **env) as (_, url):
         as_scorer = {"Authorization": f"Bearer {serve_token}"}
         refused = httpx.post(f"{url}/v1/retrain", content=b"", headers=as_scorer)
-        assert refused.status_code == 401
-        assert "not MODFACTORY_WEBHOOK_TOKEN" in refused.json()["error"]
-        assert httpx.get(f"{url}/v1/runs", headers=as_scorer).status_code == 401
+        assert refused.status_code == 403, refused.text
+        assert "needs the operator role" in refused.json()["error"]
+        assert "MODFACTORY_SERVE_TOKEN" in refused.json()["error"]
+        assert httpx.get(f"{url}/v1/runs", headers=as_scorer).status_code == 403
         for token in (serve_token, TOKEN):
             answer = httpx.post(
                 f"{url}/v1/moderations",

@@ -13,10 +13,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "modfactory"
 # The bottom: the settings (and the grammar of one of them), value types, the backends'
 # names (plugins), the artifact store, Redis connections (the URL's grammar, the one factory
 # of clients), atomic files and JSON documents in Redis, logging, charts (drawn for the data
-# set, the training curve and the evaluation alike).
+# set, the training curve and the evaluation alike), the table of roles.
 BASE = {"settings", "crontab", "values", "plugins", "artifacts", "fileio", "redis_json"}
 BASE |= {"redaction", "logs", "charts", "config", "artifact_keys", "redis_connections"}
-BASE |= {"redis_replication"}
+BASE |= {"redis_replication", "roles"}
 # Each wing, and the wings it may import besides itself and BASE.
 MAY_IMPORT: dict[str, set[str]] = {
     "store": set(),

@@ -218,8 +218,8 @@ SERVE_URL = "/v1/moderations"
 @pytest.mark.parametrize(
     ("case", "status", "message"),
     [
-        ("no token", 401, "send Authorization: Bearer <MODFACTORY_SERVE_TOKEN>"),
-        ("wrong token", 401, "bearer token is not MODFACTORY_SERVE_TOKEN"),
+        ("no token", 401, "Bearer <an account's token or MODFACTORY_SERVE_TOKEN>"),
+        ("wrong token", 401, "token is not an account's token or MODFACTORY_SERVE_TOKEN"),
         ("not JSON", 422, "body is not valid JSON"),
         ("no input", 422, "body field 'input': Field required"),
         ("an unknown field", 422, "body field 'inputs': Extra inputs are not permitted"),

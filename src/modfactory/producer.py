@@ -136,6 +136,15 @@ class Producer:
         await queue.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
         return run
 
+    async def retry(self, run_id: str) -> Run:
+        """Queue a run's failed stage again; the run goes on from it (RunStateError when no
+        stage failed)."""
+        run = await self.store.get(run_id)
+        failed = next((s for s in STAGES if run.stages[s].state == "failed"), None)
+        if failed is None:
+            raise RunStateError(f"run {run_id} has no failed stage to queue again")
+        return await self.enqueue(failed, run_id)
+
     async def approve(self, run_id: str) -> Run:
         """Approve the quoted cost of a run awaiting approval; its training job starts."""
         run = await self.store.approve(run_id)

@@ -10,10 +10,11 @@ has an unfinished run (MODFACTORY_ACTIVE_RUN_POLICY=refuse), 130 interrupted.
 # ``dataset``'s options are made from the recipe's fields (pydantic): imported when used.
 # isort: off
 from modfactory.cli import runs, services, models, classify, review  # noqa: F401
-from modfactory.cli.app import app, dataset_app, feedback_app, lazy_group
+from modfactory.cli.app import app, dataset_app, feedback_app, lazy_group, users_app
 
 # isort: on
 lazy_group(dataset_app, "modfactory.cli.dataset")
 lazy_group(feedback_app, "modfactory.cli.feedback")
+lazy_group(users_app, "modfactory.cli.users")
 
 __all__ = ["app"]

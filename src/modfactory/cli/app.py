@@ -38,9 +38,14 @@ enqueue_app = typer.Typer(help="Queue a new run, or one stage of an existing run
 feedback_app = typer.Typer(
     help="Moderators' corrections: the next run's training and live test data.", **PLAIN_HELP
 )
+users_app = typer.Typer(
+    help="Accounts: a name and a role each (viewer, reviewer, operator, admin), and a token.",
+    **PLAIN_HELP,
+)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(enqueue_app, name="enqueue")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(users_app, name="users")
 
 
 def lazy_group(group: typer.Typer, module: str) -> None:
@@ -186,6 +191,7 @@ def run_command(coro: Any) -> Any:
     from modfactory.backends import BackendError
     from modfactory.data.recipe import RecipeError
     from modfactory.redis_replication import NotReplicated
+    from modfactory.store.accounts import AccountError
     from modfactory.store.embedded_redis import EmbeddedRedisError
     from modfactory.store.registry import RegistryError
     from modfactory.store.run import ActiveRunExists, RunNotFound, RunStateError
@@ -202,6 +208,7 @@ def run_command(coro: Any) -> Any:
         raise typer.Exit(EXIT_ACTIVE_RUN) from None
     except (
         CliError,
+        AccountError,
         ArtifactError,
         RecipeError,
         BackendError,

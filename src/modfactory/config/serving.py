@@ -3,9 +3,11 @@ loop (corrections, the review queue, drift)."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 
@@ -83,3 +85,37 @@ class ServingSettings(BaseModel):
     drift_alert: float = Field(
         0.2, gt=0, description="PSI of a label's served scores that raises modfactory_drift_alert."
     )
+
+    # --- people: accounts and single sign-on behind a proxy ----------------------------
+    auth_proxy_header: str | None = Field(
+        None,
+        description="Request header naming the signed-in account, set by a sign-on proxy "
+        "in front of `modfactory serve` (oauth2-proxy: X-Forwarded-Email); honoured only "
+        "from MODFACTORY_AUTH_PROXY_FROM, ignored from anywhere else.",
+    )
+    auth_proxy_from: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="The proxy's addresses or networks (comma-separated, e.g. "
+        "10.0.0.5,10.1.0.0/16); required with MODFACTORY_AUTH_PROXY_HEADER.",
+    )
+
+    @field_validator("auth_proxy_from", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        """Comma-separated addresses or networks, each checked (ValueError naming it)."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for each in value or ():
+            try:
+                ipaddress.ip_network(str(each), strict=False)
+            except ValueError:
+                example = "e.g. 10.0.0.0/8"
+                raise ValueError(f"{each!r} is not an address or network: {example}") from None
+        return tuple(value or ())
+
+    @field_validator("auth_proxy_header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,100}", value.strip()):
+            raise ValueError(f"{value!r} is not a header name (letters, digits and -)")
+        return value.strip() if value else None

@@ -3,15 +3,16 @@
 
 Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<message>"}``):
 
-- ``POST /v1/retrain`` — signed (see ``auth``) or bearer; optional JSON body
+- ``POST /v1/retrain`` — operator, or signed (see ``auth``); optional JSON body
   (``RetrainRequest``); 202 with the new run, 409 while the model name has an unfinished
   run (200 with that run when MODFACTORY_ACTIVE_RUN_POLICY=coalesce).
-- ``GET /v1/runs``, ``GET /v1/runs/{id}`` — same authentication; the documents
-  ``modfactory runs --json`` / ``status --json`` print.
+- ``GET /v1/runs``, ``GET /v1/runs/{id}`` — the documents ``modfactory runs --json`` /
+  ``status --json`` print; the run actions and the models API are ``actions_api``'s.
+  Who may call what is the role table's (``roles``), asked through ``identity``.
 - ``POST /v1/moderations``, ``POST /v1/classifications`` — the champion's answers, in the
-  shape of Mistral's API (see ``moderation_api``); bearer token only.
+  shape of Mistral's API (see ``moderation_api``); any bearer token (the serve token too).
 - ``POST /v1/feedback``, ``GET /v1/review`` — a moderator's correction, the next run's
-  data, and the queue of served texts to review (``feedback_api``); the review token only.
+  data, and the queue of served texts to review (``feedback_api``); reviewer.
 - ``GET /healthz`` — Redis reachable and a worker heartbeat seen recently (200, else 503).
 - ``/ui`` — the dashboard (``ui``): sign-in with a token, a session cookie, CSRF.
 - ``GET /metrics`` — Prometheus text (see ``monitoring``; the serving counters of this
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,6 +40,7 @@ from modfactory.backends import Backend, BackendError, cached_backend
 from modfactory.data.recipe import RecipeError
 from modfactory.producer import Producer
 from modfactory.redis_connections import redacted
+from modfactory.roles import Action
 from modfactory.serving.champions import ChampionServer
 from modfactory.serving.drift import DriftMeter
 from modfactory.serving.meter import ServeMeter
@@ -47,6 +48,7 @@ from modfactory.serving.review import ReviewSampler
 from modfactory.serving.shadow import Shadow
 from modfactory.settings import Settings
 from modfactory.store import queue
+from modfactory.store.accounts import AccountStore
 from modfactory.store.drift import DriftLog
 from modfactory.store.feedback import RateLimit
 from modfactory.store.health import queued_without_worker, worker_heartbeat
@@ -58,15 +60,8 @@ from modfactory.triggers.webhook import (
     log_retrain,
     retrain_spec,
 )
-from modfactory.web.auth import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    AuthError,
-    ReplayGuard,
-    check_bearer,
-    check_secrets,
-    check_signature,
-)
+from modfactory.web import actions_api
+from modfactory.web.auth import ReplayGuard, check_proxy, check_secrets
 from modfactory.web.errors import (
     ApiError,
     api_error,
@@ -76,6 +71,7 @@ from modfactory.web.errors import (
     unexpected,
 )
 from modfactory.web.feedback_api import feedback, review, review_queue
+from modfactory.web.identity import Accounts, require
 from modfactory.web.moderation_api import classifications, moderations
 from modfactory.web.monitoring import prometheus_text
 from modfactory.web.request_body import read_body
@@ -95,11 +91,16 @@ def create_app(settings: Settings) -> Starlette:
     check_secrets(
         settings.webhook_secret, settings.webhook_token, settings.serve_token, settings.review_token
     )
+    check_proxy(settings.auth_proxy_header, settings.auth_proxy_from)
     app = Starlette(
         routes=[
             Route("/v1/retrain", retrain, methods=["POST"]),
             Route("/v1/runs", list_runs, methods=["GET"]),
             Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+            Route("/v1/runs/{run_id}/{action}", actions_api.run_action, methods=["POST"]),
+            Route("/v1/models", actions_api.list_models, methods=["GET"]),
+            Route("/v1/models/{name}", actions_api.get_model, methods=["GET"]),
+            Route("/v1/models/{name}/{what}", actions_api.model_action, methods=["POST"]),
             Route("/v1/moderations", moderations, methods=["POST"]),
             Route("/v1/classifications", classifications, methods=["POST"]),
             Route("/v1/feedback", feedback, methods=["POST"]),
@@ -142,6 +143,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         raise
     app.state.producer = Producer(pool, settings)
     app.state.replays = ReplayGuard(pool, settings.queue_name, settings.webhook_tolerance)
+    app.state.accounts = accounts = Accounts(AccountStore(pool, settings.queue_name))
+    await accounts.reload()
     app.state.feedback_rate = RateLimit(
         pool, settings.queue_name, "feedback", settings.feedback_rate
     )
@@ -165,11 +168,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.drift = DriftMeter(DriftLog(pool, settings.queue_name, settings.drift_window))
     refreshing = asyncio.create_task(champions.refresh_forever(settings.serve_refresh_interval))
     counting = asyncio.create_task(app.state.drift.flush_forever(settings.serve_refresh_interval))
+    rereading = asyncio.create_task(accounts.refresh_forever(settings.serve_refresh_interval))
     try:
         yield
     finally:
         refreshing.cancel()
         counting.cancel()
+        rereading.cancel()
         await app.state.drift.flush()
         await app.state.shadow.drain()
         await app.state.review.drain()
@@ -189,36 +194,6 @@ def _producer(request: Request) -> Producer:
 # --- requests --------------------------------------------------------------------------
 async def _body(request: Request) -> bytes:
     return await read_body(request, _settings(request).webhook_max_body, "WEBHOOK")
-
-
-async def authenticate(request: Request, body: bytes) -> None:
-    """The bearer token, or a fresh signature of this body (never seen before); else 401."""
-    settings = _settings(request)
-    try:
-        authorization = request.headers.get("authorization")
-        if authorization and settings.webhook_token:
-            check_bearer({"MODFACTORY_WEBHOOK_TOKEN": settings.webhook_token}, authorization)
-            return
-        if settings.webhook_secret is None:
-            raise AuthError("send Authorization: Bearer <MODFACTORY_WEBHOOK_TOKEN>")
-        if not (request.headers.get(SIGNATURE_HEADER) or request.headers.get(TIMESTAMP_HEADER)):
-            raise AuthError(
-                f"unauthenticated: send {TIMESTAMP_HEADER} and {SIGNATURE_HEADER}"
-                + (" (or Authorization: Bearer <token>)" if settings.webhook_token else "")
-            )
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        check_signature(
-            settings.webhook_secret,
-            request.headers.get(TIMESTAMP_HEADER),
-            signature,
-            body,
-            time.time(),
-            settings.webhook_tolerance,
-        )
-        if not await request.app.state.replays.first_use(signature):
-            raise AuthError("this signature was accepted before: a replayed request")
-    except AuthError as exc:
-        raise ApiError(401, str(exc)) from None
 
 
 def run_url(request: Request, run_id: str) -> str:
@@ -254,7 +229,7 @@ async def retrain(request: Request) -> Response:
     """``POST /v1/retrain``: 202 with the new run; 409 (or 200, coalescing) while the model
     name has an unfinished run."""
     body = await _body(request)
-    await authenticate(request, body)
+    await require(request, Action.RUN, body, signed=True)
     wanted = parse_retrain_request(body)
     spec = spec_of(request, wanted)
     try:
@@ -276,7 +251,7 @@ async def retrain(request: Request) -> Response:
 
 async def list_runs(request: Request) -> Response:
     """``GET /v1/runs?limit=N``: the newest runs, as ``modfactory runs --json``."""
-    await authenticate(request, await _body(request))
+    await require(request, Action.READ, await _body(request), signed=True)
     limit = request.query_params.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise ApiError(422, f"query parameter 'limit': {limit!r} is not a number in 1-1000")
@@ -287,7 +262,7 @@ async def list_runs(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     """``GET /v1/runs/{id}``: one run, as ``modfactory status --json``."""
-    await authenticate(request, await _body(request))
+    await require(request, Action.READ, await _body(request), signed=True)
     run_id = request.path_params["run_id"]
     try:
         run = await _producer(request).run(run_id)

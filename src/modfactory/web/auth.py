@@ -63,6 +63,16 @@ def check_secrets(
                 )
 
 
+def check_proxy(header: str | None, proxies: tuple[str, ...]) -> None:
+    """Raise ValueError (one line, naming the setting) for a sign-on header honoured from
+    nowhere: anyone could then send it."""
+    if header and not proxies:
+        raise ValueError(
+            "MODFACTORY_AUTH_PROXY_HEADER is set but MODFACTORY_AUTH_PROXY_FROM is empty: "
+            "name the proxy's addresses, or anyone could send the header"
+        )
+
+
 class AuthError(Exception):
     """The request is not authenticated; the message says why (safe to send back)."""
 

@@ -15,8 +15,6 @@ minute (429). Answers 202 with the correction's id.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import time
@@ -29,12 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modfactory.producer import Producer
+from modfactory.roles import Action
 from modfactory.settings import Settings
 from modfactory.store.feedback import Correction, FeedbackLog, RateLimit
 from modfactory.store.review import ReviewQueue
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
-from modfactory.web.auth import AuthError, check_bearer
 from modfactory.web.errors import ApiError, field_error
+from modfactory.web.identity import Caller, rate_key, require
 from modfactory.web.request_body import read_body
 
 log = logging.getLogger("modfactory.triggers.feedback")
@@ -61,34 +60,19 @@ class FeedbackRequest(BaseModel):
         return self
 
 
-def authenticate_reviewer(request: Request) -> str:
-    """MODFACTORY_REVIEW_TOKEN or MODFACTORY_WEBHOOK_TOKEN as a bearer token (401), never
-    MODFACTORY_SERVE_TOKEN (403); the caller's id for rate limits (a hash of its token)."""
-    settings: Settings = request.app.state.settings
-    authorization = request.headers.get("authorization", "")
-    offered = authorization.partition(" ")[2].strip().encode()
-    serve = settings.serve_token
-    if serve is not None and hmac.compare_digest(offered, serve.get_secret_value().encode()):
+def reviewer_of(caller: Caller, given: str | None) -> str:
+    """Who answered: the signed-in account, never a free-text field; a service token may
+    name the person it speaks for (``reviewer``), else it is the service's name."""
+    if not caller.account:
+        return given or caller.name
+    if given is not None and given.strip().lower() != caller.name:
         raise ApiError(
-            403,
-            "the serve token (MODFACTORY_SERVE_TOKEN) scores texts only; corrections take "
-            "MODFACTORY_REVIEW_TOKEN",
+            422,
+            f"body field 'reviewer': {given[:80]!r}, but the account signed in is "
+            f"{caller.name!r}: leave it out",
+            field="reviewer",
         )
-    tokens = {
-        name: token
-        for name, token in (
-            ("MODFACTORY_REVIEW_TOKEN", settings.review_token),
-            ("MODFACTORY_WEBHOOK_TOKEN", settings.webhook_token),
-        )
-        if token is not None
-    }
-    if not tokens:
-        raise ApiError(401, "corrections take a bearer token: set MODFACTORY_REVIEW_TOKEN")
-    try:
-        check_bearer(tokens, authorization)
-    except AuthError as exc:
-        raise ApiError(401, str(exc)) from None
-    return hashlib.sha256(offered).hexdigest()[:16]
+    return caller.name
 
 
 def _parsed(request: Request, body: bytes) -> FeedbackRequest:
@@ -112,12 +96,12 @@ def _parsed(request: Request, body: bytes) -> FeedbackRequest:
 async def feedback(request: Request) -> Response:
     """``POST /v1/feedback``: 202 with the correction's id (the first one's, for a retry)."""
     settings: Settings = request.app.state.settings
-    caller = authenticate_reviewer(request)
+    caller = await require(request, Action.REVIEW)
     limit: RateLimit = request.app.state.feedback_rate
-    if not await limit.allow(caller):
+    if not await limit.allow(rate_key(caller)):
         raise ApiError(
             429,
-            f"more than {settings.feedback_rate} corrections this minute from this token "
+            f"more than {settings.feedback_rate} corrections this minute from {caller.name} "
             "(MODFACTORY_FEEDBACK_RATE)",
             retry_after=60 - int(time.time()) % 60,
         )
@@ -149,7 +133,7 @@ async def feedback(request: Request) -> Response:
         text=item.text if item else wanted.input or "",
         via="review" if item else "api",
         labels=[label for label, flagged in wanted.labels.items() if flagged],
-        reviewer=wanted.reviewer,
+        reviewer=reviewer_of(caller, wanted.reviewer),
         at=datetime.now(UTC),
         request_id=wanted.request_id,
     )
@@ -189,7 +173,7 @@ async def review(request: Request) -> Response:
     100), most uncertain first, each leased to this caller for REVIEW_LEASE seconds —
     answer one with ``POST /v1/feedback`` and its ``answer_id`` and ``index``."""
     settings: Settings = request.app.state.settings
-    authenticate_reviewer(request)
+    await require(request, Action.REVIEW)
     name = request.query_params.get("model") or settings.model_name
     if not re.fullmatch(r"[\w][\w.-]{0,199}", name):
         raise ApiError(422, f"query parameter 'model': {name[:80]!r} is not a model name")

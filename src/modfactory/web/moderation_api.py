@@ -30,8 +30,8 @@ from modfactory.backends import BackendError, BackendUnavailable
 from modfactory.serving.champions import ChampionServer, NoChampion, ServedModel
 from modfactory.serving.meter import ServeMeter
 from modfactory.settings import Settings
-from modfactory.web.auth import AuthError, check_bearer
 from modfactory.web.errors import ApiError, field_error
+from modfactory.web.identity import scoring_caller
 from modfactory.web.request_body import read_body
 
 Endpoint = Literal["moderations", "classifications"]
@@ -76,25 +76,6 @@ def _texts(request: Request, body: bytes) -> tuple[ClassificationRequest, list[s
                 field=f"input.{i}",
             )
     return asked, texts
-
-
-def _authenticate(request: Request) -> None:
-    """A bearer token: MODFACTORY_SERVE_TOKEN or MODFACTORY_WEBHOOK_TOKEN; else 401."""
-    settings: Settings = request.app.state.settings
-    tokens = {
-        name: token
-        for name, token in (
-            ("MODFACTORY_SERVE_TOKEN", settings.serve_token),
-            ("MODFACTORY_WEBHOOK_TOKEN", settings.webhook_token),
-        )
-        if token is not None
-    }
-    if not tokens:
-        raise ApiError(401, "serving takes a bearer token: set MODFACTORY_SERVE_TOKEN")
-    try:
-        check_bearer(tokens, request.headers.get("authorization", ""))
-    except AuthError as exc:
-        raise ApiError(401, str(exc)) from None
 
 
 async def _champion(request: Request, name: str | None) -> ServedModel:
@@ -144,7 +125,7 @@ Scored = tuple[ServedModel, list[dict[str, float]], dict[str, Any]]
 async def _scored(request: Request, prefix: str) -> Scored:
     """Authenticate, read the texts, score them with the champion: (champion, scores per
     text, the answer's common fields)."""
-    _authenticate(request)
+    await scoring_caller(request)
     settings: Settings = request.app.state.settings
     asked, texts = _texts(request, await read_body(request, settings.serve_max_body, "SERVE"))
     champion = await _champion(request, asked.model)

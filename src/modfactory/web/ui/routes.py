@@ -24,7 +24,7 @@ from modfactory import charts
 from modfactory.artifacts import ArtifactError, ArtifactStore
 from modfactory.evaluation import tables
 from modfactory.producer import Producer
-from modfactory.store.run import STAGES, Run, RunNotFound, RunState, RunStateError
+from modfactory.store.run import Run, RunNotFound, RunState, RunStateError
 from modfactory.web.ui import models as ui_models
 from modfactory.web.ui import review as ui_review
 from modfactory.web.ui.pages import (
@@ -250,10 +250,7 @@ async def run_action(request: Request) -> Response:
         elif action == "approve":
             await producer.approve(run.id)
         elif action == "requeue":
-            failed = next((s for s in STAGES if run.stages[s].state == "failed"), None)
-            if failed is None:
-                raise RunStateError(f"run {run.id} has no failed stage to queue again")
-            await producer.enqueue(failed, run.id)
+            await producer.retry(run.id)
         else:
             return message(request, session, 404, "No such action", f"{action!r}")
     except RunStateError as exc:
