@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -28,8 +29,10 @@ from helpers import (
     wait_until,
     worker_process,
 )
+from modfactory.artifacts import ArtifactStore
 from modfactory.roles import NEEDS, Action, Role
 from modfactory.settings import Settings
+from modfactory.store.audit import AuditLog
 from modfactory.store.run import RunState
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("access")]
@@ -54,6 +57,7 @@ class Site:
     logs: list[Path]
     tokens: dict[str, str] = field(default_factory=dict)  # caller -> bearer token
     printed: list[str] = field(default_factory=list)  # every CLI output
+    changes: list[tuple[str, str]] = field(default_factory=list)  # (action, actor) made
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -117,6 +121,11 @@ def site(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     redis.Redis.from_url(url).flushdb()
 
 
+def name_of(caller: str) -> str:
+    """The name the audit trail gives a caller."""
+    return f"{caller}@example.com" if caller in ROLES else caller
+
+
 def role_of(caller: str) -> Role | None:
     return ROLES[caller] if caller in ROLES else SERVICES[caller][1]
 
@@ -150,6 +159,7 @@ ROUTES: dict[str, tuple[Action | None, Callable[[Site, str], Request]]] = {
     "get a run": (Action.READ, lambda s, c: ("GET", f"/v1/runs/{s.runs[0]}", None)),
     "list models": (Action.READ, lambda s, c: ("GET", "/v1/models", None)),
     "get a model": (Action.READ, lambda s, c: ("GET", "/v1/models/moderation", None)),
+    "audit": (Action.READ, lambda s, c: ("GET", "/v1/audit?limit=5", None)),
     "moderate": (None, lambda s, c: ("POST", "/v1/moderations", {"input": "you idiot"})),
     "classify": (None, lambda s, c: ("POST", "/v1/classifications", {"input": ["a", "b"]})),
     "review queue": (Action.REVIEW, lambda s, c: ("GET", "/v1/review?limit=5", None)),
@@ -207,8 +217,20 @@ def every_value(client: redis.Redis) -> bytes:
         elif kind == "list":
             found += client.lrange(key, 0, -1)
         elif kind == "stream":
-            found += [json.dumps(e, default=repr).encode() for e in client.xrange(key)]
+            found += [repr(entry).encode() for entry in client.xrange(key)]
     return b"\n".join(found)
+
+
+# The routes that change something, and the audit trail's name for the change.
+CHANGES = {
+    "correct": "correction.add",
+    "retrain": "run.start",
+    "cancel": "run.cancel",
+    "retry": "run.retry",
+    "approve": "run.approve",
+    "promote": "model.promote",
+    "roll back": "model.rollback",
+}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -227,6 +249,8 @@ def test_every_route_with_every_role_allowed_or_403_naming_the_role(site: Site) 
                 method, site.url + path, json=body, headers=bearer(site.tokens[caller])
             )
             outcomes.append((route, caller, answer.status_code))
+            if allowed and route in CHANGES:
+                site.changes.append((CHANGES[route], name_of(caller)))
             if allowed:
                 assert 200 <= answer.status_code < 300, (route, caller, answer.text)
             else:
@@ -280,3 +304,132 @@ def test_account_tokens_are_in_no_log_no_redis_value_and_no_output_but_their_own
         assert token.encode() not in stored
         assert token not in logs
         assert sum(token in printed for printed in site.printed) == 1  # its `users add`
+
+
+def _signed_in(site: Site, caller: str) -> tuple[httpx.Client, str]:
+    """A browser-like client signed in to /ui as ``caller``, and its session's CSRF token."""
+    client = httpx.Client(base_url=site.url)
+    form = client.get("/ui/login").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    signed = client.post("/ui/login", data={"token": site.tokens[caller], "csrf": csrf})
+    assert signed.status_code == 303, (caller, signed.text)
+    page = client.get("/ui/runs").text
+    return client, re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def _ui_change(site: Site, caller: str, what: str) -> tuple[str, str, dict]:
+    if what == "cancel":
+        return "POST", f"/ui/runs/{asyncio.run(_scratch_run(site.settings, 'q'))}/cancel", {}
+    if what == "approve":
+        run_id = asyncio.run(_scratch_run(site.settings, "awaiting"))
+        return "POST", f"/ui/runs/{run_id}/approve", {}
+    if what == "requeue":
+        return "POST", f"/ui/runs/{asyncio.run(_scratch_run(site.settings, 'failed'))}/requeue", {}
+    if what == "promote":
+        other = next(r for r in site.runs if r != _champion(site))
+        return "POST", f"/ui/models/moderation/promote?run={other}", {"force": "1"}
+    if what == "rollback":
+        return "POST", "/ui/models/moderation/rollback", {}
+    if what == "add a user":
+        return "POST", "/ui/users", {"name": f"new-{caller}@example.com", "role": "viewer"}
+    return "POST", "/ui/review", {"skip": "1"}  # nothing waiting: back to the page
+
+
+UI_PAGES = {
+    "/ui/runs": Action.READ,
+    "/ui/models": Action.READ,
+    "/ui/schedule": Action.READ,
+    "/ui/audit": Action.READ,
+    "/ui/review": Action.REVIEW,
+    "/ui/users": Action.MANAGE_USERS,
+    "confirm a promotion": Action.PROMOTE,  # the page before it
+}
+UI_ACTIONS = {
+    "cancel": (Action.RUN, "run.cancel"),
+    "requeue": (Action.RUN, "run.retry"),
+    "approve": (Action.APPROVE, "run.approve"),
+    "promote": (Action.PROMOTE, "model.promote"),
+    "rollback": (Action.PROMOTE, "model.rollback"),
+    "add a user": (Action.MANAGE_USERS, "user.add"),
+    "answer a review": (Action.REVIEW, None),
+}
+
+
+def test_every_page_and_ui_action_with_every_role(site: Site) -> None:
+    for caller in [*ROLES, "webhook", "review"]:
+        role = role_of(caller)
+        assert role is not None
+        client, csrf = _signed_in(site, caller)
+        page = client.get("/ui/models").text
+        for path, action in UI_PAGES.items():
+            if path == "confirm a promotion":
+                path = f"/ui/models/moderation/promote?run={site.runs[0]}"
+            answer = client.get(path)
+            expected = 200 if role.may(action) else 403
+            assert answer.status_code == expected, (caller, path, answer.text[-300:])
+            if expected == 403:
+                assert f"needs the {NEEDS[action]} role" in answer.text
+        shown = {'href="/ui/users"': Action.MANAGE_USERS, 'href="/ui/review"': Action.REVIEW}
+        for link, action in shown.items():  # the role may not: the page does not offer it
+            assert (link in page) == role.may(action), (caller, link)
+        assert ("Promote…" in page or "Roll back" in page) == role.may(Action.PROMOTE)
+        for what, (action, audited) in UI_ACTIONS.items():
+            method, path, form = _ui_change(site, caller, what)
+            answer = client.request(method, path, data={"csrf": csrf, **form})
+            if role.may(action):
+                assert answer.status_code in (200, 303), (caller, what, answer.text[-300:])
+                if audited:
+                    site.changes.append((audited, name_of(caller)))
+            else:
+                assert answer.status_code == 403, (caller, what, answer.status_code)
+        forged = client.post("/ui/models/moderation/rollback", data={"csrf": "made-up"})
+        assert forged.status_code == 403
+        client.close()
+    refused = httpx.Client(base_url=site.url)
+    form = refused.get("/ui/login").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    assert refused.post("/ui/login", data={"token": SERVE, "csrf": csrf}).status_code == 401
+
+
+def test_the_audit_trail_names_each_change_once_and_outlives_redis(site: Site) -> None:
+    """After the role tables: one entry per change allowed, by its caller; none for a
+    refused one but refused sign-ins; the same read back from the bucket once Redis lost it.
+    (Runs last in this module: it empties the module's database.)"""
+    if not site.changes:
+        pytest.skip("the role tables did not run first")
+    entries = httpx.get(f"{site.url}/v1/audit?limit=1000", headers=bearer(WEBHOOK)).json()
+    callers = {name_of(c) for c in [*ROLES, *SERVICES]} | {"unknown"}
+    kinds = {action for action, _ in site.changes}
+    made = [(e["action"], e["actor"]) for e in entries if e["actor"] in callers]
+    assert sorted(m for m in made if m[0] in kinds) == sorted(site.changes)
+    for entry in entries:
+        if entry["actor"] in callers:  # not the test's own (cli:) changes
+            assert entry["request_id"] and entry["client"] == "127.0.0.1", entry
+    signs = [e for e in entries if e["action"].startswith("sign-in")]
+    assert {e["action"] for e in signs} == {"sign-in", "sign-in.refused"}
+    refused_roles = {
+        (action, name_of(c))
+        for c in ROLES
+        for action in ("model.promote", "user.add")
+        if not ROLES[c].may(Action.PROMOTE)
+    }
+    assert not refused_roles & set(made)
+
+    store = ArtifactStore.from_settings(site.settings)
+    asyncio.run(_compact(site.settings, store))  # what the worker's reconciler has not yet
+    redis.Redis.from_url(site.settings.redis_url).flushdb()  # Redis loses everything
+    again = httpx.get(f"{site.url}/v1/audit?limit=1000", headers=bearer(WEBHOOK)).json()
+    assert [e["id"] for e in again][: len(entries)] == [e["id"] for e in entries]
+    for method in ("DELETE", "PUT", "PATCH", "POST"):  # no route changes it
+        assert (
+            httpx.request(method, f"{site.url}/v1/audit", headers=bearer(WEBHOOK)).status_code
+            == 405
+        )
+
+
+async def _compact(settings: Settings, store: ArtifactStore) -> int:
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        return await AuditLog(client, settings.queue_name).compact(store, 30)
+    finally:
+        await client.aclose()

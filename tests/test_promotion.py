@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from modfactory.artifacts import ArtifactStore
 from modfactory.backends.base import Backend
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.pipeline import JOBS
 from modfactory.store import queue
+from modfactory.store.audit import Actor
 from modfactory.store.registry import RegistryError
 from modfactory.store.run import RunSpec, RunStateError
 from modfactory.values import DatasetSummary, RecipeParams
@@ -125,8 +127,12 @@ async def test_a_worse_challenger_stays_a_candidate_a_better_one_wins_and_rollba
 
     with pytest.raises(RunStateError, match=r"did not beat the champion.*--force"):
         await producer.promote(worse)
-    forced = await producer.promote(worse, force=True)
-    assert forced.champion.run_id == worse and forced.champion.reason == "promoted by hand (forced)"
+    forced = await producer.promote(worse, force=True, by=Actor(name="alice@example.com"))
+    assert forced.champion.run_id == worse
+    assert forced.champion.reason == "promoted by alice@example.com (forced)"
+    [entry] = await producer.audit.read(ArtifactStore(tmp_path), action="model.promote")
+    assert (entry.actor, entry.target) == ("alice@example.com", worse)
+    assert entry.detail == "moderation (forced)"
     await pool.aclose()
 
 

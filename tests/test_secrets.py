@@ -55,6 +55,7 @@ S3_SECRET = "s3-secret-live-" + "w3x4" * 6  # in MODFACTORY_ARTIFACTS_OPTIONS
 WRONG_API_KEY = "sk-mistral-wrong-" + "k1l2" * 6
 WRONG_REDIS_PASSWORD = "redis-pw-wrong-" + "m3n4" * 5
 WRONG_TOKEN = "tok-wrong-" + "o5p6" * 8
+WRONG_ACCOUNT_TOKEN = "mf_" + "wrongaccount" * 3 + "q1w2e3r"  # shaped like an account's
 SHORT_SECRET = "whsec-short-q7r8"
 BAD_WANDB_KEY = "wandb-bad-length-s9t0"
 SECRETS = {
@@ -70,6 +71,7 @@ SECRETS = {
     "wrong Mistral API key": WRONG_API_KEY,
     "wrong Redis password": WRONG_REDIS_PASSWORD,
     "wrong webhook token": WRONG_TOKEN,
+    "wrong account token": WRONG_ACCOUNT_TOKEN,
     "too short webhook secret": SHORT_SECRET,
     "malformed W&B key": BAD_WANDB_KEY,
 }
@@ -88,6 +90,7 @@ class Outputs:
 
     def __init__(self) -> None:
         self.texts: dict[str, str] = {}
+        self.secrets = dict(SECRETS)  # and those made during the run (an account's token)
 
     def add(self, where: str, text: str | bytes) -> str:
         if isinstance(text, bytes):
@@ -140,7 +143,7 @@ class Outputs:
         return [
             f"{name} in {where}"
             for where, text in self.texts.items()
-            for name, secret in SECRETS.items()
+            for name, secret in self.secrets.items()
             if secret in text
         ]
 
@@ -184,6 +187,17 @@ async def test_no_secret_appears_in_any_output(
     recipe = {"n_train": 300, "n_validation": 100, "n_test": 100}
     producer = await producer_for(settings)
     worker_log, serve_log = tmp_path / "worker.log", tmp_path / "serve.log"
+    users_add = ["users", "add", "ops@example.com", "--role", "admin", "--json"]
+    added = subprocess.run(  # its one output that may show the token: not kept in ``out``
+        [sys.executable, "-m", "modfactory", *users_add],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out.secrets["account token"] = account_token = json.loads(added.stdout)["token"]
+    assert account_token not in added.stderr
+    as_account = {"Authorization": f"Bearer {account_token}"}
     with (
         worker_process(settings, worker_log),
         serve_process(settings, serve_log) as (_, url),
@@ -267,6 +281,22 @@ async def test_no_secret_appears_in_any_output(
         out.http("GET /v1/review", httpx.get(f"{url}/v1/review", headers=reviewing))
         refused = httpx.post(f"{url}/v1/feedback", json=correction, headers=wrong)
         assert out.http("POST /v1/feedback (wrong token)", refused).status_code == 401
+        # an account: the API, a sign-in to /ui and a refused one, the audit trail
+        out.http("GET /v1/runs (account)", httpx.get(f"{url}/v1/runs", headers=as_account))
+        out.http("GET /v1/audit", httpx.get(f"{url}/v1/audit", headers=as_account))
+        for where, token in (("account", account_token), ("wrong account", WRONG_ACCOUNT_TOKEN)):
+            with httpx.Client(base_url=url) as browser:
+                form = browser.get("/ui/login").text
+                csrf = form.split('name="csrf" value="')[1].split('"')[0]
+                signed_in = browser.post("/ui/login", data={"token": token, "csrf": csrf})
+                out.http(f"POST /ui/login ({where})", signed_in)
+                out.add(f"cookies ({where})", repr(dict(browser.cookies)))
+                out.http(f"GET /ui/audit ({where})", browser.get("/ui/audit"))
+                out.http(f"GET /ui/users ({where})", browser.get("/ui/users"))
+        refused = httpx.get(
+            f"{url}/v1/runs", headers={"Authorization": f"Bearer {WRONG_ACCOUNT_TOKEN}"}
+        )
+        assert out.http("GET /v1/runs (wrong account token)", refused).status_code == 401
         out.http("GET /metrics", httpx.get(f"{url}/metrics"))
         out.http("GET /healthz", httpx.get(f"{url}/healthz"))
 
@@ -280,6 +310,11 @@ async def test_no_secret_appears_in_any_output(
             ("models",),
             ("models", "--json"),
             ("schedule", "--json"),
+            ("users", "list"),
+            ("users", "list", "--json"),
+            ("audit",),
+            ("audit", "--json"),
+            ("users", "set-role", "ops@example.com", "operator"),
             ("feedback", "list", "--json"),
             ("prune", "--dry-run", "--json"),
             ("report", good.id),

@@ -4,7 +4,11 @@ against a real ``modfactory serve``, worker and redis-server. Screenshots of eac
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +17,14 @@ import httpx
 import pytest
 import redis
 
-from helpers import producer_for, serve_process, settings_for, wait_until, worker_process
+from helpers import (
+    producer_for,
+    serve_process,
+    settings_env,
+    settings_for,
+    wait_until,
+    worker_process,
+)
 from modfactory.settings import Settings
 from modfactory.store.run import RunState
 
@@ -27,6 +38,7 @@ ADMIN = "ui-webhook-token-0123456789abcdef012345"
 REVIEW = "ui-review-token-0123456789abcdef0123456"
 SERVE = "ui-serve-token-0123456789abcdef01234567"
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+ADA, RITA = "ada@example.com", "rita@example.com"  # an admin's and a reviewer's accounts
 XSS = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'
 
 
@@ -34,6 +46,19 @@ XSS = '<script>document.title="pwned"</script><img src=x onerror="document.title
 class Deployment:
     settings: Settings
     url: str
+    tokens: dict[str, str]  # account name -> token
+
+
+def _add_user(settings: Settings, name: str, role: str) -> str:
+    added = subprocess.run(
+        [sys.executable, "-m", "modfactory", "users", "add", name, "--role", role, "--json"],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    return json.loads(added.stdout)["token"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +77,9 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         worker_process(settings, work / "worker.log"),
         serve_process(settings, work / "serve.log", **tokens) as (_, served),
     ):
-        yield Deployment(settings, served)
+        accounts = {ADA: "admin", RITA: "reviewer"}
+        tokens = {name: _add_user(settings, name, role) for name, role in accounts.items()}
+        yield Deployment(settings, served, tokens)
     redis.Redis.from_url(url).flushdb()
 
 
@@ -195,7 +222,7 @@ async def test_a_model_is_promoted_and_rolled_back_after_being_told_what_changes
         done = await wait_until(producer.store, run.id, lambda r: r.state.terminal)
         assert done.state == RunState.SUCCEEDED, done.error
         runs.append(run.id)
-    page = await signed_in(browser, deployment)
+    page = await signed_in(browser, deployment, deployment.tokens[ADA])  # an admin's account
 
     async def champion() -> str:
         return (await producer.model("pair")).champion.run_id
@@ -226,6 +253,11 @@ async def test_a_model_is_promoted_and_rolled_back_after_being_told_what_changes
         await promote(runs[1])
         await roll_back()
     await page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
+    await page.get_by_role("link", name="Audit").click()
+    promoted = page.get_by_role("row").filter(has_text="model.promote").filter(has_text=runs[1])
+    await promoted.first.wait_for()
+    assert ADA in await promoted.first.inner_text()  # under the admin's name
+    await page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
     await page.get_by_role("link", name="Schedule").click()
     await page.get_by_role("heading", name="Recent decisions").wait_for()
     await page.screenshot(path=str(SHOTS / "schedule.png"), full_page=True)
@@ -233,7 +265,7 @@ async def test_a_model_is_promoted_and_rolled_back_after_being_told_what_changes
     await producer.redis.aclose()
 
 
-async def test_a_reviewer_labels_a_text_with_the_keyboard_and_sees_nothing_else(
+async def test_a_reviewer_labels_a_text_with_the_keyboard_and_may_not_promote(
     browser, deployment: Deployment
 ) -> None:
     from datetime import UTC, datetime
@@ -258,9 +290,9 @@ async def test_a_reviewer_labels_a_text_with_the_keyboard_and_sees_nothing_else(
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     page.on("dialog", lambda dialog: pytest.fail(f"a script ran: {dialog.message}"))
     await page.goto(f"{deployment.url}/ui")
-    await page.get_by_label("Token").fill(REVIEW)
+    await page.get_by_label("Token").fill(deployment.tokens[RITA])
     await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(re.compile(r"/ui/review"))  # the one page it opens
+    await page.wait_for_url(re.compile(r"/ui/review"))  # a reviewer's first page
     await page.get_by_text("you are a zorblax <script>").wait_for()  # shown as text
     assert await page.title() != "pwned"
     await page.keyboard.press("1")  # toxicity, the first label
@@ -271,9 +303,15 @@ async def test_a_reviewer_labels_a_text_with_the_keyboard_and_sees_nothing_else(
     await page.get_by_text("Nothing waiting for review").wait_for()
     [stored] = await FeedbackLog(client, prefix).after("moderation", 0)
     assert (stored.text, stored.labels, stored.via) == (text, ["toxicity"], "review")
-    for admin_only in ("/ui/runs", "/ui/models"):
+    assert stored.reviewer == RITA  # the account signed in, not a field anyone fills
+    assert await page.get_by_role("link", name="Users").count() == 0
+    await page.get_by_role("link", name="Models").click()
+    await page.get_by_role("heading", name="Models").wait_for()
+    for button in ("Promote…", "Roll back"):  # a reviewer may not: not offered
+        assert await page.get_by_role("button", name=re.compile(button)).count() == 0
+    for admin_only in ("/ui/users", "/ui/models/moderation/rollback"):
         answer = await page.context.request.get(f"{deployment.url}{admin_only}")
-        assert answer.status == 403
+        assert answer.status == 403 and "needs the admin role" in await answer.text()
     await page.close()
     await client.aclose()
 

@@ -53,6 +53,10 @@ def feedback_key(model_name: str, *parts: str) -> str:  # moderators' correction
     return checked_key("feedback", model_name, *parts)
 
 
+def audit_key(day: str = "") -> str:  # the audit log, one JSONL object per UTC day
+    return checked_key("audit", f"{day}.jsonl") if day else "audit/"
+
+
 def checked_key(*parts: str) -> str:
     for part in (p for whole in parts for p in whole.split("/")):
         if not KEY_SEGMENT.fullmatch(part):

@@ -1,8 +1,10 @@
 """Where runs begin and what people do to them: create and queue a run — the CLI, the
 webhook and the cron schedule all come through here, so one unfinished run per model name
 holds for all of them —, queue one stage again, approve, cancel, promote, roll back,
-prune. Each next stage is queued by the one before (``stages.pipeline``) or, when that was
-lost, by the reconciler."""
+prune, correct. Each change is recorded in the audit trail with who did it (``by``: else
+the producer's own actor, ``cli:<user>@<host>`` for a command run by hand). Each next stage
+is queued by the one before (``stages.pipeline``) or, when that was lost, by the
+reconciler."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from modfactory.evaluation.drift import Drift, champion_drifts
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
-from modfactory.store.feedback import FeedbackLog
+from modfactory.store.audit import Actor, AuditAction, AuditLog, process_actor
+from modfactory.store.feedback import Correction, FeedbackLog
 from modfactory.store.registry import ModelRecord, ModelRegistry
 from modfactory.store.retention import prune_runs
 from modfactory.store.run import STAGES, ActiveRunExists, Run, RunSpec, RunState, RunStateError
@@ -41,11 +44,19 @@ class Submission:
 class Producer:
     """Creates runs in the run store and puts their jobs on the arq queue."""
 
-    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+    def __init__(self, redis: ArqRedis, settings: Settings, actor: Actor | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.store = RunStore(redis, settings.queue_name)
         self.registry = ModelRegistry(redis, settings.queue_name)
+        self.audit = AuditLog(redis, settings.queue_name)
+        self.actor = actor or process_actor()
+
+    async def record(
+        self, action: AuditAction, target: str, detail: str = "", *, by: Actor | None = None
+    ) -> None:
+        """Append a change made elsewhere (an account's, an import's) to the audit trail."""
+        await self.audit.record(by or self.actor, action, target, detail)
 
     # --- reads ----------------------------------------------------------------------------
     async def run(self, run_id: str) -> Run:
@@ -99,7 +110,7 @@ class Producer:
             max_cost=self.settings.max_cost,
         )
 
-    async def submit(self, spec: RunSpec) -> Submission:
+    async def submit(self, spec: RunSpec, *, by: Actor | None = None) -> Submission:
         """Create the run and queue its first stage, unless its model name has an unfinished
         run: then ActiveRunExists, or that run with MODFACTORY_ACTIVE_RUN_POLICY=coalesce."""
         active = await self.store.active_run(spec.model_name)  # cheap early answer
@@ -113,6 +124,8 @@ class Producer:
                 active = exc.run
             else:
                 await queue.enqueue_stage(self.redis, self.settings.queue_name, "build", run.id)
+                detail = f"{spec.model_name}: source {spec.source}, backend {spec.backend}"
+                await self.record(AuditAction.RUN_START, run.id, detail, by=by)
                 return Submission(run, created=True)
         if self.settings.active_run_policy == "coalesce":
             return Submission(active, created=False)
@@ -128,35 +141,40 @@ class Producer:
             found += f"+feedback:{corrections}" if corrections else ""
         return found
 
-    async def enqueue(self, stage: str, run_id: str) -> Run:
+    async def enqueue(self, stage: str, run_id: str, *, by: Actor | None = None) -> Run:
         """Queue one stage of an existing run again (a failed stage is reset to pending)."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         run = await self.store.reopen_stage(run_id, stage)
         await queue.enqueue_stage(self.redis, self.settings.queue_name, stage, run_id)
+        await self.record(AuditAction.RUN_RETRY, run_id, f"stage {stage}", by=by)
         return run
 
-    async def retry(self, run_id: str) -> Run:
+    async def retry(self, run_id: str, *, by: Actor | None = None) -> Run:
         """Queue a run's failed stage again; the run goes on from it (RunStateError when no
         stage failed)."""
         run = await self.store.get(run_id)
         failed = next((s for s in STAGES if run.stages[s].state == "failed"), None)
         if failed is None:
             raise RunStateError(f"run {run_id} has no failed stage to queue again")
-        return await self.enqueue(failed, run_id)
+        return await self.enqueue(failed, run_id, by=by)
 
-    async def approve(self, run_id: str) -> Run:
+    async def approve(self, run_id: str, *, by: Actor | None = None) -> Run:
         """Approve the quoted cost of a run awaiting approval; its training job starts."""
         run = await self.store.approve(run_id)
         await queue.enqueue_poll(
             self.redis, self.settings.queue_name, run_id, run.training.poll_seq, 0
         )
+        cost = run.training.metadata.get("cost")
+        await self.record(AuditAction.RUN_APPROVE, run_id, f"quoted cost {cost}", by=by)
         return run
 
-    async def cancel(self, run_id: str) -> Run:
+    async def cancel(self, run_id: str, *, by: Actor | None = None) -> Run:
         """Cancel a run, then its training job at the backend if one may be running (if
         the backend cannot be reached now, the reconciler cancels the job later)."""
-        await self.store.cancel(run_id, "cancelled by the user")
+        who = (by or self.actor).name
+        await self.store.cancel(run_id, f"cancelled by {who}")
+        await self.record(AuditAction.RUN_CANCEL, run_id, by=by)
         context = StageContext(self.settings, self.store, self.redis)
         try:
             await cancel_remote_job(context, run_id)
@@ -164,7 +182,9 @@ class Producer:
             await context.close()
         return await self.store.get(run_id)
 
-    async def promote(self, run_id: str, force: bool = False) -> ModelRecord:
+    async def promote(
+        self, run_id: str, force: bool = False, *, by: Actor | None = None
+    ) -> ModelRecord:
         """Make a finished run's model the champion: if it beat the champion it was
         measured against, and that is still the champion (or there was none), or with
         ``force``. Checked in the transaction that promotes it."""
@@ -187,10 +207,14 @@ class Producer:
                     f"is now {champion_before}; use --force to promote it anyway"
                 )
 
-        reason = "promoted by hand" + (" (forced)" if force else "")
-        return await self.registry.promote(
+        who = (by or self.actor).name
+        reason = f"promoted by {who}" + (" (forced)" if force else "")
+        record = await self.registry.promote(
             run.spec.model_name, run_id, run.artifacts.model_id, reason, guard=still_valid
         )
+        detail = f"{run.spec.model_name}" + (" (forced)" if force else "")
+        await self.record(AuditAction.MODEL_PROMOTE, run_id, detail, by=by)
+        return record
 
     async def prune(self, dry_run: bool = False) -> list[str]:
         """Delete the finished runs beyond MODFACTORY_KEEP_RUNS / MODFACTORY_KEEP_DAYS —
@@ -206,6 +230,25 @@ class Producer:
             dry_run=dry_run,
         )
 
-    async def rollback(self, model_name: str | None = None) -> ModelRecord:
+    async def rollback(
+        self, model_name: str | None = None, *, by: Actor | None = None
+    ) -> ModelRecord:
         """Restore the previous champion of ``model_name`` (default: MODFACTORY_MODEL_NAME)."""
-        return await self.registry.rollback(model_name or self.settings.model_name)
+        name = model_name or self.settings.model_name
+        record = await self.registry.rollback(name)
+        champion = record.champion.run_id if record.champion else "nobody"
+        await self.record(AuditAction.MODEL_ROLLBACK, name, f"champion again: {champion}", by=by)
+        return record
+
+    async def correct(
+        self, correction: Correction, *, by: Actor | None = None, answer: bool = False
+    ) -> tuple[str, bool]:
+        """Store a moderator's correction (once per request id): (its id, whether it was new);
+        ``answer``: it answers a text of the review queue."""
+        feedback = FeedbackLog(self.redis, self.settings.queue_name)
+        found, stored = await feedback.add(correction)
+        if stored:
+            action = AuditAction.REVIEW_ANSWER if answer else AuditAction.CORRECTION
+            flagged = ", ".join(correction.labels) or "none flagged"
+            await self.record(action, found, f"{correction.model_name}: {flagged}", by=by)
+        return found, stored

@@ -37,6 +37,7 @@ def import_file(
     civil_comments score columns. Every row is checked first; importing a file again
     stores nothing twice."""
     from modfactory.data.feedback import read_corrections_file
+    from modfactory.store.audit import AuditAction
     from modfactory.store.feedback import Correction, FeedbackLog
     from modfactory.triggers.feedback import corrections_since, model_labels, retrain_if_due
 
@@ -58,6 +59,9 @@ def import_file(
                 via="import",
             )
             stored += (await log.add(correction))[1]
+        if stored:
+            what = f"{name}: {stored} of {len(rows)} rows of {file.name}"
+            await producer.record(AuditAction.CORRECTIONS_IMPORT, f"sha256:{digest}", what)
         decision = await retrain_if_due(producer, name)
         since = (await corrections_since(producer, name))[0]
         return {

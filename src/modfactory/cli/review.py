@@ -36,7 +36,6 @@ def review(
     """Label served texts waiting for review, most uncertain first; each answer is a
     correction (as `POST /v1/feedback`), the next run's data. The texts and prompts go to
     stderr, answers are read from stdin."""
-    from modfactory.store.feedback import FeedbackLog
     from modfactory.triggers.feedback import model_labels, retrain_if_due
     from modfactory.web.feedback_api import REVIEW_LEASE, review_queue
 
@@ -46,7 +45,6 @@ def review(
 
     async def act(producer: Producer) -> dict[str, int]:
         queue = review_queue(producer.redis, settings)
-        log = FeedbackLog(producer.redis, settings.queue_name)
         labels = list(await model_labels(producer, name))
         done = {"labelled": 0, "skipped": 0, "waiting": 0}
         while done["labelled"] + done["skipped"] < limit:
@@ -62,7 +60,7 @@ def review(
                 if answer is None:
                     break
                 continue
-            await log.add(_correction(item, answer, who))
+            await producer.correct(_correction(item, answer, who), answer=True)
             await queue.remove(name, item.id)
             done["labelled"] += 1
         done["waiting"] = await queue.size(name)

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from modfactory.cli.app import DataDirOpt, JsonOpt, out, users_app, with_producer
 from modfactory.roles import Role
+from modfactory.store.audit import AuditAction
 
 if TYPE_CHECKING:
     from modfactory.producer import Producer
@@ -43,7 +44,9 @@ def add(
     """Add an account; its token is printed this once (keep it: only its hash is kept)."""
 
     async def act(producer: Producer) -> tuple[Account, str]:
-        return await _accounts(producer).add(name, role)
+        account, token = await _accounts(producer).add(name, role)
+        await producer.record(AuditAction.USER_ADD, account.name, f"role {role}")
+        return account, token
 
     account, token = with_producer(data_dir, act)
     if as_json:
@@ -89,7 +92,9 @@ def set_role(
     """Give an account another role (its token stays)."""
 
     async def act(producer: Producer) -> Account:
-        return await _accounts(producer).set_role(name, role)
+        account = await _accounts(producer).set_role(name, role)
+        await producer.record(AuditAction.USER_ROLE, account.name, f"role {role}")
+        return account
 
     account = with_producer(data_dir, act)
     if as_json:
@@ -104,7 +109,9 @@ def revoke(name: NameArg, data_dir: DataDirOpt = None, as_json: JsonOpt = False)
     MODFACTORY_SERVE_REFRESH_INTERVAL; the account stays listed, for the record."""
 
     async def act(producer: Producer) -> Account:
-        return await _accounts(producer).revoke(name)
+        account = await _accounts(producer).revoke(name)
+        await producer.record(AuditAction.USER_REVOKE, account.name)
+        return account
 
     account = with_producer(data_dir, act)
     if as_json:

@@ -99,6 +99,12 @@ class ServingSettings(BaseModel):
         "10.0.0.5,10.1.0.0/16); required with MODFACTORY_AUTH_PROXY_HEADER.",
     )
 
+    audit_retention: Annotated[float, Field(gt=0)] = Field(
+        365,
+        description="Days the audit trail is kept in the artifact store (`audit/<day>.jsonl`, "
+        "compacted from Redis by the reconciler); older days are deleted.",
+    )
+
     @field_validator("auth_proxy_from", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:

@@ -13,7 +13,8 @@ keep ending without progress fails after
 MODFACTORY_STAGE_MAX_ATTEMPTS of them, naming how the last ended (``policy``).
 Runs that ended failed or cancelled while their training job may still run have that job
 cancelled. The first round of each day prunes finished runs beyond MODFACTORY_KEEP_RUNS /
-_KEEP_DAYS (``store.retention``). A starting worker runs one round at once.
+_KEEP_DAYS (``store.retention``). Every round moves the audit trail's new entries into the
+artifact store (``store.audit``). A starting worker runs one round at once.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from modfactory.artifacts import ArtifactError
 from modfactory.backends import job_data
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
+from modfactory.store.audit import AuditLog
 from modfactory.store.leases import release_if_orphaned
 from modfactory.store.registry import ModelRegistry
 from modfactory.store.retention import prune_runs
@@ -45,6 +48,7 @@ class Round:
     cancels: list[str] = field(default_factory=list)  # what each cancellation attempt said
     skipped: bool = False  # another worker's round was still going
     pruned: list[str] = field(default_factory=list)  # finished runs deleted (once a day)
+    audited: int = 0  # audit entries moved from Redis into the artifact store
 
 
 def current_job(run: Run) -> tuple[str, str] | None:
@@ -120,6 +124,11 @@ async def reconcile_once(sc: StageContext) -> Round:
             registry = ModelRegistry(sc.redis, sc.settings.queue_name)
             data = functools.partial(job_data, sc.settings)
             done.pruned = await prune_runs(sc.store, registry, sc.settings, sc.artifacts, data)
+        try:
+            audit = AuditLog(sc.redis, sc.settings.queue_name)
+            done.audited = await audit.compact(sc.artifacts, sc.settings.audit_retention)
+        except ArtifactError as exc:  # the store is away: the stream keeps them meanwhile
+            log.warning("audit trail not compacted this round: %s", exc)
     finally:
         if (await sc.redis.get(lock)) == token.encode():
             await sc.redis.delete(lock)

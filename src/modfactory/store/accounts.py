@@ -1,5 +1,6 @@
 """People with names: one document per account in Redis (``<prefix>:account:<name>``), the
-set of names beside it (``<prefix>:accounts``). A token is shown once, when it is made, and
+set of names beside it (``<prefix>:accounts``) and, per active token, its hash's pointer to
+the name (``<prefix>:account-token:<sha256>``). A token is shown once, when it is made, and
 kept only as its SHA-256 (a random 256-bit token needs no slow hash: nothing to guess). A
 revoked account stays, for the record, with no token that works; its name may be given
 again, with a new token.
@@ -12,6 +13,7 @@ import hmac
 import re
 import secrets
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -111,21 +113,32 @@ class AccountStore:
     def _key(self, name: str) -> str:
         return f"{self.prefix}:account:{name}"
 
-    async def _change(self, name: str, change) -> Account:
+    def _token_key(self, digest: str) -> str:
+        return f"{self.prefix}:account-token:{digest}"
+
+    async def _change(self, name: str, change: Any, also: Any = None) -> Account:
+        def write(pipe: Any, account: Account) -> None:
+            pipe.sadd(self._names, account.name)
+            if also is not None:
+                also(pipe, account)
+
         account, _ = await update_document(
             self.redis,
             self._key(name),
             lambda raw: Account.model_validate_json(raw) if raw else Account(name=name),
             change,
-            also=lambda pipe, a: pipe.sadd(self._names, a.name),
+            also=write,
         )
         return account
 
     async def add(self, name: str, role: Role) -> tuple[Account, str]:
         """A new account and its token (shown once; kept only as a hash)."""
         name, token = check_name(name), new_token()
+        digest = token_digest(token)
         account = await self._change(
-            name, lambda a: a.begin(role, token_digest(token), datetime.now(UTC))
+            name,
+            lambda a: a.begin(role, digest, datetime.now(UTC)),
+            lambda pipe, a: pipe.set(self._token_key(digest), a.name),
         )
         return account, token
 
@@ -133,10 +146,24 @@ class AccountStore:
         return await self._change(check_name(name), lambda a: a.set_role(role))
 
     async def revoke(self, name: str) -> Account:
-        return await self._change(check_name(name), lambda a: a.revoke(datetime.now(UTC)))
+        held: list[str] = []
+
+        def revoke(account: Account) -> bool:
+            held[:] = [account.token_sha256]
+            return account.revoke(datetime.now(UTC))
+
+        return await self._change(
+            check_name(name), revoke, lambda pipe, a: pipe.delete(self._token_key(held[0]))
+        )
 
     async def seen(self, name: str, when: datetime) -> None:
         await self._change(name, lambda a: a.seen(when))
+
+    async def by_digest(self, digest: str) -> Account | None:
+        """The active account whose token has this SHA-256 (None: no such token)."""
+        name = await self.redis.get(self._token_key(digest))
+        account = await self.get(name.decode()) if name else None
+        return account if account and account.active and account.token_sha256 == digest else None
 
     async def get(self, name: str) -> Account | None:
         raw = await self.redis.get(self._key(name))

@@ -20,6 +20,7 @@ from modfactory.data.recipe import RecipeError
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
+from modfactory.store.audit import trigger
 from modfactory.store.feedback import FeedbackLog
 from modfactory.store.registry import RegistryError
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
@@ -88,7 +89,7 @@ async def retrain_if_due(producer: Producer, name: str) -> Decision | None:
             raise ActiveRunExists(active)
         wanted = spec.model_copy(update={"source_fingerprint": None}) if spec else None
         wanted = wanted or producer.spec(model_name=name)
-        submission = await producer.submit(wanted)
+        submission = await producer.submit(wanted, by=trigger("corrections"))
     except ActiveRunExists as exc:
         held_back = f"{prefix}:feedback-skip:{name}:{exc.run.id}"
         if not await redis.set(held_back, 1, nx=True, ex=86_400):

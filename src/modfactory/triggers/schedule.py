@@ -20,6 +20,7 @@ from modfactory.data.recipe import RecipeError
 from modfactory.producer import Producer
 from modfactory.settings import Settings
 from modfactory.store import queue
+from modfactory.store.audit import trigger
 from modfactory.store.run import ActiveRunExists, RunNotFound, RunSpec
 
 log = logging.getLogger("modfactory.triggers.schedule")
@@ -114,7 +115,7 @@ async def decide_tick(producer: Producer) -> Decision:
                 )
         why = f"source or recipe changed since champion {record.champion.run_id}"
     try:
-        submission = await producer.submit(spec)
+        submission = await producer.submit(spec, by=trigger("cron"))
     except ActiveRunExists as exc:
         return skipped(f"run {exc.run.id} of model {model!r} is unfinished ({exc.run.state})")
     if not submission.created:

@@ -19,7 +19,7 @@ from modfactory.roles import Action
 from modfactory.store.registry import ModelRecord, RegistryError
 from modfactory.store.run import Run, RunNotFound, RunStateError
 from modfactory.web.errors import ApiError, field_error
-from modfactory.web.identity import require
+from modfactory.web.identity import actor_of, require
 from modfactory.web.request_body import read_body
 
 
@@ -51,15 +51,16 @@ async def run_action(request: Request) -> Response:
     needed = {"cancel": Action.RUN, "retry": Action.RUN, "approve": Action.APPROVE}
     if action not in needed:
         raise ApiError(404, f"no run action {action[:40]!r}: cancel, approve or retry")
-    await require(request, needed[action], await _body(request), signed=True)
+    caller = await require(request, needed[action], await _body(request), signed=True)
     producer, run_id = _producer(request), request.path_params["run_id"]
+    by = actor_of(request, caller)
     try:
         if action == "cancel":
-            run = await producer.cancel(run_id)
+            run = await producer.cancel(run_id, by=by)
         elif action == "approve":
-            run = await producer.approve(run_id)
+            run = await producer.approve(run_id, by=by)
         else:
-            run = await producer.retry(run_id)
+            run = await producer.retry(run_id, by=by)
     except RunNotFound as exc:
         raise ApiError(404, str(exc)) from None
     except RunStateError as exc:
@@ -91,11 +92,11 @@ async def model_action(request: Request) -> Response:
     if what not in ("promote", "rollback"):
         raise ApiError(404, f"no model action {what[:40]!r}: promote or rollback")
     body = await _body(request)
-    await require(request, Action.PROMOTE, body, signed=True)
-    producer = _producer(request)
+    caller = await require(request, Action.PROMOTE, body, signed=True)
+    producer, by = _producer(request), actor_of(request, caller)
     try:
         if what == "rollback":
-            return _record_json(await producer.rollback(name))
+            return _record_json(await producer.rollback(name, by=by))
         wanted = _promote_request(body)
         run = await producer.run(wanted.run_id)
         if run.spec.model_name != name:
@@ -105,7 +106,7 @@ async def model_action(request: Request) -> Response:
                 f"not {name!r}",
                 field="run_id",
             )
-        return _record_json(await producer.promote(run.id, force=wanted.force))
+        return _record_json(await producer.promote(run.id, force=wanted.force, by=by))
     except RunNotFound as exc:
         raise ApiError(404, str(exc)) from None
     except (RunStateError, RegistryError) as exc:

@@ -60,7 +60,7 @@ from modfactory.triggers.webhook import (
     log_retrain,
     retrain_spec,
 )
-from modfactory.web import actions_api
+from modfactory.web import actions_api, audit_api
 from modfactory.web.auth import ReplayGuard, check_proxy, check_secrets
 from modfactory.web.errors import (
     ApiError,
@@ -71,7 +71,7 @@ from modfactory.web.errors import (
     unexpected,
 )
 from modfactory.web.feedback_api import feedback, review, review_queue
-from modfactory.web.identity import Accounts, require
+from modfactory.web.identity import Accounts, actor_of, require
 from modfactory.web.moderation_api import classifications, moderations
 from modfactory.web.monitoring import prometheus_text
 from modfactory.web.request_body import read_body
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
             Route("/v1/runs/{run_id}/{action}", actions_api.run_action, methods=["POST"]),
             Route("/v1/models", actions_api.list_models, methods=["GET"]),
+            Route("/v1/audit", audit_api.audit, methods=["GET"]),
             Route("/v1/models/{name}", actions_api.get_model, methods=["GET"]),
             Route("/v1/models/{name}/{what}", actions_api.model_action, methods=["POST"]),
             Route("/v1/moderations", moderations, methods=["POST"]),
@@ -229,11 +230,11 @@ async def retrain(request: Request) -> Response:
     """``POST /v1/retrain``: 202 with the new run; 409 (or 200, coalescing) while the model
     name has an unfinished run."""
     body = await _body(request)
-    await require(request, Action.RUN, body, signed=True)
+    caller = await require(request, Action.RUN, body, signed=True)
     wanted = parse_retrain_request(body)
     spec = spec_of(request, wanted)
     try:
-        submission = await _producer(request).submit(spec)
+        submission = await _producer(request).submit(spec, by=actor_of(request, caller))
     except RecipeError as exc:  # e.g. the source directory has no split files
         raise ApiError(422, str(exc)) from None
     except ActiveRunExists as exc:

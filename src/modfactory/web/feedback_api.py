@@ -29,11 +29,11 @@ from starlette.responses import JSONResponse, Response
 from modfactory.producer import Producer
 from modfactory.roles import Action
 from modfactory.settings import Settings
-from modfactory.store.feedback import Correction, FeedbackLog, RateLimit
+from modfactory.store.feedback import Correction, RateLimit
 from modfactory.store.review import ReviewQueue
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
 from modfactory.web.errors import ApiError, field_error
-from modfactory.web.identity import Caller, rate_key, require
+from modfactory.web.identity import Caller, actor_of, rate_key, require
 from modfactory.web.request_body import read_body
 
 log = logging.getLogger("modfactory.triggers.feedback")
@@ -137,7 +137,8 @@ async def feedback(request: Request) -> Response:
         at=datetime.now(UTC),
         request_id=wanted.request_id,
     )
-    feedback_id, stored = await FeedbackLog(producer.redis, settings.queue_name).add(correction)
+    by = actor_of(request, caller)
+    feedback_id, stored = await producer.correct(correction, by=by, answer=item is not None)
     if item is not None:
         await queue.remove(name, item.id)
     due = stored and settings.retrain_after_feedback

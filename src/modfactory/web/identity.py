@@ -9,7 +9,7 @@ asks ``require`` (or ``scoring_caller``); none checks a token by hand.
 Accounts are read from Redis into memory and read again every
 MODFACTORY_SERVE_REFRESH_INTERVAL, so a revoked token is refused by every replica within
 that interval, and a sign-in survives Redis being away; a token not known yet (an account
-just added) makes the next lookup read them at once (at most once a second).
+just added) is looked up by its hash at once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from starlette.requests import Request
 from modfactory.roles import NEEDS, Action, Role, refusal
 from modfactory.settings import Settings
 from modfactory.store.accounts import Account, AccountStore, token_digest
+from modfactory.store.audit import Actor
 from modfactory.web.auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -39,7 +41,6 @@ from modfactory.web.auth import (
 from modfactory.web.errors import ApiError
 
 log = logging.getLogger("modfactory.web")
-RELOAD_AT_MOST_EVERY = 1.0  # s: a flood of unknown tokens reads Redis once a second
 SEEN_EVERY = 60.0  # s: how fine an account's "last seen" is
 
 
@@ -90,7 +91,6 @@ class Accounts:
         self.store = store
         self._by_digest: dict[str, Account] = {}
         self._by_name: dict[str, Account] = {}
-        self._read_at = float("-inf")
         self._lock = asyncio.Lock()
         self._seen: dict[str, datetime] = {}
 
@@ -102,25 +102,36 @@ class Accounts:
             except (RedisError, OSError) as exc:
                 log.warning("accounts not read again (Redis: %s); the last read holds", exc)
                 return
-            finally:
-                self._read_at = time.monotonic()
             active = [a for a in accounts if a.active]
             self._by_digest = {a.token_sha256: a for a in active}
             self._by_name = {a.name: a for a in active}
 
     async def by_token(self, token: str) -> Account | None:
+        """The active account holding ``token``: from memory, else looked up by its hash
+        (an account just added works at once)."""
         digest = token_digest(token)
         found = self._by_digest.get(digest)
-        if found is None and time.monotonic() - self._read_at >= RELOAD_AT_MOST_EVERY:
-            await self.reload()
-            found = self._by_digest.get(digest)
+        if found is None:
+            try:
+                found = await self.store.by_digest(digest)
+            except (RedisError, OSError):
+                return None  # Redis away: only the accounts read before are known
+            if found is not None:
+                self._by_digest[digest], self._by_name[found.name] = found, found
         return found if found is not None and found.holds(token) else None
 
     async def by_name(self, name: str) -> Account | None:
-        found = self._by_name.get(name.strip().lower())
-        if found is None and time.monotonic() - self._read_at >= RELOAD_AT_MOST_EVERY:
-            await self.reload()
-            found = self._by_name.get(name.strip().lower())
+        """The active account named ``name`` (a proxy's header): from memory, else Redis."""
+        key = name.strip().lower()
+        found = self._by_name.get(key)
+        if found is None:
+            try:
+                found = await self.store.get(key)
+            except (RedisError, OSError):
+                return None
+            if found is None or not found.active:
+                return None
+            self._by_digest[found.token_sha256], self._by_name[key] = found, found
         return found
 
     def saw(self, name: str) -> None:
@@ -151,7 +162,7 @@ def _accounts(request: Request) -> Accounts:
     return request.app.state.accounts
 
 
-def _from_proxy(request: Request, settings: Settings) -> bool:
+def from_proxy(request: Request, settings: Settings) -> bool:
     if not settings.auth_proxy_header or request.client is None:
         return False
     try:
@@ -185,7 +196,7 @@ async def identify(
     """The caller, or 401 naming what to send (for ``action``). ``signed``: a request signed
     with MODFACTORY_WEBHOOK_SECRET is accepted too (once; it is the admin ``webhook``)."""
     settings: Settings = request.app.state.settings
-    if _from_proxy(request, settings):
+    if from_proxy(request, settings):
         name = request.headers.get(settings.auth_proxy_header or "")
         if name:
             account = await _accounts(request).by_name(name)
@@ -268,6 +279,28 @@ async def require(
 async def scoring_caller(request: Request) -> Caller:
     """Any caller at all may score texts: the serve token, a service, any account."""
     return await identify(request)
+
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def request_id(request: Request) -> str:
+    """The request's id: the sender's ``X-Request-ID`` (printable, at most 100 characters),
+    else one made up here; kept for the request's lifetime."""
+    found = request.scope.setdefault("state", {}).get("request_id")
+    if found is None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        ok = given and len(given) <= 100 and given.isprintable()
+        found = given if ok else f"req-{secrets.token_hex(8)}"
+        request.scope["state"]["request_id"] = found
+    return found
+
+
+def actor_of(request: Request, caller: Caller) -> Actor:
+    """The caller as the audit trail names them, with their address and the request id."""
+    role = caller.role.value if caller.role is not None else "scoring"
+    client = request.client.host if request.client else None
+    return Actor(name=caller.name, role=role, client=client, request_id=request_id(request))
 
 
 def rate_key(caller: Caller) -> str:

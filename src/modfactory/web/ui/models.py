@@ -11,8 +11,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from modfactory.producer import Producer
+from modfactory.roles import Action
 from modfactory.store.registry import RegistryError
 from modfactory.store.run import RunNotFound, RunStateError
+from modfactory.web.identity import actor_of
 from modfactory.web.ui.pages import (
     checked_form,
     guarded,
@@ -26,7 +28,7 @@ from modfactory.web.ui.pages import (
 @guarded
 async def models_page(request: Request) -> Response:
     """``GET /ui/models``."""
-    session = signed_in(request)
+    session = await signed_in(request)
     producer: Producer = request.app.state.producer
     drifts = {d.model_name: d for d in await producer.drifts()}
     shadows = await producer.shadows()
@@ -51,7 +53,7 @@ async def schedule_page(request: Request) -> Response:
     from modfactory.crontab import parse_cron
     from modfactory.triggers.schedule import ScheduleLog
 
-    session = signed_in(request)
+    session = await signed_in(request)
     producer: Producer = request.app.state.producer
     cron = producer.settings.retrain_cron
     upcoming = parse_cron(cron).next_times(datetime.now().astimezone(), 5) if cron else []
@@ -111,7 +113,7 @@ async def _what_changes(
 @guarded
 async def confirm_page(request: Request) -> Response:
     """``GET /ui/models/{name}/promote?run=ID`` or ``…/rollback``: what will change."""
-    session = signed_in(request)
+    session = await signed_in(request, Action.PROMOTE)
     name, what, run_id = await _change(request)
     found = await _what_changes(request.app.state.producer, name, what, run_id)
     if len(found) == 3:
@@ -132,15 +134,16 @@ async def confirm_page(request: Request) -> Response:
 @guarded
 async def change_model(request: Request) -> Response:
     """``POST /ui/models/{name}/promote?run=ID`` or ``…/rollback``: done, back to the models."""
-    session = signed_in(request)
+    session = await signed_in(request, Action.PROMOTE)
     form = await checked_form(request, session, session.csrf)
     name, what, run_id = await _change(request)
     producer: Producer = request.app.state.producer
+    by = actor_of(request, session.caller)
     try:
         if what == "rollback":
-            await producer.rollback(name)
+            await producer.rollback(name, by=by)
         elif what == "promote" and run_id:
-            await producer.promote(run_id, force=form.get("force") == "1")
+            await producer.promote(run_id, force=form.get("force") == "1", by=by)
         else:
             return message(request, session, 404, "No such change", f"{what!r}")
     except (RegistryError, RunStateError, RunNotFound) as exc:

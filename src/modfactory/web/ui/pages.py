@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from modfactory.roles import Action, refusal
 from modfactory.web.request_body import read_body
 from modfactory.web.ui.session import Session, csrf_ok, session_of
 
@@ -48,19 +49,18 @@ class Refused(Exception):
         self.response = response
 
 
-def signed_in(request: Request, admin: bool = True) -> Session:
-    """The session, or a refusal: to the sign-in page (GET), 403 (anything else, or a
-    reviewer on an admin page)."""
-    session = session_of(request)
+async def signed_in(request: Request, action: Action = Action.READ) -> Session:
+    """The session, if its role may do ``action``; else a refusal: to the sign-in page
+    (GET, not signed in), or 403 naming the role needed."""
+    session = await session_of(request)
     if session is None:
         if request.method == "GET":
             target = "/ui/login?" + urlencode({"next": request.url.path})
             raise Refused(RedirectResponse(target, 303, headers=page_headers()))
         raise Refused(message(request, None, 403, "Not signed in", "Sign in first."))
-    if admin and not session.admin:
-        raise Refused(
-            message(request, session, 403, "Not allowed", "The review token may only review.")
-        )
+    if not session.may(action):
+        said = refusal(session.name, session.role, action)
+        raise Refused(message(request, session, 403, "Not allowed", said))
     return session
 
 

@@ -1,7 +1,8 @@
 """The review page of ``/ui``: the review queue one text at a time — the text, how the
 champion scored it, a checkbox per label (checked as the champion flagged), submit and
-next, or skip; keyboard: 1-9 toggle a label, Enter submits, s skips. The review token may
-use it (and only it); each answer is a correction, as ``POST /v1/feedback`` stores it."""
+next, or skip; keyboard: 1-9 toggle a label, Enter submits, s skips. A reviewer (or any
+role above) may use it; each answer is a correction in the signed-in account's name, as
+``POST /v1/feedback`` stores it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from modfactory.producer import Producer
-from modfactory.store.feedback import Correction, FeedbackLog
+from modfactory.roles import Action
+from modfactory.store.feedback import Correction
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
 from modfactory.web.feedback_api import REVIEW_LEASE, review_queue
+from modfactory.web.identity import actor_of
 from modfactory.web.ui.pages import (
     Refused,
     checked_form,
@@ -25,14 +28,13 @@ from modfactory.web.ui.pages import (
     render,
     signed_in,
 )
-from modfactory.web.ui.session import session_of
+from modfactory.web.ui.session import Session
 
 
-def _model(request: Request) -> str:
+def _model(request: Request, session: Session) -> str:
     """The model name asked for (the settings' by default); a malformed one is refused."""
     name = request.query_params.get("model") or request.app.state.settings.model_name
     if not re.fullmatch(r"[\w][\w.-]{0,199}", name):
-        session = session_of(request)
         raise Refused(message(request, session, 404, "No such model", "not a model name"))
     return name
 
@@ -40,9 +42,9 @@ def _model(request: Request) -> str:
 @guarded
 async def review_page(request: Request) -> Response:
     """``GET /ui/review?model=NAME``: the next text no one else holds, leased to this page."""
-    session = signed_in(request, admin=False)
+    session = await signed_in(request, Action.REVIEW)
     producer: Producer = request.app.state.producer
-    name = _model(request)
+    name = _model(request, session)
     try:
         labels = list(await model_labels(producer, name))
     except UnknownModel as exc:
@@ -65,10 +67,10 @@ async def review_page(request: Request) -> Response:
 @guarded
 async def review_answer(request: Request) -> Response:
     """``POST /ui/review?model=NAME``: the labels checked (or a skip), then the next text."""
-    session = signed_in(request, admin=False)
+    session = await signed_in(request, Action.REVIEW)
     form = await checked_form(request, session, session.csrf)
     producer: Producer = request.app.state.producer
-    name = _model(request)
+    name = _model(request, session)
     queue = review_queue(producer.redis, producer.settings)
     item = await queue.get(name, form.get("item", ""))
     back = RedirectResponse(request.url.path + f"?model={name}", 303, headers=page_headers())
@@ -82,12 +84,12 @@ async def review_answer(request: Request) -> Response:
         model_name=name,
         text=item.text,
         labels=labels,
-        reviewer=f"/ui ({session.role})",
+        reviewer=session.name,
         at=datetime.now(UTC),
         request_id=f"review:{item.id}",
         via="review",
     )
-    await FeedbackLog(producer.redis, producer.settings.queue_name).add(correction)
+    await producer.correct(correction, by=actor_of(request, session.caller), answer=True)
     await queue.remove(name, item.id)
     if producer.settings.retrain_after_feedback:
         back.background = BackgroundTask(retrain_if_due, producer, name)

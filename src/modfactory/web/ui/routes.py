@@ -4,7 +4,9 @@ served from the package (no network needed). Sign-in, sessions and CSRF: ``ui_se
 
 Pages: runs (newest first, filters, updating themselves), a run (stages, metrics, charts,
 dataset, events; cancel, approve, re-queue a failed stage), models (``ui_models``: promote,
-roll back) and review (``ui_review``). Shared parts: ``ui_pages``.
+roll back), review (``ui_review``), the audit trail and the accounts (``ui_people``). Each
+page and action asks the role table; a page shows only what the role may do. Shared
+parts: ``ui_pages``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ from modfactory import charts
 from modfactory.artifacts import ArtifactError, ArtifactStore
 from modfactory.evaluation import tables
 from modfactory.producer import Producer
+from modfactory.roles import Action, Role
+from modfactory.store.audit import Actor, AuditAction
 from modfactory.store.run import Run, RunNotFound, RunState, RunStateError
+from modfactory.web.identity import actor_of, request_id
 from modfactory.web.ui import models as ui_models
+from modfactory.web.ui import people as ui_people
 from modfactory.web.ui import review as ui_review
 from modfactory.web.ui.pages import (
     REPORT_CSP,
@@ -42,12 +48,11 @@ from modfactory.web.ui.run import CHART_NAMES, run_context
 from modfactory.web.ui.session import (
     LOGIN_COOKIE,
     Session,
+    caller_of_token,
     csrf_ok,
     end_session,
     login_csrf,
-    role_of,
     session_of,
-    signing_in_possible,
     start_session,
 )
 
@@ -71,6 +76,10 @@ def routes() -> list[BaseRoute]:
         Route("/ui/review", ui_review.review_answer, methods=["POST"]),
         Route("/ui/models/{name}/{what}", ui_models.confirm_page, methods=["GET"]),
         Route("/ui/models/{name}/{what}", ui_models.change_model, methods=["POST"]),
+        Route("/ui/audit", ui_people.audit_page, methods=["GET"]),
+        Route("/ui/users", ui_people.users_page, methods=["GET"]),
+        Route("/ui/users", ui_people.change_users, methods=["POST"]),
+        Route("/ui/users/{name}/{what}", ui_people.change_users, methods=["POST"]),
         Mount(
             "/ui/static",
             StaticFiles(packages=[("modfactory.web.ui", "static")]),
@@ -80,11 +89,24 @@ def routes() -> list[BaseRoute]:
 
 
 # --- signing in --------------------------------------------------------------------------------
+def landing(role: Role | None) -> str:
+    """Where a role starts: a reviewer at the review queue, the others at the runs."""
+    return "/ui/review" if role == Role.REVIEWER else "/ui/runs"
+
+
 async def home(request: Request) -> Response:
-    """``GET /ui``: to the runs, or the review queue for the review token (or sign-in)."""
-    session = session_of(request)
-    target = "/ui/review" if session is not None and not session.admin else "/ui/runs"
+    """``GET /ui``: to the role's first page (or sign-in)."""
+    session = await session_of(request)
+    target = landing(session.role if session else None)
     return RedirectResponse(target, 303, headers=page_headers())
+
+
+def _next(nxt: str, role: Role | None = None) -> str:
+    """Where to go after signing in: the page asked for, if it is one of /ui's (the
+    sign-in form's default, the runs, is the role's first page)."""
+    if not nxt.startswith("/ui/") or nxt.startswith("//") or nxt == "/ui/runs":
+        return landing(role)
+    return nxt
 
 
 async def login_page(
@@ -101,35 +123,37 @@ async def login_page(
         title="Sign in",
         error=error,
         csrf=csrf,
-        possible=signing_in_possible(request.app.state.settings),
-        next=nxt if nxt.startswith("/ui/") and not nxt.startswith("//") else "/ui/runs",
+        next=_next(nxt),
     )
     login_csrf(request, response, csrf)
     return response
 
 
 async def login(request: Request) -> Response:
-    """``POST /ui/login``: the right token starts a session; a wrong one is refused, late."""
+    """``POST /ui/login``: an account's token (or a service's that may sign in) starts a
+    session; any other is refused, late. Both are in the audit trail."""
     form = await posted(request)
     nxt = str(form.get("next", ""))
     if not csrf_ok(request.cookies.get(LOGIN_COOKIE, ""), form.get("csrf")):
         return await login_page(request, "The sign-in form expired: try again.", 403, nxt)
-    role = role_of(request.app.state.settings, str(form.get("token", "")))
-    if role is None:
+    caller = await caller_of_token(request, str(form.get("token", "")))
+    producer: Producer = request.app.state.producer
+    if caller is None:
+        client = request.client.host if request.client else None
+        nobody = Actor(name="unknown", client=client, request_id=request_id(request))
+        await producer.record(AuditAction.SIGN_IN_REFUSED, "/ui", "a token not accepted", by=nobody)
         await asyncio.sleep(WRONG_TOKEN_DELAY)
         return await login_page(request, "That token is not accepted here.", 401, nxt)
-    target = nxt if nxt.startswith("/ui/") and not nxt.startswith("//") else "/ui/runs"
-    if role == "reviewer" and not target.startswith("/ui/review"):
-        target = "/ui/review"  # the only page a review token opens
-    response = RedirectResponse(target, 303, headers=page_headers())
-    start_session(request, response, role)
+    await producer.record(AuditAction.SIGN_IN, "/ui", by=actor_of(request, caller))
+    response = RedirectResponse(_next(nxt, caller.role), 303, headers=page_headers())
+    await start_session(request, response, caller)
     return response
 
 
 @guarded
 async def logout(request: Request) -> Response:
     """``POST /ui/logout``."""
-    session = signed_in(request, admin=False)
+    session = await signed_in(request)
     await checked_form(request, session, session.csrf)
     response = RedirectResponse("/ui/login", 303, headers=page_headers())
     end_session(request, response)
@@ -173,7 +197,7 @@ def run_row(run: Run, metric: str) -> dict[str, Any]:
 @guarded
 async def runs_page(request: Request) -> Response:
     """``GET /ui/runs?state=…&model=…`` (``fragment=1``: the table alone, for refreshing)."""
-    session = signed_in(request)
+    session = await signed_in(request)
     state = request.query_params.get("state", "")
     model = request.query_params.get("model", "").strip()[:200]
     producer: Producer = request.app.state.producer
@@ -207,7 +231,7 @@ async def _run(request: Request, session: Session) -> Run:
 @guarded
 async def run_page(request: Request) -> Response:
     """``GET /ui/runs/{id}`` (``fragment=1``: the body alone, for refreshing)."""
-    session = signed_in(request)
+    session = await signed_in(request)
     run = await _run(request, session)
     context = run_context(run, session, request.app.state.settings.promotion_metric)
     fragment = request.query_params.get("fragment") == "1"
@@ -217,7 +241,7 @@ async def run_page(request: Request) -> Response:
 @guarded
 async def run_file(request: Request) -> Response:
     """``GET /ui/runs/{id}/files/{chart or report}``: from the artifact store."""
-    session = signed_in(request)
+    session = await signed_in(request)
     run = await _run(request, session)
     name = request.path_params["name"]
     fields = {chart: field for chart, field, _ in CHART_NAMES}
@@ -239,18 +263,20 @@ async def run_file(request: Request) -> Response:
 @guarded
 async def run_action(request: Request) -> Response:
     """``POST /ui/runs/{id}/cancel|approve|requeue``: then back to the run."""
-    session = signed_in(request)
+    action = request.path_params["action"]
+    needed = {"cancel": Action.RUN, "requeue": Action.RUN, "approve": Action.APPROVE}
+    session = await signed_in(request, needed.get(action, Action.RUN))
     await checked_form(request, session, session.csrf)
     run = await _run(request, session)
     producer: Producer = request.app.state.producer
-    action = request.path_params["action"]
+    by = actor_of(request, session.caller)
     try:
         if action == "cancel":
-            await producer.cancel(run.id)
+            await producer.cancel(run.id, by=by)
         elif action == "approve":
-            await producer.approve(run.id)
+            await producer.approve(run.id, by=by)
         elif action == "requeue":
-            await producer.retry(run.id)
+            await producer.retry(run.id, by=by)
         else:
             return message(request, session, 404, "No such action", f"{action!r}")
     except RunStateError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from modfactory.evaluation import tables
+from modfactory.roles import Action
 from modfactory.store.run import STAGES, Run, RunState
 from modfactory.web.ui.session import Session
 
@@ -24,11 +25,14 @@ def _stages(run: Run) -> list[dict[str, Any]]:
     ]
 
 
-def _actions(run: Run) -> list[tuple[str, str, str]]:
+def _actions(run: Run, session: Session) -> list[tuple[str, str, str]]:
+    """The buttons the run allows and the session's role may press."""
     actions = []
-    if run.state == RunState.AWAITING_APPROVAL:
+    if run.state == RunState.AWAITING_APPROVAL and session.may(Action.APPROVE):
         cost = run.training.metadata.get("cost")
         actions.append(("approve", f"Approve the quoted cost ({cost})", "starts the training job"))
+    if not session.may(Action.RUN):
+        return actions
     if not run.state.terminal:
         actions.append(("cancel", "Cancel the run", "and its training job at the backend"))
     if any(run.stages[s].state == "failed" for s in STAGES):
@@ -49,7 +53,7 @@ def run_context(run: Run, session: Session, metric: str) -> dict[str, Any]:
         "page": "runs",
         "run": run,
         "stages": _stages(run),
-        "actions": _actions(run),
+        "actions": _actions(run, session),
         "metrics": metrics,
         "table": tables.metrics_table(metrics) if metrics else None,
         "verdict": verdict,
