@@ -33,6 +33,7 @@ from modfactory.artifacts import ArtifactStore
 from modfactory.roles import NEEDS, Action, Role
 from modfactory.settings import Settings
 from modfactory.store.audit import AuditLog
+from modfactory.store.double_review import Dispute, DoubleReviews
 from modfactory.store.run import RunState
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("access")]
@@ -330,6 +331,9 @@ def _ui_change(site: Site, caller: str, what: str) -> tuple[str, str, dict]:
         return "POST", f"/ui/models/moderation/promote?run={other}", {"force": "1"}
     if what == "rollback":
         return "POST", "/ui/models/moderation/rollback", {}
+    if what == "settle a dispute":
+        item_id = asyncio.run(_dispute(site.settings))
+        return "POST", f"/ui/disputes/{item_id}", {"label:insult": "1"}
     if what == "add a user":
         return "POST", "/ui/users", {"name": f"new-{caller}@example.com", "role": "viewer"}
     return "POST", "/ui/review", {"skip": "1"}  # nothing waiting: back to the page
@@ -340,6 +344,8 @@ UI_PAGES = {
     "/ui/models": Action.READ,
     "/ui/schedule": Action.READ,
     "/ui/audit": Action.READ,
+    "/ui/reviewers": Action.READ,
+    "/ui/disputes": Action.READ,
     "/ui/review": Action.REVIEW,
     "/ui/users": Action.MANAGE_USERS,
     "confirm a promotion": Action.PROMOTE,  # the page before it
@@ -351,6 +357,7 @@ UI_ACTIONS = {
     "promote": (Action.PROMOTE, "model.promote"),
     "rollback": (Action.PROMOTE, "model.rollback"),
     "add a user": (Action.MANAGE_USERS, "user.add"),
+    "settle a dispute": (Action.ADJUDICATE, "review.adjudicate"),
     "answer a review": (Action.REVIEW, None),
 }
 
@@ -425,6 +432,17 @@ def test_the_audit_trail_names_each_change_once_and_outlives_redis(site: Site) -
             httpx.request(method, f"{site.url}/v1/audit", headers=bearer(WEBHOOK)).status_code
             == 405
         )
+
+
+async def _dispute(settings: Settings) -> str:
+    """A disputed text of MODFACTORY_MODEL_NAME, open, for someone to settle."""
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    item_id = f"mod-{secrets.token_hex(4)}.0"
+    answers = {"ann": ["insult"], "bob": []}
+    dispute = Dispute(item_id=item_id, model_name="moderation", text="a text", answers=answers)
+    await DoubleReviews(client, settings.queue_name).dispute(dispute)
+    await client.aclose()
+    return item_id
 
 
 async def _compact(settings: Settings, store: ArtifactStore) -> int:

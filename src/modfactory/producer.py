@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -24,9 +25,11 @@ from modfactory.settings import Settings
 from modfactory.stages.context import StageContext, cancel_remote_job
 from modfactory.store import queue
 from modfactory.store.audit import Actor, AuditAction, AuditLog, process_actor
+from modfactory.store.double_review import Dispute, DoubleReviews, Pair
 from modfactory.store.feedback import Correction, FeedbackLog
 from modfactory.store.registry import ModelRecord, ModelRegistry
 from modfactory.store.retention import prune_runs
+from modfactory.store.review import Answered, ReviewQueue
 from modfactory.store.run import STAGES, ActiveRunExists, Run, RunSpec, RunState, RunStateError
 from modfactory.store.runs import RunStore
 from modfactory.store.shadow import ShadowLog, ShadowTally
@@ -239,6 +242,84 @@ class Producer:
         champion = record.champion.run_id if record.champion else "nobody"
         await self.record(AuditAction.MODEL_ROLLBACK, name, f"champion again: {champion}", by=by)
         return record
+
+    def review_queue(self) -> ReviewQueue:
+        s = self.settings
+        return ReviewQueue(
+            self.redis, s.queue_name, s.review_queue_max, s.review_max_age, s.review_overlap
+        )
+
+    async def answer_review(
+        self,
+        name: str,
+        item_id: str,
+        labels: list[str],
+        *,
+        reviewer: str,
+        request_id: str | None = None,
+        by: Actor | None = None,
+    ) -> tuple[Answered, str] | None:
+        """``reviewer``'s labels for a text of the review queue: stored as a correction
+        (None: the item is gone — answered meanwhile, or too old). A text for two people is
+        held out of training from its first answer; the second either agrees (the hold is
+        lifted) or disputes it (the text waits for an operator to settle it)."""
+        answered = await self.review_queue().answer(name, item_id, reviewer, labels)
+        if answered is None:
+            return None
+        reviews, text = DoubleReviews(self.redis, self.settings.queue_name), answered.item.text
+        if answered.kind == "first":
+            await reviews.hold(name, text)  # before the correction: no build takes it alone
+        correction = Correction(
+            model_name=name,
+            text=text,
+            labels=labels,
+            reviewer=reviewer,
+            at=datetime.now(UTC),
+            request_id=request_id or f"review:{item_id}:{reviewer}",
+            via="review",
+        )
+        found, _ = await self.correct(correction, by=by, answer=True)
+        await reviews.answered(name, reviewer)
+        if answered.other is not None:
+            both = Pair(
+                item_id=item_id,
+                first=answered.other,
+                first_labels=list(answered.their),
+                second=reviewer,
+                second_labels=sorted(labels),
+            )
+            await reviews.pair(name, both)
+        if answered.kind == "agreed":
+            await reviews.release(name, text)
+        elif answered.kind == "disputed":
+            answers = {answered.other or "": list(answered.their), reviewer: sorted(labels)}
+            await reviews.dispute(
+                Dispute(item_id=item_id, model_name=name, text=text, answers=answers)
+            )
+        return answered, found
+
+    async def settle_dispute(
+        self, name: str, item_id: str, labels: list[str], *, by: Actor | None = None
+    ) -> Dispute:
+        """Settle a disputed text: ``labels`` become its correction (the training label),
+        and it is no longer held out (DisputeSettled if it is not open)."""
+        who = by or self.actor
+        reviews = DoubleReviews(self.redis, self.settings.queue_name)
+        dispute = await reviews.settle(name, item_id, who.name, labels)
+        correction = Correction(
+            model_name=name,
+            text=dispute.text,
+            labels=sorted(labels),
+            reviewer=who.name,
+            at=datetime.now(UTC),
+            request_id=f"adjudication:{item_id}",
+            via="adjudication",
+        )
+        await FeedbackLog(self.redis, self.settings.queue_name).add(correction)
+        await reviews.release(name, dispute.text)
+        flagged = ", ".join(sorted(labels)) or "none flagged"
+        await self.record(AuditAction.ADJUDICATION, item_id, f"{name}: {flagged}", by=by)
+        return dispute
 
     async def correct(
         self, correction: Correction, *, by: Actor | None = None, answer: bool = False

@@ -75,6 +75,13 @@ class ServingSettings(BaseModel):
         description="Share of the texts `serve` answers offered to the review queue (kept "
         "most uncertain first, plus a random tenth; never a request with store=false; 0: off).",
     )
+    review_overlap: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="Share of review texts handed to two different people: a text both "
+        "answered alike is agreed; one answered differently is disputed, held out of "
+        "training until an operator settles it (/ui/disputes). Agreement per reviewer: "
+        "`modfactory review stats`, /ui/reviewers.",
+    )
     review_queue_max: int = Field(1000, ge=1, description="Most texts waiting per model name.")
     review_max_age: float = Field(
         604_800, gt=0, description="Seconds a text waits in the review queue before it goes."

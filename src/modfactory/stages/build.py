@@ -1,6 +1,7 @@
 """build: the cookbook's dataset recipe → train / validation / test JSONL and charts, built
 in scratch on this machine and kept in the artifact store; the model name's corrections
-(compacted first, ``stages.feedback``) join train, and their held-out share is ``live``."""
+(compacted first, ``stages.feedback``) join train, and their held-out share is ``live``;
+texts held by double review (half-reviewed, or disputed and not settled) are left out."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from modfactory.data.feedback import Corrections
 from modfactory.data.sources import parse_source
 from modfactory.stages.context import StageContext
 from modfactory.stages.feedback import all_corrections
+from modfactory.store.double_review import DoubleReviews, text_digest
 from modfactory.store.feedback import FeedbackLog
 from modfactory.store.run import Run
 from modfactory.values import DatasetSummary, FeedbackUse
@@ -35,6 +37,8 @@ async def build_splits(sc: StageContext, run: Run) -> None:
     report = sc.progress_reporter(run.id, "build")
     feedback = FeedbackLog(sc.redis, sc.settings.queue_name)
     rows, upto = await all_corrections(sc.artifacts, feedback, run.spec.model_name, compact=True)
+    held = await DoubleReviews(sc.redis, sc.settings.queue_name).held(run.spec.model_name)
+    rows = [r for r in rows if text_digest(r["text"]) not in held]  # disputed, or half-reviewed
     corrections = Corrections(rows, upto, sc.settings.feedback_holdout)
 
     def build_and_keep() -> DatasetSummary:

@@ -58,7 +58,7 @@ class Correction(BaseModel):
     reviewer: str | None = None
     at: datetime
     request_id: str | None = None
-    via: Literal["api", "import", "review"] = "api"
+    via: Literal["api", "import", "review", "adjudication"] = "api"
 
 
 class FeedbackLog:

@@ -70,7 +70,7 @@ from modfactory.web.errors import (
     redis_down,
     unexpected,
 )
-from modfactory.web.feedback_api import feedback, review, review_queue
+from modfactory.web.feedback_api import feedback, review
 from modfactory.web.identity import Accounts, actor_of, require
 from modfactory.web.moderation_api import classifications, moderations
 from modfactory.web.monitoring import prometheus_text
@@ -165,7 +165,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         on_call=meter.batch.observe,
     )
     app.state.shadow = Shadow(champions, ShadowLog(pool, settings.queue_name))
-    app.state.review = ReviewSampler(review_queue(pool, settings), settings.review_sample)
+    app.state.review = ReviewSampler(app.state.producer.review_queue(), settings.review_sample)
     app.state.drift = DriftMeter(DriftLog(pool, settings.queue_name, settings.drift_window))
     refreshing = asyncio.create_task(champions.refresh_forever(settings.serve_refresh_interval))
     counting = asyncio.create_task(app.state.drift.flush_forever(settings.serve_refresh_interval))

@@ -21,7 +21,6 @@ import time
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from redis.asyncio import Redis
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,7 +29,6 @@ from modfactory.producer import Producer
 from modfactory.roles import Action
 from modfactory.settings import Settings
 from modfactory.store.feedback import Correction, RateLimit
-from modfactory.store.review import ReviewQueue
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
 from modfactory.web.errors import ApiError, field_error
 from modfactory.web.identity import Caller, actor_of, rate_key, require
@@ -117,33 +115,35 @@ async def feedback(request: Request) -> Response:
                 f"(its labels: {', '.join(labels)})",
                 field=f"labels.{label}",
             )
-    queue = review_queue(producer.redis, settings)
-    item = None
+    flagged = [label for label, on in wanted.labels.items() if on]
+    reviewer, by, shown = reviewer_of(caller, wanted.reviewer), actor_of(request, caller), {}
     if wanted.answer_id is not None:
-        item = await queue.get(name, f"{wanted.answer_id}.{wanted.index}")
-        if item is None:
+        item_id = f"{wanted.answer_id}.{wanted.index}"
+        done = await producer.answer_review(
+            name, item_id, flagged, reviewer=reviewer, request_id=wanted.request_id, by=by
+        )
+        if done is None:
             raise ApiError(
                 404,
                 f"answer {wanted.answer_id} text {wanted.index} of model {name!r} is not kept: "
                 "only texts sampled for review are (MODFACTORY_REVIEW_SAMPLE), until they are "
                 "answered or MODFACTORY_REVIEW_MAX_AGE passes; send the text as 'input'",
             )
-    correction = Correction(
-        model_name=name,
-        text=item.text if item else wanted.input or "",
-        via="review" if item else "api",
-        labels=[label for label, flagged in wanted.labels.items() if flagged],
-        reviewer=reviewer_of(caller, wanted.reviewer),
-        at=datetime.now(UTC),
-        request_id=wanted.request_id,
-    )
-    by = actor_of(request, caller)
-    feedback_id, stored = await producer.correct(correction, by=by, answer=item is not None)
-    if item is not None:
-        await queue.remove(name, item.id)
+        (answered, feedback_id), stored = done, True
+        shown = {"review": answered.kind}  # single, first (of two), agreed, disputed
+    else:
+        correction = Correction(
+            model_name=name,
+            text=wanted.input or "",
+            labels=flagged,
+            reviewer=reviewer,
+            at=datetime.now(UTC),
+            request_id=wanted.request_id,
+        )
+        feedback_id, stored = await producer.correct(correction, by=by)
     due = stored and settings.retrain_after_feedback
     return JSONResponse(
-        {"id": feedback_id, "model": name, "stored": stored},
+        {"id": feedback_id, "model": name, "stored": stored, **shown},
         status_code=202,
         background=BackgroundTask(_retrain_if_due, producer, name) if due else None,
     )
@@ -163,18 +163,12 @@ async def _labels(producer: Producer, name: str) -> tuple[str, ...]:
         raise ApiError(404, str(exc)) from None
 
 
-def review_queue(redis: Redis, settings: Settings) -> ReviewQueue:
-    return ReviewQueue(
-        redis, settings.queue_name, settings.review_queue_max, settings.review_max_age
-    )
-
-
 async def review(request: Request) -> Response:
     """``GET /v1/review?model=NAME&limit=N``: up to N texts to review (default 10, at most
     100), most uncertain first, each leased to this caller for REVIEW_LEASE seconds —
     answer one with ``POST /v1/feedback`` and its ``answer_id`` and ``index``."""
     settings: Settings = request.app.state.settings
-    await require(request, Action.REVIEW)
+    caller = await require(request, Action.REVIEW)
     name = request.query_params.get("model") or settings.model_name
     if not re.fullmatch(r"[\w][\w.-]{0,199}", name):
         raise ApiError(422, f"query parameter 'model': {name[:80]!r} is not a model name")
@@ -182,8 +176,8 @@ async def review(request: Request) -> Response:
     if not limit.isdigit() or not 1 <= int(limit) <= 100:
         raise ApiError(422, f"query parameter 'limit': {limit[:20]!r} is not a number in 1-100")
     producer: Producer = request.app.state.producer
-    queue = review_queue(producer.redis, settings)
-    items = await queue.lease(name, int(limit), REVIEW_LEASE)
+    queue = producer.review_queue()
+    items = await queue.lease(name, int(limit), REVIEW_LEASE, reviewer=caller.name)
     shown = []
     for item in items:
         answer_id, _, index = item.id.rpartition(".")

@@ -2,22 +2,23 @@
 champion scored it, a checkbox per label (checked as the champion flagged), submit and
 next, or skip; keyboard: 1-9 toggle a label, Enter submits, s skips. A reviewer (or any
 role above) may use it; each answer is a correction in the signed-in account's name, as
-``POST /v1/feedback`` stores it."""
+``POST /v1/feedback`` stores it. Also the reviewers' agreement and the disputes of double
+review (MODFACTORY_REVIEW_OVERLAP), which an operator or admin settles."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from modfactory.evaluation.agreement import MIN_OVERLAPS, reviewer_stats
 from modfactory.producer import Producer
 from modfactory.roles import Action
-from modfactory.store.feedback import Correction
+from modfactory.store.double_review import DisputeSettled, DoubleReviews
 from modfactory.triggers.feedback import UnknownModel, model_labels, retrain_if_due
-from modfactory.web.feedback_api import REVIEW_LEASE, review_queue
+from modfactory.web.feedback_api import REVIEW_LEASE
 from modfactory.web.identity import actor_of
 from modfactory.web.ui.pages import (
     Refused,
@@ -49,8 +50,8 @@ async def review_page(request: Request) -> Response:
         labels = list(await model_labels(producer, name))
     except UnknownModel as exc:
         return message(request, session, 404, "No such model", str(exc))
-    queue = review_queue(producer.redis, producer.settings)
-    items = await queue.lease(name, 1, REVIEW_LEASE)
+    queue = producer.review_queue()
+    items = await queue.lease(name, 1, REVIEW_LEASE, reviewer=session.name)
     return render(
         request,
         "review.html",
@@ -71,7 +72,7 @@ async def review_answer(request: Request) -> Response:
     form = await checked_form(request, session, session.csrf)
     producer: Producer = request.app.state.producer
     name = _model(request, session)
-    queue = review_queue(producer.redis, producer.settings)
+    queue = producer.review_queue()
     item = await queue.get(name, form.get("item", ""))
     back = RedirectResponse(request.url.path + f"?model={name}", 303, headers=page_headers())
     if item is None:
@@ -80,17 +81,77 @@ async def review_answer(request: Request) -> Response:
         await queue.release(name, item.id)
         return back
     labels = [label for label in await model_labels(producer, name) if form.get(f"label:{label}")]
-    correction = Correction(
-        model_name=name,
-        text=item.text,
-        labels=labels,
-        reviewer=session.name,
-        at=datetime.now(UTC),
-        request_id=f"review:{item.id}",
-        via="review",
-    )
-    await producer.correct(correction, by=actor_of(request, session.caller), answer=True)
-    await queue.remove(name, item.id)
+    by = actor_of(request, session.caller)
+    await producer.answer_review(name, item.id, labels, reviewer=session.name, by=by)
     if producer.settings.retrain_after_feedback:
         back.background = BackgroundTask(retrain_if_due, producer, name)
     return back
+
+
+@guarded
+async def reviewers_page(request: Request) -> Response:
+    """``GET /ui/reviewers?model=NAME``: per reviewer, texts answered and agreement."""
+    session = await signed_in(request)
+    producer: Producer = request.app.state.producer
+    name = _model(request, session)
+    try:
+        labels = list(await model_labels(producer, name))
+    except UnknownModel as exc:
+        return message(request, session, 404, "No such model", str(exc))
+    reviews = DoubleReviews(producer.redis, producer.settings.queue_name)
+    stats = reviewer_stats(await reviews.pairs(name), await reviews.counts(name), labels)
+    return render(
+        request,
+        "reviewers.html",
+        session=session,
+        title="Reviewers",
+        page="reviewers",
+        model=name,
+        labels=labels,
+        stats=stats,
+        min_overlaps=MIN_OVERLAPS,
+        overlap=producer.settings.review_overlap,
+        open_disputes=sum(d.open for d in await reviews.disputes(name)),
+    )
+
+
+@guarded
+async def disputes_page(request: Request) -> Response:
+    """``GET /ui/disputes?model=NAME``: disputed texts, open ones first; an operator or
+    admin settles each (the labels chosen become its training label)."""
+    session = await signed_in(request)
+    producer: Producer = request.app.state.producer
+    name = _model(request, session)
+    try:
+        labels = list(await model_labels(producer, name))
+    except UnknownModel as exc:
+        return message(request, session, 404, "No such model", str(exc))
+    disputes = await DoubleReviews(producer.redis, producer.settings.queue_name).disputes(name)
+    return render(
+        request,
+        "disputes.html",
+        session=session,
+        title="Disputes",
+        page="disputes",
+        model=name,
+        labels=labels,
+        disputes=disputes[:200],
+    )
+
+
+@guarded
+async def settle(request: Request) -> Response:
+    """``POST /ui/disputes/{item}?model=NAME``: the labels checked settle the dispute."""
+    session = await signed_in(request, Action.ADJUDICATE)
+    form = await checked_form(request, session, session.csrf)
+    producer: Producer = request.app.state.producer
+    name = _model(request, session)
+    labels = [label for label in await model_labels(producer, name) if form.get(f"label:{label}")]
+    try:
+        await producer.settle_dispute(
+            name, request.path_params["item"], labels, by=actor_of(request, session.caller)
+        )
+    except DisputeSettled as exc:
+        return message(request, session, 409, "Not done", str(exc))
+    back = f"/ui/disputes?model={name}"
+    return RedirectResponse(back, 303, headers=page_headers())
