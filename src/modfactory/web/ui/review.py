@@ -88,16 +88,21 @@ async def review_answer(request: Request) -> Response:
     return back
 
 
+async def _model_and_labels(request: Request, session: Session) -> tuple[str, list[str]]:
+    """The model name asked for and its labels; a 404 page for a name with no labels."""
+    name = _model(request, session)
+    try:
+        return name, list(await model_labels(request.app.state.producer, name))
+    except UnknownModel as exc:
+        raise Refused(message(request, session, 404, "No such model", str(exc))) from None
+
+
 @guarded
 async def reviewers_page(request: Request) -> Response:
     """``GET /ui/reviewers?model=NAME``: per reviewer, texts answered and agreement."""
     session = await signed_in(request)
     producer: Producer = request.app.state.producer
-    name = _model(request, session)
-    try:
-        labels = list(await model_labels(producer, name))
-    except UnknownModel as exc:
-        return message(request, session, 404, "No such model", str(exc))
+    name, labels = await _model_and_labels(request, session)
     reviews = DoubleReviews(producer.redis, producer.settings.queue_name)
     stats = reviewer_stats(await reviews.pairs(name), await reviews.counts(name), labels)
     return render(
@@ -121,11 +126,7 @@ async def disputes_page(request: Request) -> Response:
     admin settles each (the labels chosen become its training label)."""
     session = await signed_in(request)
     producer: Producer = request.app.state.producer
-    name = _model(request, session)
-    try:
-        labels = list(await model_labels(producer, name))
-    except UnknownModel as exc:
-        return message(request, session, 404, "No such model", str(exc))
+    name, labels = await _model_and_labels(request, session)
     disputes = await DoubleReviews(producer.redis, producer.settings.queue_name).disputes(name)
     return render(
         request,
