@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import logging
 import secrets
 import socket
@@ -208,10 +207,6 @@ def _drop_old_days(store: ArtifactStore, retention_days: float) -> None:
                 store.delete(audit_key(day))
             except ArtifactError as exc:
                 log.warning("audit day %s past retention not deleted: %s", day, exc)
-
-
-def entries_json(entries: list[AuditEntry]) -> str:
-    return json.dumps([e.model_dump(mode="json") for e in entries])
 
 
 _RELATIVE = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}

@@ -1,4 +1,6 @@
-"""Who may call ``modfactory serve``: HMAC-signed requests, or a bearer token.
+"""How ``modfactory serve`` checks what callers prove: HMAC-signed requests (who a caller
+is, and what its role may do, is ``identity``'s), and the secrets and proxy settings at
+start.
 
 A signed request carries ``X-Modfactory-Timestamp: <Unix seconds>`` and
 ``X-Modfactory-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">`` keyed with
@@ -110,19 +112,6 @@ def check_signature(
             f"{SIGNATURE_HEADER} does not match: expected sha256=<hex HMAC-SHA256 of "
             '"<timestamp>.<raw body>"> keyed with MODFACTORY_WEBHOOK_SECRET'
         )
-
-
-def check_bearer(tokens: dict[str, SecretStr], authorization: str) -> None:
-    """Raise AuthError unless ``authorization`` is ``Bearer <one of tokens>`` (named by
-    their settings; each compared in constant time)."""
-    scheme, _, offered = authorization.partition(" ")
-    given = offered.strip().encode()
-    matches = [hmac.compare_digest(given, t.get_secret_value().encode()) for t in tokens.values()]
-    if scheme.lower() != "bearer" or not any(matches):
-        names = " or ".join(tokens)
-        if not authorization:
-            raise AuthError(f"unauthenticated: send Authorization: Bearer <{names}>")
-        raise AuthError(f"the bearer token is not {names}")
 
 
 class ReplayGuard:
