@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,12 @@ import redis
 from mistral_emulator import MistralEmulator
 from redis_process import RedisProcess
 from s3_server import S3Server
+
+# Compiled bytecode is kept, by these processes and the workers and servers they start (an
+# environment with PYTHONDONTWRITEBYTECODE would otherwise compile every test module, and an
+# editable install's every module, again in each process: seconds per run).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # Nothing in the tests may reach the network: datasets and the hub stay offline.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -270,6 +270,7 @@ async def run_failover(
                     f"{url}/v1/moderations",
                     json={"input": "hello"},
                     headers={"Authorization": f"Bearer {SERVE_TOKEN}"},
+                    timeout=60,  # the first answer loads the champion: slow on a busy machine
                 ).status_code
                 != 200
             ):

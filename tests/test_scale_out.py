@@ -57,10 +57,8 @@ async def test_a_lost_machine_s_run_is_finished_served_and_reported_from_other_m
     bucket = f"{s3_bucket}/modfactory"
     first = settings_for(redis_db, machine(tmp_path, "one"), artifacts_url=bucket, local_grid="off")
     producer = await producer_for(first)
-    run = (await producer.submit(producer.spec(source="synthetic:30000"))).run
-    slow = {
-        PAUSE_ENV: "1.5"
-    }  # a slow trainer (6 candidates, 9 s): machine one is lost while it trains
+    run = (await producer.submit(producer.spec(source="synthetic:10000"))).run
+    slow = {PAUSE_ENV: "0.8"}  # a slow trainer (6 candidates, 5 s): lost while it trains
 
     # Machine one builds, uploads and starts training; then it is lost, disk and all.
     with worker_process(first, tmp_path / "one.log", machine=True, **slow) as one:

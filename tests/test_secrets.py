@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -109,6 +110,11 @@ class Outputs:
         )
         self.add(f"{where} (stderr)", done.stderr)
         return self.add(f"{where} (stdout)", done.stdout)
+
+    def clis(self, calls: list[tuple[str, tuple[str, ...], dict[str, str]]], cwd: Path) -> None:
+        """Several CLI calls ``(where, args, env)`` at once (each its own process)."""
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda call: self.cli(call[0], *call[1], env=call[2], cwd=cwd), calls))
 
     def http(self, where: str, answer: httpx.Response) -> httpx.Response:
         headers = "\n".join(f"{k}: {v}" for k, v in answer.headers.items())
@@ -301,7 +307,7 @@ async def test_no_secret_appears_in_any_output(
         out.http("GET /healthz", httpx.get(f"{url}/healthz"))
 
         # the CLI, human and --json
-        for args in (
+        commands = (
             ("status", good.id),
             ("status", quoted.id, "--json"),
             ("status", failing.id),
@@ -320,8 +326,8 @@ async def test_no_secret_appears_in_any_output(
             ("report", good.id),
             ("classify", "some text", "--json"),
             ("classify", "some text"),
-        ):
-            out.cli(" ".join(args), *args, env=env, cwd=tmp_path)
+        )
+        out.clis([(" ".join(args), args, env) for args in commands], cwd=tmp_path)
     out.add("worker log", worker_log.read_bytes())
     out.add("serve log", serve_log.read_bytes())
     out.redis(guarded_redis.url)
@@ -337,37 +343,28 @@ async def test_no_secret_appears_in_any_output(
         **env,
         "MODFACTORY_REDIS_URL": f"redis://:{WRONG_REDIS_PASSWORD}@127.0.0.1:{port}/0",
     }
-    out.cli("wrong Redis password", "runs", "--json", env=wrong_redis, cwd=tmp_path)
     no_redis = {
         **env,
         "MODFACTORY_REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0",
     }
-    out.cli("Redis away", "runs", env=no_redis, cwd=tmp_path)
     s3_away = {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
-    out.cli("S3 away", "worker", env=s3_away, cwd=tmp_path)
-    assert "MODFACTORY_ARTIFACTS_URL" in out.texts["S3 away (stderr)"]
-    out.cli(
-        "short secret",
-        "serve",
-        "--port",
-        "0",
-        cwd=tmp_path,
-        env={**env, "MODFACTORY_WEBHOOK_SECRET": SHORT_SECRET},
-    )
-    out.cli(
-        "bad W&B key", "runs", env={**env, "MODFACTORY_WANDB_API_KEY": BAD_WANDB_KEY}, cwd=tmp_path
-    )
     embedded = {k: v for k, v in env.items() if k != "MODFACTORY_REDIS_URL"}
     embedded |= {"MISTRAL_API_KEY": WRONG_API_KEY, "MODFACTORY_DATA_DIR": str(tmp_path / "e")}
-    shown = out.cli(
-        "embedded run, wrong key",
-        "run",
-        "--source",
-        "synthetic:300",
-        "--json",
-        env=embedded,
-        cwd=tmp_path,
-    )
+    refused_settings = [
+        ("wrong Redis password", ("runs", "--json"), wrong_redis),
+        ("Redis away", ("runs",), no_redis),
+        ("S3 away", ("worker",), s3_away),
+        (
+            "short secret",
+            ("serve", "--port", "0"),
+            {**env, "MODFACTORY_WEBHOOK_SECRET": SHORT_SECRET},
+        ),
+        ("bad W&B key", ("runs",), {**env, "MODFACTORY_WANDB_API_KEY": BAD_WANDB_KEY}),
+        ("embedded run, wrong key", ("run", "--source", "synthetic:300", "--json"), embedded),
+    ]
+    out.clis(refused_settings, cwd=tmp_path)
+    assert "MODFACTORY_ARTIFACTS_URL" in out.texts["S3 away (stderr)"]
+    shown = out.texts["embedded run, wrong key (stdout)"]
     assert "check MISTRAL_API_KEY" in json.loads(shown)["error"]
     out.files(tmp_path / "e")
 
