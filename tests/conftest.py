@@ -37,6 +37,7 @@ LONGEST_FIRST = (
     "test_failover.py::",
     "test_secrets.py::",
     "test_scale_out.py::",
+    "test_scoring.py::",
     "test_chaos.py::",
     "test_fast_build.py::test_a_changed_shuffle",
     "test_pipeline.py::test_a_killed_worker",

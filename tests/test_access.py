@@ -95,7 +95,9 @@ def site(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     url = f"{redis_url}/5"  # this module's own database
     redis.Redis.from_url(url).flushdb()
     work = tmp_path_factory.mktemp("access")
-    settings = settings_for(url, work / "data", serve_refresh_interval=REFRESH)
+    settings = settings_for(
+        url, work / "data", serve_refresh_interval=REFRESH, score_sources=("synthetic",)
+    )
     with worker_process(settings, work / "worker.log"):
         runs = asyncio.run(_train_two(settings))  # then no worker: what is queued stays
     tokens = {
@@ -202,7 +204,25 @@ ROUTES: dict[str, tuple[Action | None, Callable[[Site, str], Request]]] = {
         ),
     ),
     "roll back": (Action.PROMOTE, lambda s, c: ("POST", "/v1/models/moderation/rollback", {})),
+    "score": (Action.SCORE, lambda s, c: ("POST", "/v1/scores", {"source": "synthetic:100"})),
+    "list scoring jobs": (Action.READ, lambda s, c: ("GET", "/v1/scores?limit=5", None)),
+    "get a scoring job": (
+        Action.READ,
+        lambda s, c: ("GET", f"/v1/scores/{asyncio.run(_scratch_score(s.settings))}", None),
+    ),
+    "cancel a scoring job": (
+        Action.SCORE,
+        lambda s, c: ("POST", f"/v1/scores/{asyncio.run(_scratch_score(s.settings))}/cancel", {}),
+    ),
 }
+
+
+async def _scratch_score(settings: Settings) -> str:
+    """A scoring job of the champion, queued (no worker takes it)."""
+    producer = await producer_for(settings)
+    job = await producer.scores.create(await producer.score_spec("synthetic:100"))
+    await producer.redis.aclose()
+    return job.id
 
 
 def every_value(client: redis.Redis) -> bytes:
@@ -235,6 +255,8 @@ CHANGES = {
     "approve": "run.approve",
     "promote": "model.promote",
     "roll back": "model.rollback",
+    "score": "score.start",
+    "cancel a scoring job": "score.cancel",
 }
 
 
@@ -462,3 +484,26 @@ async def _compact_all(settings: Settings, store: ArtifactStore) -> None:
             await asyncio.sleep(0.05)  # the other compaction, if one holds the lock
     finally:
         await client.aclose()
+
+
+def test_the_scoring_api_refuses_what_it_may_not_score_before_queuing_anything(
+    site: Site,
+) -> None:
+    headers = bearer(site.tokens["operator"])
+    client = redis.Redis.from_url(site.settings.redis_url)
+    before = client.zcard(f"{site.settings.queue_name}:scores")
+    refused = [
+        ({"source": "/etc/passwd"}, 422, "not one the API may score; allowed: synthetic"),
+        ({"source": "synthetic:100", "to_review": 10**6}, 422, "body field 'to_review'"),
+        ({"source": "synthetic:100", "model": "nobody"}, 409, "has no champion"),
+        ({"source": "synthetic:100", "run_id": "run-nope"}, 404, "no run 'run-nope'"),
+        ({"source": "synthetic:100", "surprise": 1}, 422, "body field 'surprise'"),
+    ]
+    for body, status, said in refused:
+        answer = httpx.post(f"{site.url}/v1/scores", json=body, headers=headers)
+        assert answer.status_code == status and said in answer.json()["error"], answer.text
+    garbled = httpx.post(f"{site.url}/v1/scores", content=b"{not json", headers=headers)
+    assert garbled.status_code == 422 and "not valid JSON" in garbled.json()["error"]
+    assert client.zcard(f"{site.settings.queue_name}:scores") == before  # nothing queued
+    missing = httpx.get(f"{site.url}/v1/scores/score-nope", headers=headers)
+    assert missing.status_code == 404 and "no scoring job" in missing.json()["error"]

@@ -19,6 +19,7 @@ def test_each_role_may_what_the_one_below_may_and_more() -> None:
     assert allowed[Role.REVIEWER] == {Action.READ, Action.REVIEW}
     assert allowed[Role.OPERATOR] == allowed[Role.REVIEWER] | {
         Action.RUN,
+        Action.SCORE,
         Action.APPROVE,
         Action.ADJUDICATE,
     }

@@ -434,6 +434,8 @@ def test_classify_scores_texts_and_files_as_the_service_does(
         (("--input", "{dir}/bad.jsonl"), "bad.jsonl, line 2: no 'text' field"),
         (("--input", "{dir}/a.txt"), "a.txt: unknown format '.txt'; use .jsonl, .csv or .parquet"),
         (("x", "--output", "{dir}/out.xlsx"), "out.xlsx: unknown format '.xlsx'"),
+        (("-i", "{dir}/bad.jsonl", "-o", "{dir}/out.parquet"), "bad.jsonl, row 2: 'text' is empty"),
+        (("-i", "{dir}/missing.jsonl", "-o", "{dir}/out.jsonl"), "missing.jsonl: no such file"),
         (("x", "--model", "nobody"), "model 'nobody' has no champion yet"),
         (("x", "--run", "run-nope"), "run-nope"),
     ],
@@ -447,6 +449,7 @@ def test_classify_refuses_bad_input_in_one_line(
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))]  # no output
 
 
 async def test_shadowing_records_how_the_newest_candidate_agrees_with_the_champion(

@@ -320,3 +320,46 @@ def test_screenshots_are_where_the_readme_shows_them() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name in ("runs.png", "run.png", "review.png"):
         assert f"docs/screenshots/{name}" in readme
+
+
+async def _a_champion(producer) -> None:
+    """The deployment's model name has a champion (trained here if no test made one)."""
+    if (await producer.model(producer.settings.model_name)).champion is None:
+        run = (await producer.submit(producer.spec(), by=None)).run
+        await wait_until(producer.store, run.id, lambda r: r.state.terminal)
+
+
+async def test_a_scoring_job_is_watched_to_its_end_and_its_hostile_texts_stay_text(
+    browser, deployment: Deployment, tmp_path: Path
+) -> None:
+    producer = await producer_for(deployment.settings)
+    await _a_champion(producer)
+    archive = tmp_path / "archive.jsonl"
+    hostile = f"{XSS} you stupid pathetic idiot moron"  # among the highest scores
+    texts = [hostile if i % 50 == 0 else f"the council met on day {i}" for i in range(3000)]
+    archive.write_text(
+        "".join(json.dumps({"text": t, "id": f"c{i}"}) + "\n" for i, t in enumerate(texts))
+    )
+    spec = await producer.score_spec(str(archive), id_column="id", keep_text=True)
+    page = await signed_in(browser, deployment)
+    job = await producer.submit_score(spec)
+    await page.goto(f"{deployment.url}/ui/scores/{job.id}")
+    await page.evaluate("window.stillTheSamePage = true")
+    await page.locator("h1 .state", has_text="succeeded").wait_for(timeout=120_000)
+    assert await page.evaluate("window.stillTheSamePage") is True  # it updated by itself
+    assert "3,000 of 3,000 rows" in await page.locator("p.progress").inner_text()
+    labels = page.locator("table.metrics tbody tr")
+    assert await labels.count() == len((await producer.scores.get(job.id)).labels)
+    images = page.locator(".charts img")
+    for i in range(await images.count()):
+        await page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=await images.nth(i).element_handle()
+        )
+    shown = page.locator("table.highest td.text", has_text="<script>")
+    assert await shown.count() > 0  # the hostile text, shown as text
+    assert await page.title() != "pwned"
+    await page.screenshot(path=str(SHOTS / "scoring.png"), full_page=True)
+    await page.goto(f"{deployment.url}/ui/scores")
+    assert await page.get_by_role("row").filter(has_text=job.id).count() == 1
+    await page.close()
+    await producer.redis.aclose()

@@ -53,6 +53,12 @@ def feedback_key(model_name: str, *parts: str) -> str:  # moderators' correction
     return checked_key("feedback", model_name, *parts)
 
 
+def score_key(score_id: str, *parts: str) -> str:  # a scoring job's shards, parts, report
+    """``scores/<id>/<parts>``: its output ``part-00000.parquet``…, its shards' inputs
+    under ``input/``, ``report.html``."""
+    return checked_key("scores", score_id, *parts)
+
+
 def audit_key(day: str = "") -> str:  # the audit log, one JSONL object per UTC day
     return checked_key("audit", f"{day}.jsonl") if day else "audit/"
 

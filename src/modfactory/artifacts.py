@@ -47,6 +47,7 @@ from modfactory.artifact_keys import (
     display_url,
     feedback_key,
     run_key,
+    score_key,
     storage_options,
 )
 from modfactory.fileio import atomic_output
@@ -71,6 +72,7 @@ __all__ = [
     "display_url",
     "feedback_key",
     "run_key",
+    "score_key",
     "storage_options",
 ]
 

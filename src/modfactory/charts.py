@@ -362,3 +362,36 @@ def pr_curves(
         (0, 1),
         "lower left",
     )
+
+
+def score_histogram(label: str, counts: Sequence[int], threshold: float) -> bytes:
+    """Rows per score bin over [0, 1] on a log scale (scores crowd near 0), the bins at
+    or above ``threshold`` in red, and the threshold marked."""
+    canvas = Canvas(420, 250)
+    left, top, w, h = 70.0, 34.0, 330.0, 170.0
+    peak = max(counts, default=0)
+    decades = max(1, math.ceil(math.log10(peak + 1)))
+
+    def y(count: float) -> float:
+        return top + h - (math.log10(count + 1) / decades) * h
+
+    for power in range(decades + 1):
+        level = 10**power - 1 if power else 0
+        canvas.line(left, y(level), left + w, y(level), "#000", 1, 0.12)
+        canvas.text(left - 6, y(level) + 4, _label(10**power if power else 0), 11, "end", "#444")
+    bins = len(counts) or 1
+    for i, count in enumerate(counts):
+        x0 = left + i / bins * w
+        color = RED if (i + 1) / bins > threshold else BLUE
+        canvas.rect(x0 + 1, y(count), w / bins - 2, top + h - y(count), color)
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        canvas.text(left + value * w, top + h + 16, f"{value:g}", 11, "middle", "#444")
+    cut = left + threshold * w
+    canvas.line(cut, top - 4, cut, top + h, "#222", 1.5)
+    side = (cut - 4, "end") if threshold > 0.6 else (cut + 4, "start")
+    canvas.text(side[0], top + 8, f"threshold {threshold:.2f}", 11, side[1])
+    canvas.polyline([(left, top), (left, top + h), (left + w, top + h)], "#444", 1)
+    canvas.text(left + w / 2, top - 14, label, 14, "middle", weight="bold")
+    canvas.text(left + w / 2, top + h + 36, "score", 12, "middle")
+    canvas.text(left - 44, top + h / 2, "rows (log)", 12, "middle", rotate=-90)
+    return canvas.svg()

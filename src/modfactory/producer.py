@@ -1,10 +1,10 @@
 """Where runs begin and what people do to them: create and queue a run — the CLI, the
 webhook and the cron schedule all come through here, so one unfinished run per model name
 holds for all of them —, queue one stage again, approve, cancel, promote, roll back,
-prune, correct. Each change is recorded in the audit trail with who did it (``by``: else
-the producer's own actor, ``cli:<user>@<host>`` for a command run by hand). Each next stage
-is queued by the one before (``stages.pipeline``) or, when that was lost, by the
-reconciler."""
+prune, correct; start or cancel a scoring job over an archive. Each change is recorded in
+the audit trail with who did it (``by``: else the producer's own actor,
+``cli:<user>@<host>`` for a command run by hand). Each next stage is queued by the one
+before (``stages.pipeline``) or, when that was lost, by the reconciler."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from redis.asyncio.client import Pipeline
 
 from modfactory.artifacts import ArtifactStore
 from modfactory.backends import get_backend, job_data
+from modfactory.data.archive import SYNTHETIC_ARCHIVE, open_archive
 from modfactory.data.sources import fingerprint, parse_source
 from modfactory.evaluation.drift import Drift, champion_drifts
 from modfactory.settings import Settings
@@ -32,6 +33,8 @@ from modfactory.store.retention import prune_runs
 from modfactory.store.review import Answered, ReviewQueue
 from modfactory.store.run import STAGES, ActiveRunExists, Run, RunSpec, RunState, RunStateError
 from modfactory.store.runs import RunStore
+from modfactory.store.score_job import ScoreJob, ScoreSpec
+from modfactory.store.score_jobs import ScoreJobStore, scoring_model
 from modfactory.store.shadow import ShadowLog, ShadowTally
 from modfactory.values import RecipeParams
 
@@ -184,6 +187,60 @@ class Producer:
         finally:
             await context.close()
         return await self.store.get(run_id)
+
+    # --- scoring jobs: a model applied to an archive ---------------------------------------
+    @property
+    def scores(self) -> ScoreJobStore:
+        return ScoreJobStore(self.redis, self.settings.queue_name)
+
+    async def score_spec(
+        self,
+        source: str,
+        *,
+        model_name: str | None = None,
+        run_id: str | None = None,
+        text_column: str | None = None,
+        id_column: str | None = None,
+        **options: Any,
+    ) -> ScoreSpec:
+        """A validated scoring spec: the model (``run_id``'s, else ``model_name``'s
+        champion) and the source's columns checked before anything is queued
+        (RunStateError, RecipeError naming what is wrong)."""
+        name = model_name or self.settings.model_name
+        run, model_id = await scoring_model(self.store, self.registry, name, run_id)
+        column = text_column or self.settings.text_column
+        if not SYNTHETIC_ARCHIVE.match(source.strip()):
+            data_dir = self.settings.data_dir
+            await asyncio.to_thread(open_archive, source, column, id_column, data_dir)
+        return ScoreSpec(
+            source=source.strip(),
+            text_column=column,
+            id_column=id_column or None,
+            model_name=run.spec.model_name,
+            run_id=run.id,
+            model_id=model_id,
+            backend=run.spec.backend,
+            thresholds=self.settings.serve_thresholds,
+            shard_rows=self.settings.score_shard_rows,
+            max_cost=self.settings.max_cost,
+            **options,
+        )
+
+    async def submit_score(self, spec: ScoreSpec, *, by: Actor | None = None) -> ScoreJob:
+        """Create a scoring job and queue its plan."""
+        job = await self.scores.create(spec)
+        await self.redis.enqueue_job(
+            "score_plan", job.id, _job_id=f"{job.id}:plan", _queue_name=self.settings.queue_name
+        )
+        detail = f"{spec.source} scored by {spec.model_name} ({spec.run_id})"
+        await self.record(AuditAction.SCORE_START, job.id, detail, by=by)
+        return job
+
+    async def cancel_score(self, score_id: str, *, by: Actor | None = None) -> ScoreJob:
+        """Cancel a scoring job: no shard is started after this; the parts done are kept."""
+        job = await self.scores.cancel(score_id, f"cancelled by {(by or self.actor).name}")
+        await self.record(AuditAction.SCORE_CANCEL, score_id, by=by)
+        return job
 
     async def promote(
         self, run_id: str, force: bool = False, *, by: Actor | None = None

@@ -26,6 +26,7 @@ class Action(StrEnum):
     READ = "read runs, models, the schedule, metrics and the audit log"
     REVIEW = "review texts and send corrections"
     RUN = "start, cancel and re-queue runs"
+    SCORE = "start and cancel scoring jobs over an archive"
     APPROVE = "approve a quoted cost"
     ADJUDICATE = "settle disputed reviews"
     PROMOTE = "promote and roll back models"
@@ -36,6 +37,7 @@ NEEDS: dict[Action, Role] = {
     Action.READ: Role.VIEWER,
     Action.REVIEW: Role.REVIEWER,
     Action.RUN: Role.OPERATOR,
+    Action.SCORE: Role.OPERATOR,
     Action.APPROVE: Role.OPERATOR,
     Action.ADJUDICATE: Role.OPERATOR,
     Action.PROMOTE: Role.ADMIN,

@@ -210,11 +210,29 @@ class Settings(TrainingSettings, ServingSettings, BaseSettings):
         description="A run queued this long (s) while no worker is alive is reported by "
         "`modfactory runs` and makes /healthz say so.",
     )
+    score_shard_rows: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        50_000,
+        description="Rows in one shard of a scoring job (`modfactory score`): the unit a "
+        "worker takes, writes whole and, if it is lost, scores again; a worker's memory "
+        "grows with it.",
+    )
+    score_sources: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Sources `POST /v1/scores` may name, comma-separated: hf:<dataset>, "
+        "synthetic (any synthetic:N), URL prefixes (s3://bucket/archive/) or directories "
+        "(anything under them). Unset: none (the CLI may score any source it can read).",
+    )
+    score_batch_rows: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        2_000, description="Rows a local model scores in one call within a shard."
+    )
+    score_shard_timeout: Annotated[int, Field(ge=10)] = Field(
+        3600, description="Seconds one shard of a scoring job may take before it is retried."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text or as JSON objects (one per line)."
     )
 
-    @field_validator("label_columns", "webhook_sources", "shadow", mode="before")
+    @field_validator("label_columns", "webhook_sources", "score_sources", "shadow", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
         """Accept a comma-separated list as well as JSON."""

@@ -2,11 +2,13 @@
 
 Jobs: the pipeline's (``stages.pipeline``: ``build``, ``upload``, ``train``,
 ``poll_training`` — one look at a training job, re-scheduled until it ends — and
-``evaluate``); the cron job ``reconcile`` every MODFACTORY_RECONCILE_INTERVAL seconds on one
-worker (see ``stages.reconciler``: it re-queues the lost step of any unfinished run and
-cancels training jobs of runs that are over). Triggers that run inside the worker process
-— the retrain schedule — are passed in by whoever starts it (the CLI), so the worker knows
-no trigger. A starting worker loads the
+``evaluate``); a scoring job's (``scoring.pipeline``: ``score_plan``, ``score_shard`` — one
+at a time per worker process —, ``score_finish``); the cron jobs ``reconcile`` and
+``reconcile_scores`` every MODFACTORY_RECONCILE_INTERVAL seconds on one worker (see
+``stages.reconciler``: it re-queues the lost step of any unfinished run and cancels
+training jobs of runs that are over; ``scoring.reconciler`` does the same for scoring).
+Triggers that run inside the worker process — the retrain schedule — are passed in by
+whoever starts it (the CLI), so the worker knows no trigger. A starting worker loads the
 stages' libraries, then runs one reconcile round, before it takes a job. Each worker holds
 a lease and notes the jobs it runs (``store.leases``), so a job whose worker was lost is
 taken up again within MODFACTORY_WORKER_LEASE seconds and two reconcile rounds.
@@ -28,6 +30,11 @@ from arq.cron import CronJob
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from modfactory.scoring.context import ScoringContext
+from modfactory.scoring.pipeline import JOBS as SCORING_JOBS
+from modfactory.scoring.pipeline import MAX_WINDOW, is_shard_job
+from modfactory.scoring.reconciler import JOB_NAME as RECONCILE_SCORES_JOB
+from modfactory.scoring.reconciler import reconcile_scores, reconcile_scores_once
 from modfactory.settings import Settings
 from modfactory.stages.context import StageContext
 from modfactory.stages.pipeline import JOBS
@@ -63,12 +70,16 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
         ctx["lease"] = lease
         sc = StageContext(settings, RunStore(ctx["redis"], settings.queue_name), ctx["redis"])
         ctx["modfactory"] = sc
+        ctx["scoring"] = ScoringContext(settings, ctx["redis"], sc.artifacts, sc.backends)
         await asyncio.to_thread(preload, settings)
         await reconcile_once(sc)
+        await reconcile_scores_once(ctx["scoring"])
+
+    marked_for = max(settings.job_timeout, settings.score_shard_timeout) + 10
 
     async def on_job_start(ctx: dict[str, Any]) -> None:  # arq's in-progress mark lives as long
         with contextlib.suppress(RedisError):
-            await ctx["lease"].hold(ctx["job_id"], settings.job_timeout + 10)
+            await ctx["lease"].hold(ctx["job_id"], marked_for)
 
     async def on_job_end(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(RedisError):
@@ -84,14 +95,19 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
     reconciling = queue.once_per_tick(
         reconcile, RECONCILE_JOB, every, settings.job_timeout, settings.reconcile_interval
     )
-    cron_jobs = [reconciling, *triggers]
+    reconciling_scores = queue.once_per_tick(
+        reconcile_scores,
+        RECONCILE_SCORES_JOB,
+        every,
+        settings.job_timeout,
+        settings.reconcile_interval,
+    )
+    cron_jobs = [reconciling, reconciling_scores, *triggers]
     return {
         "cron_jobs": cron_jobs,
-        "functions": [
-            func(job, name=name, keep_result=0, timeout=settings.job_timeout)
-            for name, job in JOBS.items()
-        ],
+        "functions": _functions(settings),
         "queue_name": settings.queue_name,
+        "queue_read_limit": settings.max_jobs + MAX_WINDOW,  # past the window of shards
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "on_job_start": on_job_start,
@@ -104,6 +120,20 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
         "job_deserializer": queue.deserialize,
         "poll_delay": 0.2,
     }
+
+
+def _functions(settings: Settings) -> list[Any]:
+    """The pipeline's jobs, and the scoring jobs (their tries counted by the scoring job
+    itself: arq's count each Retry too)."""
+    stages = [
+        func(job, name=name, keep_result=0, timeout=settings.job_timeout)
+        for name, job in JOBS.items()
+    ]
+    scoring = [
+        func(job, name=name, keep_result=0, timeout=settings.score_shard_timeout, max_tries=10**6)
+        for name, job in SCORING_JOBS.items()
+    ]
+    return [*stages, *scoring]
 
 
 def build_worker(
@@ -140,6 +170,17 @@ class FleetWorker(Worker):
                 min_replicas=self._settings.redis_min_replicas,
             )
         await super().main()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's, but one shard of a scoring job at a time: while this process scores one,
+        it leaves the others in the queue for another worker (scoring holds the CPU)."""
+        for job_id in job_ids:
+            if is_shard_job(job_id.decode()) and self._scoring_shard():
+                continue
+            await super().start_jobs([job_id])
+
+    def _scoring_shard(self) -> bool:
+        return any(is_shard_job(i) and not t.done() for i, t in self.tasks.items())
 
     async def _poll_iteration(self) -> None:
         try:

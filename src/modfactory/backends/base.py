@@ -93,6 +93,7 @@ class Backend(ABC):
     moderation_model: str | None = None  # a general moderation model runs are compared with
     moderation_labels: ClassVar[dict[str, str]] = {}  # its categories -> our labels
     look_every: float | None = None  # longest useful wait between looks (None: the setting)
+    max_batch: int | None = None  # most texts one classify call should carry (None: any)
     error_counter: Callable[[str, str], Awaitable[None]] | None = None  # (backend, kind)
 
     @classmethod

@@ -9,7 +9,7 @@ has an unfinished run (MODFACTORY_ACTIVE_RUN_POLICY=refuse), 130 interrupted.
 # The command modules register their commands on import, in the order --help lists them;
 # ``dataset``'s options are made from the recipe's fields (pydantic): imported when used.
 # isort: off
-from modfactory.cli import runs, services, models, classify, review, audit  # noqa: F401
+from modfactory.cli import runs, scores, services, models, classify, review, audit  # noqa: F401
 from modfactory.cli.app import app, dataset_app, feedback_app, lazy_group, users_app
 
 # isort: on

@@ -94,6 +94,10 @@ DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Where datasets, models and metrics go.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Model name whose champion scores (MODFACTORY_MODEL_NAME).")
+]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Score with this run's model instead.")]
 HyperOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -195,6 +199,7 @@ def run_command(coro: Any) -> Any:
     from modfactory.store.embedded_redis import EmbeddedRedisError
     from modfactory.store.registry import RegistryError
     from modfactory.store.run import ActiveRunExists, RunNotFound, RunStateError
+    from modfactory.store.score_job import ScoreJobNotFound, ScoreJobStateError
 
     async def cancellable() -> Any:
         task = asyncio.current_task()
@@ -216,6 +221,8 @@ def run_command(coro: Any) -> Any:
         RunNotFound,
         RunStateError,
         RegistryError,
+        ScoreJobNotFound,
+        ScoreJobStateError,
     ) as exc:
         print_error(exc)
         raise typer.Exit(2) from None

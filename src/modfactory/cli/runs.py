@@ -36,6 +36,8 @@ from modfactory.cli.render import (
 )
 from modfactory.store.stage_names import STAGES
 
+SCORE_ID_PREFIX = "score-"  # store.score_job's (imported there with pydantic, not here)
+
 if TYPE_CHECKING:
     from modfactory.producer import Producer
     from modfactory.settings import Settings
@@ -194,11 +196,15 @@ def approve(
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="An unfinished run.")],
+    run_id: Annotated[str, typer.Argument(help="An unfinished run (or scoring job).")],
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel a run, and its remote training job if one is under way."""
+    """Cancel a run, and its remote training job if one is under way (or a scoring job)."""
+    if run_id.startswith(SCORE_ID_PREFIX):
+        from modfactory.cli.scores import cancel_of
+
+        return cancel_of(run_id, data_dir, as_json)
     run_ = with_producer(data_dir, lambda p: p.cancel(run_id))
     if as_json:
         print_run_json(run_)
@@ -243,7 +249,12 @@ def status(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one run: stages, training progress, metrics."""
+    """Show one run: stages, training progress, metrics (or a scoring job: its progress and
+    what it flagged)."""
+    if run_id.startswith(SCORE_ID_PREFIX):
+        from modfactory.cli.scores import status_of
+
+        return status_of(run_id, data_dir, as_json)
     run_ = with_producer(data_dir, lambda p: p.run(run_id))
     if as_json:
         print_run_json(run_)

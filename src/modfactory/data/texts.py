@@ -1,10 +1,13 @@
 """Texts to score, read from a file, and their scores written to one: JSON Lines, CSV or
-parquet, chosen by the file's extension. Errors name the file, and the row at fault."""
+parquet, chosen by the file's extension — whole (``read_texts``, ``write_scores``) or in
+batches (``ScoresWriter``), so that a large file never sits in memory. Errors name the
+file, and the row at fault."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +76,7 @@ def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
         with path.open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         return
-    flat = [
-        {
-            "text": row["text"],
-            **{f"{k}_score": v for k, v in row["category_scores"].items()},
-            **{f"{k}_flagged": v for k, v in row["categories"].items()},
-        }
-        for row in rows
-    ]
+    flat = [_flat(row) for row in rows]
     if fmt == "csv":
         with path.open("w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["text"])
@@ -91,3 +87,59 @@ def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(flat), path)
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "text": row["text"],
+        **{f"{k}_score": v for k, v in row["category_scores"].items()},
+        **{f"{k}_flagged": v for k, v in row["categories"].items()},
+    }
+
+
+class ScoresWriter:
+    """Scores written batch by batch, as ``write_scores`` writes them at once, into a file
+    that appears whole when the writer closes (a failure leaves the old file, or none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fmt, self.rows = path, file_format(path), 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._file: Any = None
+        self._writer: Any = None
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self.fmt == "jsonl":
+            self._file = self._file or self._tmp.open("w", encoding="utf-8")
+            self._file.writelines(json.dumps(row) + "\n" for row in rows)
+        elif self.fmt == "csv":
+            flat = [_flat(row) for row in rows]
+            if self._writer is None:
+                self._file = self._tmp.open("w", encoding="utf-8", newline="")
+                self._writer = csv.DictWriter(self._file, fieldnames=list(flat[0]))
+                self._writer.writeheader()
+            self._writer.writerows(flat)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pylist([_flat(row) for row in rows])
+            self._writer = self._writer or pq.ParquetWriter(self._tmp, table.schema)
+            self._writer.write_table(table)
+        self.rows += len(rows)
+
+    def close(self, *, keep: bool = True) -> None:
+        """Finish the file and put it in place (``keep=False``: drop it)."""
+        if self.fmt == "parquet" and self._writer is not None:
+            self._writer.close()
+        if self._file is not None:
+            self._file.close()
+        if not keep:
+            self._tmp.unlink(missing_ok=True)
+            return
+        if self.rows == 0:
+            write_scores(self.path, [])  # an empty file of its format
+            return
+        self._tmp.replace(self.path)

@@ -35,6 +35,8 @@ class AuditAction(StrEnum):
     RUN_CANCEL = "run.cancel"
     RUN_RETRY = "run.retry"  # a stage queued again
     RUN_APPROVE = "run.approve"  # a quoted cost approved
+    SCORE_START = "score.start"  # a scoring job over an archive
+    SCORE_CANCEL = "score.cancel"
     MODEL_PROMOTE = "model.promote"
     MODEL_ROLLBACK = "model.rollback"
     CORRECTION = "correction.add"

@@ -1,11 +1,12 @@
 """Which worker holds which job, and whether that worker is still alive.
 
-arq marks a running job with an in-progress key that lives ``job_timeout + 10`` seconds;
+arq marks a running job with an in-progress key that lives its longest timeout + 10 s;
 a worker killed mid-job (SIGKILL, a lost machine, an evicted pod) leaves the key behind,
-and nobody takes the job again until it expires — ten minutes at the default timeout.
+and nobody takes the job again until it expires — an hour at the default timeouts.
 Here each worker holds a lease (``<queue>:worker:<id>``, renewed every third of
-MODFACTORY_WORKER_LEASE seconds) and notes itself as the holder of each job it starts
-(``<queue>:holder:<job id>``, removed when the job ends). The reconciler asks
+MODFACTORY_WORKER_LEASE seconds, and noted in ``<queue>:workers``: how many are alive) and
+notes itself as the holder of each job it starts (``<queue>:holder:<job id>``, removed
+when the job ends). The reconciler asks
 ``release_if_orphaned``: a job in progress whose holder's lease is found expired in two
 rounds in a row is released — its in-progress key deleted, so the next worker that polls
 the queue takes it up.
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
@@ -34,6 +36,19 @@ def new_worker_id() -> str:
 
 def _lease_key(queue_name: str, worker_id: str) -> str:
     return f"{queue_name}:worker:{worker_id}"
+
+
+def _fleet_key(queue_name: str) -> str:  # worker id -> when its lease ends (ms)
+    return f"{queue_name}:workers"
+
+
+async def live_workers(redis: Redis, queue_name: str) -> int:
+    """How many workers hold a lease now (those lost long ago are forgotten)."""
+    now = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(_fleet_key(queue_name), "-inf", now - 3_600_000)
+        pipe.zcount(_fleet_key(queue_name), now, "+inf")
+        return int((await pipe.execute())[1])
 
 
 def _holder_key(queue_name: str, job_id: str) -> str:
@@ -57,7 +72,11 @@ class WorkerLease:
         self._task = asyncio.create_task(self._keep_renewing())
 
     async def _renew(self) -> None:
-        await self.redis.set(self.key, 1, px=int(self.ttl * 1000))
+        until = int((time.time() + self.ttl) * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.key, 1, px=int(self.ttl * 1000))
+            pipe.zadd(_fleet_key(self.queue_name), {self.worker_id: until})
+            await pipe.execute()
 
     async def _keep_renewing(self) -> None:
         while True:
@@ -74,6 +93,7 @@ class WorkerLease:
                 await self._task
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.key)
+            await self.redis.zrem(_fleet_key(self.queue_name), self.worker_id)
 
     async def hold(self, job_id: str, for_seconds: float) -> None:
         """Note this worker as the holder of ``job_id`` (as long as arq's mark lives)."""

@@ -9,6 +9,8 @@ Routes (every answer is JSON but ``/metrics``; every error is ``{"error": "<mess
 - ``GET /v1/runs``, ``GET /v1/runs/{id}`` — the documents ``modfactory runs --json`` /
   ``status --json`` print; the run actions and the models API are ``actions_api``'s.
   Who may call what is the role table's (``roles``), asked through ``identity``.
+- ``/v1/scores`` — scoring jobs over an archive (``scores_api``): operator to start or
+  cancel one, viewer to read.
 - ``POST /v1/moderations``, ``POST /v1/classifications`` — the champion's answers, in the
   shape of Mistral's API (see ``moderation_api``); any bearer token (the serve token too).
 - ``POST /v1/feedback``, ``GET /v1/review`` — a moderator's correction, the next run's
@@ -60,7 +62,7 @@ from modfactory.triggers.webhook import (
     log_retrain,
     retrain_spec,
 )
-from modfactory.web import actions_api, audit_api
+from modfactory.web import actions_api, audit_api, scores_api
 from modfactory.web.auth import ReplayGuard, check_proxy, check_secrets
 from modfactory.web.errors import (
     ApiError,
@@ -102,6 +104,10 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/audit", audit_api.audit, methods=["GET"]),
             Route("/v1/models/{name}", actions_api.get_model, methods=["GET"]),
             Route("/v1/models/{name}/{what}", actions_api.model_action, methods=["POST"]),
+            Route("/v1/scores", scores_api.create_score, methods=["POST"]),
+            Route("/v1/scores", scores_api.list_scores, methods=["GET"]),
+            Route("/v1/scores/{score_id}", scores_api.get_score, methods=["GET"]),
+            Route("/v1/scores/{score_id}/cancel", scores_api.cancel_score, methods=["POST"]),
             Route("/v1/moderations", moderations, methods=["POST"]),
             Route("/v1/classifications", classifications, methods=["POST"]),
             Route("/v1/feedback", feedback, methods=["POST"]),

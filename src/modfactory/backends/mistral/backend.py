@@ -105,6 +105,7 @@ class MistralBackend(Backend):
         self.settings = settings
         self.base_model = settings.mistral_model
         self.suffix_prefix = settings.mistral_job_suffix
+        self.max_batch = settings.classify_batch_size  # a request's worth, as evaluate sends
         self.limiter: Limiter = RateLimiter(rate_buckets(settings))
         self._client: Any = None
         self._http: httpx.AsyncClient | None = None

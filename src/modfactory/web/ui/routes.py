@@ -4,9 +4,9 @@ served from the package (no network needed). Sign-in, sessions and CSRF: ``ui_se
 
 Pages: runs (newest first, filters, updating themselves), a run (stages, metrics, charts,
 dataset, events; cancel, approve, re-queue a failed stage), models (``ui_models``: promote,
-roll back), review (``ui_review``), the audit trail and the accounts (``ui_people``). Each
-page and action asks the role table; a page shows only what the role may do. Shared
-parts: ``ui_pages``.
+roll back), review (``ui_review``), scoring jobs (``ui_scores``), the audit trail and the
+accounts (``ui_people``). Each page and action asks the role table; a page shows only what
+the role may do. Shared parts: ``ui_pages``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from modfactory.web.identity import actor_of, request_id
 from modfactory.web.ui import models as ui_models
 from modfactory.web.ui import people as ui_people
 from modfactory.web.ui import review as ui_review
+from modfactory.web.ui import scores as ui_scores
 from modfactory.web.ui.pages import (
     REPORT_CSP,
     Refused,
@@ -79,6 +80,10 @@ def routes() -> list[BaseRoute]:
         Route("/ui/disputes/{item}", ui_review.settle, methods=["POST"]),
         Route("/ui/models/{name}/{what}", ui_models.confirm_page, methods=["GET"]),
         Route("/ui/models/{name}/{what}", ui_models.change_model, methods=["POST"]),
+        Route("/ui/scores", ui_scores.scores_page, methods=["GET"]),
+        Route("/ui/scores/{score_id}", ui_scores.score_page, methods=["GET"]),
+        Route("/ui/scores/{score_id}/histogram/{label}", ui_scores.score_chart, methods=["GET"]),
+        Route("/ui/scores/{score_id}/cancel", ui_scores.cancel_score, methods=["POST"]),
         Route("/ui/audit", ui_people.audit_page, methods=["GET"]),
         Route("/ui/users", ui_people.users_page, methods=["GET"]),
         Route("/ui/users", ui_people.change_users, methods=["POST"]),
