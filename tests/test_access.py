@@ -489,7 +489,7 @@ async def _compact_all(settings: Settings, store: ArtifactStore) -> None:
 def test_the_scoring_api_refuses_what_it_may_not_score_before_queuing_anything(
     site: Site,
 ) -> None:
-    headers = bearer(site.tokens["operator"])
+    headers = bearer(site.add_user("scorer@example.com", "operator"))  # others get revoked
     client = redis.Redis.from_url(site.settings.redis_url)
     before = client.zcard(f"{site.settings.queue_name}:scores")
     refused = [
