@@ -23,6 +23,8 @@ class Timing:
     step: float = 0.15  # between two checkpoints
     checkpoints: int = 4
     steps_per_checkpoint: int = 50
+    batch_queued: float = 0.2  # a batch job waits this long, then runs
+    batch_running: float = 0.4  # and runs this long
 
 
 class Job:
@@ -99,6 +101,59 @@ def job_view(
         out["events"] = events
         out["checkpoints"] = checkpoints
     return out
+
+
+class BatchRun:
+    """A created batch job: its request, when it was created and cancelled, and its
+    output file once it has been written."""
+
+    def __init__(self, body: dict[str, Any], requests: int) -> None:
+        self.id = str(uuid.uuid4())
+        self.body = body
+        self.requests = requests
+        self.created = time.time()
+        self.cancelled: float | None = None
+        self.output_file: str | None = None
+        self.failed = 0
+
+
+def batch_status(run: BatchRun, timing: Timing, now: float) -> tuple[str, int]:
+    """(status, requests completed) of a batch job at ``now``."""
+    if run.cancelled is not None:
+        return "CANCELLED", 0
+    started = run.created + timing.batch_queued
+    if now < started:
+        return "QUEUED", 0
+    share = (now - started) / timing.batch_running
+    if share < 1:
+        return "RUNNING", int(run.requests * share)
+    return "SUCCESS", run.requests
+
+
+def batch_view(run: BatchRun, status: str, completed: int) -> dict[str, Any]:
+    """The batch job as the API shows it (``BatchJobOut``)."""
+    done = status == "SUCCESS"
+    return {
+        "id": run.id,
+        "object": "batch",
+        "input_files": run.body.get("input_files") or [],
+        "metadata": run.body.get("metadata"),
+        "endpoint": run.body["endpoint"],
+        "model": run.body.get("model"),
+        "agent_id": None,
+        "output_file": run.output_file if done else None,
+        "error_file": None,
+        "errors": [],
+        "outputs": None,
+        "status": status,
+        "created_at": int(run.created),
+        "total_requests": run.requests,
+        "completed_requests": completed,
+        "succeeded_requests": completed - run.failed if done else completed,
+        "failed_requests": run.failed if done else 0,
+        "started_at": int(run.created) if status != "QUEUED" else None,
+        "completed_at": int(time.time()) if done else None,
+    }
 
 
 def timeline(

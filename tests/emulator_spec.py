@@ -68,15 +68,36 @@ class SpecChecker:
         operation = self.spec["paths"][path][method]
         declared = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "query"}
         errors = []
+        free_form = bool(self.object_parameters(path, method))
         for name, values in query.items():
             if name not in declared:
-                errors.append(f"query: unknown parameter {name!r}")
+                if not free_form:  # else a member of an exploded object (style form)
+                    errors.append(f"query: unknown parameter {name!r}")
                 continue
             schema = declared[name].get("schema", {})
             for value in values:
                 if not _query_value_fits(value, schema):
                     errors.append(f"query: {name}={value!r} does not fit {schema}")
         return errors
+
+    def object_parameters(self, path: str, method: str) -> list[str]:
+        """The query parameters of ``path`` whose value is an object: sent exploded
+        (OpenAPI's default style ``form``), each member a parameter of its own."""
+        operation = self.spec["paths"][path][method]
+        return [
+            p["name"]
+            for p in operation.get("parameters", [])
+            if p["in"] == "query"
+            and any(o.get("type") == "object" for o in p.get("schema", {}).get("anyOf", []))
+        ]
+
+    def exploded_members(
+        self, path: str, method: str, query: dict[str, list[str]]
+    ) -> dict[str, str]:
+        """The members of an exploded object parameter in ``query``: what is not declared."""
+        operation = self.spec["paths"][path][method]
+        declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+        return {name: values[-1] for name, values in query.items() if name not in declared}
 
     def upload_fields(self) -> set[str]:
         """The multipart fields ``POST /v1/files`` declares."""

@@ -1,8 +1,10 @@
 """A Mistral API emulator on loopback, following ``mistral-openapi.yaml`` (Mistral's spec).
 
-Serves what modfactory uses: files (upload, list, get), fine-tuning jobs (list, create,
-get, start, cancel) with a time-driven status progression and checkpoints, and
-classifications. Every request is validated against the spec's request schema (bodies,
+Serves what modfactory uses: files (upload, list, get, download), fine-tuning jobs (list,
+create, get, start, cancel) with a time-driven status progression and checkpoints,
+classifications, and batch jobs on ``/v1/classifications`` (list by metadata, create, get,
+cancel; each input line checked against the spec when the job runs, the output file
+written as the API does). Every request is validated against the spec's request schema (bodies,
 query parameters, multipart fields); an invalid one is answered 422 *and* recorded in
 ``invalid_requests``, which tests assert stays empty. Faults can be injected *before* a
 request is carried out (a share answered 429 with Retry-After or 503, forced statuses)
@@ -34,7 +36,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from emulator_jobs import Job, Timing, job_view, moderation_scores, naive_bayes
+from emulator_jobs import (
+    BatchRun,
+    Job,
+    Timing,
+    batch_status,
+    batch_view,
+    job_view,
+    moderation_scores,
+    naive_bayes,
+)
 from emulator_spec import SpecChecker
 
 _LOCK = threading.RLock()  # re-entrant: answers are sent (and counted) under it too
@@ -74,6 +85,7 @@ class MistralEmulator:
         self.timing = Timing()
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, Job] = {}
+        self.batches: dict[str, BatchRun] = {}
         self.counts: Counter[str] = Counter()
         self.invalid_requests: list[str] = []
         self.hooks: dict[str, Callable[[dict[str, Any]], None]] = {}
@@ -131,6 +143,69 @@ class MistralEmulator:
         )
         return [{"moderation": {"scores": nb(text)}} for text in texts]
 
+    def batch_json(self, run: BatchRun) -> dict[str, Any]:
+        """The batch job as the API shows it now; its output file is written (once) when
+        it has run."""
+        with _LOCK:
+            status, completed = batch_status(run, self.timing, time.time())
+            if status == "SUCCESS" and run.output_file is None:
+                self._write_batch_output(run)
+            return batch_view(run, status, completed)
+
+    def _write_batch_output(self, run: BatchRun) -> None:
+        """Each input line carried out as its endpoint would (``/v1/classifications``),
+        its body checked against the spec; the answers written to the output file."""
+        model = run.body.get("model")
+        out = []
+        for file_id in run.body.get("input_files") or []:
+            for number, line in enumerate(self.files[file_id]["content"].decode().splitlines()):
+                if not line.strip():
+                    continue
+                request = json.loads(line)
+                errors = self.spec.check_body("BatchRequest", request)
+                body = {"model": model, **request.get("body", {})}
+                errors += self.spec.check_body("ClassificationRequest", body)
+                custom_id = request.get("custom_id", str(number))
+                if errors:
+                    self.invalid_requests.append(f"batch {run.id} line {number}: {errors}")
+                    run.failed += 1
+                    out.append({"custom_id": custom_id, "error": {"message": str(errors)}})
+                    continue
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                results = self.classify(body["model"], texts)
+                if results is None:
+                    run.failed += 1
+                    response = {"status_code": 404, "body": {"message": "model not found"}}
+                else:
+                    self.counts["batch_texts"] += len(texts)
+                    answer = {"id": uuid.uuid4().hex, "model": body["model"], "results": results}
+                    response = {"status_code": 200, "body": answer}
+                out.append(
+                    {
+                        "id": uuid.uuid4().hex,
+                        "custom_id": custom_id,
+                        "response": response,
+                        "error": None,
+                    }
+                )
+        content = "".join(json.dumps(row) + "\n" for row in out).encode()
+        file_id = str(uuid.uuid4())
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": f"{run.id}.jsonl",
+            "purpose": "batch",
+            "sample_type": "batch_result",
+            "num_lines": len(out),
+            "mimetype": "application/jsonl",
+            "source": "mistral",
+            "signature": None,
+            "content": content,
+        }
+        run.output_file = file_id
+
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -147,6 +222,7 @@ ROUTES = [  # (method, path pattern, the spec's path, handler: ``_<name>``)
     ("post", r"/v1/files", "/v1/files", "upload"),
     ("get", r"/v1/files", "/v1/files", "list_files"),
     ("get", r"/v1/files/(?P<id>[^/]+)", "/v1/files/{file_id}", "get_file"),
+    ("get", r"/v1/files/(?P<id>[^/]+)/content", "/v1/files/{file_id}/content", "download"),
     ("get", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", "list_jobs"),
     ("post", r"/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs", "create_job"),
     ("get", r"/v1/fine_tuning/jobs/(?P<id>[^/]+)", "/v1/fine_tuning/jobs/{job_id}", "get_job"),
@@ -162,6 +238,15 @@ ROUTES = [  # (method, path pattern, the spec's path, handler: ``_<name>``)
         "/v1/fine_tuning/jobs/{job_id}/cancel",
         "cancel_job",
     ),
+    ("get", r"/v1/batch/jobs", "/v1/batch/jobs", "list_batches"),
+    ("post", r"/v1/batch/jobs", "/v1/batch/jobs", "create_batch"),
+    ("get", r"/v1/batch/jobs/(?P<id>[^/]+)", "/v1/batch/jobs/{job_id}", "get_batch"),
+    (
+        "post",
+        r"/v1/batch/jobs/(?P<id>[^/]+)/cancel",
+        "/v1/batch/jobs/{job_id}/cancel",
+        "cancel_batch",
+    ),
     ("post", r"/v1/classifications", "/v1/classifications", "classify"),
     ("post", r"/v1/moderations", "/v1/moderations", "moderate"),
 ]
@@ -176,7 +261,14 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # quiet
             pass
 
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        def _send(
+            self,
+            status: int,
+            body: Any,
+            headers: dict[str, str] | None = None,
+            *,
+            raw: bytes | None = None,
+        ) -> None:
             if self._lose:  # the request was carried out; its answer never arrives
                 self._lose = False
                 with _LOCK:
@@ -189,9 +281,12 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
                     return
                 status, body, headers = lost_status, {"message": "upstream timed out"}, {}
-            data = json.dumps(body).encode()
+                raw = None
+            data = json.dumps(body).encode() if raw is None else raw
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header(
+                "content-type", "application/json" if raw is None else "application/octet-stream"
+            )
             self.send_header("content-length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -379,6 +474,72 @@ def _handler(emulator: MistralEmulator) -> type[BaseHTTPRequestHandler]:
             self._send(
                 200, {k: v for k, v in f.items() if k not in ("content", "nb")} | {"deleted": False}
             )
+
+        def _download(self, raw: bytes, query: dict[str, list[str]], id: str) -> None:
+            f = emulator.files.get(id)
+            if f is None:
+                return self._send(404, {"message": f"file {id} not found"})
+            with _LOCK:
+                emulator.counts["downloads"] += 1
+            self._send(200, None, raw=f["content"])
+
+        # --- batch jobs ---
+        def _list_batches(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            wanted = emulator.spec.exploded_members("/v1/batch/jobs", "get", query)
+            model = query.get("model", [None])[0]
+            page = int(query.get("page", ["0"])[0])
+            size = int(query.get("page_size", ["100"])[0])
+            found = [
+                emulator.batch_json(run)
+                for run in sorted(emulator.batches.values(), key=lambda r: -r.created)
+                if (model is None or run.body.get("model") == model)
+                and all((run.body.get("metadata") or {}).get(k) == v for k, v in wanted.items())
+            ]
+            data = found[page * size : (page + 1) * size]
+            self._send(200, {"data": data, "object": "list", "total": len(found)})
+
+        def _create_batch(self, raw: bytes, query: dict[str, list[str]]) -> None:
+            body = self._json_body(raw, "BatchJobIn")
+            if body is None:
+                return
+            files = body.get("input_files") or []
+            missing = [f for f in files if f not in emulator.files]
+            if missing:
+                return self._send(404, {"message": f"file {missing[0]} not found"})
+            if body["endpoint"] != "/v1/classifications" or not files:
+                return self._send(400, {"message": "the emulator runs classification batches"})
+            lines = sum(
+                1 for f in files for line in emulator.files[f]["content"].splitlines() if line
+            )
+            run = BatchRun(body, lines)
+            with _LOCK:
+                emulator.batches[run.id] = run
+                emulator.counts["batch_jobs_created"] += 1
+            self._hook("create_batch", {"id": run.id})
+            self._send(200, emulator.batch_json(run))
+
+        def _batch_or_404(self, id: str) -> BatchRun | None:
+            run = emulator.batches.get(id)
+            if run is None:
+                self._send(404, {"message": f"batch job {id} not found"})
+            return run
+
+        def _get_batch(self, raw: bytes, query: dict[str, list[str]], id: str) -> None:
+            run = self._batch_or_404(id)
+            if run is not None:
+                out = emulator.batch_json(run)
+                self._hook("get_batch", out)
+                self._send(200, out)
+
+        def _cancel_batch(self, raw: bytes, query: dict[str, list[str]], id: str) -> None:
+            run = self._batch_or_404(id)
+            if run is None:
+                return
+            with _LOCK:
+                if emulator.batch_json(run)["status"] in ("QUEUED", "RUNNING"):
+                    run.cancelled = time.time()
+                    emulator.counts["batch_cancels"] += 1
+            self._send(200, emulator.batch_json(run))
 
         # --- jobs ---
         def _list_jobs(self, raw: bytes, query: dict[str, list[str]]) -> None:

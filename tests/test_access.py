@@ -36,6 +36,7 @@ from modfactory.settings import Settings
 from modfactory.store.audit import AuditLog
 from modfactory.store.double_review import Dispute, DoubleReviews
 from modfactory.store.run import RunState
+from modfactory.values import PriceQuote
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("access")]
 
@@ -214,13 +215,26 @@ ROUTES: dict[str, tuple[Action | None, Callable[[Site, str], Request]]] = {
         Action.SCORE,
         lambda s, c: ("POST", f"/v1/scores/{asyncio.run(_scratch_score(s.settings))}/cancel", {}),
     ),
+    "approve a scoring job": (
+        Action.APPROVE,
+        lambda s, c: (
+            "POST",
+            f"/v1/scores/{asyncio.run(_scratch_score(s.settings, awaiting=True))}/approve",
+            {},
+        ),
+    ),
 }
 
 
-async def _scratch_score(settings: Settings) -> str:
-    """A scoring job of the champion, queued (no worker takes it)."""
+async def _scratch_score(settings: Settings, *, awaiting: bool = False) -> str:
+    """A scoring job of the champion, queued (no worker takes it) — or planned and quoted
+    above its cap, ``awaiting`` approval."""
     producer = await producer_for(settings)
-    job = await producer.scores.create(await producer.score_spec("synthetic:100"))
+    spec = await producer.score_spec("synthetic:100")
+    job = await producer.scores.create(spec.model_copy(update={"max_cost": 0.0}))
+    if awaiting:
+        quote = PriceQuote(cost=1.0, currency="EUR", tokens=10**6, basis="a test's")
+        await producer.scores.plan(job.id, [100], ["insult"], {"insult": 0.5}, quote=quote)
     await producer.redis.aclose()
     return job.id
 
@@ -507,3 +521,8 @@ def test_the_scoring_api_refuses_what_it_may_not_score_before_queuing_anything(
     assert client.zcard(f"{site.settings.queue_name}:scores") == before  # nothing queued
     missing = httpx.get(f"{site.url}/v1/scores/score-nope", headers=headers)
     assert missing.status_code == 404 and "no scoring job" in missing.json()["error"]
+    queued = asyncio.run(_scratch_score(site.settings))
+    early = httpx.post(f"{site.url}/v1/scores/{queued}/approve", headers=headers)
+    assert early.status_code == 409 and "only one awaiting approval" in early.json()["error"]
+    unknown = httpx.post(f"{site.url}/v1/scores/{queued}/delete", headers=headers)
+    assert unknown.status_code == 404 and "cancel or approve" in unknown.json()["error"]

@@ -176,6 +176,60 @@ async def test_chaos_two_killed_workers_one_job_one_start_one_upload_each(
     assert any("running it was lost" in e.message for e in final.events), final.events
 
 
+async def test_workers_killed_after_creating_a_batch_job_and_while_following_it_make_one(
+    emulator: MistralEmulator, redis_db: str, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed as the batch job is created (before its answer), another while
+    it looks at the running job: one upload, one batch job, the shard scored once."""
+    settings = settings_for(
+        redis_db,
+        tmp_path / "data",
+        mistral_api_key=KEY,
+        mistral_server_url=emulator.url,
+        poll_interval=0.2,
+        poll_max_interval=1,
+        score_shard_rows=500,
+    )
+    producer = await producer_for(settings)
+    run = (await producer.submit(producer.spec(source="synthetic:3000", backend="mistral"))).run
+    with worker_process(settings, tmp_path / "trainer.log"):
+        trained = await wait_until(producer.store, run.id, lambda r: r.state.terminal)
+    assert trained.state == RunState.SUCCEEDED, trained.error
+    current: dict[str, subprocess.Popen] = {}
+    killed: list[str] = []
+
+    def kill(moment: str):
+        def hook(payload: dict) -> None:
+            if moment not in killed and (moment != "looking" or payload["status"] == "RUNNING"):
+                killed.append(moment)
+                current["worker"].send_signal(signal.SIGKILL)
+                current["worker"].wait(10)
+
+        return hook
+
+    emulator.hooks["create_batch"] = kill("created")
+    emulator.hooks["get_batch"] = kill("looking")
+    emulator.timing.batch_running = 15.0  # RUNNING long enough to be seen after a restart
+    job = await producer.submit_score(await producer.score_spec("synthetic:500"))
+    for _ in range(3):  # the first two workers are killed, the third finishes
+        with worker_process(settings, tmp_path / "worker.log") as worker:
+            current["worker"] = worker
+            deadline = time.monotonic() + 120
+            while worker.poll() is None and time.monotonic() < deadline:
+                if (await producer.scores.get(job.id)).state.terminal:
+                    break
+                await asyncio.sleep(0.2)
+        if (await producer.scores.get(job.id)).state.terminal:
+            break
+    final = await producer.scores.get(job.id)
+    assert final.state == "succeeded", (final.error, killed, final.events[-5:])
+    assert killed == ["created", "looking"]
+    assert emulator.counts["batch_jobs_created"] == 1
+    assert emulator.counts[f"upload:{job.id}-00000.jsonl"] == 1
+    assert final.summary is not None and final.summary.rows == 500
+    await producer.redis.aclose()
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_transient_faults_are_retried_until_the_run_succeeds(
     emulator: MistralEmulator, tmp_path: Path, when: str
@@ -304,3 +358,118 @@ def test_a_job_mistral_fails_ends_the_run_with_the_apis_reason(
     assert run["training"]["events"][-1]["data"] == {"status": status, "error": message}
     assert run["stages"]["evaluate"]["state"] == "pending"
     assert emulator.counts["starts"] == (0 if status == "FAILED_VALIDATION" else 1)
+
+
+def _parts(job: dict) -> list[list[dict]]:
+    import pyarrow.parquet as pq
+
+    return [pq.read_table(url.removeprefix("file://")).to_pylist() for url in job["parts"]]
+
+
+def test_a_mistral_champion_scores_an_archive_in_one_batch_job_per_shard_whatever_is_lost(
+    emulator: MistralEmulator, redis_db: str, tmp_path: Path
+) -> None:
+    """3 shards through the Batch API at 30 % of answers lost: 3 batch jobs and 3 uploads,
+    the scores the emulator's classify gives; --no-batch gets the same per request; a job
+    quoted above MODFACTORY_MAX_COST sends nothing until approved."""
+    data = tmp_path / "data"
+    env = mistral_env(
+        emulator,
+        data,
+        MODFACTORY_CLASSIFY_BATCH_SIZE="50",
+        MODFACTORY_REDIS_URL=redis_db,
+        MODFACTORY_SCORE_SHARD_ROWS="400",
+    )
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "modfactory", "worker"],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _score_through_batch_jobs(emulator, env, tmp_path)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
+
+
+def _score_through_batch_jobs(emulator: MistralEmulator, env: dict[str, str], cwd: Path) -> None:
+    trained = cli(
+        "run", "--backend", "mistral", "--source", "synthetic:3000", "--json", env=env, cwd=cwd
+    )
+    assert trained.returncode == 0, trained.stderr
+    model_id = json.loads(trained.stdout)["artifacts"]["model_id"]
+    uploads, classified = emulator.counts["uploads"], emulator.counts["classify_requests"]
+    emulator.faults.lose_rate = 0.3
+    done = cli("score", "synthetic:1200", "--keep-text", "--json", env=env, cwd=cwd)
+    assert done.returncode == 0, done.stderr + done.stdout
+    job = json.loads(done.stdout)
+    assert job["state"] == "succeeded" and job["batch"] is True
+    assert job["quote"]["basis"] == "0.05 EUR per million tokens in batch jobs"
+    assert emulator.counts["answers_lost"] > 0
+    assert emulator.counts["batch_jobs_created"] == 3
+    assert emulator.counts["uploads"] - uploads == 3
+    assert all(emulator.counts[f"upload:{job['id']}-{i:05d}.jsonl"] == 1 for i in range(3))
+    assert emulator.counts["classify_requests"] == classified  # nothing per request
+    emulator.faults.lose_rate = 0.0
+    rows = [row for part in _parts(job) for row in part]
+    assert sorted(r["id"] for r in rows) == list(range(1200))
+    expected = emulator.classify(model_id, [r["text"] for r in rows])
+    labels = job["labels"]
+    for row, answer in zip(rows, expected, strict=True):
+        scores = answer["moderation"]["scores"]
+        assert {label: row[f"{label}_score"] for label in labels} == {
+            label: scores.get(label, 0.0) for label in labels
+        }
+        assert row["model_id"] == model_id
+
+    per_request = cli("score", "synthetic:1200", "--no-batch", "--json", env=env, cwd=cwd)
+    assert per_request.returncode == 0, per_request.stderr
+    plain = json.loads(per_request.stdout)
+    assert plain["batch"] is False and emulator.counts["batch_jobs_created"] == 3
+    assert emulator.counts["classify_requests"] - classified == 3 * 8  # 400 rows, 50 a call
+    assert plain["summary"]["labels"] == {
+        label: {**about, "top": [{**t, "text": None} for t in about["top"]]}
+        for label, about in job["summary"]["labels"].items()
+    }
+
+    capped_env = {**env, "MODFACTORY_MAX_COST": "0.0000001"}
+    capped = cli("score", "synthetic:1200", "--json", env=capped_env, cwd=cwd)
+    assert capped.returncode == 3, capped.stderr  # awaiting approval
+    waiting = json.loads(capped.stdout)
+    assert waiting["state"] == "awaiting_approval" and waiting["quote"]["cost"] > 0
+    assert emulator.counts["batch_jobs_created"] == 3 and emulator.counts["uploads"] - uploads == 3
+    shown = cli("status", waiting["id"], env=env, cwd=cwd).stdout
+    assert f"modfactory approve {waiting['id']}" in shown and "quote:" in shown
+    approved = cli("approve", waiting["id"], env=env, cwd=cwd)
+    assert approved.returncode == 0 and "approved" in approved.stdout, approved.stderr
+    deadline = time.monotonic() + 180
+    state = "awaiting_approval"
+    while state != "succeeded" and time.monotonic() < deadline:
+        status = cli("status", waiting["id"], "--json", env=env, cwd=cwd)
+        state = json.loads(status.stdout)["state"]
+        assert state in ("running", "succeeded"), status.stdout
+    assert state == "succeeded", (cwd / "worker.log").read_text()[-3000:]
+    assert emulator.counts["batch_jobs_created"] == 6
+    audit = cli("audit", "--json", env=env, cwd=cwd)
+    assert any(
+        e["action"] == "score.approve" and e["target"] == waiting["id"]
+        for e in json.loads(audit.stdout)
+    ), audit.stdout
+
+    # Cancelled while its batch job runs: the batch job is cancelled at Mistral too.
+    emulator.timing.batch_running = 120
+    detached = cli("score", "synthetic:400", "--detach", env=env, cwd=cwd)
+    score_id = detached.stdout.strip()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        shards = json.loads(cli("status", score_id, "--json", env=env, cwd=cwd).stdout)["shards"]
+        if shards and shards[0]["state"] == "remote":
+            break
+    assert cli("cancel", score_id, env=env, cwd=cwd).returncode == 0
+    while emulator.counts["batch_cancels"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert emulator.counts["batch_cancels"] == 1

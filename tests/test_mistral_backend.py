@@ -228,3 +228,81 @@ async def test_a_job_status_the_sdk_does_not_know_is_kept_as_it_is(
     seen = await backend.get_job(job.id)
     assert seen.status == "PAUSED_FOR_MAINTENANCE" and not seen.known and not seen.terminal
     await backend.close()
+
+
+@pytest.mark.slow
+async def test_a_batch_job_is_created_once_whatever_its_answers_and_reads_as_classify(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    from mistral_emulator import trained_model
+
+    backend = backend_for(emulator)
+    model = await trained_model(backend, tmp_path, suffix="mfbatch")
+    requests = [["you stupid idiot", "the council met"], ["idiot"], ["a calm day"]]
+    metadata = {"modfactory_score": "score-unit", "shard": "0"}
+    emulator.faults.lose_next.update({"upload": 1, "create_batch": 1})
+    emulator.faults.lose_rate = 0.3
+    job = await backend.submit_batch(model, requests, "score-unit-00000", metadata)
+    again = await backend.submit_batch(model, requests, "score-unit-00000", metadata)
+    assert again.id == job.id
+    assert emulator.counts["batch_jobs_created"] == 1
+    assert emulator.counts["upload:score-unit-00000.jsonl"] == 1
+    other = await backend.submit_batch(
+        model, requests, "score-unit-00001", {**metadata, "shard": "1"}
+    )
+    assert other.id != job.id and emulator.counts["batch_jobs_created"] == 2
+    while not job.terminal:
+        await asyncio.sleep(0.05)
+        job = await backend.get_batch(job.id)
+    assert job.status == "SUCCESS" and job.total_requests == 3
+    results = await backend.batch_results(job)
+    emulator.faults.lose_rate = 0
+    assert results == [await backend.classify(model, texts) for texts in requests]
+    cancelled = await backend.cancel_batch(other.id)
+    assert cancelled.status in ("CANCELLED", "SUCCESS")
+    assert (await backend.cancel_batch(other.id)).status == cancelled.status
+    assert emulator.counts["answers_lost"] > 0
+    await backend.close()
+
+
+@pytest.mark.slow
+async def test_a_batch_request_that_failed_is_named(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    backend = backend_for(emulator)
+    job = await backend.submit_batch("ft:classifier:nope", [["hello"]], "score-x-00000", {"s": "1"})
+    while not job.terminal:
+        await asyncio.sleep(0.05)
+        job = await backend.get_batch(job.id)
+    with pytest.raises(BackendError, match=r"request 0 failed: model not found"):
+        await backend.batch_results(job)
+    await backend.close()
+
+
+@pytest.mark.slow
+async def test_the_emulator_holds_batch_requests_to_the_spec(
+    emulator: MistralEmulator, tmp_path: Path
+) -> None:
+    """What the backend must not send is refused as the API would: a metadata key over 32
+    characters (422), and an input line whose body is no classification request."""
+    backend = backend_for(emulator)
+    with pytest.raises(BackendError, match=r"HTTP 422\): metadata: .* is too long"):
+        await backend.submit_batch("ft:classifier:x", [["hi"]], "score-y-00000", {"k" * 33: "v"})
+    assert emulator.counts["batch_jobs_created"] == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"custom_id": "0", "body": {"inputs": ["hi"]}}\n')
+    uploaded_file = await backend._upload(bad, "bad.jsonl", "batch")
+    job = await backend.client.batch.jobs.get_async(
+        job_id=(
+            await backend.client.batch.jobs.create_async(
+                input_files=[uploaded_file.id], endpoint="/v1/classifications", model="m"
+            )
+        ).id
+    )
+    while job.status not in ("SUCCESS", "FAILED"):
+        await asyncio.sleep(0.05)
+        job = await backend.client.batch.jobs.get_async(job_id=job.id)
+    assert job.failed_requests == 1
+    assert len(emulator.invalid_requests) == 2 and "line 0" in emulator.invalid_requests[1]
+    emulator.invalid_requests.clear()  # the requests we meant to be invalid
+    await backend.close()

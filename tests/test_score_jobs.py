@@ -23,6 +23,7 @@ from modfactory.store.score_job import (
     ShardState,
 )
 from modfactory.store.score_jobs import ScoreJobStore
+from modfactory.values import PriceQuote
 
 SPEC = ScoreSpec(
     source="synthetic:100", model_name="m", run_id="run-1", model_id="ft:x", backend="local"
@@ -75,6 +76,35 @@ def test_the_job_succeeds_only_once_every_shard_is_scored() -> None:
     with pytest.raises(ScoreJobStateError, match="succeeded already"):
         job.cancel("late")
     assert not job.cancel("late", strict=False)
+
+
+def test_a_quote_above_the_cap_waits_for_approval_before_any_shard_is_sent() -> None:
+    capped = SPEC.model_copy(update={"max_cost": 1.0, "backend": "mistral"})
+    quote = PriceQuote(cost=2.5, currency="EUR", tokens=50_000_000, basis="0.05 EUR (batch)")
+    job = ScoreJob(id="score-2", spec=capped)
+    assert job.plan([10, 10], ["insult"], {"insult": 0.5}, batch=True, quote=quote)
+    assert job.state == ScoreState.AWAITING_APPROVAL and job.started_at is None
+    assert "above MODFACTORY_MAX_COST 1" in job.events[-1].message
+    assert not job.start_shard(0, max_attempts=3)  # nothing is sent while it waits
+    assert job.approve() and job.state == ScoreState.RUNNING
+    with pytest.raises(ScoreJobStateError, match="only one awaiting approval"):
+        job.approve()
+    cheap = ScoreJob(id="score-3", spec=capped)
+    assert cheap.plan([10], ["insult"], {"insult": 0.5}, quote=quote.model_copy(update={"cost": 1}))
+    assert cheap.state == ScoreState.RUNNING  # at the cap is within it
+
+
+def test_a_remote_shard_is_followed_by_numbered_looks_and_never_sent_again() -> None:
+    job = planned(2)
+    assert job.start_shard(0, max_attempts=3) and job.submitted(0, "batch-1")
+    assert job.shards[0].state == ShardState.REMOTE and job.remote_shards() == [0]
+    assert job.shards_to_send() == [1]
+    assert not job.start_shard(0, max_attempts=3)  # a shard job run again sends nothing
+    assert not job.submitted(0, "batch-2") and job.shards[0].batch_id == "batch-1"
+    assert job.looked(0, 0, "QUEUED") and job.shards[0].looks == 1
+    assert not job.looked(0, 0, "RUNNING")  # a stale look changes nothing
+    assert job.looked(0, 1, "RUNNING") and job.shards[0].remote_status == "RUNNING"
+    assert job.finish_shard(0, {"insult": 3}) and not job.looked(0, 2, "SUCCESS")
 
 
 def test_progress_counts_the_shards_under_way_and_gives_a_pace_and_time_left() -> None:

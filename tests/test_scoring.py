@@ -188,6 +188,10 @@ def test_sources_that_cannot_be_scored_are_refused_in_one_line(fleet: Fleet) -> 
         "unreadable": (["score", str(garbage)], "cannot be read as parquet"),
         "no column": (["score", str(good), "--text-column", "body"], "no column 'body' (it has"),
         "no model": (["score", str(good), "--model", "nobody"], "has no champion"),
+        "unwritable output": (
+            ["score", str(good), "--output", f"{garbage}/results"],
+            f"output {garbage}/results: cannot be written",
+        ),
     }
     for what, (args, said) in refused.items():
         answer = fleet.cli(*args)
@@ -224,8 +228,9 @@ def test_a_shard_whose_object_store_goes_away_is_resumed_when_it_comes_back(
     source = archive(fleet.work / "outage.parquet", 2 * SHARD_ROWS)
     env = {**settings_env(settings), **s3_server.env()}
     with worker_process(settings, fleet.work / "outage.log", **s3_server.env()):
+        command = ["score", str(source), "--detach", "--output", f"{s3_bucket}/exported/"]
         submitted = subprocess.run(
-            [sys.executable, "-m", "modfactory", "score", str(source), "--detach"],
+            [sys.executable, "-m", "modfactory", *command],
             env={**os.environ, **env},
             capture_output=True,
             text=True,
@@ -251,6 +256,9 @@ def test_a_shard_whose_object_store_goes_away_is_resumed_when_it_comes_back(
         "report.html",
     ]
     assert job.summary is not None and job.summary.rows == 2 * SHARD_ROWS
+    exported = sorted(k for k in s3_server.keys(name) if k.startswith("exported/"))
+    assert exported == ["exported/part-00000.parquet", "exported/part-00001.parquet"]
+    assert job.summary.exported_to == f"{s3_bucket}/exported/"
 
 
 async def _run(settings: Settings, run_id: str):

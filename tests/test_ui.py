@@ -363,3 +363,33 @@ async def test_a_scoring_job_is_watched_to_its_end_and_its_hostile_texts_stay_te
     assert await page.get_by_role("row").filter(has_text=job.id).count() == 1
     await page.close()
     await producer.redis.aclose()
+
+
+async def test_a_scoring_job_quoted_above_the_cap_is_approved_from_its_page(
+    browser, deployment: Deployment
+) -> None:
+    from modfactory.artifacts import ArtifactStore
+    from modfactory.store.audit import AuditLog
+    from modfactory.values import PriceQuote
+
+    producer = await producer_for(deployment.settings)
+    await _a_champion(producer)
+    spec = await producer.score_spec("synthetic:100")
+    job = await producer.scores.create(spec.model_copy(update={"max_cost": 1.0}))
+    quote = PriceQuote(cost=2.5, currency="EUR", tokens=25_000_000, basis="0.1 EUR per M")
+    await producer.scores.plan(job.id, [100], ["insult"], {"insult": 0.5}, quote=quote)
+    page = await signed_in(browser, deployment)
+    await page.goto(f"{deployment.url}/ui/scores/{job.id}")
+    assert (
+        "Quoted 2.5 EUR for about 25,000,000 tokens" in await page.locator("p.quote").inner_text()
+    )
+    await page.get_by_role("button", name="Approve the quoted cost").click()
+    await page.wait_for_url(re.compile(f"/ui/scores/{job.id}$"))
+    assert (await producer.scores.get(job.id)).state != "awaiting_approval"
+    assert await page.get_by_role("button", name="Approve the quoted cost").count() == 0
+    audit = AuditLog(producer.redis, deployment.settings.queue_name)
+    store = ArtifactStore.from_settings(deployment.settings)
+    entries = await audit.read(store, action="score.approve")
+    assert [e.target for e in entries if e.target == job.id] == [job.id]
+    await page.close()
+    await producer.redis.aclose()

@@ -20,6 +20,7 @@ from redis.asyncio.client import Pipeline
 from modfactory.artifacts import ArtifactStore
 from modfactory.backends import get_backend, job_data
 from modfactory.data.archive import SYNTHETIC_ARCHIVE, open_archive
+from modfactory.data.exports import check_output
 from modfactory.data.sources import fingerprint, parse_source
 from modfactory.evaluation.drift import Drift, champion_drifts
 from modfactory.settings import Settings
@@ -157,8 +158,7 @@ class Producer:
         return run
 
     async def retry(self, run_id: str, *, by: Actor | None = None) -> Run:
-        """Queue a run's failed stage again; the run goes on from it (RunStateError when no
-        stage failed)."""
+        """Queue a run's failed stage again, the run going on from it (else RunStateError)."""
         run = await self.store.get(run_id)
         failed = next((s for s in STAGES if run.stages[s].state == "failed"), None)
         if failed is None:
@@ -204,14 +204,16 @@ class Producer:
         **options: Any,
     ) -> ScoreSpec:
         """A validated scoring spec: the model (``run_id``'s, else ``model_name``'s
-        champion) and the source's columns checked before anything is queued
-        (RunStateError, RecipeError naming what is wrong)."""
+        champion), the source's columns and the output checked before anything is queued
+        (RunStateError or RecipeError naming what is wrong)."""
         name = model_name or self.settings.model_name
         run, model_id = await scoring_model(self.store, self.registry, name, run_id)
         column = text_column or self.settings.text_column
         if not SYNTHETIC_ARCHIVE.match(source.strip()):
             data_dir = self.settings.data_dir
             await asyncio.to_thread(open_archive, source, column, id_column, data_dir)
+        if options.get("output"):
+            await asyncio.to_thread(check_output, options["output"])
         return ScoreSpec(
             source=source.strip(),
             text_column=column,
@@ -229,15 +231,21 @@ class Producer:
     async def submit_score(self, spec: ScoreSpec, *, by: Actor | None = None) -> ScoreJob:
         """Create a scoring job and queue its plan."""
         job = await self.scores.create(spec)
-        await self.redis.enqueue_job(
-            "score_plan", job.id, _job_id=f"{job.id}:plan", _queue_name=self.settings.queue_name
-        )
+        await queue.enqueue_score_plan(self.redis, self.settings.queue_name, job.id)
         detail = f"{spec.source} scored by {spec.model_name} ({spec.run_id})"
         await self.record(AuditAction.SCORE_START, job.id, detail, by=by)
         return job
 
+    async def approve_score(self, score_id: str, *, by: Actor | None = None) -> ScoreJob:
+        """Approve a scoring job's quoted cost; its shards are sent (else ScoreJobStateError)."""
+        job = await self.scores.approve(score_id)
+        await queue.enqueue_score_plan(self.redis, self.settings.queue_name, job.id)
+        quote = f"quoted {job.quote.cost:g} {job.quote.currency}" if job.quote else ""
+        await self.record(AuditAction.SCORE_APPROVE, score_id, quote, by=by)
+        return job
+
     async def cancel_score(self, score_id: str, *, by: Actor | None = None) -> ScoreJob:
-        """Cancel a scoring job: no shard is started after this; the parts done are kept."""
+        """Cancel a scoring job (parts done are kept; batch jobs cancelled at their next look)."""
         job = await self.scores.cancel(score_id, f"cancelled by {(by or self.actor).name}")
         await self.record(AuditAction.SCORE_CANCEL, score_id, by=by)
         return job

@@ -96,6 +96,51 @@ class UploadedFile(BaseModel):
     bytes: int
 
 
+class BatchJob(BaseModel):
+    """A backend's view of one batch inference job (the shape of Mistral's Batch API).
+    ``status`` is a ``BatchStatus`` name, or one this code does not know yet."""
+
+    id: str
+    status: str
+    total_requests: int = 0
+    completed_requests: int = 0
+    failed_requests: int = 0
+    output_file: str | None = None
+    errors: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in _BATCH_TERMINAL
+
+
+class BatchStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    TIMEOUT_EXCEEDED = "TIMEOUT_EXCEEDED"
+    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"
+    CANCELLED = "CANCELLED"
+
+
+_BATCH_TERMINAL = {
+    BatchStatus.SUCCESS,
+    BatchStatus.FAILED,
+    BatchStatus.TIMEOUT_EXCEEDED,
+    BatchStatus.CANCELLED,
+}
+
+
+class PriceQuote(BaseModel):
+    """What classifying some texts would cost, as a backend prices it."""
+
+    cost: float
+    currency: str
+    tokens: int  # estimated
+    basis: str  # how it was priced, for people: "0.05 EUR per million tokens (batch)"
+
+
 # --- data sets ---------------------------------------------------------------------------
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel
 
 from modfactory.values import (
+    BatchJob,
+    PriceQuote,
     TrainingJob,
     UploadedFile,
 )
@@ -94,6 +96,7 @@ class Backend(ABC):
     moderation_labels: ClassVar[dict[str, str]] = {}  # its categories -> our labels
     look_every: float | None = None  # longest useful wait between looks (None: the setting)
     max_batch: int | None = None  # most texts one classify call should carry (None: any)
+    batch_api: bool = False  # it takes batch inference jobs (``submit_batch``...)
     error_counter: Callable[[str, str], Awaitable[None]] | None = None  # (backend, kind)
 
     @classmethod
@@ -166,6 +169,32 @@ class Backend(ABC):
         """Scores of a general-purpose moderation model (``moderation_model``), by its own
         categories (those in ``moderation_labels`` are compared with ours)."""
         raise BackendError(f"the {self.name} backend has no moderation endpoint")
+
+    def quote_classify(self, tokens: int, *, batch: bool) -> PriceQuote | None:
+        """What classifying ``tokens`` tokens costs, per request or in batch jobs (None:
+        nothing, the model runs here)."""
+        return None
+
+    # --- batch inference (where ``batch_api``) --------------------------------------------
+    async def submit_batch(
+        self, model: str, requests: list[list[str]], tag: str, metadata: dict[str, str]
+    ) -> BatchJob:
+        """One batch job classifying each of ``requests`` (a list of texts) with ``model``,
+        its input named by ``tag``, found again by ``metadata``: exactly once, however
+        often it is asked and whatever happens to the answers."""
+        raise BackendError(f"the {self.name} backend has no batch API")
+
+    async def get_batch(self, batch_id: str) -> BatchJob:
+        raise BackendError(f"the {self.name} backend has no batch API")
+
+    async def cancel_batch(self, batch_id: str) -> BatchJob:
+        """Cancel a batch job; one over already is left as it is."""
+        raise BackendError(f"the {self.name} backend has no batch API")
+
+    async def batch_results(self, job: BatchJob) -> list[list[TargetScores]]:
+        """A succeeded batch job's results, one list per request in submission order;
+        BackendError naming the first request that failed."""
+        raise BackendError(f"the {self.name} backend has no batch API")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -182,11 +182,16 @@ for _stage in STAGES:
 
 @app.command()
 def approve(
-    run_id: Annotated[str, typer.Argument(help="A run awaiting approval.")],
+    run_id: Annotated[str, typer.Argument(help="A run (or scoring job) awaiting approval.")],
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Approve the quoted cost of a run's training job; the job starts."""
+    """Approve the quoted cost of a run's training job; the job starts (or of a scoring
+    job; its shards are sent)."""
+    if run_id.startswith(SCORE_ID_PREFIX):
+        from modfactory.cli.scores import approve_of
+
+        return approve_of(run_id, data_dir, as_json)
     run_ = with_producer(data_dir, lambda p: p.approve(run_id))
     if as_json:
         print_run_json(run_)

@@ -1,5 +1,5 @@
-"""Commands on scoring jobs: ``score`` (create and follow), ``scores``; ``status`` and
-``cancel`` of a scoring job's id come here too."""
+"""Commands on scoring jobs: ``score`` (create and follow), ``scores``; ``status``,
+``cancel`` and ``approve`` of a scoring job's id come here too."""
 
 from __future__ import annotations
 
@@ -52,6 +52,21 @@ KeepTextOpt = Annotated[
 ToReviewOpt = Annotated[
     int, typer.Option(min=0, help="Offer the N most uncertain texts to the review queue.")
 ]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Also copy the parts here when scored: a directory or an object-store URL "
+        "(s3://bucket/results/); checked before anything is queued."
+    ),
+]
+BatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--batch/--no-batch",
+        help="Through the backend's batch API where it has one (Mistral: half the price); "
+        "--no-batch: per-request classify calls under the shared rate limit.",
+    ),
+]
 DetachOpt = Annotated[
     bool, typer.Option("--detach", help="Print the job's id and return; workers score it.")
 ]
@@ -73,6 +88,8 @@ def score(
     id_column: IdColumnOpt = None,
     keep_text: KeepTextOpt = False,
     to_review: ToReviewOpt = 0,
+    output: OutputOpt = None,
+    batch: BatchOpt = True,
     detach: DetachOpt = False,
     worker: WorkerOpt = None,
     data_dir: DataDirOpt = None,
@@ -96,6 +113,8 @@ def score(
                 id_column=id_column,
                 keep_text=keep_text,
                 to_review=to_review,
+                batch_api=batch,
+                output=output,
             )
             job = await producer.submit_score(spec)
             if detach:
@@ -113,7 +132,12 @@ def score(
         out.print(job.id)
         return
     show(job, None, as_json)
-    raise typer.Exit(0 if job.state == "succeeded" else 1)
+    raise typer.Exit(exit_code(job))
+
+
+def exit_code(job: ScoreJob) -> int:
+    """0 succeeded, 3 awaiting approval, 1 anything else (as for runs)."""
+    return {"succeeded": 0, "awaiting_approval": 3}.get(job.state, 1)
 
 
 async def _follow(
@@ -137,7 +161,7 @@ async def _follow(
                 if not quiet:
                     rows = await producer.scores.rows_in_progress(score_id)
                     live.update(progress_line(job, job.progress(rows)), refresh=True)
-                if job.state.terminal:
+                if job.state.terminal or job.state == "awaiting_approval":
                     return job
                 await asyncio.sleep(0.25)
     finally:
@@ -176,6 +200,19 @@ def show(job: ScoreJob, progress: ScoreProgress | None, as_json: bool) -> None:
         out.print_json(json.dumps(document))
         return
     out.print(escape(progress_line(job, progress)), highlight=False)
+    if job.quote is not None:
+        via = "batch jobs" if job.batch else "per-request classify calls"
+        out.print(
+            f"quote:  {job.quote.cost:g} {job.quote.currency} for about "
+            f"{job.quote.tokens:,} tokens through {via} ({escape(job.quote.basis)})",
+            highlight=False,
+        )
+    if job.state == "awaiting_approval":
+        out.print(
+            f"above MODFACTORY_MAX_COST: `modfactory approve {job.id}` sends it; "
+            f"`modfactory cancel {job.id}` drops it",
+            highlight=False,
+        )
     if job.error:
         out.print(f"[red]error:[/red] {escape(job.error)}", highlight=False)
     if job.summary is None:
@@ -195,6 +232,8 @@ def show(job: ScoreJob, progress: ScoreProgress | None, as_json: bool) -> None:
         )
     out.print(table)
     out.print(f"parts:  {artifact_url(score_key(job.id))}/", highlight=False)
+    if job.summary.exported_to:
+        out.print(f"copied: {escape(job.summary.exported_to)}", highlight=False)
     out.print(f"report: {artifact_url(report_key(job.id))}", highlight=False)
 
 
@@ -207,6 +246,15 @@ def status_of(score_id: str, data_dir: Path | None, as_json: bool) -> None:
 
     job, progress = with_producer(data_dir, read)
     show(job, progress, as_json)
+
+
+def approve_of(score_id: str, data_dir: Path | None, as_json: bool) -> None:
+    """``modfactory approve SCORE_ID``."""
+    job = with_producer(data_dir, lambda p: p.approve_score(score_id))
+    if as_json:
+        show(job, None, True)
+    else:
+        out.print(f"approved {job.id}: its shards are sent with the next worker")
 
 
 def cancel_of(score_id: str, data_dir: Path | None, as_json: bool) -> None:

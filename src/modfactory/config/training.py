@@ -63,7 +63,19 @@ class TrainingSettings(BaseModel):
     )
     max_cost: Annotated[float | None, Field(ge=0)] = Field(
         None,
-        description="Cost cap: a job quoted above it waits for `modfactory approve RUN`.",
+        description="Cost cap: a training job or scoring job quoted above it waits for "
+        "`modfactory approve RUN_OR_SCORE_ID`.",
+    )
+    mistral_classify_price: Annotated[float, Field(ge=0)] = Field(
+        0.1,
+        description="EUR per million tokens a fine-tuned classifier reads per request "
+        "(what scoring jobs are quoted with: set it from your Mistral price list).",
+    )
+    mistral_batch_discount: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="Batch jobs' price as a share of the per-request price."
+    )
+    mistral_batch_timeout_hours: Annotated[int, Field(ge=1, le=168)] = Field(
+        24, description="Hours a batch job of a scoring job may run before Mistral ends it."
     )
     local_grid: Literal["small", "full", "off"] = Field(
         "small",

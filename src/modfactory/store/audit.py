@@ -37,6 +37,7 @@ class AuditAction(StrEnum):
     RUN_APPROVE = "run.approve"  # a quoted cost approved
     SCORE_START = "score.start"  # a scoring job over an archive
     SCORE_CANCEL = "score.cancel"
+    SCORE_APPROVE = "score.approve"  # a scoring job's quoted cost approved
     MODEL_PROMOTE = "model.promote"
     MODEL_ROLLBACK = "model.rollback"
     CORRECTION = "correction.add"

@@ -89,6 +89,19 @@ async def enqueue_stage(redis: ArqRedis, queue: str, stage: str, run_id: str) ->
     return job is not None
 
 
+def score_plan_job_id(score_id: str) -> str:
+    return f"{score_id}:plan"
+
+
+async def enqueue_score_plan(redis: ArqRedis, queue: str, score_id: str) -> bool:
+    """Queue a scoring job's plan step (of a job planned already: what it waits for next)."""
+    job_id = score_plan_job_id(score_id)
+    return (
+        await redis.enqueue_job("score_plan", score_id, _job_id=job_id, _queue_name=queue)
+        is not None
+    )
+
+
 # arq's enqueue_job in one round trip instead of three (WATCH, EXISTS, MULTI/EXEC): the
 # same keys, the same refusal of an id that is queued or has a kept result, atomically.
 _ENQUEUE = """

@@ -4,7 +4,10 @@ rules of every change, as methods that edit it and say whether it changed. They 
 Redis: ``score_jobs.ScoreJobStore`` applies each one atomically.
 
 A shard is scored once: it is done when its output object is whole in the store, and a
-shard done is never started again. A shard whose attempts keep ending without a result
+shard done is never started again. Through a backend's batch API a shard is *remote* once
+its batch job is created (the job's id kept on the shard): from then on it is followed by
+numbered looks, never submitted again. A job quoted above its cap waits for approval
+before any shard is sent. A shard whose attempts keep ending without a result
 (a lost worker, an unreachable store) fails the job after the allowed attempts, naming how
 the last one ended.
 """
@@ -18,6 +21,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from modfactory.store.run_parts import Event
+from modfactory.values import PriceQuote
 
 MAX_EVENTS = 200
 HISTOGRAM_BINS = 20  # equal bins of the scores over [0, 1]
@@ -44,6 +48,7 @@ class ScoreState(StrEnum):
 class ShardState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    REMOTE = "remote"  # its batch job runs at the backend
     DONE = "done"
 
 
@@ -63,6 +68,7 @@ class ScoreSpec(BaseModel):
     batch_api: bool = True  # a backend with a batch API scores through it
     to_review: int = Field(0, ge=0)  # the most uncertain texts offered for review
     max_cost: float | None = None  # a quote above it waits for approval
+    output: str | None = None  # a directory or URL the parts are copied to when scored
 
 
 class Shard(BaseModel):
@@ -73,6 +79,9 @@ class Shard(BaseModel):
     interrupted: int = 0  # attempts that met an unreachable store or backend (not counted)
     flagged: dict[str, int] = Field(default_factory=dict)  # rows flagged, by label
     finished_at: datetime | None = None
+    batch_id: str | None = None  # its batch job at the backend, once created
+    looks: int = 0  # looks at the batch job so far (a look's number: which is current)
+    remote_status: str | None = None  # the batch job's status at the latest look
 
 
 class TopText(BaseModel):
@@ -93,6 +102,7 @@ class ScoreSummary(BaseModel):
     rows: int
     labels: dict[str, LabelSummary]
     offered_for_review: int = 0
+    exported_to: str | None = None  # where the parts were copied (``spec.output``)
 
 
 class ScoreProgress(BaseModel):
@@ -113,6 +123,8 @@ class ScoreJob(BaseModel):
     spec: ScoreSpec
     labels: list[str] = Field(default_factory=list)  # known once planned
     thresholds: dict[str, float] = Field(default_factory=dict)
+    batch: bool = False  # its shards go to the backend's batch API (fixed by the plan)
+    quote: PriceQuote | None = None  # what the backend charges for it (None: nothing)
     shards: list[Shard] = Field(default_factory=list)
     summary: ScoreSummary | None = None
     error: str | None = None
@@ -165,23 +177,66 @@ class ScoreJob(BaseModel):
         """The shards not done yet, in order."""
         return [i for i, s in enumerate(self.shards) if s.state != ShardState.DONE]
 
+    def shards_to_send(self) -> list[int]:
+        """The shards neither done nor at the backend, in order."""
+        return [
+            i
+            for i, s in enumerate(self.shards)
+            if s.state in (ShardState.PENDING, ShardState.RUNNING)
+        ]
+
+    def remote_shards(self) -> list[int]:
+        """The shards whose batch job runs at the backend."""
+        return [i for i, s in enumerate(self.shards) if s.state == ShardState.REMOTE]
+
     # --- state changes: each one rule; True when the job changed (then it is stored) ----
-    def plan(self, shard_rows: list[int], labels: list[str], thresholds: dict[str, float]) -> bool:
-        """The source is read and cut: these shards wait for the workers (once only)."""
+    def plan(
+        self,
+        shard_rows: list[int],
+        labels: list[str],
+        thresholds: dict[str, float],
+        *,
+        batch: bool = False,
+        quote: PriceQuote | None = None,
+    ) -> bool:
+        """The source is read and cut: these shards wait for the workers (once only) — or,
+        quoted above the spec's ``max_cost``, for approval first."""
         if self.state.terminal or self.planned:
             return False
         self.shards = [Shard(rows=rows) for rows in shard_rows]
         self.labels, self.thresholds = labels, thresholds
-        self.state, self.started_at = ScoreState.RUNNING, now()
+        self.batch, self.quote = batch, quote
         total = sum(shard_rows)
-        self._event(f"planned: {total:,} rows in {len(shard_rows)} shard(s)")
+        how = " for the backend's batch API" if batch else ""
+        self._event(f"planned: {total:,} rows in {len(shard_rows)} shard(s){how}")
+        cap = self.spec.max_cost
+        if quote is not None:
+            self._event(f"quoted {quote.cost:g} {quote.currency} ({quote.basis})")
+        if quote is not None and cap is not None and quote.cost > cap:
+            self.state = ScoreState.AWAITING_APPROVAL
+            self._event(
+                f"awaiting approval: quoted {quote.cost:g} {quote.currency} is above "
+                f"MODFACTORY_MAX_COST {cap:g}"
+            )
+            return True
+        self.state, self.started_at = ScoreState.RUNNING, now()
+        return True
+
+    def approve(self) -> bool:
+        """A job awaiting approval of its quote may send its shards."""
+        if self.state != ScoreState.AWAITING_APPROVAL:
+            raise ScoreJobStateError(
+                f"scoring job {self.id} is {self.state}; only one awaiting approval is approved"
+            )
+        self.state, self.started_at = ScoreState.RUNNING, now()
+        self._event("approved")
         return True
 
     def start_shard(self, index: int, max_attempts: int) -> bool:
         """Shard ``index`` is attempted once more, unless it is done or the job is over;
         the job fails instead when its shard has used ``max_attempts`` without a result."""
         shard = self.shards[index]
-        if self.state.terminal or shard.state == ShardState.DONE:
+        if self.state != ScoreState.RUNNING or shard.state in (ShardState.DONE, ShardState.REMOTE):
             return False
         if shard.attempts >= max_attempts:
             how = shard.last_error or "its worker was lost"
@@ -190,6 +245,26 @@ class ScoreJob(BaseModel):
         shard.state, shard.attempts = ShardState.RUNNING, shard.attempts + 1
         if shard.attempts > 1:
             self._event(f"shard {index}: attempt {shard.attempts}")
+        return True
+
+    def submitted(self, index: int, batch_id: str) -> bool:
+        """Shard ``index``'s batch job exists: from now on it is followed, not sent."""
+        shard = self.shards[index]
+        if self.state.terminal or shard.state in (ShardState.DONE, ShardState.REMOTE):
+            return False
+        shard.state, shard.batch_id, shard.looks = ShardState.REMOTE, batch_id, 0
+        self._event(f"shard {index}: batch job {batch_id}")
+        return True
+
+    def looked(self, index: int, seq: int, status: str) -> bool:
+        """Look ``seq`` at shard ``index``'s batch job saw ``status``; the next is ``seq + 1``
+        (a stale look changes nothing)."""
+        shard = self.shards[index]
+        if self.state.terminal or shard.state != ShardState.REMOTE or shard.looks != seq:
+            return False
+        if status != shard.remote_status:
+            self._event(f"shard {index}: batch job {shard.batch_id} is {status}")
+        shard.looks, shard.remote_status = seq + 1, status
         return True
 
     def interrupt_shard(self, index: int, error: str) -> bool:

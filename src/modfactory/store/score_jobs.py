@@ -28,6 +28,7 @@ from modfactory.store.score_job import (
     new_score_id,
     now,
 )
+from modfactory.values import PriceQuote
 
 
 async def scoring_model(
@@ -127,9 +128,36 @@ class ScoreJobStore:
         return job
 
     async def plan(
-        self, score_id: str, shard_rows: list[int], labels: list[str], thresholds: dict[str, float]
+        self,
+        score_id: str,
+        shard_rows: list[int],
+        labels: list[str],
+        thresholds: dict[str, float],
+        *,
+        batch: bool = False,
+        quote: PriceQuote | None = None,
     ) -> ScoreJob:
-        return await self._update(score_id, lambda j: j.plan(shard_rows, labels, thresholds))
+        return await self._update(
+            score_id, lambda j: j.plan(shard_rows, labels, thresholds, batch=batch, quote=quote)
+        )
+
+    async def approve(self, score_id: str) -> ScoreJob:
+        return await self._update(score_id, lambda j: j.approve())
+
+    async def submitted(self, score_id: str, index: int, batch_id: str) -> ScoreJob:
+        return await self._update(score_id, lambda j: j.submitted(index, batch_id))
+
+    async def looked(self, score_id: str, index: int, seq: int, status: str) -> bool:
+        """``ScoreJob.looked``: True when this look was the current one (then the next
+        is to be queued)."""
+        changed: list[bool] = []
+
+        def change(job: ScoreJob) -> bool:
+            changed[:] = [job.looked(index, seq, status)]
+            return changed[0]
+
+        await self._update(score_id, change)
+        return changed[0]
 
     async def start_shard(self, score_id: str, index: int, max_attempts: int) -> ScoreJob | None:
         """``ScoreJob.start_shard``: the job, or None when the shard must not be scored."""

@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/scores", scores_api.create_score, methods=["POST"]),
             Route("/v1/scores", scores_api.list_scores, methods=["GET"]),
             Route("/v1/scores/{score_id}", scores_api.get_score, methods=["GET"]),
-            Route("/v1/scores/{score_id}/cancel", scores_api.cancel_score, methods=["POST"]),
+            Route("/v1/scores/{score_id}/{action}", scores_api.act_on_score, methods=["POST"]),
             Route("/v1/moderations", moderations, methods=["POST"]),
             Route("/v1/classifications", classifications, methods=["POST"]),
             Route("/v1/feedback", feedback, methods=["POST"]),

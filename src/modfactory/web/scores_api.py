@@ -5,7 +5,8 @@
   the file or the column at fault, before anything is queued.
 - ``GET /v1/scores`` (``?limit=``, 1-200), ``GET /v1/scores/{id}`` — viewer: the job
   documents, each with its ``progress`` (rows done, rows/s, ETA).
-- ``POST /v1/scores/{id}/cancel`` — operator.
+- ``POST /v1/scores/{id}/cancel`` — operator; ``POST /v1/scores/{id}/approve`` (a job
+  quoted above MODFACTORY_MAX_COST) — operator, as approving a run's quote.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ScoreRequest(BaseModel):
     id_column: str | None = Field(None, min_length=1, max_length=200)
     keep_text: bool = False
     to_review: int = Field(0, ge=0, le=MAX_TO_REVIEW)
+    batch: bool = True  # through the backend's batch API where it has one
 
 
 def _producer(request: Request) -> Producer:
@@ -76,6 +78,7 @@ async def create_score(request: Request) -> Response:
             id_column=wanted.id_column,
             keep_text=wanted.keep_text,
             to_review=wanted.to_review,
+            batch_api=wanted.batch,
         )
     except RecipeError as exc:
         raise ApiError(422, f"body field 'source': {exc}", field="source") from None
@@ -109,14 +112,18 @@ async def get_score(request: Request) -> Response:
     return JSONResponse(await job_json(producer, job))
 
 
-async def cancel_score(request: Request) -> Response:
-    """``POST /v1/scores/{id}/cancel``: the job after; 409 when it is over already."""
-    caller = await require(request, Action.SCORE, await _body(request), signed=True)
+async def act_on_score(request: Request) -> Response:
+    """``POST /v1/scores/{id}/cancel|approve``: the job after; 409 when it is over already
+    (or, to approve, not awaiting approval)."""
+    action = request.path_params["action"]
+    needed = {"cancel": Action.SCORE, "approve": Action.APPROVE}
+    if action not in needed:
+        raise ApiError(404, f"no scoring-job action {action[:40]!r}: cancel or approve")
+    caller = await require(request, needed[action], await _body(request), signed=True)
     producer = _producer(request)
+    act = producer.cancel_score if action == "cancel" else producer.approve_score
     try:
-        job = await producer.cancel_score(
-            request.path_params["score_id"], by=actor_of(request, caller)
-        )
+        job = await act(request.path_params["score_id"], by=actor_of(request, caller))
     except ScoreJobNotFound as exc:
         raise ApiError(404, str(exc)) from None
     except ScoreJobStateError as exc:

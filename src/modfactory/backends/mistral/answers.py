@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from modfactory.values import Checkpoint, ClassifierTarget, TrainingJob
+from modfactory.values import BatchJob, Checkpoint, ClassifierTarget, TrainingJob
 
 
 def job_of(out: Any) -> TrainingJob:
@@ -55,6 +55,49 @@ def job_of(out: Any) -> TrainingJob:
         error=error,
         events=events,
     )
+
+
+def batch_of(out: Any) -> BatchJob:
+    """The SDK's batch job, as the backend interface describes batch jobs."""
+    return BatchJob(
+        id=out.id,
+        status=str(out.status),
+        total_requests=out.total_requests,
+        completed_requests=out.completed_requests,
+        failed_requests=out.failed_requests,
+        output_file=out.output_file or None,
+        errors=[e.message for e in (out.errors or [])],
+        metadata={str(k): str(v) for k, v in (out.metadata or {}).items()},
+    )
+
+
+def batch_lines(content: bytes, job_id: str, requests: int) -> list[list[dict[str, Any]]]:
+    """A batch job's output file as each request's results, in request order (the
+    ``custom_id`` is the request's number); ValueError naming the first request that
+    failed or is missing."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for number, line in enumerate(content.decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            custom_id = int(row["custom_id"])
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"batch job {job_id}: output line {number} is not a result") from None
+        response = row.get("response") or {}
+        status = response.get("status_code")
+        body = response.get("body") or {}
+        if row.get("error") or status != 200 or "results" not in body:
+            why = row.get("error") or body.get("message") or body or f"HTTP {status}"
+            raise ValueError(f"batch job {job_id}: request {custom_id} failed: {str(why)[:300]}")
+        found[custom_id] = body["results"]
+    missing = [i for i in range(requests) if i not in found]
+    if missing:
+        raise ValueError(
+            f"batch job {job_id} answered {requests - len(missing)} of {requests} requests "
+            f"(the first missing: {missing[0]})"
+        )
+    return [found[i] for i in range(requests)]
 
 
 def error_detail(body: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from modfactory.backends.base import (
     Backend,
@@ -37,13 +38,19 @@ from modfactory.backends.base import (
     checked_hyperparameters,
 )
 from modfactory.backends.mistral.answers import error_detail, job_of
-from modfactory.backends.mistral.fastpath import speed_up_sdk
+from modfactory.backends.mistral.batch import MistralBatches
+from modfactory.backends.mistral.fastpath import CookielessClient, speed_up_sdk
 from modfactory.backends.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from modfactory.settings import Settings, redact
-from modfactory.values import JobStatus, TrainingJob, UploadedFile
+from modfactory.values import (
+    JobStatus,
+    TrainingJob,
+    UploadedFile,
+)
 
 log = logging.getLogger("modfactory.mistral")
 T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _RANGES: HyperRanges = {
     "training_steps": (int, 1, 1_000_000),
@@ -59,37 +66,17 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 Recover = Callable[[], Awaitable[T | None]]
 
 
-class _NoCookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        """Keeps none: the API authenticates by bearer key (and parsing each answer's
-        headers for cookies is a tenth of what a look at a job costs)."""
-
-
-class _CookielessClient(httpx.AsyncClient):
-    """An httpx client that neither keeps nor sends cookies."""
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        pass
-
-
-_NO_COOKIES = _NoCookies()
-
-
 SDK_MISSING = (
     "the mistral backend needs the Mistral SDK, an extra of modfactory's: "
     "pip install 'modfactory[mistral]'"
 )
 
 
-class MistralBackend(Backend):
+class MistralBackend(MistralBatches, Backend):
     """The ``mistral`` backend."""
 
     name = "mistral"
+    batch_api = True
     moderation_model = "mistral-moderation-latest"
     moderation_labels: ClassVar[dict[str, str]] = {  # its categories -> civil_comments'
         "sexual": "sexual_explicit",
@@ -118,7 +105,7 @@ class MistralBackend(Backend):
 
             speed_up_sdk()
             key = self.settings.mistral_api_key
-            self._http = _CookielessClient(
+            self._http = CookielessClient(
                 follow_redirects=True, event_hooks={"request": [self._pace]}
             )
             self._client = Mistral(
@@ -167,12 +154,15 @@ class MistralBackend(Backend):
     def _redacted(self, text: str) -> str:
         return redact(text, self.settings.secret_values())
 
-    def _job(self, out: Any) -> TrainingJob:
-        """The SDK's job as a TrainingJob, with no secret in what the API wrote into it."""
-        job = job_of(out)
-        dumped = job.model_dump_json()
+    def _without_secrets(self, value: ModelT) -> ModelT:
+        """``value`` with no secret in what the API wrote into it."""
+        dumped = value.model_dump_json()
         redacted = self._redacted(dumped)
-        return job if redacted == dumped else TrainingJob.model_validate_json(redacted)
+        return value if redacted == dumped else type(value).model_validate_json(redacted)
+
+    def _job(self, out: Any) -> TrainingJob:
+        """The SDK's job as a TrainingJob."""
+        return self._without_secrets(job_of(out))
 
     # --- calls with retries ---------------------------------------------------------------
     async def _call(
@@ -238,14 +228,17 @@ class MistralBackend(Backend):
     # --- files -----------------------------------------------------------------------------
     async def upload_file(self, path: Path, tag: str) -> UploadedFile:
         """Upload as ``<tag>.jsonl``, unless a file of that name and size is there already."""
-        name, size = f"{tag}.jsonl", path.stat().st_size
+        return await self._upload(path, f"{tag}.jsonl", "fine-tune")
+
+    async def _upload(self, path: Path, name: str, purpose: str) -> UploadedFile:
+        """``path`` uploaded as ``name`` for ``purpose``, exactly once: a file of that name
+        and size found there (before, or after an unknown outcome) is the upload."""
+        size = path.stat().st_size
 
         async def uploaded_already() -> UploadedFile | None:
             found = await self._call(
                 f"list files named {name}",
-                lambda: self.client.files.list_async(
-                    search=name, purpose="fine-tune", page_size=100
-                ),
+                lambda: self.client.files.list_async(search=name, purpose=purpose, page_size=100),
             )
             for existing in found.data:
                 if existing.filename == name and existing.size_bytes == size:
@@ -260,11 +253,11 @@ class MistralBackend(Backend):
         async def upload() -> UploadedFile:
             with path.open("rb") as content:
                 out = await self.client.files.upload_async(
-                    file={"file_name": name, "content": content}, purpose="fine-tune"
+                    file={"file_name": name, "content": content}, purpose=purpose
                 )
             return UploadedFile(id=out.id, filename=name, bytes=out.size_bytes)
 
-        return await self._call(f"upload {path.name}", upload, recover=uploaded_already)
+        return await self._call(f"upload {name}", upload, recover=uploaded_already)
 
     # --- jobs ------------------------------------------------------------------------------
     async def create_job(self, request: JobRequest) -> TrainingJob:

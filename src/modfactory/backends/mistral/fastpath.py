@@ -5,9 +5,10 @@ time: it builds a new pydantic model class for every answer it reads, resolves t
 hints of the request model for every URL and query string it builds, imports each model
 again by name on every use, and hands its own hooks (user agent, trace headers,
 telemetry) to a thread and back, twice per request. ``speed_up_sdk`` makes each of these
-happen once, or in place; requests and
-answers are exactly what the SDK sends and reads. Applied once per process, on the
-backend's first request; the version is pinned, so the names patched here are known.
+happen once, or in place; requests and answers are exactly what the SDK sends and reads.
+Applied once per process, on the backend's first request; the version is pinned, so the
+names patched here are known. ``CookielessClient`` is the httpx client the SDK is given:
+the API authenticates by key, so no answer's cookies are parsed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import importlib
 import typing
 from types import ModuleType
 from typing import Any
+
+import httpx
 
 
 def speed_up_sdk() -> None:
@@ -80,3 +83,24 @@ def _reusing_answer_models(original: Any) -> Any:
 
     unmarshal.reused = True  # type: ignore[attr-defined]
     return unmarshal
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Keeps none: the API authenticates by bearer key (and parsing each answer's
+        headers for cookies is a tenth of what a look at a job costs)."""
+
+
+class CookielessClient(httpx.AsyncClient):
+    """An httpx client that neither keeps nor sends cookies."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        pass
+
+
+_NO_COOKIES = _NoCookies()

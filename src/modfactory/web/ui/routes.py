@@ -83,7 +83,7 @@ def routes() -> list[BaseRoute]:
         Route("/ui/scores", ui_scores.scores_page, methods=["GET"]),
         Route("/ui/scores/{score_id}", ui_scores.score_page, methods=["GET"]),
         Route("/ui/scores/{score_id}/histogram/{label}", ui_scores.score_chart, methods=["GET"]),
-        Route("/ui/scores/{score_id}/cancel", ui_scores.cancel_score, methods=["POST"]),
+        Route("/ui/scores/{score_id}/{action}", ui_scores.act_on_score, methods=["POST"]),
         Route("/ui/audit", ui_people.audit_page, methods=["GET"]),
         Route("/ui/users", ui_people.users_page, methods=["GET"]),
         Route("/ui/users", ui_people.change_users, methods=["POST"]),

@@ -1,6 +1,7 @@
 """The scoring pages of ``/ui``: the scoring jobs (newest first), and one job — its
 progress while it runs (rows done, rows/s, ETA; refreshed live), then per label the rows
-flagged, a histogram of the scores and the highest-scoring texts; cancel (operator)."""
+flagged, a histogram of the scores and the highest-scoring texts; its quote; cancel and
+approve (operator)."""
 
 from __future__ import annotations
 
@@ -92,13 +93,19 @@ async def score_chart(request: Request) -> Response:
 
 
 @guarded
-async def cancel_score(request: Request) -> Response:
-    """``POST /ui/scores/{id}/cancel``: then back to the job."""
-    session = await signed_in(request, Action.SCORE)
+async def act_on_score(request: Request) -> Response:
+    """``POST /ui/scores/{id}/cancel|approve``: then back to the job."""
+    action = request.path_params["action"]
+    needed = {"cancel": Action.SCORE, "approve": Action.APPROVE}
+    if action not in needed:
+        return message(request, None, 404, "No such action", "cancel or approve")
+    session = await signed_in(request, needed[action])
     await checked_form(request, session, session.csrf)
     job = await _job(request, session)
+    producer = _producer(request)
+    act = producer.cancel_score if action == "cancel" else producer.approve_score
     try:
-        await _producer(request).cancel_score(job.id, by=actor_of(request, session.caller))
+        await act(job.id, by=actor_of(request, session.caller))
     except ScoreJobStateError as exc:
         return message(request, session, 409, "Not done", str(exc))
     return RedirectResponse(f"/ui/scores/{job.id}", 303, headers=page_headers())
