@@ -9,6 +9,8 @@ import contextlib
 import json
 from pathlib import Path
 
+import pytest
+
 from modfactory.backends.base import BackendUnavailable
 from modfactory.producer import Producer
 from modfactory.stages.context import StageContext
@@ -109,6 +111,35 @@ async def test_a_step_held_by_a_lost_worker_is_released_one_held_by_a_live_worke
     run = await store.get(run_id)
     assert f"worker {alive.worker_id} running it was lost" in run.events[-1].message
     assert await requeue_lost_steps(sc) == []  # released once
+    await pool.aclose()
+
+
+@pytest.mark.slow
+async def test_a_long_scoring_step_renews_its_mark_and_its_holder_note_while_it_runs(
+    redis_db: str,
+) -> None:
+    """arq's mark lives JOB_TIMEOUT + 10 s for every job; a scoring step allowed longer
+    keeps both keys alive while it runs (renewed every third of that), and stops after."""
+    from redis.asyncio import Redis
+
+    pool = Redis.from_url(redis_db)
+    lease = WorkerLease(pool, "mf-keep", ttl=60)
+    await lease.start()
+    job_id = "score-x:shard:0"
+    in_progress, holder = f"arq:in-progress:{job_id}", f"mf-keep:holder:{job_id}"
+    await pool.psetex(in_progress, 1500, b"1")
+    await lease.hold(job_id, 1.5)
+    async with lease.keeping(job_id, 1.5):  # renewed every 0.5 s, for 1.5 s
+        renewals = 0
+        while renewals < 4:  # outlives the 1.5 s each key was set for
+            ttl = await pool.pttl(in_progress)
+            assert ttl > 0 and await pool.pttl(holder) > 0
+            if ttl > 1200:  # just renewed: wait for it to age, then for the next renewal
+                renewals += 1
+                while await pool.pttl(in_progress) > 1200:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)
+    await lease.stop()
     await pool.aclose()
 
 

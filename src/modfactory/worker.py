@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import signal
@@ -75,7 +76,7 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
         await reconcile_once(sc)
         await reconcile_scores_once(ctx["scoring"])
 
-    marked_for = max(settings.job_timeout, settings.score_shard_timeout) + 10
+    marked_for = in_progress_seconds(settings)
 
     async def on_job_start(ctx: dict[str, Any]) -> None:  # arq's in-progress mark lives as long
         with contextlib.suppress(RedisError):
@@ -122,18 +123,43 @@ def worker_options(settings: Settings, triggers: Sequence[CronJob] = ()) -> dict
     }
 
 
+def in_progress_seconds(settings: Settings) -> float:
+    """How long arq's mark of a running job lives (and this worker's note as its holder):
+    a stage job's longest run and 10 s. A scoring step, allowed MODFACTORY_SCORE_SHARD_TIMEOUT,
+    renews both while it runs — so a job lost with its worker, whoever held it, is taken
+    up again within this, however long a shard may take."""
+    return settings.job_timeout + 10
+
+
 def _functions(settings: Settings) -> list[Any]:
     """The pipeline's jobs, and the scoring jobs (their tries counted by the scoring job
-    itself: arq's count each Retry too)."""
+    itself: arq's count each Retry too; their marks renewed while they run)."""
     stages = [
         func(job, name=name, keep_result=0, timeout=settings.job_timeout)
         for name, job in JOBS.items()
     ]
     scoring = [
-        func(job, name=name, keep_result=0, timeout=settings.score_shard_timeout, max_tries=10**6)
+        func(
+            _marked_while_running(job, in_progress_seconds(settings)),
+            name=name,
+            keep_result=0,
+            timeout=settings.score_shard_timeout,
+            max_tries=10**6,
+        )
         for name, job in SCORING_JOBS.items()
     ]
     return [*stages, *scoring]
+
+
+def _marked_while_running(job: Any, seconds: float) -> Any:
+    """``job`` with its in-progress mark and holder note renewed while it runs."""
+
+    @functools.wraps(job)
+    async def run(ctx: dict[str, Any], *args: Any) -> Any:
+        async with ctx["lease"].keeping(ctx["job_id"], seconds):
+            return await job(ctx, *args)
+
+    return run
 
 
 def build_worker(
@@ -158,6 +184,7 @@ class FleetWorker(Worker):
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         super().__init__(**options)
+        self.in_progress_timeout_s = in_progress_seconds(settings)  # not the longest timeout
         self._settings = settings
         self._redis_away_since: float | None = None
 

@@ -1,6 +1,8 @@
 """Which worker holds which job, and whether that worker is still alive.
 
-arq marks a running job with an in-progress key that lives its longest timeout + 10 s;
+arq marks a running job with an in-progress key that lives its longest timeout + 10 s
+(here MODFACTORY_JOB_TIMEOUT + 10 s: a scoring job's step, allowed longer, renews its mark
+while it runs, ``WorkerLease.keeping``);
 a worker killed mid-job (SIGKILL, a lost machine, an evicted pod) leaves the key behind,
 and nobody takes the job again until it expires — an hour at the default timeouts.
 Here each worker holds a lease (``<queue>:worker:<id>``, renewed every third of
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
@@ -103,6 +106,31 @@ class WorkerLease:
 
     async def let_go(self, job_id: str) -> None:
         await self.redis.delete(_holder_key(self.queue_name, job_id))
+
+    @contextlib.asynccontextmanager
+    async def keeping(self, job_id: str, for_seconds: float) -> AsyncIterator[None]:
+        """While the block runs, arq's in-progress mark of ``job_id`` and this worker's
+        note as its holder are renewed every third of ``for_seconds``: a job allowed to
+        run longer than the mark lives (a scoring job's step) is not started again by
+        another worker meanwhile, and a dead worker's job is not held longer than that."""
+
+        async def renew() -> None:
+            every, ms = for_seconds / 3, int(for_seconds * 1000)
+            while True:
+                await asyncio.sleep(every)
+                with contextlib.suppress(RedisError):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.pexpire(in_progress_key_prefix + job_id, ms)
+                        pipe.pexpire(_holder_key(self.queue_name, job_id), ms)
+                        await pipe.execute()
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def release_if_orphaned(redis: Redis, queue_name: str, job_id: str) -> str | None:
