@@ -209,33 +209,53 @@ ROUTES: dict[str, tuple[Action | None, Callable[[Site, str], Request]]] = {
     "list scoring jobs": (Action.READ, lambda s, c: ("GET", "/v1/scores?limit=5", None)),
     "get a scoring job": (
         Action.READ,
-        lambda s, c: ("GET", f"/v1/scores/{asyncio.run(_scratch_score(s.settings))}", None),
+        lambda s, c: ("GET", f"/v1/scores/{asyncio.run(_scratch_score(s))}", None),
     ),
     "cancel a scoring job": (
         Action.SCORE,
-        lambda s, c: ("POST", f"/v1/scores/{asyncio.run(_scratch_score(s.settings))}/cancel", {}),
+        lambda s, c: ("POST", f"/v1/scores/{asyncio.run(_scratch_score(s))}/cancel", {}),
     ),
     "approve a scoring job": (
         Action.APPROVE,
         lambda s, c: (
             "POST",
-            f"/v1/scores/{asyncio.run(_scratch_score(s.settings, awaiting=True))}/approve",
+            f"/v1/scores/{asyncio.run(_scratch_score(s, awaiting=True))}/approve",
             {},
         ),
     ),
 }
 
 
-async def _scratch_score(settings: Settings, *, awaiting: bool = False) -> str:
-    """A scoring job of the champion, queued (no worker takes it) — or planned and quoted
-    above its cap, ``awaiting`` approval."""
-    producer = await producer_for(settings)
-    spec = await producer.score_spec("synthetic:100")
+async def _scratch_score(site: Site, *, awaiting: bool = False) -> str:
+    """A scoring job of a succeeded run's model, queued (no worker takes it) — or planned
+    and quoted above its cap, ``awaiting`` approval (by run: other tests of the module roll
+    the champion back and prune runs)."""
+    producer = await producer_for(site.settings)
+    run = next(r for r in await producer.runs() if r.state == RunState.SUCCEEDED)
+    spec = await producer.score_spec("synthetic:100", run_id=run.id)
     job = await producer.scores.create(spec.model_copy(update={"max_cost": 0.0}))
     if awaiting:
         quote = PriceQuote(cost=1.0, currency="EUR", tokens=10**6, basis="a test's")
         await producer.scores.plan(job.id, [100], ["insult"], {"insult": 0.5}, quote=quote)
     await producer.redis.aclose()
+    return job.id
+
+
+async def _queued_score(settings: Settings) -> str:
+    """A scoring job queued by hand (no run needed: an earlier test emptied Redis)."""
+    from modfactory.store.score_job import ScoreSpec
+    from modfactory.store.score_jobs import ScoreJobStore
+
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    spec = ScoreSpec(
+        source="synthetic:100",
+        model_name="moderation",
+        run_id="run-x",
+        model_id="x",
+        backend="local",
+    )
+    job = await ScoreJobStore(client, settings.queue_name).create(spec)
+    await client.aclose()
     return job.id
 
 
@@ -521,7 +541,7 @@ def test_the_scoring_api_refuses_what_it_may_not_score_before_queuing_anything(
     assert client.zcard(f"{site.settings.queue_name}:scores") == before  # nothing queued
     missing = httpx.get(f"{site.url}/v1/scores/score-nope", headers=headers)
     assert missing.status_code == 404 and "no scoring job" in missing.json()["error"]
-    queued = asyncio.run(_scratch_score(site.settings))
+    queued = asyncio.run(_queued_score(site.settings))
     early = httpx.post(f"{site.url}/v1/scores/{queued}/approve", headers=headers)
     assert early.status_code == 409 and "only one awaiting approval" in early.json()["error"]
     unknown = httpx.post(f"{site.url}/v1/scores/{queued}/delete", headers=headers)
