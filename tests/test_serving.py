@@ -160,6 +160,50 @@ def test_the_mistral_sdk_gets_the_champions_answers(deployment: Deployment) -> N
     assert answer.json()["champion"] == {"run_id": champion, "model_id": run.artifacts.model_id}
 
 
+def test_the_openai_sdk_and_the_mistral_sdk_read_one_serve_alike(deployment: Deployment) -> None:
+    """OpenAI's SDK pointed at ``serve`` gets its own ``ModerationCreateResponse`` — ``flagged``
+    when any label is, at the tuned thresholds —, for one text or a list, and its own
+    exceptions for a wrong token or an unknown model; Mistral's SDK reads the same answers."""
+    import openai
+    from mistralai.client import Mistral
+    from mistralai.client.errors import SDKError
+    from openai.types import ModerationCreateResponse
+
+    champion = deployment.champion()
+    expected, run = expected_scores(deployment, champion, TEXTS)
+    tuned = {k: v.tuned_threshold for k, v in run.metrics.labels.items()}
+    client = openai.OpenAI(base_url=f"{deployment.url}/v1", api_key=TOKEN, max_retries=0)
+    listed = client.moderations.create(model="moderation", input=TEXTS)
+    assert isinstance(listed, ModerationCreateResponse) and listed.model == "moderation"
+    mistral = Mistral(api_key=TOKEN, server_url=deployment.url)
+    theirs = mistral.classifiers.moderate(model="moderation", inputs=TEXTS).results
+    for ours, other, scores in zip(listed.results, theirs, expected, strict=True):
+        flags = {label: scores[label] >= tuned[label] for label in tuned}
+        assert ours.flagged is any(flags.values())
+        assert ours.categories.to_dict() == flags == other.categories
+        assert ours.category_scores.to_dict() == pytest.approx(
+            {label: scores[label] for label in tuned}, abs=1e-9
+        )
+    assert any(r.flagged for r in listed.results) and not all(r.flagged for r in listed.results)
+    one = client.moderations.create(model="moderation", input=TEXTS[0])
+    assert len(one.results) == 1 and one.results[0].flagged is listed.results[0].flagged
+
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(
+            base_url=f"{deployment.url}/v1", api_key="not-a-token", max_retries=0
+        ).moderations.create(input="hello")
+    with pytest.raises(openai.NotFoundError, match="nobody"):
+        client.moderations.create(model="nobody", input="hello")
+    with pytest.raises(SDKError) as refused:
+        Mistral(api_key="not-a-token", server_url=deployment.url).classifiers.moderate(
+            model="moderation", inputs=["hello"]
+        )
+    assert refused.value.status_code == 401
+    with pytest.raises(SDKError) as unknown:
+        mistral.classifiers.moderate(model="nobody", inputs=["hello"])
+    assert unknown.value.status_code == 404
+
+
 async def test_a_promotion_is_served_within_5_s_and_no_request_fails(
     deployment: Deployment,
 ) -> None:

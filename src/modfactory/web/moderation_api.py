@@ -6,7 +6,10 @@ defaults to MODFACTORY_MODEL_NAME), with a bearer token (MODFACTORY_SERVE_TOKEN,
 MODFACTORY_WEBHOOK_TOKEN). Moderations answer per text ``categories`` (label -> flagged,
 at the thresholds tuned on validation, or 0.5: MODFACTORY_SERVE_THRESHOLDS) and
 ``category_scores`` over the moderation labels; classifications answer the classifier's
-own output, ``{<target>: {"scores": {...}}}`` (with ``safe``, when it has that label). With
+own output, ``{<target>: {"scores": {...}}}`` (with ``safe``, when it has that label).
+Each moderation result also says ``flagged`` (any label flagged), so that OpenAI's SDK —
+``OpenAI(base_url="http://host:8080/v1", api_key=<serve token>)`` — reads the answer as its
+``ModerationCreateResponse``; Mistral's SDK ignores the field. With
 MODFACTORY_REVIEW_SAMPLE, a sample of the texts joins the review queue unless the request
 says ``"store": false`` (``serving.review``). Every
 answer names the champion that gave it: the ``champion`` field and the
@@ -162,12 +165,17 @@ def _answer(champion: ServedModel, body: dict[str, Any]) -> Response:
 
 @_metered("moderations")
 async def moderations(request: Request) -> Response:
-    """``POST /v1/moderations``: per text, each label's score and whether it is flagged."""
+    """``POST /v1/moderations``: per text, each label's score and whether it is flagged, and
+    ``flagged``: whether any label is (what OpenAI's moderation answers carry too)."""
     champion, scores, answer = await _scored(request, "mod")
-    answer["results"] = [
-        dict(zip(("categories", "category_scores"), champion.moderation(s), strict=True))
-        for s in scores
-    ]
+    results = []
+    for text_scores in scores:
+        categories, category_scores = champion.moderation(text_scores)
+        flagged = any(categories.values())
+        results.append(
+            {"flagged": flagged, "categories": categories, "category_scores": category_scores}
+        )
+    answer["results"] = results
     return _answer(champion, answer)
 
 
