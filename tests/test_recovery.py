@@ -161,7 +161,9 @@ async def test_two_workers_evaluating_three_runs_stay_under_one_shared_rate_limi
     assert all_apart([g.slot for g in granted], SPACING / 10)
     turns = [g.limiter for g in sorted(granted, key=lambda g: g.slot)]
     assert len(set(turns)) == 2  # both workers sent…
-    assert sum(a != b for a, b in itertools.pairwise(turns)) >= 3  # …taking turns
+    # …taking turns: one's requests fell between the other's (A…B…A). How often they
+    # alternate depends on which worker took which evaluation; once is the proof.
+    assert sum(a != b for a, b in itertools.pairwise(turns)) >= 2
     for held_from, held_until in await limiter.held():  # any 429 that came back anyway…
         late = [g.slot for g in granted if g.reserved >= held_from]
         assert all(slot >= held_until for slot in late)  # …paused every worker
